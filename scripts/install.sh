@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install smart-transfer with every extra into ./.venv, plus the Fashion-MNIST Debian package.
+# Safe to re-run: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[all]"
+# Fashion-MNIST from Debian (root only; otherwise smart-transfer downloads it on first use).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  { $SUDO apt-get update -q && $SUDO apt-get install -y -q dataset-fashion-mnist; } >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded on first use" >&2
+fi

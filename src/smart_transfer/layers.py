@@ -1,0 +1,115 @@
+"""Which modules of a network are "layers" for smart-transfer, and which parameters they own.
+
+A *layer* is a module whose output is profiled: by default every ``Conv2d`` and ``Linear``.
+Its *channels* are the output channels (dim 1 of a conv output, the last dim of a linear
+output).  A layer owns, per output channel, row ``c`` of its weight, entry ``c`` of its
+bias, and entry ``c`` of the affine parameters of a BatchNorm that directly follows it.
+These helpers are shared by profiling, planning, applying plans and model summaries, so all
+of them agree on names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm)
+
+
+def num_out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return int(module.out_channels)
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    if isinstance(module, NORM_TYPES):
+        return int(module.num_features)  # type: ignore[union-attr]
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor):
+        return int(w.shape[0])
+    raise ConfigError(f"cannot tell the output channels of {type(module).__name__}")
+
+
+def select_layers(
+    model: nn.Module,
+    layers: str | Sequence[str] | None = None,
+    types: Sequence[type[nn.Module]] | None = None,
+    exclude: str | Sequence[str] | None = None,
+) -> list[str]:
+    """Names of the modules to profile, in registration order (input to output for most nets).
+
+    ``layers`` are exact names or glob patterns (``"features.*"``); ``types`` restricts module
+    types (default Conv2d and Linear); ``exclude`` removes names matching its patterns.
+    """
+    types_t = tuple(types) if types else DEFAULT_TYPES
+    patterns = [layers] if isinstance(layers, str) else list(layers or [])
+    excl = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    names = []
+    for name, mod in model.named_modules():
+        if not name or not isinstance(mod, types_t):
+            continue
+        if patterns and not any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        if any(name == p or fnmatch.fnmatchcase(name, p) for p in excl):
+            continue
+        names.append(name)
+    if not names:
+        all_names = [n for n, m in model.named_modules() if n and isinstance(m, DEFAULT_TYPES)]
+        shown = ", ".join(all_names[:8]) + (" ..." if len(all_names) > 8 else "")
+        raise ConfigError(
+            f"no layer of {type(model).__name__} matches layers={layers!r}, "
+            f"types={[t.__name__ for t in types_t]}, exclude={exclude!r}; "
+            f"conv/linear layers are: {shown or 'none'} (see smart_transfer.list_layers(model))"
+        )
+    return names
+
+
+def following_norms(model: nn.Module) -> dict[str, str]:
+    """Map each Conv2d/Linear name to the BatchNorm that directly follows it.
+
+    "Directly follows" means: the next module registered after it (skipping containers and
+    parameter-free modules such as activations and padding) is a BatchNorm with as many
+    features as the layer has output channels. This matches conv->bn pairs of VGG, ResNet,
+    MobileNet, EfficientNet and timm models.
+    """
+    leaves = [
+        (n, m)
+        for n, m in model.named_modules()
+        if n and (isinstance(m, DEFAULT_TYPES + NORM_TYPES) or any(True for _ in m.parameters(recurse=False)))
+    ]
+    pairs: dict[str, str] = {}
+    for (name, mod), (nxt_name, nxt) in zip(leaves, leaves[1:]):
+        if (
+            isinstance(mod, DEFAULT_TYPES)
+            and isinstance(nxt, NORM_TYPES)
+            and int(nxt.num_features) == num_out_channels(mod)  # type: ignore[union-attr]
+        ):
+            pairs[name] = nxt_name
+    return pairs
+
+
+def channel_params(
+    model: nn.Module, layer: str, norms: dict[str, str] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Parameters whose dim 0 indexes ``layer``'s output channels: name -> shape.
+
+    Names are as in ``model.named_parameters()``.
+    """
+    modules = dict(model.named_modules())
+    norms = following_norms(model) if norms is None else norms
+    out: dict[str, tuple[int, ...]] = {}
+    for mod_name in [layer] + ([norms[layer]] if layer in norms else []):
+        for pname, p in modules[mod_name].named_parameters(recurse=False):
+            if p.ndim >= 1:
+                out[f"{mod_name}.{pname}"] = tuple(p.shape)
+    return out
+
+
+def layer_param_map(model: nn.Module, layers: Iterable[str]) -> dict[str, dict[str, tuple[int, ...]]]:
+    norms = following_norms(model)
+    return {name: channel_params(model, name, norms) for name in layers}
