@@ -1,0 +1,41 @@
+"""A small VGG-style CNN: the reference network for speed benchmarks and tests."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+
+class SmallVGG(nn.Module):
+    """conv3x3(-BN)-ReLU blocks with 2x2 max-pooling after each stage, then a linear head.
+
+    ``widths`` gives the channels of each stage (two convs per stage). Layer names are
+    ``features.N`` (as in torchvision's VGG) and ``classifier``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: Sequence[int] = (32, 64, 128),
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for width in widths:
+            for _ in range(2):
+                layers.append(nn.Conv2d(c_in, width, 3, padding=1, bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(width))
+                layers.append(nn.ReLU(inplace=True))
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.flatten(self.pool(self.features(x))))
