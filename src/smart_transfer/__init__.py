@@ -47,12 +47,12 @@ _EXPORTS = {
     "summary": "models",
 }
 
-__all__ = sorted(_EXPORTS) + ["data", "__version__"]
+__all__ = sorted(_EXPORTS) + ["data", "training", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "data":
-        return importlib.import_module(".data", __name__)
+    if name in ("data", "training"):
+        return importlib.import_module(f".{name}", __name__)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
