@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .registry import register_backbone
 
 
 class SmallVGG(nn.Module):
@@ -39,3 +42,27 @@ class SmallVGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
+@register_backbone("small_vgg")
+def small_vgg(pretrained: bool = False, num_classes: int | None = None, **kwargs: Any) -> SmallVGG:
+    """small_vgg: SmallVGG with random weights (a fast network for tests and benchmarks)."""
+    if pretrained:
+        raise ConfigError(
+            "small_vgg has no pretrained weights; use load_backbone('small_vgg', pretrained=False) "
+            "or load your own with load_backbone(path, arch='small_vgg')"
+        )
+    model = SmallVGG(num_classes=10 if num_classes is None else num_classes, **kwargs)
+    c_in = model.features[0].in_channels
+    model.pretrained_cfg = {
+        "arch": "small_vgg",
+        "input_size": (c_in, 32, 32),
+        "mean": (0.5,) * c_in,
+        "std": (0.5,) * c_in,
+        "num_classes": model.classifier.out_features,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "classifier": "classifier",
+        "source": "random init",
+    }
+    return model

@@ -1,0 +1,239 @@
+"""Images on disk, one subfolder per class, decoded lazily with PIL."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError, MissingDependencyError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_MODES = ("RGB", "L", None)
+# with mode=None, modes whose raw values are not pixel intensities still get converted
+_NATIVE = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L"}
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - pillow ships with the vision extra
+        raise MissingDependencyError(
+            "reading image folders needs Pillow; install it with `pip install pillow`."
+        ) from exc
+    return Image
+
+
+class ImageFolder(Dataset):
+    """A labelled image set with one subfolder of ``root`` per class (classes sorted by name).
+
+    ``ds[i]`` is ``(image, label)``: a uint8 ``(C, H, W)`` tensor decoded from the file on
+    access (``C = 3`` for ``mode="RGB"``, 1 for ``"L"``, as stored for ``None``) and an
+    ``int``. ``samples`` lists ``(path, label)``; ``targets`` is a 1-D int64 tensor;
+    ``classes`` the folder names. With ``on_error="skip"`` the files that PIL could not verify
+    at construction are left out: ``skipped`` counts them, ``skipped_files`` lists them.
+    ``size`` (an int or ``(H, W)``) resizes every image on load, so that a batch of images of
+    different sizes can be stacked.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        on_error: str = "raise",
+        mode: Optional[str] = "RGB",
+        size: Union[int, tuple[int, int], None] = None,
+        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+        if mode not in _MODES:
+            raise ConfigError(f"mode must be 'RGB', 'L' or None, got {mode!r}.")
+        if isinstance(extensions, str):
+            extensions = (extensions,)
+        exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        if not exts:
+            raise ConfigError("extensions is empty; pass suffixes such as ('.jpg', '.png').")
+        self.root = Path(root).expanduser()
+        self.extensions = exts
+        self.on_error = on_error
+        self.mode = mode
+        self.size = _as_size(size)
+        self.transform = transform
+        self.classes, self.samples = _scan(self.root, exts)
+        self.skipped_files: list[Path] = []
+        if on_error == "skip":
+            self._drop_unreadable()
+        self.targets = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+    @property
+    def skipped(self) -> int:
+        """How many files were left out because PIL could not read them."""
+        return len(self.skipped_files)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Class name -> label."""
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = self.load(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+    def load(self, path: PathLike) -> torch.Tensor:
+        """Decode one file into a uint8 ``(C, H, W)`` tensor with this folder's mode and size."""
+        Image = _pil()
+        try:
+            with Image.open(path) as img:
+                target = self.mode or _NATIVE.get(img.mode, img.mode)
+                if img.mode != target:
+                    img = img.convert(target)
+                if self.size is not None and img.size != (self.size[1], self.size[0]):
+                    img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                array = np.asarray(img)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad files
+            raise DataError(
+                f"image {path} could not be decoded on load ({exc}); replace or delete it, or "
+                "build the dataset with on_error='skip' to leave unreadable files out."
+            ) from exc
+        if array.dtype != np.uint8:
+            raise DataError(
+                f"image {path} has {array.dtype} pixels (PIL mode {img.mode}); pass "
+                "mode='RGB' or mode='L' to convert it to 8 bits."
+            )
+        tensor = torch.from_numpy(array.copy())
+        return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+    def _drop_unreadable(self) -> None:
+        Image = _pil()
+        kept = []
+        for path, label in self.samples:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception:  # PIL raises many types for bad files; all mean "unreadable"
+                self.skipped_files.append(path)
+            else:
+                kept.append((path, label))
+        if self.skipped_files:
+            shown = ", ".join(str(p) for p in self.skipped_files[:3])
+            more = f" and {self.skipped - 3} more" if self.skipped > 3 else ""
+            warnings.warn(
+                f"skipped {self.skipped} unreadable image file(s) under {self.root}: {shown}{more}",
+                stacklevel=3,
+            )
+        present = {label for _, label in kept}
+        empty = [c for i, c in enumerate(self.classes) if i not in present]
+        if empty:
+            raise DataError(
+                f"class folder {self.root / empty[0]} has no readable image left after skipping "
+                "unreadable files; add images to it or remove the folder."
+            )
+        self.samples = kept
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFolder(root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, "
+            f"mode={self.mode!r}, skipped={self.skipped})"
+        )
+
+
+def _as_size(size: Union[int, tuple[int, int], None]) -> Optional[tuple[int, int]]:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+        raise ConfigError(f"size must be a positive int or (height, width), got {size!r}.")
+    return (pair[0], pair[1])
+
+
+def _scan(root: Path, exts: tuple[str, ...]) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist; check the path.")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder; pass the folder that holds one subfolder per class.")
+
+    def visible(entry: os.DirEntry) -> bool:
+        return not entry.name.startswith(".")
+
+    def is_image(entry: os.DirEntry) -> bool:
+        return entry.is_file() and os.path.splitext(entry.name)[1].lower() in exts
+
+    with os.scandir(root) as it:
+        entries = sorted((e for e in it if visible(e)), key=lambda e: e.name)
+    class_dirs = [e for e in entries if e.is_dir()]
+    if not class_dirs:
+        loose = any(is_image(e) for e in entries)
+        hint = (
+            "it holds images directly; move each class's images into its own subfolder"
+            if loose
+            else "put each class's images in its own subfolder"
+        )
+        raise DataError(f"image folder {root} has no class subfolders; {hint}.")
+
+    samples: list[tuple[Path, int]] = []
+    empty: list[str] = []
+    for label, d in enumerate(class_dirs):
+        files: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(d.path, followlinks=True):
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            files += [
+                Path(dirpath) / n
+                for n in sorted(filenames)
+                if not n.startswith(".") and os.path.splitext(n)[1].lower() in exts
+            ]
+        if not files:
+            empty.append(d.name)
+        samples += [(f, label) for f in files]
+    names = [d.name for d in class_dirs]
+    ext_list = ", ".join(exts)
+    if not samples:
+        raise DataError(
+            f"no images ({ext_list}) found in the class subfolders of {root}; add images or "
+            "pass extensions= with the suffixes your files use."
+        )
+    if empty:
+        raise DataError(
+            f"class folder {root / empty[0]} has no images ({ext_list})"
+            + (f", nor do {len(empty) - 1} other class folder(s)" if len(empty) > 1 else "")
+            + "; add images to it or remove the folder."
+        )
+    if len(class_dirs) < 2:
+        raise DataError(
+            f"image folder {root} has a single class ({names[0]!r}); a classifier needs at "
+            "least two class subfolders."
+        )
+    return names, samples
+
+
+def image_folder(
+    root: PathLike,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    on_error: str = "raise",
+    mode: Optional[str] = "RGB",
+    *,
+    size: Union[int, tuple[int, int], None] = None,
+    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> ImageFolder:
+    """A dataset of the images under ``root``, one subfolder per class; see :class:`ImageFolder`.
+
+    Files are found by their suffix (case-insensitive), also in nested folders below a class
+    folder; hidden files and folders are ignored. With ``on_error="raise"`` (the default)
+    files are only opened when read, and an unreadable one raises :class:`DataError` naming
+    it then; with ``on_error="skip"`` every file is checked with PIL's ``verify()`` at
+    construction and the unreadable ones are left out with a warning.
+    """
+    return ImageFolder(root, extensions, on_error, mode, size, transform)

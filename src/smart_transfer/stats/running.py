@@ -1,0 +1,451 @@
+"""Streaming per-channel statistics of one layer's activations.
+
+The functional core of profiling. :class:`RunningStats` sees one batch of activations at a
+time, reduces it to per-channel sums in the activation's own dtype (a centred two-pass on
+the batch, so no catastrophic cancellation), and merges those into float64 running totals
+with Chan's parallel formulas. The same merge combines two halves of a data set, two
+processes, or two saved profiles, so a profile never needs the raw activations and its memory
+does not grow with the number of images.
+
+Statistics and their cost per batch:
+
+* count, mean, variance, min/max, fraction of exact zeros: all values, a few fused passes;
+* channel covariance: all values, one matmul of the centred batch (its diagonal is the
+  variance, so it comes almost for free with the centring);
+* mean / variance of log|x| over non-zero values and a fixed-bin histogram: a stratified
+  random subsample of at most ``sample_per_batch`` positions per batch (every channel at the
+  same positions), because logs and bucketing are far dearer per value than a sum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, IncompatibleError, ProfileError
+from .profile import LayerProfile
+
+F64 = torch.float64
+
+# Histogram defaults: bins uniform in asinh(x / scale) between -asinh(max/scale) and
+# +asinh(max/scale). Near zero the bins are linear (width ~ scale), far from zero they are
+# logarithmic (each bin ~25% wider than the last with 128 bins), so one fixed set of edges
+# resolves both small and large activations of any layer without looking at the data.
+DEFAULT_HIST_BINS = 128
+DEFAULT_HIST_SCALE = 1e-2
+DEFAULT_HIST_MAX = 1e4
+DEFAULT_SAMPLE_PER_BATCH = 4096
+
+
+def hist_edges(
+    bins: int = DEFAULT_HIST_BINS,
+    scale: float = DEFAULT_HIST_SCALE,
+    max_abs: float = DEFAULT_HIST_MAX,
+) -> Tensor:
+    """Histogram bin edges in value space (float64, ``bins + 1`` values, symmetric around 0).
+
+    They depend only on the arguments, never on data, so histograms from two profiles made
+    with the same settings line up bin by bin. Values beyond ``+-max_abs`` are counted in the
+    end bins.
+    """
+    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+        raise ConfigError(f"hist_bins must be a positive int (or 0 for no histogram), got {bins!r}")
+    if not (scale > 0 and max_abs > 0 and math.isfinite(scale) and math.isfinite(max_abs)):
+        raise ConfigError(
+            f"hist_scale and hist_max must be positive and finite, got {scale!r} and {max_abs!r}"
+        )
+    limit = math.asinh(max_abs / scale)
+    # Integer grid first so that the edges are exactly symmetric and the middle one is exactly 0.
+    grid = (2 * torch.arange(bins + 1, dtype=F64) - bins) / bins
+    return scale * torch.sinh(grid * limit)
+
+
+@dataclass
+class ChannelStats:
+    """Merge-able sufficient statistics of one layer (all float64, shape (C,) unless noted).
+
+    ``m2`` / ``comoment`` / ``log_m2`` are sums of squared deviations (not yet divided by the
+    count), which is what Chan's merge needs. Optional parts are None when not collected.
+    """
+
+    count: float  # values per channel; every channel sees the same positions
+    mean: Tensor
+    m2: Tensor
+    comoment: Optional[Tensor] = None  # (C, C)
+    min: Optional[Tensor] = None
+    max: Optional[Tensor] = None
+    zeros: Optional[Tensor] = None  # number of exact zeros
+    log_count: Optional[Tensor] = None
+    log_mean: Optional[Tensor] = None
+    log_m2: Optional[Tensor] = None
+    hist: Optional[Tensor] = None  # (C, B)
+    hist_count: Optional[Tensor] = None
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.mean.shape[0])
+
+
+def _merge_vec(
+    n_a: Tensor | float, mean_a: Tensor, m2_a: Tensor, n_b: Tensor | float, mean_b: Tensor, m2_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Chan et al.'s pairwise merge of (count, mean, M2); counts may be per channel and 0."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    if isinstance(n, Tensor):
+        safe = n.clamp_min(1)  # channels with no values keep mean 0 instead of 0/0
+        mean = mean_a + delta * (n_b / safe)
+        m2 = m2_a + m2_b + delta * delta * (n_a * n_b / safe)
+    else:
+        if n == 0:
+            return mean_a.clone(), m2_a.clone()
+        mean = mean_a + delta * (n_b / n)
+        m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+    return mean, m2
+
+
+def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
+    """The statistics of the union of the data behind ``a`` and ``b`` (order does not matter)."""
+    if a.num_channels != b.num_channels:
+        raise IncompatibleError(
+            f"cannot merge statistics of {a.num_channels} and {b.num_channels} channels; "
+            "merge profiles of the same model and layers"
+        )
+    for part in ("comoment", "min", "zeros", "log_count", "hist"):
+        if (getattr(a, part) is None) != (getattr(b, part) is None):
+            raise IncompatibleError(
+                f"one side has the statistic {part!r} and the other has not; "
+                "profile both with the same settings"
+            )
+    if a.hist is not None and b.hist is not None and a.hist.shape != b.hist.shape:
+        raise IncompatibleError(
+            f"histograms have {a.hist.shape[1]} and {b.hist.shape[1]} bins; "
+            "profile both with the same hist_bins"
+        )
+    n = a.count + b.count
+    mean, m2 = _merge_vec(a.count, a.mean, a.m2, b.count, b.mean, b.m2)
+    out = ChannelStats(count=n, mean=mean, m2=m2)
+    if a.comoment is not None and b.comoment is not None:
+        if n > 0:
+            delta = b.mean - a.mean
+            out.comoment = a.comoment + b.comoment + torch.outer(delta, delta) * (a.count * b.count / n)
+        else:
+            out.comoment = a.comoment.clone()
+    if a.min is not None and b.min is not None and a.max is not None and b.max is not None:
+        out.min = torch.minimum(a.min, b.min)
+        out.max = torch.maximum(a.max, b.max)
+    if a.zeros is not None and b.zeros is not None:
+        out.zeros = a.zeros + b.zeros
+    if a.log_count is not None and b.log_count is not None:
+        assert a.log_mean is not None and a.log_m2 is not None  # set together with log_count
+        assert b.log_mean is not None and b.log_m2 is not None
+        out.log_mean, out.log_m2 = _merge_vec(
+            a.log_count, a.log_mean, a.log_m2, b.log_count, b.log_mean, b.log_m2
+        )
+        out.log_count = a.log_count + b.log_count
+    if a.hist is not None and b.hist is not None:
+        assert a.hist_count is not None and b.hist_count is not None
+        out.hist = a.hist + b.hist
+        out.hist_count = a.hist_count + b.hist_count
+    return out
+
+
+class _Scratch:
+    """One reusable activation-sized buffer shared by all layers of a profiling run.
+
+    Hooks run one after another, so a single buffer suffices. Reusing it avoids allocating
+    (and page-faulting) a fresh tensor as large as the activation for every layer and batch.
+    """
+
+    def __init__(self) -> None:
+        self._buf: Optional[Tensor] = None
+
+    def get(self, like: Tensor) -> Tensor:
+        buf = self._buf
+        if buf is None or buf.numel() < like.numel() or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+            self._buf = buf
+        return buf[: like.numel()].view(like.shape)
+
+
+def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tensor:
+    """View activations as (N, C, L) (channels in the middle) or (M, C) (channels last).
+
+    Both are views of the hooked tensor whenever its memory layout allows, so no copy.
+    """
+    if x.ndim < 2:
+        raise ProfileError(f"layer {name!r} produced a {x.ndim}-d output; expected (batch, channels, ...)")
+    dim = channel_dim % x.ndim
+    if x.shape[dim] != num_channels:
+        raise ProfileError(
+            f"layer {name!r} output has shape {tuple(x.shape)}, whose dim {dim} is not its "
+            f"{num_channels} channels; profile it with point='output' or exclude it"
+        )
+    if dim == x.ndim - 1:
+        return x.reshape(-1, num_channels)
+    if dim != 1:
+        raise ProfileError(f"layer {name!r}: channels must be dim 1 or the last dim, got dim {dim}")
+    x3 = x.flatten(2) if x.ndim > 3 else (x if x.ndim == 3 else x.unsqueeze(-1))
+    if x3.shape[2] == 1:
+        return x3.reshape(x3.shape[0], num_channels)
+    return x3
+
+
+class RunningStats:
+    """Accumulates :class:`ChannelStats` of one layer over batches of activations.
+
+    ``edges``: histogram edges (None: no histogram). ``sample_per_batch``: at most this many
+    positions per batch feed the log moments and the histogram (None: all of them).
+    ``generator`` draws those positions (seed it for reproducible profiles).
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        edges: Optional[Tensor] = None,
+        covariance: bool = True,
+        sample_per_batch: Optional[int] = DEFAULT_SAMPLE_PER_BATCH,
+        generator: Optional[torch.Generator] = None,
+        device: torch.device | str = "cpu",
+        scratch: Optional[_Scratch] = None,
+    ) -> None:
+        if sample_per_batch is not None and (
+            not isinstance(sample_per_batch, int) or isinstance(sample_per_batch, bool) or sample_per_batch < 1
+        ):
+            raise ConfigError(
+                f"sample_per_batch must be a positive int or None (all values), got {sample_per_batch!r}"
+            )
+        c = int(num_channels)
+        dev = torch.device(device)
+        self.num_channels = c
+        self.covariance = covariance
+        self.sample_per_batch = sample_per_batch
+        self.generator = generator
+        self.device = dev
+        self.edges = None if edges is None else edges.to(dtype=F64)
+        self._inner_edges = None if edges is None else self.edges[1:-1].to(dev)  # type: ignore[index]
+        self._scratch = scratch if scratch is not None else _Scratch()
+        self.batches = 0
+        self.subsampled = False  # True once a batch had more positions than sample_per_batch
+        z = torch.zeros(c, dtype=F64, device=dev)
+        self.stats = ChannelStats(
+            count=0.0,
+            mean=z.clone(),
+            m2=z.clone(),
+            comoment=torch.zeros(c, c, dtype=F64, device=dev) if covariance else None,
+            min=torch.full((c,), math.inf, dtype=F64, device=dev),
+            max=torch.full((c,), -math.inf, dtype=F64, device=dev),
+            zeros=z.clone(),
+            log_count=z.clone(),
+            log_mean=z.clone(),
+            log_m2=z.clone(),
+            hist=None if edges is None else torch.zeros(c, edges.numel() - 1, dtype=F64, device=dev),
+            hist_count=None if edges is None else z.clone(),
+        )
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def update(self, x: Tensor, channel_dim: int = 1, name: str = "layer") -> Tensor:
+        """Add one batch of activations; returns a 0-d bool tensor, False if any was NaN/Inf.
+
+        The flag is returned rather than checked so that a GPU caller can check it once per
+        batch instead of synchronising in every hook.
+        """
+        x = x.detach()
+        if not x.is_floating_point():
+            raise ProfileError(f"layer {name!r} produced {x.dtype} values; only floating outputs can be profiled")
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # half-precision sums over a batch would overflow or lose all digits
+        rows = _as_rows(x, channel_dim, self.num_channels, name)
+        batch = self._batch_stats(rows)
+        self.stats = merge_stats(self.stats, batch)
+        self.batches += 1
+        return torch.isfinite(batch.mean).all()
+
+    def _batch_stats(self, x: Tensor) -> ChannelStats:
+        c = self.num_channels
+        ncl = x.ndim == 3  # (N, C, L); otherwise (M, C)
+        n = x.shape[0] * x.shape[2] if ncl else x.shape[0]
+        if n == 0:
+            return _empty_like(self.stats)
+        # Per-sample partial sums stay in the activation dtype (fast); their total is float64.
+        if ncl:
+            total = x.sum(2).to(F64).sum(0)
+            vmin, vmax = x.amin(2).amin(0), x.amax(2).amax(0)
+        else:
+            total = x.to(F64).sum(0) if x.shape[0] <= 1024 else x.sum(0).to(F64)
+            vmin, vmax = x.amin(0), x.amax(0)
+        mean64 = total / n
+        mean = mean64.to(x.dtype)
+        buf = self._scratch.get(x)
+        # Non-zeros as 1.0/0.0 in the scratch buffer: a float sum is much faster than summing
+        # a bool tensor, and exact (per-sample sums of L < 2**24 ones are exact in float32).
+        torch.ne(x, 0, out=buf)
+        nonzero = buf.sum(2).to(F64).sum(0) if ncl else buf.to(F64).sum(0)
+        # Second pass: centre on the batch mean, then squares (or the full Gram matrix).
+        torch.sub(x, mean.view(1, c, 1) if ncl else mean.view(1, c), out=buf)
+        comoment: Optional[Tensor] = None
+        if self.covariance:
+            if ncl:
+                comoment = torch.bmm(buf, buf.transpose(1, 2)).to(F64).sum(0)
+            else:
+                comoment = (buf.T @ buf).to(F64)
+            comoment = 0.5 * (comoment + comoment.T)  # exact symmetry for downstream linear algebra
+            m2 = comoment.diagonal().clone()
+        else:
+            buf.mul_(buf)
+            m2 = buf.sum(2).to(F64).sum(0) if ncl else buf.to(F64).sum(0)
+        out = ChannelStats(
+            count=float(n),
+            mean=mean64,
+            m2=m2,
+            comoment=comoment,
+            min=vmin.to(F64),
+            max=vmax.to(F64),
+            zeros=n - nonzero,
+        )
+        self._sample_stats(x, n, out)
+        return out
+
+    def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
+        """Log moments and histogram counts on a stratified subsample of positions."""
+        k = self.sample_per_batch
+        ncl = x.ndim == 3
+        if k is None or n <= k:
+            sub = x.transpose(1, 2).reshape(-1, self.num_channels) if ncl else x
+        else:
+            self.subsampled = True
+            # One position from each of k equal stretches of the batch: without replacement,
+            # spread over every image, and O(k) to draw (a permutation of n would be O(n)).
+            starts = torch.arange(k, dtype=F64) * (n / k)
+            width = torch.arange(1, k + 1, dtype=F64) * (n / k)
+            lo, hi = starts.floor(), width.floor()
+            u = torch.rand(k, dtype=F64, generator=self.generator)
+            pos = (lo + (u * (hi - lo)).floor()).long().clamp_(0, n - 1).to(x.device)
+            if ncl:
+                length = x.shape[2]
+                sub = x[pos // length, :, pos % length]
+            else:
+                sub = x[pos]
+        sub = sub.to(F64)
+        mag = sub.abs()
+        nz = mag > 0
+        logs = torch.where(nz, mag.clamp_min(torch.finfo(F64).tiny).log(), torch.zeros((), dtype=F64, device=sub.device))
+        cnt = nz.sum(0).to(F64)
+        lmean = logs.sum(0) / cnt.clamp_min(1)
+        dev = torch.where(nz, logs - lmean, torch.zeros((), dtype=F64, device=sub.device))
+        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, (dev * dev).sum(0)
+        if self._inner_edges is not None:
+            bins = self._inner_edges.numel() + 1
+            idx = torch.bucketize(sub, self._inner_edges, right=True)  # [e_i, e_i+1) like numpy
+            idx += torch.arange(self.num_channels, device=sub.device) * bins
+            counts = torch.bincount(idx.flatten(), minlength=self.num_channels * bins)
+            out.hist = counts.view(self.num_channels, bins).to(F64)
+            out.hist_count = torch.full((self.num_channels,), float(sub.shape[0]), dtype=F64, device=sub.device)
+
+    # -- results ---------------------------------------------------------------------------
+
+    def merge_(self, other: "RunningStats") -> "RunningStats":
+        """Fold another accumulator of the same layer into this one (in place)."""
+        self.stats = merge_stats(self.stats, other.stats)
+        self.batches += other.batches
+        self.subsampled = self.subsampled or other.subsampled
+        return self
+
+    def to_layer_profile(self, name: str, kind: str, params: dict[str, tuple[int, ...]]) -> LayerProfile:
+        """Finished statistics on the CPU as a :class:`LayerProfile`."""
+        return to_layer_profile(self.stats, name, kind, params, self.edges)
+
+
+def _empty_like(s: ChannelStats) -> ChannelStats:
+    z = torch.zeros_like(s.mean)
+    return ChannelStats(
+        count=0.0,
+        mean=z.clone(),
+        m2=z.clone(),
+        comoment=None if s.comoment is None else torch.zeros_like(s.comoment),
+        min=None if s.min is None else torch.full_like(z, math.inf),
+        max=None if s.max is None else torch.full_like(z, -math.inf),
+        zeros=None if s.zeros is None else z.clone(),
+        log_count=None if s.log_count is None else z.clone(),
+        log_mean=None if s.log_mean is None else z.clone(),
+        log_m2=None if s.log_m2 is None else z.clone(),
+        hist=None if s.hist is None else torch.zeros_like(s.hist),
+        hist_count=None if s.hist_count is None else z.clone(),
+    )
+
+
+def _cpu(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach().to("cpu", F64).clone()
+
+
+def to_layer_profile(
+    s: ChannelStats,
+    name: str,
+    kind: str,
+    params: dict[str, tuple[int, ...]],
+    edges: Optional[Tensor] = None,
+) -> LayerProfile:
+    """Divide the sums by their counts: population variance/covariance, zero fraction."""
+    c = s.num_channels
+    n = s.count
+    inv = 1.0 / n if n > 0 else 0.0
+    var = (s.m2 * inv).clamp_min(0)  # rounding can leave -1e-20 for a constant channel
+    cov = None
+    if s.comoment is not None:
+        cov = s.comoment * inv
+        cov.diagonal().copy_(var)  # the diagonal *is* the variance; keep them identical
+    log_var = None
+    if s.log_count is not None and s.log_m2 is not None:
+        log_var = (s.log_m2 / s.log_count.clamp_min(1)).clamp_min(0)
+    return LayerProfile(
+        name=name,
+        kind=kind,
+        num_channels=c,
+        params=dict(params),
+        count=torch.full((c,), float(n), dtype=F64),
+        mean=_cpu(s.mean),  # type: ignore[arg-type]
+        var=_cpu(var),  # type: ignore[arg-type]
+        min=_cpu(s.min),
+        max=_cpu(s.max),
+        zero_frac=None if s.zeros is None else _cpu(s.zeros * inv),
+        log_count=_cpu(s.log_count),
+        log_mean=_cpu(s.log_mean),
+        log_var=_cpu(log_var),
+        hist=_cpu(s.hist),
+        hist_edges=None if s.hist is None or edges is None else _cpu(edges),
+        hist_count=_cpu(s.hist_count),
+        cov=_cpu(cov),
+    )
+
+
+def from_layer_profile(lp: LayerProfile) -> ChannelStats:
+    """Sufficient statistics back from a finished profile (inverse of :func:`to_layer_profile`)."""
+    n = float(lp.count[0]) if lp.count.numel() else 0.0
+    if not math.isfinite(n):
+        raise IncompatibleError(
+            f"layer {lp.name!r} comes from BatchNorm running statistics (unknown count) and cannot "
+            "be merged; merge only profiles made by st.profile from data"
+        )
+    f = lp.mean.to(F64)
+    return ChannelStats(
+        count=n,
+        mean=f.clone(),
+        m2=lp.var.to(F64) * n,
+        comoment=None if lp.cov is None else lp.cov.to(F64) * n,
+        min=None if lp.min is None else lp.min.to(F64).clone(),
+        max=None if lp.max is None else lp.max.to(F64).clone(),
+        zeros=None if lp.zero_frac is None else (lp.zero_frac.to(F64) * n).round(),
+        log_count=None if lp.log_count is None else lp.log_count.to(F64).clone(),
+        log_mean=None if lp.log_mean is None else lp.log_mean.to(F64).clone(),
+        log_m2=None
+        if lp.log_var is None or lp.log_count is None
+        else lp.log_var.to(F64) * lp.log_count.to(F64),
+        hist=None if lp.hist is None else lp.hist.to(F64).clone(),
+        hist_count=None if lp.hist_count is None else lp.hist_count.to(F64).clone(),
+    )
