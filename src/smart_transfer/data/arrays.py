@@ -18,8 +18,10 @@ floating types must lie in [0, 1] and stay floating (float32). The batch transfo
 from __future__ import annotations
 
 import os
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -39,9 +41,9 @@ class ArrayDataset(TensorImageDataset):
 
 
 def arrays(
-    images: Union[ArrayLike, PathLike],
-    labels: Optional[ArrayLike] = None,
-    classes: Optional[Sequence[str]] = None,
+    images: ArrayLike | PathLike,
+    labels: ArrayLike | None = None,
+    classes: Sequence[str] | None = None,
     *,
     layout: str = "auto",
 ) -> ArrayDataset:
@@ -91,13 +93,15 @@ def arrays(
     return ArrayDataset(x, targets, classes)
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, Optional[list[str]]]:
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist; check the path.")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc}); save it with np.savez.") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{path} is not a readable .npz file ({exc}); save it with np.savez."
+        ) from exc
     if not hasattr(npz, "files"):
         raise DataError(
             f"{path} holds a single array, not an .npz archive; save images and labels with "
@@ -110,7 +114,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, Optional[list[str]]]:
                 try:
                     images, labels = npz[keys[img_key]], npz[keys[lbl_key]]
                     classes = [str(c) for c in npz[keys["classes"]]] if "classes" in keys else None
-                except (OSError, ValueError, Exception) as exc:
+                except (OSError, ValueError, zipfile.BadZipFile) as exc:
                     raise DataError(f"{path} could not be read ({exc}); save it again.") from exc
                 return images, labels, classes
     raise DataError(
@@ -125,19 +129,21 @@ def _as_tensor(a: Any, what: str) -> torch.Tensor:
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as exc:
-        raise DataError(f"{what} could not be turned into an array ({exc}); pass a numpy array.") from exc
-    if arr.dtype == object:
-        raise DataError(f"{what} is a ragged or object array; pass a numeric array of one shape.")
-    if arr.dtype.kind in "US":
-        return arr  # type: ignore[return-value]  # string labels, handled by _as_targets
+        raise DataError(
+            f"{what} could not be turned into an array ({exc}); pass a numpy array."
+        ) from exc
+    if arr.dtype.kind not in "biuf":
+        raise DataError(
+            f"{what} have dtype {arr.dtype} (ragged, object or text); pass a numeric array of one shape."
+        )
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _to_layout(x: torch.Tensor, layout: str, from_numpy: bool) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise DataError("images are strings; pass numeric pixel arrays.")
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise DataError("images are empty (0 images); pass at least one image per class.")
     if x.dim() == 3:
         if layout != "auto":
             raise DataError(
@@ -185,16 +191,21 @@ def _to_pixels(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.uint8)
 
 
-def _as_targets(labels: Any, n: int) -> tuple[torch.Tensor, Optional[list[str]]]:
-    y = _as_tensor(labels, "labels")
-    if not isinstance(y, torch.Tensor):  # strings: classes are the sorted unique values
-        arr = np.asarray(y)
+def _as_targets(labels: Any, n: int) -> tuple[torch.Tensor, list[str] | None]:
+    arr = None if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr is not None and arr.dtype.kind in "USO":  # names: classes are the sorted unique values
         if arr.ndim != 1:
             raise DataError(f"labels must be 1-D, got shape {arr.shape}; pass one label per image.")
-        names, inverse = np.unique(arr, return_inverse=True)
+        try:
+            names, inverse = np.unique(arr, return_inverse=True)
+        except TypeError as exc:
+            raise DataError(
+                f"labels mix types that cannot be sorted ({exc}); pass one type."
+            ) from exc
         y, label_names = torch.from_numpy(inverse.astype(np.int64)), [str(s) for s in names]
     else:
         label_names = None
+        y = _as_tensor(labels, "labels")
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.dim() != 1:
@@ -210,7 +221,9 @@ def _as_targets(labels: Any, n: int) -> tuple[torch.Tensor, Optional[list[str]]]
             raise DataError(f"labels have dtype {y.dtype}; pass integer class indices.")
         y = y.to(torch.int64)
         if len(y) and int(y.min()) < 0:
-            raise DataError(f"labels must be >= 0, found {int(y.min())}; pass class indices 0..K-1.")
+            raise DataError(
+                f"labels must be >= 0, found {int(y.min())}; pass class indices 0..K-1."
+            )
     if len(y) != n:
         raise DataError(f"there are {n} images but {len(y)} labels; pass one label per image.")
     return y, label_names

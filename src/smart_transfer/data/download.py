@@ -9,8 +9,8 @@ import os
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
 from ..errors import DataError
 

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Union
 
 import torch
 
 from ..errors import ConfigError, DataError
-from .download import cache_dir, download as _download
+from .download import cache_dir
+from .download import download as _download
 from .idx import read_idx
 from .tensor_dataset import TensorImageDataset
 
@@ -73,7 +75,7 @@ class FashionMNIST(TensorImageDataset):
         targets: torch.Tensor,
         split: str,
         source: Path,
-        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(images, targets, CLASSES, transform)
         self.split = split
@@ -85,12 +87,12 @@ class FashionMNIST(TensorImageDataset):
 
 def fashion_mnist(
     split: str = "train",
-    root: Optional[PathLike] = None,
+    root: PathLike | None = None,
     download: bool = True,
     *,
-    url: Optional[str] = None,
-    search: Optional[Sequence[PathLike]] = None,
-    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    url: str | None = None,
+    search: Sequence[PathLike] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FashionMNIST:
     """Load the ``"train"`` (60,000 images) or ``"test"`` (10,000) split of Fashion-MNIST.
 
@@ -120,7 +122,7 @@ def fashion_mnist(
     return FashionMNIST(images, labels.to(torch.int64), split, folder, transform)
 
 
-def _candidates(root: Optional[PathLike], search: Optional[Sequence[PathLike]]) -> list[Path]:
+def _candidates(root: PathLike | None, search: Sequence[PathLike] | None) -> list[Path]:
     dirs: list[Path] = []
     if root is not None:
         r = Path(root).expanduser()
@@ -132,7 +134,7 @@ def _candidates(root: Optional[PathLike], search: Optional[Sequence[PathLike]]) 
     return dirs
 
 
-def _find(folder: Path, split: str) -> Optional[tuple[Path, Path]]:
+def _find(folder: Path, split: str) -> tuple[Path, Path] | None:
     found = []
     for name in FILES[split]:
         path = next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
@@ -142,7 +144,7 @@ def _find(folder: Path, split: str) -> Optional[tuple[Path, Path]]:
     return found[0], found[1]
 
 
-def _download_split(split: str, url: Optional[str]) -> Path:
+def _download_split(split: str, url: str | None) -> Path:
     base = url or os.environ.get(URL_ENV) or OFFICIAL_URL
     base = base if base.endswith("/") else base + "/"
     dest = cache_dir() / "fashion-mnist"
@@ -176,20 +178,20 @@ def _not_found_message(
     split: str,
     looked: Sequence[Path],
     download: bool,
-    url: Optional[str],
-    failure: Optional[BaseException],
+    url: str | None,
+    failure: BaseException | None,
 ) -> str:
     names = " and ".join(f"{n}[.gz]" for n in FILES[split])
     places = ", ".join(str(p) for p in looked) or "(no folders)"
     if download:
         base = url or os.environ.get(URL_ENV) or OFFICIAL_URL
-        tried = f"the download from {base} failed ({failure})"
-        fix = f"connect to the internet, or set ${URL_ENV} to a mirror"
+        what = f"downloading them from {base} failed ({failure})"
+        fix = f"retry when online, or set ${URL_ENV} to a mirror"
     else:
-        tried = "download=False"
-        fix = "pass download=True to fetch them from the official location"
+        what = "download=False"
+        fix = f"pass download=True to fetch them from {OFFICIAL_URL} into {cache_dir()}"
     return (
-        f"Fashion-MNIST {split} files ({names}) were not found in {places} and {tried}; "
+        f"Fashion-MNIST {split} files ({names}) were not found in {places}, and {what}; "
         f"install them with `sudo apt-get install {APT_PACKAGE}`, pass root= a folder "
         f"holding them, or {fix}."
     )

@@ -100,14 +100,20 @@ def _read_stream(f: BinaryIO, path: Path) -> torch.Tensor:
         )
     if torch_dtype == torch.uint8:
         # zero-copy: the bytearray is writable and owned by the tensor from here on
-        tensor = torch.frombuffer(buf, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+        tensor = (
+            torch.frombuffer(buf, dtype=torch.uint8)
+            if nbytes
+            else torch.empty(0, dtype=torch.uint8)
+        )
     else:
         native = np.frombuffer(buf, dtype=np_dtype).astype(np.dtype(np_dtype).newbyteorder("="))
         tensor = torch.from_numpy(native)
     return tensor.reshape(shape)
 
 
-def write_idx(path: PathLike, tensor: torch.Tensor | np.ndarray, compress: bool | None = None) -> Path:
+def write_idx(
+    path: PathLike, tensor: torch.Tensor | np.ndarray, compress: bool | None = None
+) -> Path:
     """Write ``tensor`` as an idx file, atomically (temp file in the same folder, then rename).
 
     ``compress=None`` compresses when the name ends in ``.gz``. Supported dtypes: uint8, int8,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -19,6 +21,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _MODES = ("RGB", "L", None)
 # with mode=None, modes whose raw values are not pixel intensities still get converted
 _NATIVE = {"1": "L", "P": "RGB", "PA": "RGBA", "LA": "L"}
+
+
+# what PIL raises for files it cannot identify, parse or check (struct.error: cut headers)
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
 
 
 def _pil() -> Any:
@@ -48,9 +54,9 @@ class ImageFolder(Dataset):
         root: PathLike,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         on_error: str = "raise",
-        mode: Optional[str] = "RGB",
-        size: Union[int, tuple[int, int], None] = None,
-        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        mode: str | None = "RGB",
+        size: int | tuple[int, int] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
@@ -104,7 +110,7 @@ class ImageFolder(Dataset):
                 if self.size is not None and img.size != (self.size[1], self.size[0]):
                     img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 array = np.asarray(img)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad files
+        except _PIL_ERRORS as exc:
             raise DataError(
                 f"image {path} could not be decoded on load ({exc}); replace or delete it, or "
                 "build the dataset with on_error='skip' to leave unreadable files out."
@@ -124,7 +130,7 @@ class ImageFolder(Dataset):
             try:
                 with Image.open(path) as img:
                     img.verify()
-            except Exception:  # PIL raises many types for bad files; all mean "unreadable"
+            except _PIL_ERRORS:
                 self.skipped_files.append(path)
             else:
                 kept.append((path, label))
@@ -151,7 +157,7 @@ class ImageFolder(Dataset):
         )
 
 
-def _as_size(size: Union[int, tuple[int, int], None]) -> Optional[tuple[int, int]]:
+def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     pair = (size, size) if isinstance(size, int) else tuple(size)
@@ -164,7 +170,9 @@ def _scan(root: Path, exts: tuple[str, ...]) -> tuple[list[str], list[tuple[Path
     if not root.exists():
         raise DataError(f"image folder {root} does not exist; check the path.")
     if not root.is_dir():
-        raise DataError(f"{root} is a file, not a folder; pass the folder that holds one subfolder per class.")
+        raise DataError(
+            f"{root} is a file, not a folder; pass the folder that holds one subfolder per class."
+        )
 
     def visible(entry: os.DirEntry) -> bool:
         return not entry.name.startswith(".")
@@ -223,10 +231,10 @@ def image_folder(
     root: PathLike,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     on_error: str = "raise",
-    mode: Optional[str] = "RGB",
+    mode: str | None = "RGB",
     *,
-    size: Union[int, tuple[int, int], None] = None,
-    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    size: int | tuple[int, int] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ImageFolder:
     """A dataset of the images under ``root``, one subfolder per class; see :class:`ImageFolder`.
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -25,7 +26,7 @@ class TensorImageDataset(Dataset):
         images: torch.Tensor,
         targets: torch.Tensor,
         classes: Sequence[str],
-        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if images.dim() not in (3, 4):
             raise DataError(

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +42,13 @@ from ..errors import ConfigError
 from ..layers import NORM_TYPES, following_norms
 from .plan import FreezePlan
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 BN_POLICIES = ("freeze", "update")
 
 # Handles whose hooks are in place, to refuse a second plan on the same parameters.
-_ACTIVE: "weakref.WeakSet[PlanHandle]" = weakref.WeakSet()
+_ACTIVE: weakref.WeakSet[PlanHandle] = weakref.WeakSet()
 
 
 class _FrozenRows:
@@ -80,6 +84,19 @@ class _FrozenRows:
         if self.idx.device != grad.device:
             self.idx = self.idx.to(grad.device)
         grad.index_fill_(0, self.idx, 0)
+
+
+def _restore_stats(module: nn.Module, mean_rows: _FrozenRows, var_rows: _FrozenRows) -> None:
+    """Copy saved running statistics back into a BatchNorm's frozen channels.
+
+    The write goes through ``.data`` so that it does not bump the buffers' autograd version:
+    a training-mode batch_norm saves the running statistics for its backward pass but does
+    not use them there (it uses the batch statistics), and an in-place write right after the
+    forward pass would otherwise fail that backward pass with a version-counter error.
+    """
+    with torch.no_grad():
+        mean_rows.restore(module.running_mean.data)  # type: ignore[union-attr]
+        var_rows.restore(module.running_var.data)  # type: ignore[union-attr]
 
 
 class PlanHandle:
@@ -171,19 +188,23 @@ class PlanHandle:
 
     # ------------------------------------------------------------------ hooks
 
-    @staticmethod
-    def _grad_hook(rows: _FrozenRows, param: Tensor) -> None:
+    # The hooks are bound methods on purpose: while any hook is registered it keeps its handle
+    # alive, so the handle (and its remove()) is reachable for as long as the plan acts.
+
+    def _grad_hook(self, rows: _FrozenRows, param: Tensor) -> None:
         if param.grad is not None:
             rows.zero(param.grad)
 
-    @staticmethod
     def _bn_hook(
-        mean_rows: _FrozenRows, var_rows: _FrozenRows, module: nn.Module, args: Any, output: Any
+        self,
+        mean_rows: _FrozenRows,
+        var_rows: _FrozenRows,
+        module: nn.Module,
+        args: Any,
+        output: Any,
     ) -> None:
         if module.training and module.running_mean is not None:
-            with torch.no_grad():
-                mean_rows.restore(module.running_mean)  # type: ignore[arg-type]
-                var_rows.restore(module.running_var)  # type: ignore[arg-type]
+            _restore_stats(module, mean_rows, var_rows)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._restore_params()
@@ -221,10 +242,8 @@ class PlanHandle:
         moved frozen rows; with one, this already happens after every step.
         """
         self._restore_params()
-        with torch.no_grad():
-            for module, mean_rows, var_rows in self._bn_rows:
-                mean_rows.restore(module.running_mean)  # type: ignore[arg-type]
-                var_rows.restore(module.running_var)  # type: ignore[arg-type]
+        for module, mean_rows, var_rows in self._bn_rows:
+            _restore_stats(module, mean_rows, var_rows)
 
     def zero_grads(self) -> None:
         """Zero the frozen rows of the current gradients (the hooks already do this)."""
@@ -248,10 +267,10 @@ class PlanHandle:
         self.active = False
         _ACTIVE.discard(self)
 
-    def __enter__(self) -> "PlanHandle":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def __repr__(self) -> str:

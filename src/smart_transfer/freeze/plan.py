@@ -16,9 +16,10 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -128,7 +129,7 @@ class FreezePlan:
         masks: Mapping[str, Tensor],
         layers: Mapping[str, Sequence[str]] | None = None,
         meta: Mapping[str, Any] | None = None,
-    ) -> "FreezePlan":
+    ) -> FreezePlan:
         """A hand-made plan: masks by parameter name, shapes read from ``model``."""
         params = dict(model.named_parameters())
         unknown = [n for n in masks if n not in params]
@@ -144,7 +145,7 @@ class FreezePlan:
             meta=dict(meta or {}),
         )
 
-    def random_like(self, seed: int = 0) -> "FreezePlan":
+    def random_like(self, seed: int = 0) -> FreezePlan:
         """A control plan: the same number of frozen channels in every layer, at random places.
 
         Channels of a layer are frozen together across the layer's parameters (a channel is
@@ -232,7 +233,8 @@ class FreezePlan:
         for r in s["layers"] + [dict(s, layer="total")]:
             lines.append(
                 f"{r['layer']:<{width}}  {r['frozen_channels']:>7}/{r['channels']:<7}  "
-                f"{r['frozen_params']:>10}/{r['num_params']:<10}  {100 * r['frozen_fraction']:>6.1f}%"
+                f"{r['frozen_params']:>10}/{r['num_params']:<10}  "
+                f"{100 * r['frozen_fraction']:>6.1f}%"
             )
         return "\n".join(lines)
 
@@ -277,7 +279,8 @@ class FreezePlan:
             if wrong:
                 parts.append(f"mis-shaped parameters: {_shown(wrong, 3)}")
             raise IncompatibleError(
-                "plan made for another model: " + "; ".join(parts)
+                "plan made for another model: "
+                + "; ".join(parts)
                 + "; make the plan from this model's profiles"
             )
 
@@ -300,7 +303,7 @@ class FreezePlan:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FreezePlan":
+    def from_dict(cls, d: Mapping[str, Any]) -> FreezePlan:
         """Inverse of :meth:`to_dict`; raises :class:`IncompatibleError` for other schemas."""
         if d.get("format") != FORMAT_NAME:
             raise DataError(
@@ -317,8 +320,11 @@ class FreezePlan:
             shapes = {n: tuple(int(s) for s in p["shape"]) for n, p in d["params"].items()}
             masks = {}
             for n, p in d["params"].items():
+                idx = torch.as_tensor(p["frozen"], dtype=torch.long).reshape(-1)
+                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= shapes[n][0]):
+                    raise ValueError(f"frozen channel index out of range for {n}")
                 m = torch.zeros(shapes[n][0], dtype=torch.bool)
-                m[torch.as_tensor(p["frozen"], dtype=torch.long)] = True
+                m[idx] = True
                 masks[n] = m
             layers = {k: list(v) for k, v in d["layers"].items()}
             meta = dict(d.get("meta", {}))
@@ -351,7 +357,7 @@ class FreezePlan:
         return path
 
     @classmethod
-    def load(cls, path: PathLike) -> "FreezePlan":
+    def load(cls, path: PathLike) -> FreezePlan:
         """Read a plan written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
@@ -359,7 +365,9 @@ class FreezePlan:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not valid FreezePlan JSON ({exc}); save the plan again") from None
+            raise DataError(
+                f"{path} is not valid FreezePlan JSON ({exc}); save the plan again"
+            ) from None
         if not isinstance(d, dict):
             raise DataError(f"{path} does not hold a FreezePlan object; save the plan again")
         return cls.from_dict(d)

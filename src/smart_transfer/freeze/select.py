@@ -25,7 +25,8 @@ import fnmatch
 import math
 import numbers
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,8 +42,11 @@ _EPS = 1e-9  # absorbs float error in q * C and b * total (0.29 * 100 = 28.99999
 
 
 def _check_rule(threshold: Any, quantile: Any, budget: Any) -> tuple[str, float]:
-    given = {k: v for k, v in (("threshold", threshold), ("quantile", quantile), ("budget", budget))
-             if v is not None}
+    given = {
+        k: v
+        for k, v in (("threshold", threshold), ("quantile", quantile), ("budget", budget))
+        if v is not None
+    }
     if len(given) != 1:
         what = "none was" if not given else f"{' and '.join(given)} were"
         raise ConfigError(
@@ -192,8 +196,11 @@ def plan_freeze(
             scores = np.concatenate([chan_scores[layer] for layer in planned])
             costs = np.concatenate(
                 [
-                    np.full(chan_scores[layer].size, sum(_row_size(sh) for sh in params[layer].values()),
-                            dtype=np.int64)
+                    np.full(
+                        chan_scores[layer].size,
+                        sum(_row_size(sh) for sh in params[layer].values()),
+                        dtype=np.int64,
+                    )
                     for layer in planned
                 ]
             )
@@ -243,7 +250,9 @@ def plan_freeze(
             "scope": scope,
             "rule": rule,
             "value": value,
-            "layers": None if layers is None else ([layers] if isinstance(layers, str) else list(layers)),
+            "layers": None
+            if layers is None
+            else ([layers] if isinstance(layers, str) else list(layers)),
         },
         "layer_scores": {
             layer: _json_float(float(sim.layer_scores[layer]))
@@ -252,7 +261,10 @@ def plan_freeze(
         },
     }
     plan = FreezePlan(
-        masks=masks, shapes=shapes, layers={layer: list(params[layer]) for layer in planned}, meta=meta
+        masks=masks,
+        shapes=shapes,
+        layers={layer: list(params[layer]) for layer in planned},
+        meta=meta,
     )
     if rule == "budget":
         trainable = 1.0 - plan.frozen_fraction

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -11,7 +9,7 @@ from ..errors import ConfigError, IncompatibleError
 from ..stats.profile import LayerProfile
 
 
-def f64(x: Optional[Tensor], what: str, layer: LayerProfile) -> Tensor:
+def f64(x: Tensor | None, what: str, layer: LayerProfile) -> Tensor:
     """``x`` as a float64 CPU tensor; a missing statistic is a ConfigError naming it."""
     if x is None:
         raise ConfigError(

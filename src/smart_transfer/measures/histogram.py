@@ -36,6 +36,11 @@ def _empty_meta(both: Tensor, one: Tensor) -> dict[str, Any]:
         meta["empty_in_both"] = torch.nonzero(both).flatten().tolist()
     if bool(one.any()):
         meta["empty_in_one"] = torch.nonzero(one).flatten().tolist()
+    if meta:
+        meta["note"] = (
+            "some channels have an empty histogram (no value inside the histogram range): "
+            "scored 1 when empty in both profiles, 0 when empty in one"
+        )
     return meta
 
 
@@ -51,10 +56,10 @@ def wasserstein(pre: LayerProfile, new: LayerProfile) -> MeasureValues:
     ``scipy.stats.wasserstein_distance(centres, centres, hist_pre, hist_new)``:
     ``sum_i |F_pre(i) - F_new(i)| * (centre[i+1] - centre[i])``.
 
-    Score: ``exp(-W1 / s)`` with the scale ``s = max(sqrt((var_pre + var_new) / 2), mean bin
-    width)``: the pooled standard deviation of the channel, but never finer than the
-    histogram can resolve. 1 for identical histograms; for a fixed scale it falls
-    monotonically with W1 (a shift by one pooled std scores about 0.37).
+    Score: ``exp(-W1 / s)`` with the scale ``s = max(sqrt((var_pre + var_new) / 2), narrowest
+    bin width)``: the pooled standard deviation of the channel (from the profiles' ``var``),
+    but never finer than the histogram can resolve. 1 for identical histograms; for a fixed
+    scale it falls monotonically with W1 (a shift by one pooled std scores about 0.37).
     """
     p, q, edges, both, one = _prepare(pre, new)
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -62,8 +67,9 @@ def wasserstein(pre: LayerProfile, new: LayerProfile) -> MeasureValues:
     span = (edges[-1] - edges[0]).item()
     w1 = torch.where(both, 0.0, torch.where(one, span, w1))
     vp, vn = f64(pre.var, "var", pre).clamp_min(0.0), f64(new.var, "var", new).clamp_min(0.0)
-    width = span / max(edges.numel() - 1, 1)
-    scale = torch.sqrt(0.5 * (vp + vn)).clamp_min(width if width > 0 else 1.0)
+    widths = torch.diff(edges)
+    resolution = float(widths[widths > 0].min()) if bool((widths > 0).any()) else 1.0
+    scale = torch.sqrt(0.5 * (vp + vn)).clamp_min(resolution)
     score = torch.where(one, 0.0, torch.exp(-w1 / scale))
     return MeasureValues(raw=w1, score=score, meta=_empty_meta(both, one))
 
@@ -113,7 +119,7 @@ register_measure(
     direction="divergence",
     assumption=_HIST_ASSUMPTION + "; W1 with each bin's mass at its centre",
     requires=_HIST | {"var"},
-    score="exp(-W1 / s), s = max(pooled std of the channel, mean bin width)",
+    score="exp(-W1 / s), s = max(pooled std of the channel, narrowest bin width)",
 )(wasserstein)
 
 register_measure(

@@ -73,7 +73,10 @@ def trace_sqrt_product(s1: Tensor, s2: Tensor) -> Tensor:
 def frechet_distance(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> Tensor:
     """``||mu1 - mu2||^2 + Tr(s1 + s2 - 2 sqrtm(s1 s2))``: the squared 2-Wasserstein
     distance between ``N(mu1, s1)`` and ``N(mu2, s2)`` (float64 scalar, >= 0)."""
-    fd = ((mu1 - mu2) ** 2).sum() + torch.trace(s1) + torch.trace(s2)
+    dmu2 = ((mu1 - mu2) ** 2).sum()
+    if torch.equal(s1, s2):  # exact: Tr sqrtm(S S) = Tr S, without eigendecomposition rounding
+        return dmu2
+    fd = dmu2 + torch.trace(s1) + torch.trace(s2)
     return (fd - 2.0 * trace_sqrt_product(s1, s2)).clamp_min(0.0)
 
 
@@ -105,19 +108,26 @@ def frechet(pre: LayerProfile, new: LayerProfile) -> MeasureValues:
     if pre.cov is not None and new.cov is not None:
         sp, sn = f64(pre.cov, "cov", pre), f64(new.cov, "cov", new)
         fd = frechet_distance(mn, sn, mp, sp)
+        layer_den = float(dmu2.sum() + torch.trace(sn) + torch.trace(sp))
         covariance = "full"
     else:
         fd = raw.sum()  # FD of diagonal Gaussians is the sum of the marginal FDs
+        layer_den = float(den.sum())
         covariance = "diagonal"
-    layer_den = float(den.sum())
     fd_f = float(fd)
     layer_score = 1.0 - fd_f / layer_den if layer_den > 0 else 1.0
+    meta: dict[str, Any] = {"covariance": covariance}
+    if covariance == "diagonal":
+        meta["note"] = (
+            "frechet used diagonal variances, as a profile has no channel covariance "
+            "(BatchNorm-derived profiles carry none)"
+        )
     return MeasureValues(
         raw=raw,
         score=score,
         layer_raw=fd_f,
         layer_score=min(max(layer_score, 0.0), 1.0),
-        meta={"covariance": covariance},
+        meta=meta,
     )
 
 

@@ -22,8 +22,9 @@ values to scores itself, reports a layer-level value, or has something to say in
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
@@ -56,8 +57,8 @@ class MeasureValues:
 
     raw: Tensor
     score: Tensor
-    layer_raw: Optional[float] = None
-    layer_score: Optional[float] = None
+    layer_raw: float | None = None
+    layer_score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,7 +161,9 @@ def register_measure(
     raises :class:`ConfigError` unless ``overwrite=True``. Returns the function unchanged.
     """
     if level not in LEVELS:
-        raise ConfigError(f"level {level!r} is not valid for measure {name!r}; use one of {LEVELS}.")
+        raise ConfigError(
+            f"level {level!r} is not valid for measure {name!r}; use one of {LEVELS}."
+        )
     if direction not in DIRECTIONS:
         raise ConfigError(
             f"direction {direction!r} is not valid for measure {name!r}; use one of {DIRECTIONS}."
@@ -173,9 +176,7 @@ def register_measure(
             f"{sorted(STATISTICS)}."
         )
     if not score:
-        score = (
-            "exp(-raw)" if direction == "divergence" else "the raw value, clipped to [0, 1]"
-        )
+        score = "exp(-raw)" if direction == "divergence" else "the raw value, clipped to [0, 1]"
 
     def decorator(fn: MeasureFn) -> MeasureFn:
         if name in _REGISTRY and not overwrite:
@@ -202,7 +203,7 @@ def unregister_measure(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def get_measure(name: Union[str, Measure]) -> Measure:
+def get_measure(name: str | Measure) -> Measure:
     """The :class:`Measure` registered under ``name`` (a Measure is returned as is)."""
     if isinstance(name, Measure):
         return name
@@ -216,7 +217,7 @@ def get_measure(name: Union[str, Measure]) -> Measure:
     return _REGISTRY[name]
 
 
-def list_measures(details: bool = False) -> Union[list[str], list[dict[str, Any]]]:
+def list_measures(details: bool = False) -> list[str] | list[dict[str, Any]]:
     """Sorted names of the registered measures, or with ``details=True`` one dict per
     measure with ``name, level, direction, assumption, requires, batchnorm_ok, score``."""
     names = sorted(_REGISTRY)

@@ -106,7 +106,7 @@ def round_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 def round_repeats(repeats: int, depth: float) -> int:
-    return int(math.ceil(depth * repeats))
+    return math.ceil(depth * repeats)
 
 
 class Conv2dSame(nn.Conv2d):

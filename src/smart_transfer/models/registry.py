@@ -9,6 +9,7 @@ them.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,12 +63,29 @@ def get_entry(name: str) -> BackboneEntry:
     if name in entries:
         return entries[name]
     close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+    close += [f"{prefix}:{name}" for prefix in _libraries_with(name)]
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     raise UnknownNameError(
         f"unknown backbone {name!r}; {hint}built-in backbones are {', '.join(sorted(entries))}, "
         f"and any torchvision or timm model works as 'torchvision:NAME' or 'timm:NAME' "
         f"(see smart_transfer.list_backbones('torchvision') / list_backbones('timm'))"
     )
+
+
+def _libraries_with(name: str) -> list[str]:
+    """Which of torchvision / timm (if installed) have a model called ``name``."""
+    found = []
+    if importlib.util.find_spec("torchvision") is not None:
+        import torchvision
+
+        if name in torchvision.models.list_models(module=torchvision.models):
+            found.append("torchvision")
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        if timm.is_model(name):
+            found.append("timm")
+    return found
 
 
 def create(name: str, pretrained: bool | None = None, num_classes: int | None = None, **kwargs: Any) -> nn.Module:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -75,15 +74,15 @@ class ChannelStats:
     count: float  # values per channel; every channel sees the same positions
     mean: Tensor
     m2: Tensor
-    comoment: Optional[Tensor] = None  # (C, C)
-    min: Optional[Tensor] = None
-    max: Optional[Tensor] = None
-    zeros: Optional[Tensor] = None  # number of exact zeros
-    log_count: Optional[Tensor] = None
-    log_mean: Optional[Tensor] = None
-    log_m2: Optional[Tensor] = None
-    hist: Optional[Tensor] = None  # (C, B)
-    hist_count: Optional[Tensor] = None
+    comoment: Tensor | None = None  # (C, C)
+    min: Tensor | None = None
+    max: Tensor | None = None
+    zeros: Tensor | None = None  # number of exact zeros
+    log_count: Tensor | None = None
+    log_mean: Tensor | None = None
+    log_m2: Tensor | None = None
+    hist: Tensor | None = None  # (C, B)
+    hist_count: Tensor | None = None
 
     @property
     def num_channels(self) -> int:
@@ -140,15 +139,19 @@ def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
         out.max = torch.maximum(a.max, b.max)
     if a.zeros is not None and b.zeros is not None:
         out.zeros = a.zeros + b.zeros
-    if a.log_count is not None and b.log_count is not None:
-        assert a.log_mean is not None and a.log_m2 is not None  # set together with log_count
-        assert b.log_mean is not None and b.log_m2 is not None
+    if (
+        a.log_count is not None
+        and a.log_mean is not None
+        and a.log_m2 is not None
+        and b.log_count is not None
+        and b.log_mean is not None
+        and b.log_m2 is not None
+    ):
         out.log_mean, out.log_m2 = _merge_vec(
             a.log_count, a.log_mean, a.log_m2, b.log_count, b.log_mean, b.log_m2
         )
         out.log_count = a.log_count + b.log_count
-    if a.hist is not None and b.hist is not None:
-        assert a.hist_count is not None and b.hist_count is not None
+    if a.hist is not None and b.hist is not None and a.hist_count is not None and b.hist_count is not None:
         out.hist = a.hist + b.hist
         out.hist_count = a.hist_count + b.hist_count
     return out
@@ -162,7 +165,7 @@ class _Scratch:
     """
 
     def __init__(self) -> None:
-        self._buf: Optional[Tensor] = None
+        self._buf: Tensor | None = None
 
     def get(self, like: Tensor) -> Tensor:
         buf = self._buf
@@ -198,7 +201,8 @@ def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tenso
 class RunningStats:
     """Accumulates :class:`ChannelStats` of one layer over batches of activations.
 
-    ``edges``: histogram edges (None: no histogram). ``sample_per_batch``: at most this many
+    ``hist_bins`` / ``hist_scale`` / ``hist_max``: the fixed histogram bins of
+    :func:`hist_edges` (``hist_bins`` 0 or None: no histogram). ``sample_per_batch``: at most this many
     positions per batch feed the log moments and the histogram (None: all of them).
     ``generator`` draws those positions (seed it for reproducible profiles).
     """
@@ -207,12 +211,14 @@ class RunningStats:
         self,
         num_channels: int,
         *,
-        edges: Optional[Tensor] = None,
+        hist_bins: int | None = DEFAULT_HIST_BINS,
+        hist_scale: float = DEFAULT_HIST_SCALE,
+        hist_max: float = DEFAULT_HIST_MAX,
         covariance: bool = True,
-        sample_per_batch: Optional[int] = DEFAULT_SAMPLE_PER_BATCH,
-        generator: Optional[torch.Generator] = None,
+        sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
+        generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
-        scratch: Optional[_Scratch] = None,
+        scratch: _Scratch | None = None,
     ) -> None:
         if sample_per_batch is not None and (
             not isinstance(sample_per_batch, int) or isinstance(sample_per_batch, bool) or sample_per_batch < 1
@@ -227,8 +233,11 @@ class RunningStats:
         self.sample_per_batch = sample_per_batch
         self.generator = generator
         self.device = dev
-        self.edges = None if edges is None else edges.to(dtype=F64)
-        self._inner_edges = None if edges is None else self.edges[1:-1].to(dev)  # type: ignore[index]
+        edges = hist_edges(hist_bins, hist_scale, hist_max) if hist_bins else None
+        self.edges = edges
+        self._inner_edges = None if edges is None else edges[1:-1].to(dev)
+        # Bins are uniform in asinh(x / scale) over [-limit, limit]; used to find bins fast.
+        self._asinh_grid = (float(hist_scale), math.asinh(hist_max / hist_scale))
         self._scratch = scratch if scratch is not None else _Scratch()
         self.batches = 0
         self.subsampled = False  # True once a batch had more positions than sample_per_batch
@@ -278,7 +287,7 @@ class RunningStats:
             total = x.sum(2).to(F64).sum(0)
             vmin, vmax = x.amin(2).amin(0), x.amax(2).amax(0)
         else:
-            total = x.to(F64).sum(0) if x.shape[0] <= 1024 else x.sum(0).to(F64)
+            total = x.sum(0, dtype=F64)
             vmin, vmax = x.amin(0), x.amax(0)
         mean64 = total / n
         mean = mean64.to(x.dtype)
@@ -289,7 +298,7 @@ class RunningStats:
         nonzero = buf.sum(2).to(F64).sum(0) if ncl else buf.to(F64).sum(0)
         # Second pass: centre on the batch mean, then squares (or the full Gram matrix).
         torch.sub(x, mean.view(1, c, 1) if ncl else mean.view(1, c), out=buf)
-        comoment: Optional[Tensor] = None
+        comoment: Tensor | None = None
         if self.covariance:
             if ncl:
                 comoment = torch.bmm(buf, buf.transpose(1, 2)).to(F64).sum(0)
@@ -323,8 +332,8 @@ class RunningStats:
             # One position from each of k equal stretches of the batch: without replacement,
             # spread over every image, and O(k) to draw (a permutation of n would be O(n)).
             starts = torch.arange(k, dtype=F64) * (n / k)
-            width = torch.arange(1, k + 1, dtype=F64) * (n / k)
-            lo, hi = starts.floor(), width.floor()
+            ends = torch.arange(1, k + 1, dtype=F64) * (n / k)
+            lo, hi = starts.floor(), ends.floor()
             u = torch.rand(k, dtype=F64, generator=self.generator)
             pos = (lo + (u * (hi - lo)).floor()).long().clamp_(0, n - 1).to(x.device)
             if ncl:
@@ -332,25 +341,52 @@ class RunningStats:
                 sub = x[pos // length, :, pos % length]
             else:
                 sub = x[pos]
-        sub = sub.to(F64)
-        mag = sub.abs()
-        nz = mag > 0
-        logs = torch.where(nz, mag.clamp_min(torch.finfo(F64).tiny).log(), torch.zeros((), dtype=F64, device=sub.device))
+        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise); the
+        # per-batch sums go to float64 before they are merged.
+        nz = sub != 0
+        zero = torch.zeros((), dtype=sub.dtype, device=sub.device)
+        logs = torch.where(nz, sub.abs().log(), zero)
         cnt = nz.sum(0).to(F64)
-        lmean = logs.sum(0) / cnt.clamp_min(1)
-        dev = torch.where(nz, logs - lmean, torch.zeros((), dtype=F64, device=sub.device))
-        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, (dev * dev).sum(0)
+        lmean = logs.sum(0).to(F64) / cnt.clamp_min(1)
+        dev = torch.where(nz, logs - lmean.to(sub.dtype), zero)
+        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, (dev * dev).sum(0).to(F64)
         if self._inner_edges is not None:
+            idx = self._bin_index(sub)
             bins = self._inner_edges.numel() + 1
-            idx = torch.bucketize(sub, self._inner_edges, right=True)  # [e_i, e_i+1) like numpy
             idx += torch.arange(self.num_channels, device=sub.device) * bins
             counts = torch.bincount(idx.flatten(), minlength=self.num_channels * bins)
             out.hist = counts.view(self.num_channels, bins).to(F64)
             out.hist_count = torch.full((self.num_channels,), float(sub.shape[0]), dtype=F64, device=sub.device)
 
+    def _bin_index(self, v: Tensor) -> Tensor:
+        """Bin of each value: ``i`` with ``edges[i] <= v < edges[i+1]``, end bins open-ended.
+
+        Exactly ``bucketize`` against the float64 edges, but on the CPU a binary search per
+        value is slow, so the bin is computed from asinh (the edges are uniform in asinh) and
+        only values within rounding distance of an edge are looked up exactly.
+        """
+        inner = self._inner_edges
+        if inner is None or self.edges is None:
+            raise ProfileError("no histogram bins configured")
+        if v.device.type != "cpu":
+            return torch.bucketize(v.to(F64), inner, right=True)
+        bins = inner.numel() + 1
+        scale, limit = self._asinh_grid
+        y = v.abs().mul_(1.0 / scale)
+        # asinh(y) = log(y + sqrt(y^2 + 1)), written out because torch's CPU asinh is not vectorised
+        y = (y + (y * y + 1).sqrt_()).log_().copysign_(v)
+        pos = y.add_(limit).mul_(bins / (2 * limit))
+        idx = pos.floor()
+        frac = pos - idx
+        near = (frac < 1e-3) | (frac > 1 - 1e-3)  # computed bin may be off by one only here
+        idx = idx.clamp_(0, bins - 1).long()
+        if bool(near.any()):
+            idx[near] = torch.bucketize(v[near].to(F64), inner, right=True)
+        return idx
+
     # -- results ---------------------------------------------------------------------------
 
-    def merge_(self, other: "RunningStats") -> "RunningStats":
+    def merge_(self, other: RunningStats) -> RunningStats:
         """Fold another accumulator of the same layer into this one (in place)."""
         self.stats = merge_stats(self.stats, other.stats)
         self.batches += other.batches
@@ -380,7 +416,7 @@ def _empty_like(s: ChannelStats) -> ChannelStats:
     )
 
 
-def _cpu(t: Optional[Tensor]) -> Optional[Tensor]:
+def _cpu(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().to("cpu", F64).clone()
 
 
@@ -389,7 +425,7 @@ def to_layer_profile(
     name: str,
     kind: str,
     params: dict[str, tuple[int, ...]],
-    edges: Optional[Tensor] = None,
+    edges: Tensor | None = None,
 ) -> LayerProfile:
     """Divide the sums by their counts: population variance/covariance, zero fraction."""
     c = s.num_channels

@@ -1,0 +1,240 @@
+"""Batch transforms: turn a whole batch of images into what a pretrained network expects.
+
+Everything runs on the batch's own device in a few tensor operations, with no Python loop
+over images: uint8 -> float in [0, 1], resize (bilinear, antialiased), for training a
+random resized crop and horizontal flip per sample (one ``grid_sample`` with per-sample
+affine parameters), gray -> RGB by repeating the channel, normalisation with the model's
+mean and std.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ITU-R 601 luma weights, the ones PIL's convert("L") uses
+_LUMA = (0.299, 0.587, 0.114)
+
+Size = Union[int, Sequence[int]]
+
+
+class BatchTransform(nn.Module):
+    """Callable on a batch ``(B, C, H, W)`` or ``(B, H, W)``, uint8 or float in [0, 1].
+
+    Returns a float batch ``(B, channels, *size)`` on the input's device (float32 for uint8
+    input, the input's dtype for float input), normalised as ``(x - mean) / std``.
+
+    ``channels``: what the network takes; a 1-channel batch is repeated to 3, a 3-channel
+    batch becomes luma for 1. ``size``: ``(H, W)`` to resize to, ``None`` to keep the input's.
+    With ``train=True`` each sample also gets a random crop covering a fraction in ``scale``
+    of the image area with width/height ratio (relative to the image's) in ``ratio``,
+    stretched back to full size, and a horizontal flip with probability ``flip``;
+    ``.eval()`` / ``.train()`` switch this augmentation off and on. The
+    crop is taken after the resize, so one interpolation does the antialiasing and the
+    crop only zooms in. Randomness comes from ``generator`` (a CPU ``torch.Generator``)
+    when given to ``forward``, else from torch's global generator, so it is reproducible
+    with ``torch.manual_seed`` on any device.
+    """
+
+    def __init__(
+        self,
+        channels: int = 3,
+        size: Size | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        train: bool = False,
+        scale: tuple[float, float] = (0.6, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ConfigError(f"channels must be positive, got {channels}.")
+        self.channels = int(channels)
+        self.size = _as_size(size)
+        mean_t, std_t = _per_channel(mean, "mean", channels), _per_channel(std, "std", channels)
+        if (std_t <= 0).any():
+            raise ConfigError(f"std must be positive in every channel, got {list(std)}.")
+        # buffers follow .to(device); forward still moves them to the input's device
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ConfigError(f"scale must satisfy 0 < low <= high <= 1, got {scale}.")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ConfigError(f"ratio must satisfy 0 < low <= high, got {ratio}.")
+        if not (0 <= flip <= 1):
+            raise ConfigError(f"flip is a probability in [0, 1], got {flip}.")
+        self.train(bool(train))  # nn.Module's flag: .eval() / .train() switch augmentation
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.flip = float(flip)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = self._to_float(x)
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", align_corners=False, antialias=True
+            )
+        if self.training:
+            x = self._random_crop_flip(x, generator)
+        x = self._match_channels(x)
+        mean = self.mean.to(device=x.device, dtype=x.dtype)
+        std = self.std.to(device=x.device, dtype=x.dtype)
+        return (x - mean) / std
+
+    def _to_float(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise DataError(
+                f"batch transforms take a tensor batch, got {type(x).__name__}; convert images "
+                "with torch.as_tensor or torchvision's PILToTensor first."
+            )
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4:
+            raise DataError(
+                f"a batch must be (B, C, H, W) or (B, H, W), got shape {tuple(x.shape)}; "
+                "for a single image use x.unsqueeze(0)."
+            )
+        if x.dtype == torch.uint8:
+            return x.to(torch.float32).div_(255)
+        if x.is_floating_point():
+            return x
+        raise DataError(
+            f"batch dtype {x.dtype} is not supported; pass uint8 pixels or floats in [0, 1]."
+        )
+
+    def _match_channels(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        if c == self.channels:
+            return x
+        if c == 1:
+            return x.expand(-1, self.channels, -1, -1)
+        if c == 3 and self.channels == 1:
+            w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            return (x * w).sum(1, keepdim=True)
+        if c == 4 and self.channels == 3:  # RGBA: the network has no use for alpha
+            return x[:, :3]
+        raise DataError(
+            f"the batch has {c} channels but the network takes {self.channels}; pass gray (1) "
+            f"or {self.channels}-channel images."
+        )
+
+    def _random_crop_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        b = x.shape[0]
+        # parameters are drawn on the CPU (B numbers each) so a seed gives the same crops anywhere
+        u = torch.rand(5, b, generator=generator, dtype=torch.float64)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop size as a fraction of the image
+        h = torch.sqrt(area / aspect).clamp(max=1.0)
+        cx = (1 - w) * (2 * u[2] - 1)  # crop centre in [-1, 1] coordinates, crop inside image
+        cy = (1 - h) * (2 * u[3] - 1)
+        sign = torch.where(u[4] < self.flip, -1.0, 1.0).to(torch.float64)
+        theta = torch.zeros(b, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0] = w * sign  # a negative x scale mirrors the output horizontally
+        theta[:, 0, 2] = cx
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = cy
+        theta = theta.to(device=x.device, dtype=x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def extra_repr(self) -> str:
+        s = f"channels={self.channels}, size={self.size}, train={self.training}"
+        if self.training:
+            s += f", scale={self.scale}, ratio={self.ratio}, flip={self.flip}"
+        return s + f", mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def transforms_for(
+    model_or_cfg: Any = None,
+    train: bool = True,
+    size: Size | None = None,
+    **options: Any,
+) -> BatchTransform:
+    """The batch transform that feeds ``model_or_cfg`` the input it was pretrained on.
+
+    ``model_or_cfg``: a model with a ``pretrained_cfg`` (or ``default_cfg``) dict, as timm
+    models have, holding ``input_size`` ``(C, H, W)``, ``mean`` and ``std``; such a dict
+    itself; any other ``nn.Module``; or ``None``. Missing entries fall back to: channels
+    from the first ``Conv2d``'s ``in_channels`` (else 3), ImageNet mean/std (their channel
+    average for a one-channel network), and no resizing. ``size`` (int or ``(H, W)``)
+    overrides the configured size. ``options`` go to :class:`BatchTransform`
+    (``scale``, ``ratio``, ``flip``, ``mean``, ``std``, ``channels``).
+    """
+    cfg = _config_of(model_or_cfg)
+    input_size = cfg.get("input_size")
+    if input_size is not None and len(input_size) != 3:
+        raise ConfigError(f"input_size must be (C, H, W), got {input_size!r}.")
+    channels = options.pop("channels", None)
+    if channels is None:
+        channels = (
+            int(input_size[0]) if input_size is not None else _first_conv_channels(model_or_cfg)
+        )
+    if size is None and input_size is not None:
+        size = (int(input_size[1]), int(input_size[2]))
+    mean = options.pop("mean", cfg.get("mean"))
+    std = options.pop("std", cfg.get("std"))
+    if mean is None:
+        mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
+    if std is None:
+        std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+    return BatchTransform(channels, size, mean, std, train=train, **options)
+
+
+def _config_of(model_or_cfg: Any) -> Mapping[str, Any]:
+    if model_or_cfg is None:
+        return {}
+    if isinstance(model_or_cfg, Mapping):
+        return model_or_cfg
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model_or_cfg, attr, None)
+        if isinstance(cfg, Mapping):
+            return cfg
+        if cfg is not None and hasattr(cfg, "to_dict"):  # timm's PretrainedCfg dataclass
+            return cfg.to_dict()
+    if isinstance(model_or_cfg, nn.Module):
+        return {}
+    raise ConfigError(
+        f"transforms_for takes a model or a config dict, got {type(model_or_cfg).__name__}; "
+        "pass the network or {'input_size': (3, 224, 224), 'mean': ..., 'std': ...}."
+    )
+
+
+def _first_conv_channels(model: Any) -> int:
+    if isinstance(model, nn.Module):
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                return int(m.in_channels)
+    return 3
+
+
+def _per_channel(values: Sequence[float], what: str, channels: int) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(channels).clone()
+    if t.numel() != channels:
+        raise ConfigError(
+            f"{what} has {t.numel()} values but the network takes {channels} channels; pass "
+            f"one value per channel."
+        )
+    return t
+
+
+def _as_size(size: Size | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ConfigError(f"size must be a positive int or (height, width), got {size!r}.")
+    return (int(pair[0]), int(pair[1]))

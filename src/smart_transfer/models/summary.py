@@ -1,0 +1,191 @@
+"""``summary(model, plan=None)``: parameters per layer, how many train, how many are frozen.
+
+A layer is a Conv2d/Linear together with the BatchNorm that follows it (as everywhere in
+smart-transfer, see :mod:`smart_transfer.layers`).  Parameters outside every layer (a
+LayerNorm, a ViT's position embedding...) are gathered in one ``(other)`` row, so the rows
+add up to the model's total.
+
+Frozen counts come from ``plan.masks`` (``{param_name: bool (shape[0],)}``, True = frozen
+output channel) when a plan is given: a parameter whose mask is all True is frozen whole, a
+partly True mask freezes ``mask.sum() * numel / shape[0]`` entries per channel.  Without a
+plan, the parameters with ``requires_grad=False`` are the frozen ones (all whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, IncompatibleError
+from ..layers import following_norms, num_out_channels, select_layers
+
+OTHER = "(other)"
+COLUMNS = (
+    # key, header, width
+    ("layer", "layer", 0),
+    ("type", "type", 12),
+    ("channels", "ch", 6),
+    ("params", "params", 11),
+    ("trainable", "trainable", 11),
+    ("frozen_whole", "frozen whole", 13),
+    ("frozen_channelwise", "frozen per-ch", 14),
+    ("frozen_channels", "frozen ch", 10),
+)
+
+
+@dataclass
+class Summary:
+    """Rows of :func:`summary` (one dict per layer, then ``(other)``) and their total.
+
+    Row keys: ``layer``, ``type``, ``norm`` (following BatchNorm or None), ``channels``,
+    ``params`` (all parameter entries), ``trainable`` (entries with ``requires_grad``),
+    ``frozen`` (= ``frozen_whole + frozen_channelwise``), ``frozen_whole`` (entries of
+    wholly frozen tensors), ``frozen_channelwise`` (frozen entries of partly frozen
+    tensors), ``frozen_channels`` (output channels of the layer's weight that are frozen).
+    """
+
+    rows: list[dict[str, Any]]
+    total: dict[str, Any] = field(default_factory=dict)
+    source: str = "requires_grad"  # where the frozen counts come from: "plan" or "requires_grad"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows], "total": dict(self.total), "source": self.source}
+
+    def __str__(self) -> str:
+        width = max([len(r["layer"]) for r in self.rows] + [len("total"), 5]) + 2
+        lines = []
+        head = ""
+        for key, title, w in COLUMNS:
+            head += f"{title:<{width}}" if key == "layer" else f"{title:>{w}}"
+        lines.append(head)
+        lines.append("-" * len(head))
+        for row in [*self.rows, self.total]:
+            line = ""
+            for key, _, w in COLUMNS:
+                value = row.get(key, "")
+                if key == "layer":
+                    line += f"{value:<{width}}"
+                elif isinstance(value, int):
+                    line += f"{value:>{w},}"
+                else:
+                    line += f"{'' if value is None else str(value):>{w}}"
+            lines.append(line)
+        t = self.total
+        if t.get("params"):
+            lines.append(
+                f"trainable {t['trainable'] / t['params']:.1%}, frozen {t['frozen'] / t['params']:.1%} "
+                f"of {t['params']:,} parameters (frozen counts from {self.source})"
+            )
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _plan_masks(model: nn.Module, plan: Any) -> dict[str, torch.Tensor]:
+    masks = plan if isinstance(plan, Mapping) else getattr(plan, "masks", None)
+    if not isinstance(masks, Mapping):
+        raise IncompatibleError(
+            f"plan must be a FreezePlan (an object with .masks) or a dict of masks, "
+            f"got {type(plan).__name__}"
+        )
+    params = dict(model.named_parameters())
+    unknown = [name for name in masks if name not in params]
+    if unknown:
+        raise IncompatibleError(
+            f"the plan has masks for {len(unknown)} parameters {type(model).__name__} lacks "
+            f"({', '.join(unknown[:3])}); it was made for another model"
+        )
+    out = {}
+    for name, mask in masks.items():
+        m = torch.as_tensor(mask, dtype=torch.bool).reshape(-1).cpu()
+        if m.numel() != params[name].shape[0]:
+            raise IncompatibleError(
+                f"the plan's mask for {name} has {m.numel()} entries but the parameter has "
+                f"{params[name].shape[0]} output channels; the plan was made for another model"
+            )
+        out[name] = m
+    return out
+
+
+def summary(model: nn.Module, plan: Any | None = None) -> Summary:
+    """Per layer: parameters, trainable parameters, frozen parameters (whole / per channel).
+
+    ``plan``: a ``FreezePlan`` (anything with ``.masks``) or a ``{param: mask}`` dict; the
+    frozen columns then say what the plan freezes.  ``print(summary(model))`` shows a
+    table; ``.rows`` / ``.total`` hold the numbers.
+    """
+    masks = None if plan is None else _plan_masks(model, plan)
+    modules = dict(model.named_modules())
+    norms = following_norms(model)
+    try:
+        layers = select_layers(model)
+    except ConfigError:  # a model without conv/linear layers has only the (other) row
+        layers = []
+    claimed: set[str] = set()
+    rows: list[dict[str, Any]] = []
+
+    def count(names: list[str], params: dict[str, nn.Parameter]) -> dict[str, int]:
+        total = trainable = whole = channelwise = 0
+        for pname in names:
+            p = params[pname]
+            n = p.numel()
+            total += n
+            trainable += n if p.requires_grad else 0
+            if masks is None:
+                whole += 0 if p.requires_grad else n
+            elif pname in masks:
+                k = int(masks[pname].sum())
+                if k == masks[pname].numel():
+                    whole += n
+                elif k:
+                    channelwise += k * (n // p.shape[0])
+        return {
+            "params": total,
+            "trainable": trainable,
+            "frozen": whole + channelwise,
+            "frozen_whole": whole,
+            "frozen_channelwise": channelwise,
+        }
+
+    params = dict(model.named_parameters())
+    for layer in layers:
+        owners = [layer] + ([norms[layer]] if layer in norms else [])
+        names = [
+            f"{owner}.{pname}"
+            for owner in owners
+            for pname, _ in modules[owner].named_parameters(recurse=False)
+        ]
+        names = [n for n in names if n in params and n not in claimed]
+        claimed.update(names)
+        weight = f"{layer}.weight"
+        channels = num_out_channels(modules[layer])
+        if weight not in params:
+            frozen_ch = 0
+        elif masks is None:
+            frozen_ch = 0 if params[weight].requires_grad else channels
+        else:
+            frozen_ch = int(masks[weight].sum()) if weight in masks else 0
+        rows.append(
+            {
+                "layer": layer,
+                "type": type(modules[layer]).__name__,
+                "norm": norms.get(layer),
+                "channels": channels,
+                **count(names, params),
+                "frozen_channels": frozen_ch,
+            }
+        )
+    rest = [n for n in params if n not in claimed]
+    if rest:
+        rows.append(
+            {"layer": OTHER, "type": "", "norm": None, "channels": None, **count(rest, params), "frozen_channels": None}
+        )
+    keys = ("params", "trainable", "frozen", "frozen_whole", "frozen_channelwise")
+    total: dict[str, Any] = {"layer": "total", "type": "", "norm": None, "channels": None, "frozen_channels": None}
+    total.update({k: sum(r[k] for r in rows) for k in keys})
+    total["frozen_channels"] = sum(r["frozen_channels"] or 0 for r in rows)
+    return Summary(rows=rows, total=total, source="requires_grad" if masks is None else "plan")

@@ -1,0 +1,378 @@
+"""``profile()``: one streaming pass of a model over a loader, per-channel statistics per layer.
+
+The model runs exactly as in inference (eval mode, no gradients); forward hooks hand each
+chosen layer's output to a :class:`~smart_transfer.stats.running.RunningStats`, which
+reduces it on the spot, so no activation outlives its hook. Afterwards the model is as it was:
+same train/eval flags, same BatchNorm statistics, no hooks left.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError, ProfileError, SmartTransferError
+from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
+from .batches import batch_input
+from .distributed import distributed_rank, distributed_world, gather_profiles
+from .hooks import forward_hooks, inference_mode
+from .profile import ActivationProfile
+from .running import (
+    DEFAULT_HIST_BINS,
+    DEFAULT_HIST_MAX,
+    DEFAULT_HIST_SCALE,
+    DEFAULT_SAMPLE_PER_BATCH,
+    RunningStats,
+    _Scratch,
+    hist_edges,
+)
+
+POINTS = ("output", "norm", "act")
+
+# Modules recognised as "the activation after a layer" for point="act".
+ACT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
+# Modules that do nothing at inference and may sit between a norm and its activation.
+_PASS_TYPES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+@dataclass
+class _Point:
+    """Where one layer's statistics are taken."""
+
+    name: str  # the layer's name: the key in the profile whatever the point
+    module: nn.Module  # the module whose output is hooked (the layer, its norm or activation)
+    hooked: str  # that module's name
+    kind: str  # "conv", "linear" or the module's class name in lower case
+    num_channels: int
+    channel_dim: int  # 1 for conv / norm outputs, -1 (last) for linear outputs
+
+
+def layer_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return type(module).__name__.lower()
+
+
+def _next_activation(model: nn.Module, after: str) -> str | None:
+    """Name of the activation module registered right after ``after`` (skipping no-ops)."""
+    names = [n for n, m in model.named_modules() if n]
+    modules = dict(model.named_modules())
+    if after not in modules:
+        return None
+    for name in names[names.index(after) + 1 :]:
+        mod = modules[name]
+        if name.startswith(after + "."):  # a child of ``after`` itself (timm's BatchNormAct2d.act)
+            if isinstance(mod, ACT_TYPES):
+                return name
+            continue
+        if any(True for _ in mod.children()) or isinstance(mod, _PASS_TYPES):
+            continue  # containers and no-ops
+        return name if isinstance(mod, ACT_TYPES) else None
+    return None
+
+
+def resolve_points(model: nn.Module, names: Sequence[str], point: str) -> tuple[list[_Point], dict[str, str]]:
+    """The module to hook for each layer, and the layers skipped because the point is missing."""
+    if point not in POINTS:
+        raise ConfigError(f"point must be one of {', '.join(map(repr, POINTS))}, got {point!r}")
+    modules = dict(model.named_modules())
+    norms = following_norms(model) if point in ("norm", "act") else {}
+    points: list[_Point] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        layer = modules[name]
+        channels = num_out_channels(layer)
+        dim = -1 if isinstance(layer, nn.Linear) else 1
+        hooked: str | None = name
+        if point == "norm":
+            hooked = norms.get(name)
+            dim = 1  # BatchNorm normalises dim 1 (the last dim of a (B, F) input)
+            if hooked is None:
+                skipped[name] = "no BatchNorm directly follows it"
+        elif point == "act":
+            hooked = _next_activation(model, norms.get(name, name))
+            if hooked is None:
+                skipped[name] = "no activation module directly follows it (or its BatchNorm)"
+        if hooked is not None:
+            points.append(_Point(name, modules[hooked], hooked, layer_kind(layer), channels, dim))
+    if not points:
+        raise ConfigError(
+            f"none of the {len(names)} selected layers has a point={point!r} to profile "
+            f"(e.g. {names[0]!r}: {skipped.get(names[0], '?')}); use point='output'"
+        )
+    return points, skipped
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), None
+
+
+def _check_int(value: Any, what: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+def profile(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layers: str | Sequence[str] | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    *,
+    types: Sequence[type[nn.Module]] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    point: str = "output",
+    device: torch.device | str | None = None,
+    hist_bins: int | None = DEFAULT_HIST_BINS,
+    hist_scale: float = DEFAULT_HIST_SCALE,
+    hist_max: float = DEFAULT_HIST_MAX,
+    sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
+    covariance: bool = True,
+    seed: int = 0,
+    distributed: bool | None = None,
+) -> ActivationProfile:
+    """Per-layer, per-output-channel activation statistics of ``model`` on the data of ``loader``.
+
+    Args:
+        model: any ``nn.Module``; it is run in eval mode under ``torch.no_grad()`` and left as
+            it was (train/eval flags, BatchNorm statistics, no hooks).
+        loader: an iterable of batches: tensors, ``(inputs, targets, ...)`` tuples/lists or
+            dicts with an ``image``/``images``/``pixel_values``/``x``/``input`` key.
+        layers: names or glob patterns of the layers (default: every Conv2d and Linear).
+        max_batches: stop after this many batches (default: the whole loader).
+        progress: show a tqdm progress bar (only on a terminal).
+        types / exclude: module types to select, and names/patterns to leave out.
+        point: ``"output"`` (the layer's output), ``"norm"`` (the output of the BatchNorm right
+            after it) or ``"act"`` (the output of the activation after it / its norm); keyed by
+            the layer's name in every case. Layers without that point are skipped and listed in
+            ``meta["skipped"]``.
+        device: where the model runs (default and only allowed value: the model's device);
+            batches are moved there.
+        hist_bins / hist_scale / hist_max: the fixed histogram bins, uniform in
+            ``asinh(x / hist_scale)`` up to ``+-hist_max`` (``hist_bins=0``: no histogram).
+        sample_per_batch: at most this many positions per batch (all channels at the same
+            positions, a stratified random sample) feed the histogram and the log moments;
+            None uses every value. Everything else always uses every value.
+        covariance: also accumulate the (C, C) channel covariance of each layer.
+        seed: seeds the subsample (rank r of a distributed run uses ``seed + r``).
+        distributed: combine the profiles of all ranks when torch.distributed is initialised
+            (None: automatically; False: keep this rank's profile). Every rank must call
+            ``profile`` with its own shard and gets the global profile back.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_int(max_batches, "max_batches")
+    _check_int(sample_per_batch, "sample_per_batch")
+    if hist_bins is not None and hist_bins != 0:
+        _check_int(hist_bins, "hist_bins")
+    names = select_layers(model, layers, types, exclude)
+    points, skipped = resolve_points(model, names, point)
+    model_device, model_dtype = _model_device_dtype(model)
+    run_device = model_device if device is None else torch.device(device)
+    if device is not None and model_dtype is not None and run_device != model_device:
+        raise ConfigError(
+            f"the model is on {model_device} but device={str(device)!r}; move the model with "
+            f"model.to({str(device)!r}) or leave device=None"
+        )
+    world = distributed_world(distributed)
+    rank = distributed_rank() if world > 1 else 0
+
+    if hist_bins:
+        hist_edges(hist_bins, hist_scale, hist_max)  # validates the settings before any forward
+    generator = torch.Generator().manual_seed(int(seed) + rank)
+    scratch = _Scratch()
+    accs = {
+        p.name: RunningStats(
+            p.num_channels,
+            hist_bins=hist_bins,
+            hist_scale=hist_scale,
+            hist_max=hist_max,
+            covariance=covariance,
+            sample_per_batch=sample_per_batch,
+            generator=generator,
+            device=run_device,
+            scratch=scratch,
+        )
+        for p in points
+    }
+    meta: dict[str, Any] = {
+        "point": point,
+        "hist_bins": int(hist_bins or 0),
+        "hist_scale": float(hist_scale),
+        "hist_max": float(hist_max),
+        "sample_per_batch": sample_per_batch,
+        "covariance": bool(covariance),
+        "seed": int(seed),
+        "model": type(model).__name__,
+        "hooked": {p.name: p.hooked for p in points},
+        "skipped": skipped,
+    }
+
+    local: ActivationProfile | None = None
+    error: BaseException | None = None
+    try:
+        num_samples, num_batches = _run(
+            model, loader, points, accs, run_device, model_dtype, max_batches, progress and rank == 0
+        )
+        if num_batches > 0:
+            local = _finish(model, points, accs, num_samples, num_batches, meta)
+        elif world == 1:
+            raise DataError(
+                "the loader yielded no batches (or only empty ones); pass a loader over at least one image"
+            )
+    except Exception as e:
+        if world == 1:
+            raise
+        error = e
+    if world > 1:
+        return gather_profiles(local, error)
+    if local is None:  # unreachable: a single process without batches raised above
+        raise DataError("the loader yielded no batches; pass a loader over at least one image")
+    return local
+
+
+def _run(
+    model: nn.Module,
+    loader: Iterable[Any],
+    points: list[_Point],
+    accs: dict[str, RunningStats],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    max_batches: int | None,
+    progress: bool,
+) -> tuple[int, int]:
+    """Forward every batch with the hooks in place; returns (images, non-empty batches)."""
+    flags: list[tuple[str, Tensor]] = []  # (layer, all-finite flag) in the order hooks fired
+    calls: dict[str, int] = {}
+
+    def make_hook(p: _Point) -> Any:
+        acc = accs[p.name]
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) and output else output
+            if not isinstance(out, Tensor):
+                raise ProfileError(
+                    f"layer {p.hooked!r} returned a {type(out).__name__}, not a tensor; "
+                    "exclude it from the profiled layers"
+                )
+            calls[p.name] = calls.get(p.name, 0) + 1
+            flags.append((p.name, acc.update(out, p.channel_dim, p.hooked)))
+
+        return hook
+
+    try:
+        total: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if total is not None and max_batches is not None:
+        total = min(total, max_batches)
+    batches: Iterable[Any] = loader if max_batches is None else itertools.islice(loader, max_batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        # disable=None: tqdm shows the bar only when writing to a terminal
+        batches = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
+    num_samples = num_batches = 0
+    with inference_mode(model), forward_hooks([(p.module, make_hook(p)) for p in points]):
+        for index, batch in enumerate(batches):
+            x = batch_input(batch, index)
+            if x.shape[0] == 0:
+                continue
+            if dtype is not None:
+                if not x.is_floating_point() and not x.is_complex():
+                    raise DataError(
+                        f"batch {index} holds {x.dtype} values but the model computes in {dtype}; "
+                        "convert the images to floats in the loader (e.g. x.float() / 255)"
+                    )
+                x = x.to(device=device, dtype=dtype, non_blocking=True)
+            else:
+                x = x.to(device=device, non_blocking=True)
+            flags.clear()
+            calls.clear()
+            try:
+                model(x)
+            except Exception as e:
+                if not isinstance(e, SmartTransferError) and hasattr(e, "add_note"):
+                    e.add_note(f"(raised by the model's forward on batch {index} while profiling)")
+                raise
+            _check_batch(flags, calls, points, x, index)
+            num_samples += int(x.shape[0])
+            num_batches += 1
+    return num_samples, num_batches
+
+
+def _check_batch(
+    flags: list[tuple[str, Tensor]], calls: dict[str, int], points: list[_Point], x: Tensor, index: int
+) -> None:
+    """Raise on the first layer with NaN/Inf values and on shared activation modules."""
+    for name, ok in flags:  # one device sync per batch, in the order the layers ran
+        if not bool(ok):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise DataError(
+                    f"batch {index} (counting from 0) contains NaN or Inf input values; "
+                    "clean or drop those images"
+                )
+            raise ProfileError(
+                f"layer {name!r} produced NaN or Inf activations on batch {index} (counting from 0); "
+                "check the model's weights and that batch's values"
+            )
+    for p in points:
+        if isinstance(p.module, ACT_TYPES) and calls.get(p.name, 0) > 1:
+            raise ProfileError(
+                f"activation module {p.hooked!r} runs {calls[p.name]} times per forward (shared by "
+                f"several layers), so its output is not layer {p.name!r}'s alone; "
+                "use point='norm' or point='output'"
+            )
+
+
+def _finish(
+    model: nn.Module,
+    points: list[_Point],
+    accs: dict[str, RunningStats],
+    num_samples: int,
+    num_batches: int,
+    meta: dict[str, Any],
+) -> ActivationProfile:
+    reached = [p for p in points if accs[p.name].stats.count > 0]
+    for p in points:
+        if accs[p.name].stats.count == 0:
+            meta["skipped"][p.name] = "never ran during the forward pass"
+    if not reached:
+        raise ProfileError(
+            "none of the selected layers ran during the forward pass; select layers that the "
+            "model's forward uses"
+        )
+    params = layer_param_map(model, [p.name for p in reached])
+    layers = {p.name: accs[p.name].to_layer_profile(p.name, p.kind, params[p.name]) for p in reached}
+    meta["num_batches"] = num_batches
+    meta["subsampled"] = any(accs[p.name].subsampled for p in reached)
+    return ActivationProfile(layers=layers, source="data", num_samples=num_samples, meta=meta)
