@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
@@ -60,12 +62,15 @@ def test_gray_is_repeated_to_rgb_and_hw_batches_work():
     torch.testing.assert_close(out, tf(x))
 
 
-def test_rgb_to_one_channel_uses_luma():
+def test_rgb_to_one_channel_uses_luma_as_pil_does():
     x = _batch(c=3, h=8, w=8)
     tf = st.data.transforms_for(
         {"input_size": (1, 8, 8), "mean": (0.0,), "std": (1.0,)}, train=False
     )
-    torch.testing.assert_close(tf(x), TF.rgb_to_grayscale(x.float() / 255), atol=1e-5, rtol=0)
+    pil = [Image.fromarray(img.permute(1, 2, 0).numpy()).convert("L") for img in x]
+    ref = torch.stack([torch.from_numpy(np.array(p)) for p in pil]).unsqueeze(1).float() / 255
+    # PIL rounds to whole grey levels
+    torch.testing.assert_close(tf(x), ref, atol=0.5 / 255 + 1e-6, rtol=0)
 
 
 def test_model_with_pretrained_cfg_and_size_override():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -211,6 +212,11 @@ def test_a_second_plan_on_the_same_parameters_is_refused_until_remove(make_model
         apply_plan(model, plan)
     handle.remove()
     apply_plan(model, plan).remove()
+    apply_plan(model, plan)  # handle dropped without remove(): the plan still acts ...
+    gc.collect()
+    with pytest.raises(ConfigError, match="already has a freeze plan"):  # ... and is still known
+        apply_plan(model, plan)
+    model = make_model()
     other = copy.deepcopy(model)  # a copy has its own parameters
     apply_plan(model, plan)
     apply_plan(other, plan)

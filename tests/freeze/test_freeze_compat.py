@@ -38,8 +38,8 @@ class _Fakes:
         self.profiled.append((model, loader, kw))
         return ("profile", len(self.profiled))
 
-    def profile_from_batchnorm(self, model):
-        self.from_bn.append(model)
+    def profile_from_batchnorm(self, model, **kw):
+        self.from_bn.append((model, kw))
         return ("bn_profile", model)
 
     def compare(self, pre, new, measure):
@@ -83,9 +83,9 @@ def test_run_profiles_both_loaders_compares_plans_and_applies(fakes):
 
 def test_without_source_data_batchnorm_statistics_and_gaussian_kl_are_used(fakes):
     new = _loader(1)
-    rg = CustomRequireGrad(fakes.model, None, new)
+    rg = CustomRequireGrad(fakes.model, None, new, layers="features.*", progress=False)
     rg.run(stats_value=0.5)
-    assert fakes.from_bn == [fakes.model]
+    assert fakes.from_bn == [(fakes.model, {"layers": "features.*"})]  # same layer selection
     assert [ld for _, ld, _ in fakes.profiled] == [new]
     assert fakes.compared[0][0] == ("bn_profile", fakes.model)
     assert fakes.compared[0][2] == "gaussian_kl"

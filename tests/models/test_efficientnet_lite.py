@@ -223,3 +223,19 @@ def test_num_classes_replaces_the_pretrained_head_only(lite0):
     model = st.load_backbone("efficientnet_lite0", num_classes=7)
     assert model._fc.out_features == 7 and model.pretrained_cfg["num_classes"] == 7
     assert torch.equal(model._conv_head.weight, lite0._conv_head.weight)
+
+
+def test_conv2d_same_even_kernel_pads_at_the_end():
+    conv = Conv2dSame(1, 1, 2)  # TF: one padding column, on the right/bottom
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    assert torch.equal(conv(x), x)
+
+
+def test_pretrained_weights_with_another_input_width_fail_clearly():
+    with pytest.raises(st.IncompatibleError, match="_conv_stem.weight"):
+        st.load_backbone("efficientnet_lite0", in_channels=1)
+    gray = st.load_backbone("efficientnet_lite0", pretrained=False, in_channels=1)
+    assert gray.pretrained_cfg["input_size"][0] == len(gray.pretrained_cfg["mean"]) == 1

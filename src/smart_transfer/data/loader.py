@@ -119,14 +119,14 @@ def collate(samples: Sequence[Any]) -> Batch:
     Images may be tensors, numpy arrays or PIL images (these become uint8 ``(C, H, W)``).
     Raises :class:`DataError` when the items are not pairs or the images differ in shape.
     """
-    try:
-        images = [_image_tensor(s[0]) for s in samples]
-        labels = [s[1] for s in samples]
-    except (TypeError, IndexError, KeyError) as exc:
+    bad = next((s for s in samples if not (isinstance(s, (tuple, list)) and len(s) == 2)), None)
+    if bad is not None:
         raise DataError(
-            f"dataset items must be (image, label) pairs, got {type(samples[0]).__name__}; "
-            "wrap the dataset so that ds[i] returns (image_tensor, label)."
-        ) from exc
+            f"dataset items must be (image, label) pairs, got {type(bad).__name__}; wrap the "
+            "dataset so that ds[i] returns (image_tensor, label)."
+        )
+    images = [_image_tensor(s[0]) for s in samples]
+    labels = [s[1] for s in samples]
     shapes = sorted({tuple(t.shape) for t in images})
     if len(shapes) > 1:
         raise DataError(
@@ -144,7 +144,10 @@ def _image_tensor(image: Any) -> torch.Tensor:
     if hasattr(image, "getbands") and hasattr(image, "size"):  # a PIL image
         array = torch.from_numpy(np.array(image, copy=True))
         return array.unsqueeze(0) if array.dim() == 2 else array.permute(2, 0, 1).contiguous()
-    raise TypeError(f"unsupported image type {type(image).__name__}")
+    raise DataError(
+        f"dataset images must be tensors, numpy arrays or PIL images, got "
+        f"{type(image).__name__}; convert them in the dataset (e.g. transform=PILToTensor())."
+    )
 
 
 def _check_indices(indices: Sequence[int] | torch.Tensor | np.ndarray | None, n: int) -> list[int]:

@@ -25,6 +25,12 @@ to a full-sized step. So a plan is applied in three parts:
 
 :meth:`PlanHandle.remove` (or leaving a ``with`` block) removes every hook and restores the
 ``requires_grad`` flags, after which everything trains again. It does not change any value.
+
+Notes: the restore also keeps frozen rows exact under optimizers that mix rows (LBFGS,
+factored second moments), but there the trainable rows' updates see the frozen rows' zero
+gradients. The model holds its applied plans (so they act, and are known, for as long as it
+lives); ``state_dict()`` is unaffected, but call ``remove()`` before deep-copying or
+pickling the whole module object.
 """
 
 from __future__ import annotations
@@ -47,8 +53,11 @@ if TYPE_CHECKING:
 
 BN_POLICIES = ("freeze", "update")
 
-# Handles whose hooks are in place, to refuse a second plan on the same parameters.
+# Handles whose plan is in place, to refuse a second plan on the same parameters. The set is
+# weak; a model keeps its own handles alive (attribute _MODEL_ATTR, as torch.nn.utils.prune
+# keeps its state on the module), so a plan is known as long as its model lives.
 _ACTIVE: weakref.WeakSet[PlanHandle] = weakref.WeakSet()
+_MODEL_ATTR = "_smart_transfer_plan_handles"
 
 
 class _FrozenRows:
@@ -122,6 +131,7 @@ class PlanHandle:
         self._hooks: list[RemovableHandle] = []
         self._optimizers: list[weakref.ref[Any]] = []
         self._param_ids: set[int] = set()
+        self._model_ref = weakref.ref(model)
         self.active = False
 
     # ------------------------------------------------------------------ setup
@@ -162,6 +172,7 @@ class PlanHandle:
                 self.bn_frozen.append(name)
         self.active = True
         _ACTIVE.add(self)
+        model.__dict__.setdefault(_MODEL_ATTR, []).append(self)
 
     def _bn_channels(self, model: nn.Module) -> Iterable[tuple[str, nn.Module, Tensor]]:
         """BatchNorm modules with running statistics and the mask of their frozen channels."""
@@ -266,6 +277,13 @@ class PlanHandle:
         self._optimizers.clear()
         self.active = False
         _ACTIVE.discard(self)
+        model = self._model_ref()
+        if model is not None:
+            held = model.__dict__.get(_MODEL_ATTR, [])
+            if self in held:
+                held.remove(self)
+            if not held:
+                model.__dict__.pop(_MODEL_ATTR, None)
 
     def __enter__(self) -> Self:
         return self

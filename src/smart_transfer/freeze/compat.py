@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MEASURE = "lognormal_kl"  # for D_pre given as data: post-ReLU log-normal fit
 DEFAULT_BN_MEASURE = "gaussian_kl"  # for D_pre from BatchNorm statistics: mean/var only
+# profile() arguments that choose layers; the BatchNorm source takes the same selection.
+_SELECTION_KWARGS = ("layers", "types", "exclude")
 
 
 class CustomRequireGrad:
@@ -103,7 +105,8 @@ class CustomRequireGrad:
         from ..stats import profile, profile_from_batchnorm
 
         if self.loader_pre is None:
-            self.profile_pre = profile_from_batchnorm(self.network)
+            selection = {k: v for k, v in self.profile_kwargs.items() if k in _SELECTION_KWARGS}
+            self.profile_pre = profile_from_batchnorm(self.network, **selection)
         else:
             self.profile_pre = profile(self.network, self.loader_pre, **self.profile_kwargs)
         self.profile_new = profile(self.network, self.loader_new, **self.profile_kwargs)

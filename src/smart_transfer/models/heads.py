@@ -52,9 +52,10 @@ def find_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Module
         if module is None:
             linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
             close = difflib.get_close_matches(head, linear, n=3) or linear[-3:]
+            hint = f", e.g. {' or '.join(map(repr, close))}" if close else ""
             raise UnknownNameError(
                 f"{type(model).__name__} has no module {head!r}; pass head= the name of its "
-                f"classifier, e.g. {' or '.join(map(repr, close))}"
+                f"classifier{hint}"
             )
         found = _as_head(head, module)
         if found is None:

@@ -28,12 +28,12 @@ COLUMNS = (
     # key, header, width
     ("layer", "layer", 0),
     ("type", "type", 12),
-    ("channels", "ch", 6),
-    ("params", "params", 11),
-    ("trainable", "trainable", 11),
-    ("frozen_whole", "frozen whole", 13),
-    ("frozen_channelwise", "frozen per-ch", 14),
-    ("frozen_channels", "frozen ch", 10),
+    ("channels", "ch", 7),
+    ("params", "params", 12),
+    ("trainable", "trainable", 12),
+    ("frozen_whole", "frozen whole", 14),
+    ("frozen_channelwise", "frozen per-ch", 15),
+    ("frozen_channels", "frozen ch", 11),
 )
 
 

@@ -158,21 +158,28 @@ def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
 
 
 class _Scratch:
-    """One reusable activation-sized buffer shared by all layers of a profiling run.
+    """One reusable work buffer shared by all layers of a profiling run.
 
     Hooks run one after another, so a single buffer suffices. Reusing it avoids allocating
-    (and page-faulting) a fresh tensor as large as the activation for every layer and batch.
+    (and page-faulting) fresh memory for every layer and batch.
     """
 
     def __init__(self) -> None:
         self._buf: Tensor | None = None
 
-    def get(self, like: Tensor) -> Tensor:
+    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat tensor of ``numel`` elements (contents undefined)."""
         buf = self._buf
-        if buf is None or buf.numel() < like.numel() or buf.dtype != like.dtype or buf.device != like.device:
-            buf = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(numel, dtype=dtype, device=device)
             self._buf = buf
-        return buf[: like.numel()].view(like.shape)
+        return buf[:numel]
+
+
+# Elements per chunk when a (N, C, L) batch is reduced on the CPU: all passes over a chunk of
+# ~2 MB run while it is still in cache, instead of streaming the whole activation from memory
+# once per statistic (about 20% faster for VGG-sized activations).
+CHUNK_ELEMS = 1 << 19
 
 
 def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tensor:
@@ -277,49 +284,96 @@ class RunningStats:
         return torch.isfinite(batch.mean).all()
 
     def _batch_stats(self, x: Tensor) -> ChannelStats:
-        c = self.num_channels
         ncl = x.ndim == 3  # (N, C, L); otherwise (M, C)
         n = x.shape[0] * x.shape[2] if ncl else x.shape[0]
         if n == 0:
             return _empty_like(self.stats)
-        # Per-sample partial sums stay in the activation dtype (fast); their total is float64.
-        if ncl:
-            total = x.sum(2).to(F64).sum(0)
-            vmin, vmax = x.amin(2).amin(0), x.amax(2).amax(0)
-        else:
-            total = x.sum(0, dtype=F64)
-            vmin, vmax = x.amin(0), x.amax(0)
-        mean64 = total / n
-        mean = mean64.to(x.dtype)
-        buf = self._scratch.get(x)
-        # Non-zeros as 1.0/0.0 in the scratch buffer: a float sum is much faster than summing
-        # a bool tensor, and exact (per-sample sums of L < 2**24 ones are exact in float32).
-        torch.ne(x, 0, out=buf)
-        nonzero = buf.sum(2).to(F64).sum(0) if ncl else buf.to(F64).sum(0)
-        # Second pass: centre on the batch mean, then squares (or the full Gram matrix).
-        torch.sub(x, mean.view(1, c, 1) if ncl else mean.view(1, c), out=buf)
-        comoment: Tensor | None = None
-        if self.covariance:
-            if ncl:
-                comoment = torch.bmm(buf, buf.transpose(1, 2)).to(F64).sum(0)
+        out = self._moments_ncl(x) if ncl else self._moments_rows(x)
+        self._sample_stats(x, n, out)
+        return out
+
+    def _moments_ncl(self, x: Tensor) -> ChannelStats:
+        """Moments of an (N, C, L) batch: per-image two-pass partials, combined in float64.
+
+        Each image is centred on its own mean; the images are then combined exactly with the
+        parallel-variance identity  M2 = sum_i M2_i + L * sum_i (m_i - m)(m_i - m)^T.
+        """
+        num, c, length = x.shape
+        dt, dev = x.dtype, x.device
+        sums = torch.empty(num, c, dtype=dt, device=dev)
+        mins, maxs, nonzero = torch.empty_like(sums), torch.empty_like(sums), torch.empty_like(sums)
+        step = num if dev.type != "cpu" else max(1, min(num, CHUNK_ELEMS // (c * length)))
+        work = self._scratch.get(step * c * length, dt, dev)
+        comoment = torch.zeros(c, c, dtype=F64, device=dev) if self.covariance else None
+        m2_img = None if self.covariance else torch.empty_like(sums)
+        for i in range(0, num, step):
+            j = slice(i, min(i + step, num))
+            xs = x[j]
+            k = xs.shape[0]
+            torch.sum(xs, 2, out=sums[j])
+            torch.amin(xs, 2, out=mins[j])
+            torch.amax(xs, 2, out=maxs[j])
+            # Non-zeros as 1.0/0.0: a float sum is much faster than summing a bool tensor, and
+            # exact (sums of fewer than 2**24 ones are exact in float32).
+            flat = work[: k * c * length].view(k, c, length)
+            torch.ne(xs, 0, out=flat)
+            torch.sum(flat, 2, out=nonzero[j])
+            # Second pass: centre each image on its own mean. For the covariance the centred
+            # values are laid out channel-major, (C, k*L), so one matmul gives the (C, C) sum.
+            img_mean = (sums[j] / length).unsqueeze(2)
+            if comoment is not None:
+                centred = work[: k * c * length].view(c, k, length)
+                torch.sub(xs, img_mean, out=centred.permute(1, 0, 2))
+                flat2 = centred.view(c, k * length)
+                comoment += (flat2 @ flat2.T).to(F64)
             else:
-                comoment = (buf.T @ buf).to(F64)
+                torch.sub(xs, img_mean, out=flat)
+                flat.mul_(flat)
+                torch.sum(flat, 2, out=m2_img[j])  # type: ignore[index]
+        sums64 = sums.to(F64)
+        n = num * length
+        mean = sums64.sum(0) / n
+        dev_img = (sums / length).to(F64) - mean  # the centres actually used, minus the total mean
+        if comoment is not None:
+            comoment += length * (dev_img.T @ dev_img)
             comoment = 0.5 * (comoment + comoment.T)  # exact symmetry for downstream linear algebra
             m2 = comoment.diagonal().clone()
         else:
-            buf.mul_(buf)
-            m2 = buf.sum(2).to(F64).sum(0) if ncl else buf.to(F64).sum(0)
-        out = ChannelStats(
+            m2 = m2_img.to(F64).sum(0) + length * (dev_img * dev_img).sum(0)  # type: ignore[union-attr]
+        return ChannelStats(
             count=float(n),
+            mean=mean,
+            m2=m2,
+            comoment=comoment,
+            min=mins.amin(0).to(F64),
+            max=maxs.amax(0).to(F64),
+            zeros=n - nonzero.to(F64).sum(0),
+        )
+
+    def _moments_rows(self, x: Tensor) -> ChannelStats:
+        """Moments of an (M, C) batch (linear outputs): a plain centred two-pass."""
+        m, c = x.shape
+        mean64 = x.sum(0).to(F64) / m
+        work = self._scratch.get(m * c, x.dtype, x.device).view(m, c)
+        torch.ne(x, 0, out=work)
+        nonzero = work.sum(0).to(F64)
+        torch.sub(x, mean64.to(x.dtype), out=work)
+        comoment: Tensor | None = None
+        if self.covariance:
+            comoment = (work.T @ work).to(F64)
+            comoment = 0.5 * (comoment + comoment.T)
+            m2 = comoment.diagonal().clone()
+        else:
+            m2 = (work * work).sum(0).to(F64)
+        return ChannelStats(
+            count=float(m),
             mean=mean64,
             m2=m2,
             comoment=comoment,
-            min=vmin.to(F64),
-            max=vmax.to(F64),
-            zeros=n - nonzero,
+            min=x.amin(0).to(F64),
+            max=x.amax(0).to(F64),
+            zeros=m - nonzero,
         )
-        self._sample_stats(x, n, out)
-        return out
 
     def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
         """Log moments and histogram counts on a stratified subsample of positions."""
@@ -342,13 +396,13 @@ class RunningStats:
             else:
                 sub = x[pos]
         # Logs in the activation dtype (relative error ~1e-7, far below sampling noise); the
-        # per-batch sums go to float64 before they are merged.
-        nz = sub != 0
-        zero = torch.zeros((), dtype=sub.dtype, device=sub.device)
-        logs = torch.where(nz, sub.abs().log(), zero)
-        cnt = nz.sum(0).to(F64)
+        # per-batch sums go to float64 before they are merged. Zeros are masked by adding 1
+        # before the log (log 1 = 0) and weighting them 0, all in float arithmetic.
+        is_nz = torch.ne(sub, 0).to(sub.dtype)
+        logs = (sub.abs() + (1 - is_nz)).log_()
+        cnt = is_nz.sum(0).to(F64)
         lmean = logs.sum(0).to(F64) / cnt.clamp_min(1)
-        dev = torch.where(nz, logs - lmean.to(sub.dtype), zero)
+        dev = (logs - lmean.to(sub.dtype)).mul_(is_nz)
         out.log_count, out.log_mean, out.log_m2 = cnt, lmean, (dev * dev).sum(0).to(F64)
         if self._inner_edges is not None:
             idx = self._bin_index(sub)

@@ -1,0 +1,258 @@
+"""S1 / S2: the speed and memory of ``smart_transfer.profile``.
+
+S1 (throughput): images/s of ``st.profile(model, batches)`` with the default statistics
+(mean/var, min/max, zero fraction, log moments, histogram, channel covariance) over images/s of
+a plain ``torch.no_grad()`` forward of the same model on the same batches. SmallVGG with
+BatchNorm, 64x64 inputs, batch 64, on the CPU; EfficientNet-Lite0 at 96x96 too when
+``smart_transfer.models`` provides it. The two are run interleaved, in alternating order, and
+the median of the per-round ratios is reported (robust to a machine that gets faster or
+slower during the run). Target: ratio >= 0.8.
+
+S2 (memory): peak resident memory (``ru_maxrss``) of a fresh process that profiles 4,096
+images, over that of one that profiles 256 (same model, batch size; random images made per
+batch so the data set itself takes no memory). Streaming statistics should make it ~1.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_profile.py [--quick] [--repeats N] [--no-s2]
+
+Writes ``benchmarks/results/profile.json`` (after every repeat) and ``profile.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+import smart_transfer as st
+from smart_transfer.models.small import SmallVGG
+
+TARGET_S1 = 0.8
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _models(size_vgg: int) -> dict[str, tuple[Callable[[], nn.Module], int]]:
+    """name -> (factory, image size). EfficientNet-Lite0 only when the models package has it."""
+    out: dict[str, tuple[Callable[[], nn.Module], int]] = {
+        "smallvgg_bn_64px": (lambda: SmallVGG(batch_norm=True), size_vgg),
+    }
+    try:
+        from smart_transfer.models import load_backbone
+
+        load_backbone("efficientnet_lite0")  # fails cleanly if weights/package are missing
+        out["efficientnet_lite0_96px"] = (lambda: load_backbone("efficientnet_lite0"), 96)
+    except Exception as e:  # noqa: BLE001 - any failure just means "skip this model"
+        print(f"skipping efficientnet_lite0: {type(e).__name__}: {e}", file=sys.stderr)
+    return out
+
+
+def _time_forward(model: nn.Module, batches: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return time.perf_counter() - start
+
+
+def _time_profile(model: nn.Module, batches: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    st.profile(model, batches, progress=False)
+    return time.perf_counter() - start
+
+
+def run_s1(name: str, factory: Callable[[], nn.Module], size: int, batch: int, n_batches: int,
+           repeats: int, record: Callable[[], None], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = factory().eval()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(batch, 3, size, size, generator=gen) for _ in range(n_batches)]
+    images = batch * n_batches
+    _time_forward(model, batches[:1])  # warm-up: oneDNN primitive caches, allocator
+    _time_profile(model, batches[:1])
+    result: dict[str, Any] = {"model": name, "image_size": size, "batch_size": batch,
+                              "batches": n_batches, "repeats": rows}
+    for r in range(repeats):
+        order = ("forward", "profile") if r % 2 == 0 else ("profile", "forward")
+        secs = {}
+        for what in order:
+            secs[what] = (_time_forward if what == "forward" else _time_profile)(model, batches)
+        row = {
+            "repeat": r,
+            "forward_images_per_s": images / secs["forward"],
+            "profile_images_per_s": images / secs["profile"],
+            "ratio": secs["forward"] / secs["profile"],
+        }
+        rows.append(row)
+        print(f"  S1 {name} repeat {r}: forward {row['forward_images_per_s']:.1f} img/s, "
+              f"profile {row['profile_images_per_s']:.1f} img/s, ratio {row['ratio']:.3f}", flush=True)
+        result["median_forward_images_per_s"] = statistics.median(x["forward_images_per_s"] for x in rows)
+        result["median_profile_images_per_s"] = statistics.median(x["profile_images_per_s"] for x in rows)
+        result["median_ratio"] = statistics.median(x["ratio"] for x in rows)
+        result["target"] = TARGET_S1
+        result["meets_target"] = result["median_ratio"] >= TARGET_S1
+        record()
+    return result
+
+
+# -- S2: one fresh process per image count ---------------------------------------------------
+
+
+def _rss_child(images: int, batch: int, size: int) -> None:
+    """Profile ``images`` random images and print the peak RSS in bytes as JSON."""
+    torch.manual_seed(0)
+    model = SmallVGG(batch_norm=True).eval()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def loader():  # random images made per batch: the data set takes no memory
+        gen = torch.Generator().manual_seed(2)
+        for start in range(0, images, batch):
+            yield torch.randn(min(batch, images - start), 3, size, size, generator=gen)
+
+    start = time.perf_counter()
+    prof = st.profile(model, loader(), progress=False)
+    secs = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports kB, macOS bytes
+    print(json.dumps({"images": prof.num_samples, "peak_rss_bytes": peak * scale,
+                      "rss_before_profile_bytes": before * scale, "seconds": secs}))
+
+
+def run_s2(counts: tuple[int, int], batch: int, size: int, record: Callable[[], None],
+           result: dict[str, Any]) -> dict[str, Any]:
+    rows = result.setdefault("runs", [])
+    for images in counts:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_rss-child", str(images),
+               "--batch", str(batch), "--size", str(size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"  S2 {images} images: peak RSS {row['peak_rss_bytes'] / 2**20:.1f} MiB "
+              f"({row['seconds']:.1f} s)", flush=True)
+        record()
+    small, large = rows[0], rows[1]
+    result.update(
+        small_images=small["images"], large_images=large["images"],
+        ratio=large["peak_rss_bytes"] / small["peak_rss_bytes"],
+    )
+    record()
+    return result
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+def _markdown(res: dict[str, Any]) -> str:
+    lines = [
+        "# Profiling speed and memory (S1, S2)",
+        "",
+        f"Command: `{res['command']}`  ",
+        f"torch {res['torch']}, {res['cpu_count']} CPUs, {res['threads']} torch threads, "
+        f"{res['platform']}, {res['date']}",
+        "",
+        "## S1: profile() throughput / plain no_grad forward throughput (target >= 0.8)",
+        "",
+        "| model | image | batch | batches x repeats | forward img/s | profile img/s | ratio (median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["s1"].values():
+        if "median_ratio" not in r:
+            continue
+        lines.append(
+            f"| {r['model']} | {r['image_size']} px | {r['batch_size']} | {r['batches']} x "
+            f"{len(r['repeats'])} | {r['median_forward_images_per_s']:.1f} | "
+            f"{r['median_profile_images_per_s']:.1f} | **{r['median_ratio']:.3f}** |"
+        )
+    s2 = res.get("s2") or {}
+    if "ratio" in s2:
+        lines += [
+            "",
+            "## S2: peak RSS, many images over few (fresh process each; target ~1)",
+            "",
+            "| images | peak RSS (MiB) | seconds |",
+            "|---|---|---|",
+        ]
+        for row in s2["runs"]:
+            lines.append(f"| {row['images']} | {row['peak_rss_bytes'] / 2**20:.1f} | {row['seconds']:.1f} |")
+        lines += ["", f"Ratio {s2['large_images']} / {s2['small_images']} images: **{s2['ratio']:.3f}**"]
+    lines += ["", "Every repeat is in `profile.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer batches/repeats, S2 with 1,024 images")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--no-s2", action="store_true", help="skip the memory benchmark")
+    ap.add_argument("--only", default=None, help="run S1 only for this model name")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--_rss-child", dest="rss_child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rss_child is not None:
+        _rss_child(args.rss_child, args.batch, args.size)
+        return 0
+
+    repeats = args.repeats or (3 if args.quick else 7)
+    n_batches = 2 if args.quick else 4
+    res: dict[str, Any] = {
+        "schema_version": 1,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "s1": {},
+        "s2": None,
+    }
+
+    def record() -> None:
+        _atomic_write(RESULTS / "profile.json", json.dumps(res, indent=2) + "\n")
+        _atomic_write(RESULTS / "profile.md", _markdown(res))
+
+    for name, (factory, size) in _models(args.size).items():
+        if args.only and name != args.only:
+            continue
+        rows: list[dict[str, Any]] = []
+        res["s1"][name] = {"model": name, "repeats": rows}
+        print(f"S1 {name} at {size} px, batch {args.batch}, {n_batches} batches, {repeats} repeats")
+        res["s1"][name] = run_s1(name, factory, size, args.batch, n_batches, repeats, record, rows)
+    if not args.no_s2:
+        counts = (256, 1024) if args.quick else (256, 4096)
+        print(f"S2 peak RSS, {counts[0]} vs {counts[1]} images")
+        res["s2"] = {"batch_size": args.batch, "image_size": args.size, "model": "smallvgg_bn"}
+        run_s2(counts, args.batch, args.size, record, res["s2"])
+    record()
+    print(_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
