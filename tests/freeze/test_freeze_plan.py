@@ -196,6 +196,8 @@ def test_layers_restriction_plans_only_matching_layers(make_model, make_sim):
     assert plan.meta["selection"]["layers"] == ["features.*"]
     with pytest.raises(UnknownNameError, match="nope"):
         plan_freeze(sim, threshold=0.5, layers=["nope"])
+    with pytest.raises(ConfigError, match="empty"):
+        plan_freeze(sim, threshold=0.5, layers=[])
 
 
 def test_inconsistent_similarity_is_an_incompatible_error(make_model, make_sim):

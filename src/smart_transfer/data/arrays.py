@@ -96,27 +96,27 @@ def arrays(
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist; check the path.")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"{path} is not a readable .npz file ({exc}); save it with np.savez."
-        ) from exc
-    if not hasattr(npz, "files"):
-        raise DataError(
-            f"{path} holds a single array, not an .npz archive; save images and labels with "
-            "np.savez(path, images=..., labels=...)."
-        )
-    with npz:
-        keys = {k.lower(): k for k in npz.files}
-        for img_key, lbl_key in _KEY_PAIRS:
-            if img_key in keys and lbl_key in keys:
-                try:
+    # the file is opened here, not by np.load, so that it is closed even when parsing fails
+    with open(path, "rb") as f:
+        try:
+            npz = np.load(f, allow_pickle=False)
+            if not hasattr(npz, "files"):
+                raise DataError(
+                    f"{path} holds a single array, not an .npz archive; save images and labels "
+                    "with np.savez(path, images=..., labels=...)."
+                )
+            keys = {k.lower(): k for k in npz.files}
+            for img_key, lbl_key in _KEY_PAIRS:
+                if img_key in keys and lbl_key in keys:
                     images, labels = npz[keys[img_key]], npz[keys[lbl_key]]
-                    classes = [str(c) for c in npz[keys["classes"]]] if "classes" in keys else None
-                except (OSError, ValueError, zipfile.BadZipFile) as exc:
-                    raise DataError(f"{path} could not be read ({exc}); save it again.") from exc
-                return images, labels, classes
+                    names = npz[keys["classes"]] if "classes" in keys else None
+                    return images, labels, None if names is None else [str(c) for c in names]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(
+                f"{path} is not a readable .npz file ({exc}); save it with np.savez."
+            ) from exc
     raise DataError(
         f"{path} has keys {sorted(npz.files)}, but images and labels must be stored under "
         "'images' and 'labels' (or 'x' and 'y'); save it with np.savez(path, images=..., labels=...)."

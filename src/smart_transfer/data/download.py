@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import os
 import tempfile
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Collection
@@ -62,7 +63,12 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the open connection of the error page
+            raise
+        with os.fdopen(fd, "wb") as out, response as resp:
             expected = resp.headers.get("Content-Length")
             h = hashlib.md5(usedforsecurity=False)
             size = 0

@@ -36,7 +36,9 @@ OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 URL_ENV = "SMART_TRANSFER_FASHION_MNIST_URL"
 APT_PACKAGE = "dataset-fashion-mnist"
 
-#: Folders searched after ``root`` and the user cache; tests and unusual installs replace it.
+#: System folders searched after ``root`` and the user cache. To change it, reach this module
+#: with ``importlib.import_module("smart_transfer.data.fashion_mnist")``: the attribute
+#: ``smart_transfer.data.fashion_mnist`` is the loader function. ``search=`` is simpler.
 SYSTEM_DIRS: list[Path] = [Path("/usr/share/datasets/fashion-mnist")]
 
 CLASSES = [

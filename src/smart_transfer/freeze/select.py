@@ -67,6 +67,8 @@ def _select_layers(sim: Similarity, layers: str | Sequence[str] | None) -> list[
     if layers is None:
         return names
     patterns = [layers] if isinstance(layers, str) else list(layers)
+    if not patterns:
+        raise ConfigError("layers= is empty; pass None to plan every compared layer")
     for pat in patterns:
         if not any(n == pat or fnmatch.fnmatchcase(n, pat) for n in names):
             shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")

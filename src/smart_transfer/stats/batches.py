@@ -37,7 +37,9 @@ def batch_input(batch: Any, index: int | None = None) -> Tensor:
         x = x[key]
     elif isinstance(x, (tuple, list)):
         if len(x) == 0:
-            raise DataError(f"{where} is an empty {type(batch).__name__}; the loader must yield (images, ...)")
+            raise DataError(
+                f"{where} is an empty {type(batch).__name__}; the loader must yield (images, ...)"
+            )
         x = x[0]
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -47,5 +49,7 @@ def batch_input(batch: Any, index: int | None = None) -> Tensor:
             "yield tensors, (images, labels) tuples, or dicts with an 'image'/'pixel_values' key"
         )
     if x.ndim == 0:
-        raise DataError(f"{where} is a 0-d tensor; expected a batch of inputs (batch, channels, ...)")
+        raise DataError(
+            f"{where} is a 0-d tensor; expected a batch of inputs (batch, channels, ...)"
+        )
     return x

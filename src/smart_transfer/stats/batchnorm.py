@@ -42,10 +42,18 @@ def profile_from_batchnorm(
     chosen = []
     for name in names:
         bn = modules.get(norms.get(name, ""))
-        if bn is not None and getattr(bn, "running_mean", None) is not None and getattr(bn, "running_var", None) is not None:
+        if (
+            bn is not None
+            and getattr(bn, "running_mean", None) is not None
+            and getattr(bn, "running_var", None) is not None
+        ):
             chosen.append((name, norms[name], bn))
     if not chosen:
-        what = "selected layers" if layers is not None or types is not None or exclude is not None else "layers"
+        what = (
+            "selected layers"
+            if layers is not None or types is not None or exclude is not None
+            else "layers"
+        )
         raise ConfigError(
             f"no {what} of {type(model).__name__} feed a BatchNorm with running statistics, so there is "
             "no source profile to read; pass source images to st.profile(model, loader) instead"

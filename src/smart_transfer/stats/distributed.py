@@ -35,7 +35,9 @@ def distributed_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def gather_profiles(local: ActivationProfile | None, error: BaseException | None) -> ActivationProfile:
+def gather_profiles(
+    local: ActivationProfile | None, error: BaseException | None
+) -> ActivationProfile:
     """Every rank's profile merged in rank order, returned on every rank.
 
     ``local`` is None for a rank whose shard was empty; ``error`` is the exception a rank hit
@@ -53,8 +55,14 @@ def gather_profiles(local: ActivationProfile | None, error: BaseException | None
         raise error
     for rank, item in enumerate(gathered):
         if item["error"] is not None:
-            raise ProfileError(f"profiling failed on rank {rank} ({item['error']}); fix that rank's data or model")
-    parts = [ActivationProfile.from_dict(item["profile"]) for item in gathered if item["profile"] is not None]
+            raise ProfileError(
+                f"profiling failed on rank {rank} ({item['error']}); fix that rank's data or model"
+            )
+    parts = [
+        ActivationProfile.from_dict(item["profile"])
+        for item in gathered
+        if item["profile"] is not None
+    ]
     if not parts:
         raise DataError(
             "no rank's loader yielded a batch; give each process a non-empty shard of the data"

@@ -2,7 +2,7 @@
 
 ``forward_hooks`` registers forward hooks and removes every one of them on exit, also when the
 loader or the forward raises, so no hook keeps firing during later training.
-``inference_mode`` puts the model in eval mode without gradients and restores each module's
+``eval_no_grad`` puts the model in eval mode without gradients and restores each module's
 own train/eval flag afterwards (a model may have been deliberately mixed, e.g. frozen
 BatchNorm layers in eval inside a training model).
 """
@@ -21,7 +21,9 @@ HookFn = Callable[[nn.Module, Any, Any], Any]
 
 
 @contextmanager
-def forward_hooks(hooks: Mapping[nn.Module, HookFn] | list[tuple[nn.Module, HookFn]]) -> Iterator[list[RemovableHandle]]:
+def forward_hooks(
+    hooks: Mapping[nn.Module, HookFn] | list[tuple[nn.Module, HookFn]],
+) -> Iterator[list[RemovableHandle]]:
     """Register ``module.register_forward_hook(fn)`` for each pair; remove them all on exit."""
     pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
     handles: list[RemovableHandle] = []
@@ -35,7 +37,7 @@ def forward_hooks(hooks: Mapping[nn.Module, HookFn] | list[tuple[nn.Module, Hook
 
 
 @contextmanager
-def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_no_grad(model: nn.Module) -> Iterator[nn.Module]:
     """``model.eval()`` under ``torch.no_grad()``; every module's previous mode comes back on exit.
 
     Eval mode is what keeps BatchNorm from updating its running statistics while profiling.

@@ -173,7 +173,10 @@ class ActivationProfile:
             if (a.hist_edges is None) != (b.hist_edges is None) or (
                 a.hist_edges is not None
                 and b.hist_edges is not None
-                and (a.hist_edges.shape != b.hist_edges.shape or not torch.equal(a.hist_edges, b.hist_edges))
+                and (
+                    a.hist_edges.shape != b.hist_edges.shape
+                    or not torch.equal(a.hist_edges, b.hist_edges)
+                )
             ):
                 raise IncompatibleError(
                     f"layer {name!r} has different histogram bins in the two profiles; "
@@ -182,11 +185,18 @@ class ActivationProfile:
             merged = merge_stats(from_layer_profile(a), from_layer_profile(b))
             layers[name] = to_layer_profile(merged, name, a.kind, a.params, edges)
         meta = dict(self.meta)
-        meta["num_batches"] = int(self.meta.get("num_batches", 0)) + int(other.meta.get("num_batches", 0))
+        meta["num_batches"] = int(self.meta.get("num_batches", 0)) + int(
+            other.meta.get("num_batches", 0)
+        )
         if "subsampled" in self.meta or "subsampled" in other.meta:
-            meta["subsampled"] = bool(self.meta.get("subsampled")) or bool(other.meta.get("subsampled"))
+            meta["subsampled"] = bool(self.meta.get("subsampled")) or bool(
+                other.meta.get("subsampled")
+            )
         return ActivationProfile(
-            layers=layers, source="data", num_samples=self.num_samples + other.num_samples, meta=meta
+            layers=layers,
+            source="data",
+            num_samples=self.num_samples + other.num_samples,
+            meta=meta,
         )
 
     # -- plain data ------------------------------------------------------------------------
@@ -233,7 +243,9 @@ class ActivationProfile:
                 meta=dict(d.get("meta") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{where} is a damaged profile ({type(e).__name__}: {e}); re-create it") from e
+            raise DataError(
+                f"{where} is a damaged profile ({type(e).__name__}: {e}); re-create it"
+            ) from e
         for lp in prof.layers.values():
             _check_shapes(lp, shapes.get(lp.name), where)
         return prof
@@ -265,7 +277,9 @@ class ActivationProfile:
         """Read a profile written by :meth:`save` (tensors only, no code is unpickled)."""
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"no profile file at {str(path)!r}; check the path or create it with prof.save(path)")
+            raise DataError(
+                f"no profile file at {str(path)!r}; check the path or create it with prof.save(path)"
+            )
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # any unreadable file: pickle, zip and torch errors alike
@@ -285,9 +299,13 @@ def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:
     c = lp.num_channels
     bins = None if not isinstance(shape, dict) else shape.get("hist_bins")
     if not isinstance(shape, dict) or shape.get("num_channels") != c:
-        raise DataError(f"{where}: layer {lp.name!r} does not match the recorded shapes; re-create the profile")
+        raise DataError(
+            f"{where}: layer {lp.name!r} does not match the recorded shapes; re-create the profile"
+        )
     expected: dict[str, tuple[int, ...]] = {"count": (c,), "mean": (c,), "var": (c,)}
-    expected.update({k: (c,) for k in ("min", "max", "zero_frac", "log_count", "log_mean", "log_var")})
+    expected.update(
+        {k: (c,) for k in ("min", "max", "zero_frac", "log_count", "log_mean", "log_var")}
+    )
     expected["cov"] = (c, c)
     if bins is not None:
         expected.update(hist=(c, bins), hist_edges=(bins + 1,), hist_count=(c,))
@@ -303,4 +321,6 @@ def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:
                 f"{where}: layer {lp.name!r} has {key} of shape {got}, expected {want}; re-create the profile"
             )
     if bins is None and lp.hist is not None:
-        raise DataError(f"{where}: layer {lp.name!r} has a histogram the shapes do not record; re-create it")
+        raise DataError(
+            f"{where}: layer {lp.name!r} has a histogram the shapes do not record; re-create it"
+        )

@@ -8,6 +8,7 @@ same train/eval flags, same BatchNorm statistics, no hooks left.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from ..errors import ConfigError, DataError, ProfileError, SmartTransferError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
 from .batches import batch_input
 from .distributed import distributed_rank, distributed_world, gather_profiles
-from .hooks import forward_hooks, inference_mode
+from .hooks import eval_no_grad, forward_hooks
 from .profile import ActivationProfile
 from .running import (
     DEFAULT_HIST_BINS,
@@ -54,7 +55,13 @@ ACT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Softplus,
 )
 # Modules that do nothing at inference and may sit between a norm and its activation.
-_PASS_TYPES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_PASS_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+)
 
 
 @dataclass
@@ -95,7 +102,9 @@ def _next_activation(model: nn.Module, after: str) -> str | None:
     return None
 
 
-def resolve_points(model: nn.Module, names: Sequence[str], point: str) -> tuple[list[_Point], dict[str, str]]:
+def resolve_points(
+    model: nn.Module, names: Sequence[str], point: str
+) -> tuple[list[_Point], dict[str, str]]:
     """The module to hook for each layer, and the layers skipped because the point is missing."""
     if point not in POINTS:
         raise ConfigError(f"point must be one of {', '.join(map(repr, POINTS))}, got {point!r}")
@@ -134,11 +143,18 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | N
     return torch.device("cpu"), None
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` name the same device when either leaves the index out."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _check_int(value: Any, what: str, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{what} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+        raise ConfigError(
+            f"{what} must be a positive int{' or None' if allow_none else ''}, got {value!r}"
+        )
 
 
 def profile(
@@ -198,7 +214,11 @@ def profile(
     points, skipped = resolve_points(model, names, point)
     model_device, model_dtype = _model_device_dtype(model)
     run_device = model_device if device is None else torch.device(device)
-    if device is not None and model_dtype is not None and run_device != model_device:
+    if (
+        device is not None
+        and model_dtype is not None
+        and not _same_device(run_device, model_device)
+    ):
         raise ConfigError(
             f"the model is on {model_device} but device={str(device)!r}; move the model with "
             f"model.to({str(device)!r}) or leave device=None"
@@ -241,7 +261,14 @@ def profile(
     error: BaseException | None = None
     try:
         num_samples, num_batches = _run(
-            model, loader, points, accs, run_device, model_dtype, max_batches, progress and rank == 0
+            model,
+            loader,
+            points,
+            accs,
+            run_device,
+            model_dtype,
+            max_batches,
+            progress and rank == 0,
         )
         if num_batches > 0:
             local = _finish(model, points, accs, num_samples, num_batches, meta)
@@ -295,20 +322,28 @@ def _run(
         total = None
     if total is not None and max_batches is not None:
         total = min(total, max_batches)
-    batches: Iterable[Any] = loader if max_batches is None else itertools.islice(loader, max_batches)
+    batches: Iterable[Any] = (
+        loader if max_batches is None else itertools.islice(loader, max_batches)
+    )
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
         # disable=None: tqdm shows the bar only when writing to a terminal
-        batches = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
+        bar = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
+        batches = bar
     num_samples = num_batches = 0
-    with inference_mode(model), forward_hooks([(p.module, make_hook(p)) for p in points]):
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.enter_context(contextlib.closing(bar))
+        stack.enter_context(eval_no_grad(model))
+        stack.enter_context(forward_hooks([(p.module, make_hook(p)) for p in points]))
         for index, batch in enumerate(batches):
             x = batch_input(batch, index)
             if x.shape[0] == 0:
                 continue
             if dtype is not None:
-                if not x.is_floating_point() and not x.is_complex():
+                if not x.is_floating_point():
                     raise DataError(
                         f"batch {index} holds {x.dtype} values but the model computes in {dtype}; "
                         "convert the images to floats in the loader (e.g. x.float() / 255)"
@@ -331,10 +366,16 @@ def _run(
 
 
 def _check_batch(
-    flags: list[tuple[str, Tensor]], calls: dict[str, int], points: list[_Point], x: Tensor, index: int
+    flags: list[tuple[str, Tensor]],
+    calls: dict[str, int],
+    points: list[_Point],
+    x: Tensor,
+    index: int,
 ) -> None:
     """Raise on the first layer with NaN/Inf values and on shared activation modules."""
-    for name, ok in flags:  # one device sync per batch, in the order the layers ran
+    if flags and bool(torch.stack([ok for _, ok in flags]).all()):  # one device sync per batch
+        flags = []
+    for name, ok in flags:  # only after a failure: find the first layer, in the order they ran
         if not bool(ok):
             if x.is_floating_point() and not bool(torch.isfinite(x).all()):
                 raise DataError(
@@ -372,7 +413,9 @@ def _finish(
             "model's forward uses"
         )
     params = layer_param_map(model, [p.name for p in reached])
-    layers = {p.name: accs[p.name].to_layer_profile(p.name, p.kind, params[p.name]) for p in reached}
+    layers = {
+        p.name: accs[p.name].to_layer_profile(p.name, p.kind, params[p.name]) for p in reached
+    }
     meta["num_batches"] = num_batches
     meta["subsampled"] = any(accs[p.name].subsampled for p in reached)
     return ActivationProfile(layers=layers, source="data", num_samples=num_samples, meta=meta)

@@ -1,25 +1,28 @@
 """Streaming per-channel statistics of one layer's activations.
 
 The functional core of profiling. :class:`RunningStats` sees one batch of activations at a
-time, reduces it to per-channel sums in the activation's own dtype (a centred two-pass on
-the batch, so no catastrophic cancellation), and merges those into float64 running totals
-with Chan's parallel formulas. The same merge combines two halves of a data set, two
-processes, or two saved profiles, so a profile never needs the raw activations and its memory
-does not grow with the number of images.
+time, reduces it to per-channel sums in the activation's own dtype (a centred two-pass, so no
+catastrophic cancellation), and folds those into float64 running totals with Chan's parallel
+formulas. :func:`merge_stats` applies the same formulas to two finished halves (two data sets,
+two processes, two saved profiles), so a profile never needs the raw activations and its
+memory does not grow with the number of images.
 
 Statistics and their cost per batch:
 
-* count, mean, variance, min/max, fraction of exact zeros: all values, a few fused passes;
-* channel covariance: all values, one matmul of the centred batch (its diagonal is the
-  variance, so it comes almost for free with the centring);
+* count, mean, variance, min/max, fraction of exact zeros: every value, a handful of passes
+  over each cache-sized chunk of images;
+* channel covariance: every value, one matmul of the centred chunk (its diagonal is the
+  variance);
 * mean / variance of log|x| over non-zero values and a fixed-bin histogram: a stratified
   random subsample of at most ``sample_per_batch`` positions per batch (every channel at the
-  same positions), because logs and bucketing are far dearer per value than a sum.
+  same positions), because a log or a bin lookup costs far more per value than a sum.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +40,7 @@ F64 = torch.float64
 DEFAULT_HIST_BINS = 128
 DEFAULT_HIST_SCALE = 1e-2
 DEFAULT_HIST_MAX = 1e4
-DEFAULT_SAMPLE_PER_BATCH = 4096
+DEFAULT_SAMPLE_PER_BATCH = 2048
 
 
 def hist_edges(
@@ -61,6 +64,20 @@ def hist_edges(
     # Integer grid first so that the edges are exactly symmetric and the middle one is exactly 0.
     grid = (2 * torch.arange(bins + 1, dtype=F64) - bins) / bins
     return scale * torch.sinh(grid * limit)
+
+
+@functools.lru_cache(maxsize=8)
+def _float32_bin_table(bins: int, scale: float, max_abs: float) -> Tensor:
+    """Bin of every float32, indexed by its upper 16 bits (sign, exponent, 7 mantissa bits).
+
+    Entry ``h + 32768`` is the bin of all floats whose bit pattern starts with ``h``, or -1 where
+    the floats of that cell fall into two bins (an edge lies inside the cell).
+    """
+    inner = hist_edges(bins, scale, max_abs)[1:-1]
+    high = torch.arange(-32768, 32768, dtype=torch.int32) << 16
+    first = torch.bucketize(high.view(torch.float32).to(F64), inner, right=True)
+    last = torch.bucketize((high | 0xFFFF).view(torch.float32).to(F64), inner, right=True)
+    return torch.where(first == last, first, torch.full_like(first, -1)).to(torch.int32)
 
 
 @dataclass
@@ -90,7 +107,12 @@ class ChannelStats:
 
 
 def _merge_vec(
-    n_a: Tensor | float, mean_a: Tensor, m2_a: Tensor, n_b: Tensor | float, mean_b: Tensor, m2_b: Tensor
+    n_a: Tensor | float,
+    mean_a: Tensor,
+    m2_a: Tensor,
+    n_b: Tensor | float,
+    mean_b: Tensor,
+    m2_b: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Chan et al.'s pairwise merge of (count, mean, M2); counts may be per channel and 0."""
     n = n_a + n_b
@@ -131,7 +153,9 @@ def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
     if a.comoment is not None and b.comoment is not None:
         if n > 0:
             delta = b.mean - a.mean
-            out.comoment = a.comoment + b.comoment + torch.outer(delta, delta) * (a.count * b.count / n)
+            out.comoment = (
+                a.comoment + b.comoment + torch.outer(delta, delta) * (a.count * b.count / n)
+            )
         else:
             out.comoment = a.comoment.clone()
     if a.min is not None and b.min is not None and a.max is not None and b.max is not None:
@@ -151,34 +175,42 @@ def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
             a.log_count, a.log_mean, a.log_m2, b.log_count, b.log_mean, b.log_m2
         )
         out.log_count = a.log_count + b.log_count
-    if a.hist is not None and b.hist is not None and a.hist_count is not None and b.hist_count is not None:
+    if (
+        a.hist is not None
+        and b.hist is not None
+        and a.hist_count is not None
+        and b.hist_count is not None
+    ):
         out.hist = a.hist + b.hist
         out.hist_count = a.hist_count + b.hist_count
     return out
 
 
 class _Scratch:
-    """One reusable work buffer shared by all layers of a profiling run.
+    """Reusable work buffers shared by all layers of a profiling run.
 
-    Hooks run one after another, so a single buffer suffices. Reusing it avoids allocating
-    (and page-faulting) fresh memory for every layer and batch.
+    Hooks run one after another, so one set of buffers suffices. Reusing them matters on the
+    CPU: a fresh tensor of a few MB is a fresh mapping whose pages fault in on first touch,
+    which costs more than the arithmetic done on it.
     """
 
     def __init__(self) -> None:
-        self._buf: Tensor | None = None
+        self._bufs: dict[str, Tensor] = {}
 
-    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """A flat tensor of ``numel`` elements (contents undefined)."""
-        buf = self._buf
+    def get(
+        self, numel: int, dtype: torch.dtype, device: torch.device, name: str = "work"
+    ) -> Tensor:
+        """A flat tensor of ``numel`` elements (contents undefined), reused across calls."""
+        buf = self._bufs.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
             buf = torch.empty(numel, dtype=dtype, device=device)
-            self._buf = buf
+            self._bufs[name] = buf
         return buf[:numel]
 
 
-# Elements per chunk when a (N, C, L) batch is reduced on the CPU: all passes over a chunk of
-# ~2 MB run while it is still in cache, instead of streaming the whole activation from memory
-# once per statistic (about 20% faster for VGG-sized activations).
+# Elements per chunk and thread when a (N, C, L) batch is reduced on the CPU: all passes over
+# a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
+# from memory once per statistic (about 20% faster for VGG-sized activations).
 CHUNK_ELEMS = 1 << 19
 
 
@@ -188,7 +220,9 @@ def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tenso
     Both are views of the hooked tensor whenever its memory layout allows, so no copy.
     """
     if x.ndim < 2:
-        raise ProfileError(f"layer {name!r} produced a {x.ndim}-d output; expected (batch, channels, ...)")
+        raise ProfileError(
+            f"layer {name!r} produced a {x.ndim}-d output; expected (batch, channels, ...)"
+        )
     dim = channel_dim % x.ndim
     if x.shape[dim] != num_channels:
         raise ProfileError(
@@ -203,6 +237,42 @@ def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tenso
     if x3.shape[2] == 1:
         return x3.reshape(x3.shape[0], num_channels)
     return x3
+
+
+def _gram_blocks(c: int) -> list[int]:
+    """Row-block boundaries for a (C, C) Gram matrix: 1, 2 or 3 blocks by width."""
+    b = 1 if c < 192 else (2 if c < 384 else 3)
+    return [c * i // b for i in range(b + 1)]
+
+
+def _gram_add_(gram: Tensor, a: Tensor, first: bool) -> None:
+    """``gram (+)= a @ a.T``, computing only the blocks on and above the diagonal.
+
+    For wide layers the covariance matmul costs more than the layer itself; the Gram matrix
+    is symmetric, so with 3 row blocks 6 of 9 block products suffice (about 25% less time;
+    a single block for narrow layers, where smaller products would run less efficiently).
+    The blocks below the diagonal are filled in by :func:`_mirror_blocks_`.
+    """
+    e = _gram_blocks(gram.shape[0])
+    if len(e) == 2:
+        if first:
+            torch.mm(a, a.T, out=gram)
+        else:
+            gram.addmm_(a, a.T)
+        return
+    if first:
+        gram.zero_()
+    for i in range(len(e) - 1):
+        for j in range(i, len(e) - 1):
+            gram[e[i] : e[i + 1], e[j] : e[j + 1]].addmm_(a[e[i] : e[i + 1]], a[e[j] : e[j + 1]].T)
+
+
+def _mirror_blocks_(gram: Tensor) -> None:
+    """Copy the upper blocks written by :func:`_gram_add_` into the lower ones."""
+    e = _gram_blocks(gram.shape[0])
+    for i in range(len(e) - 1):
+        for j in range(i + 1, len(e) - 1):
+            gram[e[j] : e[j + 1], e[i] : e[i + 1]].copy_(gram[e[i] : e[i + 1], e[j] : e[j + 1]].T)
 
 
 class RunningStats:
@@ -228,7 +298,9 @@ class RunningStats:
         scratch: _Scratch | None = None,
     ) -> None:
         if sample_per_batch is not None and (
-            not isinstance(sample_per_batch, int) or isinstance(sample_per_batch, bool) or sample_per_batch < 1
+            not isinstance(sample_per_batch, int)
+            or isinstance(sample_per_batch, bool)
+            or sample_per_batch < 1
         ):
             raise ConfigError(
                 f"sample_per_batch must be a positive int or None (all values), got {sample_per_batch!r}"
@@ -243,11 +315,13 @@ class RunningStats:
         edges = hist_edges(hist_bins, hist_scale, hist_max) if hist_bins else None
         self.edges = edges
         self._inner_edges = None if edges is None else edges[1:-1].to(dev)
-        # Bins are uniform in asinh(x / scale) over [-limit, limit]; used to find bins fast.
-        self._asinh_grid = (float(hist_scale), math.asinh(hist_max / hist_scale))
+        self._hist_settings = (
+            (int(hist_bins), float(hist_scale), float(hist_max)) if edges is not None else None
+        )
         self._scratch = scratch if scratch is not None else _Scratch()
         self.batches = 0
         self.subsampled = False  # True once a batch had more positions than sample_per_batch
+        self._strata: tuple[int, Tensor, Tensor] | None = None  # (n, stretch starts, widths)
         z = torch.zeros(c, dtype=F64, device=dev)
         self.stats = ChannelStats(
             count=0.0,
@@ -260,7 +334,9 @@ class RunningStats:
             log_count=z.clone(),
             log_mean=z.clone(),
             log_m2=z.clone(),
-            hist=None if edges is None else torch.zeros(c, edges.numel() - 1, dtype=F64, device=dev),
+            hist=None
+            if edges is None
+            else torch.zeros(c, edges.numel() - 1, dtype=F64, device=dev),
             hist_count=None if edges is None else z.clone(),
         )
 
@@ -274,38 +350,93 @@ class RunningStats:
         """
         x = x.detach()
         if not x.is_floating_point():
-            raise ProfileError(f"layer {name!r} produced {x.dtype} values; only floating outputs can be profiled")
+            raise ProfileError(
+                f"layer {name!r} produced {x.dtype} values; only floating outputs can be profiled"
+            )
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # half-precision sums over a batch would overflow or lose all digits
         rows = _as_rows(x, channel_dim, self.num_channels, name)
-        batch = self._batch_stats(rows)
-        self.stats = merge_stats(self.stats, batch)
+        n = rows.shape[0] * rows.shape[2] if rows.ndim == 3 else rows.shape[0]
+        if n == 0:
+            return torch.ones((), dtype=torch.bool, device=x.device)
+        batch = self._moments_ncl(rows) if rows.ndim == 3 else self._moments_rows(rows)
+        self._sample_stats(rows, n, batch)
+        self._accumulate(batch)
         self.batches += 1
         return torch.isfinite(batch.mean).all()
 
-    def _batch_stats(self, x: Tensor) -> ChannelStats:
-        ncl = x.ndim == 3  # (N, C, L); otherwise (M, C)
-        n = x.shape[0] * x.shape[2] if ncl else x.shape[0]
-        if n == 0:
-            return _empty_like(self.stats)
-        out = self._moments_ncl(x) if ncl else self._moments_rows(x)
-        self._sample_stats(x, n, out)
-        return out
+    def _accumulate(self, b: ChannelStats) -> None:
+        """Fold one batch into the running totals in place (Chan's update, as merge_stats).
+
+        In place because for wide layers the (C, C) covariance is as large as the batch itself,
+        and every fresh C x C temporary would cost as much as a pass over the data.
+        """
+        s = self.stats
+        n_a, n_b = s.count, b.count
+        n = n_a + n_b
+        delta = b.mean - s.mean
+        weight = n_a * n_b / n
+        s.mean.add_(delta, alpha=n_b / n)
+        s.m2.add_(b.m2).addcmul_(delta, delta, value=weight)
+        if s.comoment is not None and b.comoment is not None:
+            s.comoment.add_(b.comoment)
+            if weight:
+                s.comoment.addr_(delta, delta, alpha=weight)
+        if s.min is not None and b.min is not None and s.max is not None and b.max is not None:
+            torch.minimum(s.min, b.min, out=s.min)
+            torch.maximum(s.max, b.max, out=s.max)
+        if s.zeros is not None and b.zeros is not None:
+            s.zeros.add_(b.zeros)
+        if (
+            s.log_count is not None
+            and s.log_mean is not None
+            and s.log_m2 is not None
+            and b.log_count is not None
+            and b.log_mean is not None
+            and b.log_m2 is not None
+        ):
+            s.log_mean, s.log_m2 = _merge_vec(
+                s.log_count, s.log_mean, s.log_m2, b.log_count, b.log_mean, b.log_m2
+            )
+            s.log_count.add_(b.log_count)
+        if (
+            s.hist is not None
+            and b.hist is not None
+            and s.hist_count is not None
+            and b.hist_count is not None
+        ):
+            s.hist.add_(b.hist)
+            s.hist_count.add_(b.hist_count)
+        s.count = n
 
     def _moments_ncl(self, x: Tensor) -> ChannelStats:
-        """Moments of an (N, C, L) batch: per-image two-pass partials, combined in float64.
+        """Moments of an (N, C, L) batch: per-image centred two-pass partials, then combined.
 
-        Each image is centred on its own mean; the images are then combined exactly with the
-        parallel-variance identity  M2 = sum_i M2_i + L * sum_i (m_i - m)(m_i - m)^T.
+        Each image is centred on its own mean, so that every statistic of a chunk of images is
+        computed while the chunk is in cache (one pass over memory instead of two). The images
+        are combined exactly with the parallel-variance identity
+        ``M2 = sum_i M2_i + L * sum_i (m_i - m)(m_i - m)^T``.
+        The covariance comes back in the activation dtype in a scratch buffer (valid until the
+        next layer's update), to be added into the float64 totals by :meth:`_accumulate`.
         """
         num, c, length = x.shape
         dt, dev = x.dtype, x.device
+        n = num * length
         sums = torch.empty(num, c, dtype=dt, device=dev)
         mins, maxs, nonzero = torch.empty_like(sums), torch.empty_like(sums), torch.empty_like(sums)
-        step = num if dev.type != "cpu" else max(1, min(num, CHUNK_ELEMS // (c * length)))
+        # On the CPU each intra-op thread gets about CHUNK_ELEMS of the chunk; elsewhere (GPU)
+        # cache blocking does not pay for the extra kernel launches.
+        chunk = CHUNK_ELEMS * max(1, torch.get_num_threads())
+        step = num if dev.type != "cpu" else max(1, min(num, chunk // (c * length)))
         work = self._scratch.get(step * c * length, dt, dev)
-        comoment = torch.zeros(c, c, dtype=F64, device=dev) if self.covariance else None
-        m2_img = None if self.covariance else torch.empty_like(sums)
+        gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c) if self.covariance else None
+        sq = None if gram is not None else torch.empty_like(sums)
+        # Narrow layers with large maps: one small matmul per image (bmm) keeps every intra-op
+        # thread busy, where a single (C, k*L) x (k*L, C) product with C <= 64 scales poorly
+        # across threads (measured 1.4x faster with 2 threads, the same with 1).
+        per_image = None
+        if gram is not None and dev.type == "cpu" and c < 128 and length >= 256:
+            per_image = self._scratch.get(step * c * c, dt, dev, "per_image")
         for i in range(0, num, step):
             j = slice(i, min(i + step, num))
             xs = x[j]
@@ -318,58 +449,65 @@ class RunningStats:
             flat = work[: k * c * length].view(k, c, length)
             torch.ne(xs, 0, out=flat)
             torch.sum(flat, 2, out=nonzero[j])
-            # Second pass: centre each image on its own mean. For the covariance the centred
-            # values are laid out channel-major, (C, k*L), so one matmul gives the (C, C) sum.
-            img_mean = (sums[j] / length).unsqueeze(2)
-            if comoment is not None:
+            # Second pass: values centred on their image's mean. For the covariance they are laid
+            # out channel-major, (C, k*L), so that one matmul adds the chunk's (C, C) sum.
+            centre = (sums[j] / length).unsqueeze(2)
+            if gram is not None and per_image is not None:
+                torch.sub(xs, centre, out=flat)
+                products = per_image[: k * c * c].view(k, c, c)
+                torch.bmm(flat, flat.transpose(1, 2), out=products)
+                if i == 0:
+                    torch.sum(products, 0, out=gram)
+                else:
+                    gram.add_(products.sum(0))
+            elif gram is not None:
                 centred = work[: k * c * length].view(c, k, length)
-                torch.sub(xs, img_mean, out=centred.permute(1, 0, 2))
-                flat2 = centred.view(c, k * length)
-                comoment += (flat2 @ flat2.T).to(F64)
+                torch.sub(xs, centre, out=centred.permute(1, 0, 2))
+                _gram_add_(gram, centred.view(c, k * length), first=i == 0)
             else:
-                torch.sub(xs, img_mean, out=flat)
-                flat.mul_(flat)
-                torch.sum(flat, 2, out=m2_img[j])  # type: ignore[index]
-        sums64 = sums.to(F64)
-        n = num * length
-        mean = sums64.sum(0) / n
-        dev_img = (sums / length).to(F64) - mean  # the centres actually used, minus the total mean
-        if comoment is not None:
-            comoment += length * (dev_img.T @ dev_img)
-            comoment = 0.5 * (comoment + comoment.T)  # exact symmetry for downstream linear algebra
-            m2 = comoment.diagonal().clone()
+                torch.sub(xs, centre, out=flat)
+                torch.sum(flat.mul_(flat), 2, out=sq[j])  # type: ignore[index]
+        mean64 = sums.to(F64).sum(0) / n
+        # Offsets of the centres actually used (float32 image means) from the batch mean.
+        offsets = (sums / length).to(F64) - mean64
+        if gram is not None:
+            _gram_add_(gram, (offsets * math.sqrt(length)).T.to(dt), first=False)
+            _mirror_blocks_(gram)
+            m2 = gram.diagonal().to(F64)
         else:
-            m2 = m2_img.to(F64).sum(0) + length * (dev_img * dev_img).sum(0)  # type: ignore[union-attr]
+            m2 = sq.to(F64).sum(0) + length * (offsets * offsets).sum(0)  # type: ignore[union-attr]
         return ChannelStats(
             count=float(n),
-            mean=mean,
+            mean=mean64,
             m2=m2,
-            comoment=comoment,
+            comoment=gram,
             min=mins.amin(0).to(F64),
             max=maxs.amax(0).to(F64),
             zeros=n - nonzero.to(F64).sum(0),
         )
 
     def _moments_rows(self, x: Tensor) -> ChannelStats:
-        """Moments of an (M, C) batch (linear outputs): a plain centred two-pass."""
+        """Moments of an (M, C) batch (linear outputs): the same centred two-pass."""
         m, c = x.shape
+        dt, dev = x.dtype, x.device
         mean64 = x.sum(0).to(F64) / m
-        work = self._scratch.get(m * c, x.dtype, x.device).view(m, c)
+        work = self._scratch.get(m * c, dt, dev).view(m, c)
         torch.ne(x, 0, out=work)
         nonzero = work.sum(0).to(F64)
-        torch.sub(x, mean64.to(x.dtype), out=work)
-        comoment: Tensor | None = None
+        torch.sub(x, mean64.to(dt), out=work)
+        gram: Tensor | None = None
         if self.covariance:
-            comoment = (work.T @ work).to(F64)
-            comoment = 0.5 * (comoment + comoment.T)
-            m2 = comoment.diagonal().clone()
+            gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c)
+            _gram_add_(gram, work.T, first=True)
+            _mirror_blocks_(gram)
+            m2 = gram.diagonal().to(F64)
         else:
-            m2 = (work * work).sum(0).to(F64)
+            m2 = work.mul_(work).sum(0).to(F64)
         return ChannelStats(
             count=float(m),
             mean=mean64,
             m2=m2,
-            comoment=comoment,
+            comoment=gram,
             min=x.amin(0).to(F64),
             max=x.amax(0).to(F64),
             zeros=m - nonzero,
@@ -385,89 +523,82 @@ class RunningStats:
             self.subsampled = True
             # One position from each of k equal stretches of the batch: without replacement,
             # spread over every image, and O(k) to draw (a permutation of n would be O(n)).
-            starts = torch.arange(k, dtype=F64) * (n / k)
-            ends = torch.arange(1, k + 1, dtype=F64) * (n / k)
-            lo, hi = starts.floor(), ends.floor()
+            if self._strata is None or self._strata[0] != n:  # same batch shape: same stretches
+                bounds = (torch.arange(k + 1, dtype=F64) * (n / k)).floor()
+                self._strata = (n, bounds[:-1], bounds[1:] - bounds[:-1])
+            _, lo, width = self._strata
             u = torch.rand(k, dtype=F64, generator=self.generator)
-            pos = (lo + (u * (hi - lo)).floor()).long().clamp_(0, n - 1).to(x.device)
+            pos = lo.addcmul(u, width).floor_().long().clamp_(0, n - 1).to(x.device)
             if ncl:
                 length = x.shape[2]
                 sub = x[pos // length, :, pos % length]
             else:
                 sub = x[pos]
-        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise); the
-        # per-batch sums go to float64 before they are merged. Zeros are masked by adding 1
-        # before the log (log 1 = 0) and weighting them 0, all in float arithmetic.
-        is_nz = torch.ne(sub, 0).to(sub.dtype)
-        logs = (sub.abs() + (1 - is_nz)).log_()
-        cnt = is_nz.sum(0).to(F64)
-        lmean = logs.sum(0).to(F64) / cnt.clamp_min(1)
-        dev = (logs - lmean.to(sub.dtype)).mul_(is_nz)
-        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, (dev * dev).sum(0).to(F64)
-        if self._inner_edges is not None:
-            idx = self._bin_index(sub)
-            bins = self._inner_edges.numel() + 1
-            idx += torch.arange(self.num_channels, device=sub.device) * bins
-            counts = torch.bincount(idx.flatten(), minlength=self.num_channels * bins)
-            out.hist = counts.view(self.num_channels, bins).to(F64)
-            out.hist_count = torch.full((self.num_channels,), float(sub.shape[0]), dtype=F64, device=sub.device)
+        sub = sub.contiguous()  # (k, C); flat views below rely on it
+        shape, size, dt, dev = sub.shape, sub.numel(), sub.dtype, sub.device
 
-    def _bin_index(self, v: Tensor) -> Tensor:
+        def buf(name: str, dtype: torch.dtype = dt) -> Tensor:
+            return self._scratch.get(size, dtype, dev, name).view(shape)
+
+        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise); the
+        # per-batch sums go to float64 before they are merged. A zero gets log(0 + 1) = 0 and
+        # weight 0, so no -inf ever appears (log(0) is also a slow path on the CPU).
+        mag = torch.abs(sub, out=buf("mag"))
+        nonzero = torch.ne(sub, 0, out=buf("nonzero"))  # 1.0 / 0.0
+        logs = torch.eq(sub, 0, out=buf("logs")).add_(mag).log_()
+        cnt = nonzero.sum(0).to(F64)
+        lmean = logs.sum(0).to(F64) / cnt.clamp_min(1)
+        dev_ = logs.sub_(lmean.to(dt)).mul_(nonzero)
+        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, dev_.mul_(dev_).sum(0).to(F64)
+        if self._inner_edges is not None:
+            idx = self._bin_index(sub, buf)
+            bins = self._inner_edges.numel() + 1
+            idx += torch.arange(self.num_channels, device=dev, dtype=idx.dtype) * bins
+            counts = torch.bincount(idx.view(-1), minlength=self.num_channels * bins)
+            out.hist = counts.view(self.num_channels, bins)  # int64, added into the float64 totals
+            out.hist_count = torch.full(
+                (self.num_channels,), float(shape[0]), dtype=F64, device=dev
+            )
+
+    def _bin_index(self, v: Tensor, buf: Callable[..., Tensor] | None = None) -> Tensor:
         """Bin of each value: ``i`` with ``edges[i] <= v < edges[i+1]``, end bins open-ended.
 
-        Exactly ``bucketize`` against the float64 edges, but on the CPU a binary search per
-        value is slow, so the bin is computed from asinh (the edges are uniform in asinh) and
-        only values within rounding distance of an edge are looked up exactly.
+        Exactly ``bucketize`` against the float64 edges. For float32 on the CPU, where a binary
+        search per value is slow, the bin is read from a table indexed by the upper 16 bits of
+        the float (all floats sharing them fall into one bin except in the 1-2% of cells that
+        straddle an edge; values there are looked up exactly). ``buf(name, dtype)`` hands out
+        work buffers shaped like ``v``.
         """
         inner = self._inner_edges
-        if inner is None or self.edges is None:
+        if inner is None or self._hist_settings is None:
             raise ProfileError("no histogram bins configured")
-        if v.device.type != "cpu":
+        if v.dtype != torch.float32 or v.device.type != "cpu":
             return torch.bucketize(v.to(F64), inner, right=True)
-        bins = inner.numel() + 1
-        scale, limit = self._asinh_grid
-        y = v.abs().mul_(1.0 / scale)
-        # asinh(y) = log(y + sqrt(y^2 + 1)), written out because torch's CPU asinh is not vectorised
-        y = (y + (y * y + 1).sqrt_()).log_().copysign_(v)
-        pos = y.add_(limit).mul_(bins / (2 * limit))
-        idx = pos.floor()
-        frac = pos - idx
-        near = (frac < 1e-3) | (frac > 1 - 1e-3)  # computed bin may be off by one only here
-        idx = idx.clamp_(0, bins - 1).long()
-        if bool(near.any()):
-            idx[near] = torch.bucketize(v[near].to(F64), inner, right=True)
-        return idx
+        if buf is None:
+
+            def buf(name: str, dtype: torch.dtype = v.dtype) -> Tensor:
+                return torch.empty(v.shape, dtype=dtype, device=v.device)
+
+        table = _float32_bin_table(*self._hist_settings)
+        v = v.contiguous()
+        key = torch.bitwise_right_shift(v.view(torch.int32), 16, out=buf("key", torch.int32)).add_(
+            32768
+        )
+        out = torch.index_select(table, 0, key.view(-1), out=buf("bin", torch.int32).view(-1))
+        exact = torch.lt(out, 0, out=buf("exact", torch.bool).view(-1)).nonzero().squeeze(1)
+        if exact.numel():
+            out[exact] = torch.bucketize(v.view(-1)[exact].to(F64), inner, right=True).to(
+                torch.int32
+            )
+        return out.view(v.shape)
 
     # -- results ---------------------------------------------------------------------------
 
-    def merge_(self, other: RunningStats) -> RunningStats:
-        """Fold another accumulator of the same layer into this one (in place)."""
-        self.stats = merge_stats(self.stats, other.stats)
-        self.batches += other.batches
-        self.subsampled = self.subsampled or other.subsampled
-        return self
-
-    def to_layer_profile(self, name: str, kind: str, params: dict[str, tuple[int, ...]]) -> LayerProfile:
+    def to_layer_profile(
+        self, name: str, kind: str, params: dict[str, tuple[int, ...]]
+    ) -> LayerProfile:
         """Finished statistics on the CPU as a :class:`LayerProfile`."""
         return to_layer_profile(self.stats, name, kind, params, self.edges)
-
-
-def _empty_like(s: ChannelStats) -> ChannelStats:
-    z = torch.zeros_like(s.mean)
-    return ChannelStats(
-        count=0.0,
-        mean=z.clone(),
-        m2=z.clone(),
-        comoment=None if s.comoment is None else torch.zeros_like(s.comoment),
-        min=None if s.min is None else torch.full_like(z, math.inf),
-        max=None if s.max is None else torch.full_like(z, -math.inf),
-        zeros=None if s.zeros is None else z.clone(),
-        log_count=None if s.log_count is None else z.clone(),
-        log_mean=None if s.log_mean is None else z.clone(),
-        log_m2=None if s.log_m2 is None else z.clone(),
-        hist=None if s.hist is None else torch.zeros_like(s.hist),
-        hist_count=None if s.hist_count is None else z.clone(),
-    )
 
 
 def _cpu(t: Tensor | None) -> Tensor | None:
@@ -484,26 +615,39 @@ def to_layer_profile(
     """Divide the sums by their counts: population variance/covariance, zero fraction."""
     c = s.num_channels
     n = s.count
-    inv = 1.0 / n if n > 0 else 0.0
-    var = (s.m2 * inv).clamp_min(0)  # rounding can leave -1e-20 for a constant channel
+    denom = n if n > 0 else 1.0  # an empty accumulator reports zeros, not NaN
+    mean = s.mean
+    var = (s.m2 / denom).clamp_min(0)  # rounding can leave -1e-20 for a constant channel
+    if s.min is not None and s.max is not None:
+        # A channel whose min equals its max is constant: its variance is exactly 0 and its
+        # mean exactly that value, whatever rounding the float32 sums left behind.
+        const = s.min == s.max
+        mean = torch.where(const, s.min, mean)
+        var = torch.where(const, torch.zeros_like(var), var)
     cov = None
     if s.comoment is not None:
-        cov = s.comoment * inv
+        cov = s.comoment / denom
+        cov = 0.5 * (cov + cov.T)  # exactly symmetric for downstream linear algebra
+        if s.min is not None and s.max is not None:
+            keep = (s.min != s.max).to(cov.dtype)
+            cov = cov * keep[:, None] * keep[None, :]
         cov.diagonal().copy_(var)  # the diagonal *is* the variance; keep them identical
     log_var = None
     if s.log_count is not None and s.log_m2 is not None:
         log_var = (s.log_m2 / s.log_count.clamp_min(1)).clamp_min(0)
+        if s.min is not None and s.max is not None:
+            log_var = torch.where(s.min == s.max, torch.zeros_like(log_var), log_var)
     return LayerProfile(
         name=name,
         kind=kind,
         num_channels=c,
         params=dict(params),
         count=torch.full((c,), float(n), dtype=F64),
-        mean=_cpu(s.mean),  # type: ignore[arg-type]
+        mean=_cpu(mean),  # type: ignore[arg-type]
         var=_cpu(var),  # type: ignore[arg-type]
         min=_cpu(s.min),
         max=_cpu(s.max),
-        zero_frac=None if s.zeros is None else _cpu(s.zeros * inv),
+        zero_frac=None if s.zeros is None else _cpu(s.zeros / denom),
         log_count=_cpu(s.log_count),
         log_mean=_cpu(s.log_mean),
         log_var=_cpu(log_var),
@@ -522,10 +666,9 @@ def from_layer_profile(lp: LayerProfile) -> ChannelStats:
             f"layer {lp.name!r} comes from BatchNorm running statistics (unknown count) and cannot "
             "be merged; merge only profiles made by st.profile from data"
         )
-    f = lp.mean.to(F64)
     return ChannelStats(
         count=n,
-        mean=f.clone(),
+        mean=lp.mean.to(F64).clone(),
         m2=lp.var.to(F64) * n,
         comoment=None if lp.cov is None else lp.cov.to(F64) * n,
         min=None if lp.min is None else lp.min.to(F64).clone(),
