@@ -47,7 +47,7 @@ _EXPORTS = {
     "summary": "models",
 }
 
-__all__ = sorted(_EXPORTS) + ["data", "training", "__version__"]
+__all__ = sorted(_EXPORTS) + ["data", "training", "__version__"]  # noqa: PLE0605
 
 
 def __getattr__(name: str) -> Any:

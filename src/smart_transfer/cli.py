@@ -15,8 +15,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .errors import SmartTransferError
 
@@ -34,12 +35,12 @@ def _write_json(path: Path, obj: Any) -> None:
         raise
 
 
-def _dataset(spec: str, split: str):
+def _dataset(spec: str, split: str, size: int | None):
     from . import data
 
     if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
         return data.fashion_mnist(split)
-    return data.image_folder(spec)
+    return data.image_folder(spec, size=size)
 
 
 def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
@@ -83,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prof_new = st.profile(backbone, profile_loader, progress=not args.no_progress)
     sim = st.compare(prof_pre, prof_new, measure=args.measure)
     plan = st.plan_freeze(sim, scope="kernel", **_plan_rule(args))
-    print(f"      measure={args.measure}, layers compared={len(sim.scores)}, {plan.describe()}")
+    print(f"      measure={args.measure}, layers compared={len(sim.scores)}, {plan!r}")
 
     print(f"[4/5] fine-tuning for {args.epochs} epochs at {size}px (AdamW lr={args.lr})")
     results: dict[str, Any] = {}
@@ -104,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         results[name] = {
             "test_accuracy": test_acc,
             "seconds": time.perf_counter() - start,
-            "frozen_fraction": 0.0 if handle is None else plan.frozen_fraction(),
+            "frozen_fraction": 0.0 if handle is None else plan.frozen_fraction,
             **fit.to_dict(),
         }
         if handle is not None:
@@ -123,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         {
             "schema_version": 1,
             "args": vars(args) | {"func": None},
-            "plan": plan.summary_dict(),
+            "plan": plan.summary(),
             "results": results,
             "train_images": len(idx_train),
             "val_images": len(idx_val),
@@ -145,7 +146,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.source == "batchnorm":
         prof = st.profile_from_batchnorm(model)
     else:
-        ds = _dataset(args.data, args.split)
+        ds = _dataset(args.data, args.split, args.size)
         tf = st.data.transforms_for(model, train=False, size=args.size)
         loader = st.data.loader(ds, batch_size=args.batch_size, transform=tf)
         prof = st.profile(model, loader, max_batches=args.max_batches, progress=not args.no_progress)
@@ -167,7 +168,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.plan:
         plan = st.plan_freeze(sim, scope=args.scope, **_plan_rule(args))
         plan.save(args.plan)
-        print(plan.describe())
+        print(plan.summary_text())
     return 0
 
 
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

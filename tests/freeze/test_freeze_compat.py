@@ -1,8 +1,7 @@
 """CustomRequireGrad: the original method's calls over profile -> compare -> plan -> apply.
 
 The wiring is tested with stand-ins for ``smart_transfer.stats.profile`` and
-``smart_transfer.measures.compare``; the end-to-end tests use the real ones and are skipped
-while those functions are not available.
+``smart_transfer.measures.compare``; the end-to-end tests use the real ones.
 """
 
 from __future__ import annotations
@@ -147,16 +146,6 @@ def test_misuse_raises_config_errors(fakes):
 
 # ---------------------------------------------------------------- end to end, real modules
 
-_REAL = callable(getattr(stats_pkg, "profile", None)) and callable(
-    getattr(measures_pkg, "compare", None)
-)
-needs_real = pytest.mark.skipif(
-    not _REAL,
-    reason="smart_transfer.stats.profile / smart_transfer.measures.compare not available yet",
-)
-
-
-@needs_real
 def test_end_to_end_with_source_data(make_model):
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
@@ -178,7 +167,6 @@ def test_end_to_end_with_source_data(make_model):
         assert torch.equal(p.detach()[mask], before[name][mask]), name
 
 
-@needs_real
 def test_end_to_end_from_batchnorm_statistics(make_model):
     model = make_model()
     rg = CustomRequireGrad(model, None, _loader(1), progress=False)

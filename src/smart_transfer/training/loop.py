@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
-    transform: Optional[BatchTransform] = None,
+    transform: BatchTransform | None = None,
 ) -> float:
     """Top-1 accuracy of ``model`` over ``(x, y)`` batches (model put in eval mode, then restored)."""
     was_training = model.training
@@ -71,9 +72,9 @@ def fit(
     train_batches: Iterable[tuple[Tensor, Tensor]],
     val_batches: Iterable[tuple[Tensor, Tensor]],
     epochs: int,
-    train_transform: Optional[BatchTransform] = None,
-    val_transform: Optional[BatchTransform] = None,
-    scheduler: Optional[Any] = None,
+    train_transform: BatchTransform | None = None,
+    val_transform: BatchTransform | None = None,
+    scheduler: Any | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> FitResult:
@@ -99,7 +100,7 @@ def fit(
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * int(y.numel())
+            total_loss += loss.item() * int(y.numel())
             seen += int(y.numel())
         if scheduler is not None:
             scheduler.step()

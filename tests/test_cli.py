@@ -1,0 +1,109 @@
+"""cli.py: the subcommands end to end, on small data, and their error path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import smart_transfer as st
+from smart_transfer.cli import main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir()
+        for i in range(6):
+            arr = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_profile_compare_plan_roundtrip(folder, tmp_path, capsys):
+    pre, new, plan_path, sim_path = (tmp_path / n for n in ("pre.pt", "new.pt", "plan.json", "sim.json"))
+    assert main(["profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", str(pre)]) == 0
+    args = ["profile", "--backbone", "small_vgg", "--data", str(folder), "--size", "32"]
+    assert main(args + ["--batch-size", "4", "--no-progress", "--out", str(new)]) == 0
+    prof = st.ActivationProfile.load(new)
+    assert prof.source == "data" and prof.num_samples == 12
+    assert st.ActivationProfile.load(pre).source == "batchnorm"
+
+    rc = main(["compare", str(pre), str(new), "--measure", "gaussian_kl", "--quantile", "0.5",
+               "--out", str(sim_path), "--plan", str(plan_path)])
+    assert rc == 0
+    plan = st.FreezePlan.load(plan_path)
+    sim = json.loads(sim_path.read_text())
+    assert sim["measure"] == "gaussian_kl" and set(sim["layers"]) == set(prof.names()) - {"classifier"}
+    # quantile 0.5 freezes floor(C/2) channels in each compared layer
+    for rows in plan.layers.values():
+        mask = plan.masks[rows[0]]
+        assert int(mask.sum()) == mask.numel() // 2
+    assert "total" in capsys.readouterr().out
+
+
+def test_compare_with_a_measure_that_cannot_run_is_one_clear_error(folder, tmp_path, capsys):
+    pre = tmp_path / "pre.pt"
+    assert main(["profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", str(pre)]) == 0
+    assert main(["compare", str(pre), str(pre), "--measure", "welch_t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "gaussian_kl" in err and "Traceback" not in err
+    assert main(["compare", str(pre), str(pre), "--measure", "no_such_measure"]) == 2
+    assert "lognormal_kl" in capsys.readouterr().err
+
+
+def test_list_commands(capsys):
+    assert main(["list", "measures"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lognormal_kl", "gaussian_kl", "welch_t", "wasserstein", "ks", "js", "gram", "frechet"):
+        assert name in out
+    assert main(["list", "layers", "--backbone", "small_vgg"]) == 0
+    assert capsys.readouterr().out.split() == st.list_layers(st.load_backbone("small_vgg"))
+
+
+def test_public_api_names_resolve():
+    for name in st.__all__:
+        assert getattr(st, name) is not None
+    with pytest.raises(AttributeError):
+        st.no_such_name  # noqa: B018
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
+    """The README's main job, shrunk: profile, compare, plan, fine-tune, test once."""
+    out = tmp_path / "demo"
+    rc = main(["demo", "--per-class", "3", "--epochs", "1", "--size", "32", "--test-size", "40",
+               "--batch-size", "16", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "demo.json").read_text())
+    assert set(report["results"]) == {"full-finetune", "smart-kernel"}
+    assert report["train_images"] + report["val_images"] == 30 and report["test_images"] == 40
+    for r in report["results"].values():
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+    assert report["results"]["smart-kernel"]["frozen_fraction"] == pytest.approx(0.5, abs=0.01)
+    plan = st.FreezePlan.load(out / "plan.json")
+    plan.validate(st.replace_head(st.load_backbone("efficientnet_lite0"), 10))
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_profile_efficientnet_lite0_over_fashion_mnist_batches():
+    """st.profile(st.load_backbone("efficientnet_lite0"), loader) over real Fashion-MNIST."""
+    try:
+        ds = st.data.fashion_mnist("test", download=False)
+    except st.DataError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    model = st.load_backbone("efficientnet_lite0")
+    tf = st.data.transforms_for(model, train=False, size=32)
+    loader = st.data.loader(ds, torch.arange(32), batch_size=16, transform=tf)
+    prof = st.profile(model, loader, layers="_blocks.0.*", progress=False)
+    assert prof.num_samples == 32
+    assert set(prof.names()) == {n for n in st.list_layers(model) if n.startswith("_blocks.0.")}
+    bn = st.profile_from_batchnorm(model, layers="_blocks.0.*")
+    sim = st.compare(bn, prof, measure="gaussian_kl")
+    for scores in sim.scores.values():
+        assert torch.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
