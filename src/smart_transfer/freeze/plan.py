@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from .._atomic import atomic_open
 from ..errors import ConfigError, DataError, IncompatibleError
 
 SCHEMA_VERSION = 1
@@ -343,19 +343,8 @@ class FreezePlan:
         text = self.to_json()
         if not path.parent.is_dir():
             raise DataError(f"cannot save the plan: folder {path.parent} does not exist; create it")
-        # A unique sibling opened with "x" (not mkstemp) so the file gets the usual
-        # permissions of the user's umask rather than 0600.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "x", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if tmp.exists():
-                tmp.unlink()
-            raise
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
         return path
 
     @classmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -18,6 +17,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from .._atomic import atomic_open
 from ..errors import DataError, IncompatibleError
 
 SCHEMA_VERSION = 1
@@ -255,21 +255,8 @@ class ActivationProfile:
     def save(self, path: PathLike) -> Path:
         """Write the profile to one file, atomically (an interrupted save leaves the old file)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp file in the same directory, so that os.replace is an atomic rename. Opened with
-        # mode 0o666 (then the umask), unlike mkstemp's 0600, so the result is a normal file.
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.to_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as f:
+            torch.save(self.to_dict(), f)
         return path
 
     @classmethod
