@@ -20,6 +20,7 @@ Statistics and their cost per batch:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -147,43 +148,62 @@ def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
             f"histograms have {a.hist.shape[1]} and {b.hist.shape[1]} bins; "
             "profile both with the same hist_bins"
         )
-    n = a.count + b.count
-    mean, m2 = _merge_vec(a.count, a.mean, a.m2, b.count, b.mean, b.m2)
-    out = ChannelStats(count=n, mean=mean, m2=m2)
-    if a.comoment is not None and b.comoment is not None:
-        if n > 0:
-            delta = b.mean - a.mean
-            out.comoment = (
-                a.comoment + b.comoment + torch.outer(delta, delta) * (a.count * b.count / n)
-            )
-        else:
-            out.comoment = a.comoment.clone()
-    if a.min is not None and b.min is not None and a.max is not None and b.max is not None:
-        out.min = torch.minimum(a.min, b.min)
-        out.max = torch.maximum(a.max, b.max)
-    if a.zeros is not None and b.zeros is not None:
-        out.zeros = a.zeros + b.zeros
+    out = dataclasses.replace(
+        a,
+        **{
+            f.name: v.clone()
+            for f in dataclasses.fields(a)
+            if isinstance(v := getattr(a, f.name), Tensor)
+        },
+    )
+    _merge_into_(out, b)
+    return out
+
+
+def _merge_into_(s: ChannelStats, b: ChannelStats) -> None:
+    """Fold ``b`` into ``s`` in place (Chan's pairwise update of every statistic).
+
+    In place because for wide layers the (C, C) covariance is as large as a batch itself, and
+    every fresh C x C temporary would cost as much as a pass over the data.
+    """
+    n_a, n_b = s.count, b.count
+    n = n_a + n_b
+    if n == 0:
+        return
+    delta = b.mean - s.mean
+    weight = n_a * n_b / n
+    s.mean.add_(delta, alpha=n_b / n)
+    s.m2.add_(b.m2).addcmul_(delta, delta, value=weight)
+    if s.comoment is not None and b.comoment is not None:
+        s.comoment.add_(b.comoment)
+        if weight:
+            s.comoment.addr_(delta, delta, alpha=weight)
+    if s.min is not None and b.min is not None and s.max is not None and b.max is not None:
+        torch.minimum(s.min, b.min, out=s.min)
+        torch.maximum(s.max, b.max, out=s.max)
+    if s.zeros is not None and b.zeros is not None:
+        s.zeros.add_(b.zeros)
     if (
-        a.log_count is not None
-        and a.log_mean is not None
-        and a.log_m2 is not None
+        s.log_count is not None
+        and s.log_mean is not None
+        and s.log_m2 is not None
         and b.log_count is not None
         and b.log_mean is not None
         and b.log_m2 is not None
     ):
-        out.log_mean, out.log_m2 = _merge_vec(
-            a.log_count, a.log_mean, a.log_m2, b.log_count, b.log_mean, b.log_m2
+        s.log_mean, s.log_m2 = _merge_vec(
+            s.log_count, s.log_mean, s.log_m2, b.log_count, b.log_mean, b.log_m2
         )
-        out.log_count = a.log_count + b.log_count
+        s.log_count.add_(b.log_count)
     if (
-        a.hist is not None
+        s.hist is not None
         and b.hist is not None
-        and a.hist_count is not None
+        and s.hist_count is not None
         and b.hist_count is not None
     ):
-        out.hist = a.hist + b.hist
-        out.hist_count = a.hist_count + b.hist_count
-    return out
+        s.hist.add_(b.hist)
+        s.hist_count.add_(b.hist_count)
+    s.count = n
 
 
 class _Scratch:
@@ -366,48 +386,8 @@ class RunningStats:
         return torch.isfinite(batch.mean).all()
 
     def _accumulate(self, b: ChannelStats) -> None:
-        """Fold one batch into the running totals in place (Chan's update, as merge_stats).
-
-        In place because for wide layers the (C, C) covariance is as large as the batch itself,
-        and every fresh C x C temporary would cost as much as a pass over the data.
-        """
-        s = self.stats
-        n_a, n_b = s.count, b.count
-        n = n_a + n_b
-        delta = b.mean - s.mean
-        weight = n_a * n_b / n
-        s.mean.add_(delta, alpha=n_b / n)
-        s.m2.add_(b.m2).addcmul_(delta, delta, value=weight)
-        if s.comoment is not None and b.comoment is not None:
-            s.comoment.add_(b.comoment)
-            if weight:
-                s.comoment.addr_(delta, delta, alpha=weight)
-        if s.min is not None and b.min is not None and s.max is not None and b.max is not None:
-            torch.minimum(s.min, b.min, out=s.min)
-            torch.maximum(s.max, b.max, out=s.max)
-        if s.zeros is not None and b.zeros is not None:
-            s.zeros.add_(b.zeros)
-        if (
-            s.log_count is not None
-            and s.log_mean is not None
-            and s.log_m2 is not None
-            and b.log_count is not None
-            and b.log_mean is not None
-            and b.log_m2 is not None
-        ):
-            s.log_mean, s.log_m2 = _merge_vec(
-                s.log_count, s.log_mean, s.log_m2, b.log_count, b.log_mean, b.log_m2
-            )
-            s.log_count.add_(b.log_count)
-        if (
-            s.hist is not None
-            and b.hist is not None
-            and s.hist_count is not None
-            and b.hist_count is not None
-        ):
-            s.hist.add_(b.hist)
-            s.hist_count.add_(b.hist_count)
-        s.count = n
+        """Fold one batch into the running totals, in place."""
+        _merge_into_(self.stats, b)
 
     def _moments_ncl(self, x: Tensor) -> ChannelStats:
         """Moments of an (N, C, L) batch: per-image centred two-pass partials, then combined.
