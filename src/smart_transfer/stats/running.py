@@ -379,7 +379,8 @@ class RunningStats:
         n = rows.shape[0] * rows.shape[2] if rows.ndim == 3 else rows.shape[0]
         if n == 0:
             return torch.ones((), dtype=torch.bool, device=x.device)
-        batch = self._moments_ncl(rows) if rows.ndim == 3 else self._moments_rows(rows)
+        # An (M, C) batch of linear outputs is one 'image' of M positions: (1, C, M).
+        batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0))
         self._sample_stats(rows, n, batch)
         self._accumulate(batch)
         self.batches += 1
@@ -464,33 +465,6 @@ class RunningStats:
             min=mins.amin(0).to(F64),
             max=maxs.amax(0).to(F64),
             zeros=n - nonzero.to(F64).sum(0),
-        )
-
-    def _moments_rows(self, x: Tensor) -> ChannelStats:
-        """Moments of an (M, C) batch (linear outputs): the same centred two-pass."""
-        m, c = x.shape
-        dt, dev = x.dtype, x.device
-        mean64 = x.sum(0).to(F64) / m
-        work = self._scratch.get(m * c, dt, dev).view(m, c)
-        torch.ne(x, 0, out=work)
-        nonzero = work.sum(0).to(F64)
-        torch.sub(x, mean64.to(dt), out=work)
-        gram: Tensor | None = None
-        if self.covariance:
-            gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c)
-            _gram_add_(gram, work.T, first=True)
-            _mirror_blocks_(gram)
-            m2 = gram.diagonal().to(F64)
-        else:
-            m2 = work.mul_(work).sum(0).to(F64)
-        return ChannelStats(
-            count=float(m),
-            mean=mean64,
-            m2=m2,
-            comoment=gram,
-            min=x.amin(0).to(F64),
-            max=x.amax(0).to(F64),
-            zeros=m - nonzero,
         )
 
     def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
