@@ -275,8 +275,7 @@ def test_load_rejects_other_versions_and_corrupt_files(tmp_path, make_model, mak
         FreezePlan.load(tmp_path / "broken.json")
     with pytest.raises(DataError, match="no FreezePlan file"):
         FreezePlan.load(tmp_path / "missing.json")
-    with pytest.raises(DataError, match="does not exist"):
-        plan.save(tmp_path / "no_such_dir" / "p.json")
+    assert FreezePlan.load(plan.save(tmp_path / "new_dir" / "p.json")) == plan
 
 
 def test_validate_names_missing_and_misshaped_parameters(make_model, make_sim):

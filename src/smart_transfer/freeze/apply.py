@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -104,8 +104,10 @@ def _restore_stats(module: nn.Module, mean_rows: _FrozenRows, var_rows: _FrozenR
     forward pass would otherwise fail that backward pass with a version-counter error.
     """
     with torch.no_grad():
-        mean_rows.restore(module.running_mean.data)  # type: ignore[union-attr]
-        var_rows.restore(module.running_var.data)  # type: ignore[union-attr]
+        # _bn_channels only yields modules whose running statistics are tensors
+        mean, var = cast(Tensor, module.running_mean), cast(Tensor, module.running_var)
+        mean_rows.restore(mean.data)
+        var_rows.restore(var.data)
 
 
 class PlanHandle:
@@ -230,8 +232,13 @@ class PlanHandle:
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore the frozen rows after every ``optimizer.step()`` (exact freezing).
 
-        Use it for an optimizer created after :func:`apply_plan`; attaching the same optimizer
-        twice is harmless.
+        Use it for an optimizer created after :func:`apply_plan`: until it is attached, its
+        steps may move partially frozen rows through weight decay and momentum (gradients are
+        masked all the same); from then on every one of its steps ends with the restore, which
+        also undoes what earlier unattached steps did. Attach every optimizer that steps the
+        model; attaching the same optimizer twice is harmless. Raises :class:`ConfigError`
+        when the optimizer holds none of the model's parameters (an optimizer of another
+        model, which would leave the planned one unrestored).
         """
         if not self.active:
             raise ConfigError("this plan handle was removed; apply the plan again before attaching")
@@ -242,6 +249,15 @@ class PlanHandle:
             )
         if any(ref() is optimizer for ref in self._optimizers):
             return
+        groups = getattr(optimizer, "param_groups", None) or []
+        held = {id(p) for g in groups for p in g.get("params", [])}
+        model = self._model_ref()
+        if model is not None and not held & {id(p) for p in model.parameters()}:
+            raise ConfigError(
+                f"optimizer={type(optimizer).__name__} holds none of the parameters of "
+                f"{type(model).__name__}, so it cannot step the planned model; create it from "
+                "this model's parameters (e.g. AdamW(model.parameters())) and pass that one"
+            )
         self._optimizers.append(weakref.ref(optimizer))
         if self._rows:
             self._hooks.append(optimizer.register_step_post_hook(self._after_step))

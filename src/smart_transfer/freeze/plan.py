@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic import atomic_open
+from .._paths import check_outputs
 from ..errors import ConfigError, DataError, IncompatibleError
 
 SCHEMA_VERSION = 1
@@ -35,6 +37,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 def _row_size(shape: Sequence[int]) -> int:
     """Number of scalars in one output channel of a parameter of this shape."""
     return int(math.prod(shape[1:]))
+
+
+def _json_int(value: Any, what: str) -> int:
+    """An integer read from JSON; fractional, boolean and text values are refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is {value!r}, not an integer")
+    return value
 
 
 def _default_layers(names: Sequence[str]) -> dict[str, list[str]]:
@@ -154,6 +163,8 @@ class FreezePlan:
         froze whole channels. This is the "random mask with the same frozen fraction" baseline
         that shows whether the similarity scores, not the fraction, made the difference.
         """
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ConfigError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0")
         gen = torch.Generator().manual_seed(int(seed))
         masks: dict[str, Tensor] = {}
         for params in self.layers.values():
@@ -317,18 +328,29 @@ class FreezePlan:
                 f"reads version {SCHEMA_VERSION}); re-create the plan with this version"
             )
         try:
-            shapes = {n: tuple(int(s) for s in p["shape"]) for n, p in d["params"].items()}
+            shapes = {
+                n: tuple(_json_int(s, f"shape of {n}") for s in p["shape"])
+                for n, p in d["params"].items()
+            }
             masks = {}
             for n, p in d["params"].items():
-                idx = torch.as_tensor(p["frozen"], dtype=torch.long).reshape(-1)
+                if not isinstance(p["frozen"], list):
+                    raise TypeError(f"frozen channels of {n} must be a list of indices")
+                if not shapes[n]:
+                    raise ValueError(f"shape of {n} is empty")
+                ints = [_json_int(i, f"frozen channel index of {n}") for i in p["frozen"]]
+                idx = torch.tensor(ints, dtype=torch.long)
                 if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= shapes[n][0]):
-                    raise ValueError(f"frozen channel index out of range for {n}")
+                    raise ValueError(
+                        f"frozen channel index {int(idx.max()) if int(idx.min()) >= 0 else int(idx.min())} "
+                        f"of {n} is outside 0..{shapes[n][0] - 1}"
+                    )
                 m = torch.zeros(shapes[n][0], dtype=torch.bool)
                 m[idx] = True
                 masks[n] = m
             layers = {k: list(v) for k, v in d["layers"].items()}
             meta = dict(d.get("meta", {}))
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
             raise DataError(
                 f"the saved FreezePlan is corrupt ({type(exc).__name__}: {exc}); save it again"
             ) from None
@@ -338,11 +360,13 @@ class FreezePlan:
         return json.dumps(self.to_dict(), indent=1, allow_nan=True)
 
     def save(self, path: PathLike) -> Path:
-        """Write the plan as JSON, atomically (temporary file, then ``os.replace``)."""
-        path = Path(path)
+        """Write the plan as JSON, atomically (temporary file, then ``os.replace``).
+
+        Missing parent folders are created; a path that cannot be written (a folder, below a
+        file, a read-only folder) raises :class:`ConfigError` before anything is written.
+        """
+        path = check_outputs({"path": path})["path"]
         text = self.to_json()
-        if not path.parent.is_dir():
-            raise DataError(f"cannot save the plan: folder {path.parent} does not exist; create it")
         with atomic_open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
         return path

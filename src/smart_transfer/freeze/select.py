@@ -21,6 +21,7 @@ inputs always give the same plan.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import numbers
@@ -70,11 +71,18 @@ def _select_layers(sim: Similarity, layers: str | Sequence[str] | None) -> list[
     if not patterns:
         raise ConfigError("layers= is empty; pass None to plan every compared layer")
     for pat in patterns:
-        if not any(n == pat or fnmatch.fnmatchcase(n, pat) for n in names):
-            shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
-            raise UnknownNameError(
-                f"layers={pat!r} matches no compared layer; the Similarity has: {shown}"
+        if not isinstance(pat, str):
+            raise ConfigError(
+                f"layers= holds {pat!r} ({type(pat).__name__}); pass layer names or glob patterns"
             )
+        if not any(n == pat or fnmatch.fnmatchcase(n, pat) for n in names):
+            close = difflib.get_close_matches(pat, names, n=3, cutoff=0.6)
+            hint = (
+                f"did you mean {', '.join(map(repr, close))}?"
+                if close
+                else "the Similarity has: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+            )
+            raise UnknownNameError(f"layers={pat!r} matches no compared layer; {hint}")
     return [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
@@ -136,6 +144,14 @@ def plan_freeze(
     Exactly one of ``threshold``, ``quantile`` and ``budget`` must be given, in [0, 1].
     See the module docstring for ties and NaN scores.
     """
+    if not all(hasattr(sim, a) for a in ("scores", "layer_scores", "params", "measure")):
+        what = type(sim).__name__
+        hint = (
+            "compare two profiles first: plan_freeze(compare(prof_pre, prof_new), ...)"
+            if hasattr(sim, "layers")
+            else "pass the result of smart_transfer.compare(prof_pre, prof_new)"
+        )
+        raise ConfigError(f"plan_freeze needs a Similarity, got {what}; {hint}")
     rule, value = _check_rule(threshold, quantile, budget)
     if scope not in SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; use scope='kernel' or scope='layer'")
