@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from smart_transfer.errors import ConfigError, SmartTransferError
+from smart_transfer.errors import ConfigError, SmartTransferError, UnknownNameError
 from smart_transfer.layers import channel_params, following_norms, layer_param_map, select_layers
 from smart_transfer.models.small import SmallVGG
 
@@ -31,8 +31,16 @@ def test_select_layers_defaults_and_patterns():
 
 
 def test_select_layers_no_match_is_a_clear_error():
-    with pytest.raises(ConfigError, match="no layer of Block matches") as e:
+    with pytest.raises(UnknownNameError, match="layers='nothing\\*' matches no module of Block"):
         select_layers(Block(), layers="nothing*")
+    with pytest.raises(UnknownNameError, match="did you mean 'conv1'"):
+        select_layers(Block(), layers=["conv1", "conv_1"])
+    with pytest.raises(UnknownNameError, match="exclude='fcc'.*did you mean 'fc'"):
+        select_layers(Block(), exclude="fcc")
+    with pytest.raises(ConfigError, match="layers= is empty"):
+        select_layers(Block(), layers=[])
+    with pytest.raises(ConfigError, match="no layer of Block matches") as e:
+        select_layers(Block(), layers="conv*", types=[nn.BatchNorm2d])
     assert "conv1" in str(e.value)
     assert isinstance(e.value, SmartTransferError)
 

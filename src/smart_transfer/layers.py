@@ -10,13 +10,14 @@ of them agree on names.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm)
@@ -45,10 +46,28 @@ def select_layers(
 
     ``layers`` are exact names or glob patterns (``"features.*"``); ``types`` restricts module
     types (default Conv2d and Linear); ``exclude`` removes names matching its patterns.
+    A name or pattern (in ``layers`` or ``exclude``) that matches no module of the model raises
+    :class:`UnknownNameError` with the close matches, and ``layers=[]`` raises
+    :class:`ConfigError` (``None`` means every layer).
     """
     types_t = tuple(types) if types else DEFAULT_TYPES
-    patterns = [layers] if isinstance(layers, str) else list(layers or [])
-    excl = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    patterns = _patterns(layers, "layers")
+    excl = _patterns(exclude, "exclude") or []
+    if patterns is not None and not patterns:
+        raise ConfigError("layers= is empty; pass None to select every conv/linear layer")
+    modules = [n for n, m in model.named_modules() if n]
+    for option, pats in (("layers", patterns or []), ("exclude", excl)):
+        for p in pats:
+            if not any(n == p or fnmatch.fnmatchcase(n, p) for n in modules):
+                close = difflib.get_close_matches(p, modules, n=3, cutoff=0.6)
+                hint = (
+                    f"did you mean {', '.join(map(repr, close))}?"
+                    if close
+                    else "see smart_transfer.list_layers(model) for the names"
+                )
+                raise UnknownNameError(
+                    f"{option}={p!r} matches no module of {type(model).__name__}; {hint}"
+                )
     names = []
     for name, mod in model.named_modules():
         if not name or not isinstance(mod, types_t):
@@ -67,6 +86,18 @@ def select_layers(
             f"conv/linear layers are: {shown or 'none'} (see smart_transfer.list_layers(model))"
         )
     return names
+
+
+def _patterns(value: str | Sequence[str] | None, option: str) -> list[str] | None:
+    if value is None:
+        return None
+    pats = [value] if isinstance(value, str) else list(value)
+    for p in pats:
+        if not isinstance(p, str):
+            raise ConfigError(
+                f"{option}= holds {p!r} ({type(p).__name__}); pass module names or glob patterns"
+            )
+    return pats
 
 
 def following_norms(model: nn.Module) -> dict[str, str]:

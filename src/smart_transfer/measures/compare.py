@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import inspect
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, IncompatibleError, ProfileError, UnknownNameError
+from ..stats.fingerprint import check_same_model
 from ..stats.profile import ActivationProfile, LayerProfile
 from .registry import Measure, MeasureValues, get_measure, runnable_measures
 from .similarity import Similarity
@@ -51,12 +53,19 @@ def _select_layers(
         raise ConfigError("layers is empty; pass None to compare every common layer.")
     chosen: set[str] = set()
     for w in wanted:
+        if not isinstance(w, str):
+            raise ConfigError(
+                f"layers holds {w!r} ({type(w).__name__}); pass layer names or glob patterns."
+            )
         hits = [n for n in common if n == w or fnmatch.fnmatchcase(n, w)]
         if not hits:
-            raise UnknownNameError(
-                f"layer {w!r} is not in both profiles; choose from the common layers "
-                f"{_few(common, 8)}."
+            close = difflib.get_close_matches(w, common, n=3, cutoff=0.6)
+            hint = (
+                f"did you mean {_few(close)}?"
+                if close
+                else f"choose from the common layers {_few(common, 8)}."
             )
+            raise UnknownNameError(f"layer {w!r} is not in both profiles; {hint}")
         chosen.update(hits)
     return [n for n in common if n in chosen]
 
@@ -93,6 +102,32 @@ def _check_requirements(
             )
 
 
+def _check_variance(lp: LayerProfile, label: str) -> None:
+    var = torch.as_tensor(lp.var, dtype=torch.float64)
+    bad = (var < 0).nonzero().flatten()
+    if bad.numel():
+        c = int(bad[0])
+        raise ProfileError(
+            f"layer {lp.name!r} of the {label} profile has a negative variance "
+            f"({float(var[c]):g} in channel {c}{f' and {bad.numel() - 1} more' if bad.numel() > 1 else ''}); "
+            "a variance cannot be negative, so the profile (or the BatchNorm running_var it "
+            "was read from) is damaged; re-create it."
+        )
+
+
+def _check_order(prof_pre: ActivationProfile, prof_new: ActivationProfile) -> None:
+    if getattr(prof_new, "source", "data") == "batchnorm":
+        hint = (
+            "the arguments look swapped: pass compare(bn_profile, data_profile)"
+            if getattr(prof_pre, "source", "data") != "batchnorm"
+            else "profile the new data with st.profile(model, loader) and pass that as D_new"
+        )
+        raise IncompatibleError(
+            "D_new (prof_new) comes from BatchNorm running statistics, which describe the "
+            f"pretraining data, not the target data; {hint}."
+        )
+
+
 def _check_finite(m: Measure, lp: LayerProfile) -> None:
     for stat in sorted(m.requires - _MAY_BE_NAN):
         v = getattr(lp, stat)
@@ -121,6 +156,8 @@ def compare(
     prof_new: ActivationProfile,
     measure: str | Measure = "lognormal_kl",
     layers: str | Iterable[str] | None = None,
+    *,
+    check_model: bool = True,
     **options: Any,
 ) -> Similarity:
     """Compare the D_pre and D_new profiles of one model, layer by layer, with one measure.
@@ -131,6 +168,8 @@ def compare(
         measure: a name from :func:`list_measures` (or a :class:`Measure`).
         layers: restrict to these layer names or fnmatch patterns; default every layer the two
             profiles have in common.
+        check_model: refuse profiles whose recorded model fingerprints differ (another
+            architecture, or the same one with other weights); False compares them anyway.
         **options: passed to the measure (e.g. ``symmetric=True`` for the KL measures).
 
     Returns:
@@ -141,8 +180,11 @@ def compare(
 
     Raises:
         UnknownNameError: unknown measure or layer.
-        IncompatibleError: profiles taken at different points (``meta["point"]``), no common
-            layer, a layer whose channel counts differ, or histograms with different bins.
+        IncompatibleError: profiles taken at different points (``meta["point"]``), of
+            different models (``meta["fingerprint"]``), in the wrong order (a BatchNorm
+            profile as D_new), no common layer, a layer whose channel counts differ, or
+            histograms with different bins.
+        ProfileError: a negative variance or non-finite statistics.
         ConfigError: a statistic the measure needs is missing (the message lists the measures
             that can run), or an unknown option.
     """
@@ -153,6 +195,9 @@ def compare(
                 f"profile_from_batchnorm), got {type(prof).__name__}."
             )
     m = get_measure(measure)
+    _check_order(prof_pre, prof_new)
+    if check_model:
+        check_same_model(getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {})
     point_pre = (getattr(prof_pre, "meta", None) or {}).get("point")
     point_new = (getattr(prof_new, "meta", None) or {}).get("point")
     if point_pre is not None and point_new is not None and point_pre != point_new:
@@ -176,6 +221,8 @@ def compare(
     notes: dict[str, list[str]] = {}
     for n in names:
         lp_pre, lp_new = prof_pre.layers[n], prof_new.layers[n]
+        _check_variance(lp_pre, "D_pre")
+        _check_variance(lp_new, "D_new")
         _check_finite(m, lp_pre)
         _check_finite(m, lp_new)
         out: MeasureValues = m.compute(lp_pre, lp_new, **options)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
+from .fingerprint import model_fingerprint
 from .profile import ActivationProfile, LayerProfile
 from .profiler import layer_kind
 
@@ -79,5 +80,6 @@ def profile_from_batchnorm(
         "norms": {name: bn_name for name, bn_name, _ in chosen},
         "num_batches_tracked": tracked,
         "model": type(model).__name__,
+        "fingerprint": model_fingerprint(model),
     }
     return ActivationProfile(layers=out, source="batchnorm", num_samples=0, meta=meta)

@@ -21,6 +21,7 @@ from ..errors import ConfigError, DataError, ProfileError, SmartTransferError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
 from .batches import batch_input
 from .distributed import distributed_rank, distributed_world, gather_profiles
+from .fingerprint import model_fingerprint
 from .hooks import eval_no_grad, forward_hooks
 from .profile import ActivationProfile
 from .running import (
@@ -253,6 +254,7 @@ def profile(
         "covariance": bool(covariance),
         "seed": int(seed),
         "model": type(model).__name__,
+        "fingerprint": model_fingerprint(model),
         "hooked": {p.name: p.hooked for p in points},
         "skipped": skipped,
     }
