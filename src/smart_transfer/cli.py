@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from ._atomic import atomic_open
-from .errors import SmartTransferError
+from ._atomic import Terminated, atomic_open
+from ._paths import check_outputs
+from .errors import ConfigError, SmartTransferError
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -50,6 +53,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import smart_transfer as st
 
+    out = Path(args.out)
+    check_outputs(
+        {"--out (demo.json)": out / "demo.json", "--out (plan.json)": out / "plan.json"},
+        {"--backbone": args.backbone},
+    )
     torch.manual_seed(args.seed)
     print(f"[1/5] backbone {args.backbone} with its pretrained weights")
     backbone = st.load_backbone(args.backbone)
@@ -110,7 +118,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"      {name:<16}{r['best_val_accuracy']:>9.3f}{r['test_accuracy']:>10.3f}"
             f"{r['best_epoch']:>12d}{r['frozen_fraction']:>9.1%}"
         )
-    out = Path(args.out)
     _write_json(
         out / "demo.json",
         {
@@ -134,6 +141,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
+    check_outputs(
+        {"--out": args.out},
+        {"--backbone": args.backbone, "--data": args.data if args.source == "data" else None},
+    )
     model = st.load_backbone(args.backbone)
     if args.source == "batchnorm":
         prof = st.profile_from_batchnorm(model)
@@ -150,6 +161,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
+    given = [f"--{k}" for k in ("threshold", "quantile", "budget") if getattr(args, k) is not None]
+    if given and not args.plan:
+        raise ConfigError(
+            f"{given[0]} chooses what the freeze plan freezes, but no --plan was given; add "
+            f"--plan plan.json to write the plan, or drop {given[0]}."
+        )
+    check_outputs({"--out": args.out, "--plan": args.plan}, {"pre": args.pre, "new": args.new})
     pre = st.ActivationProfile.load(args.pre)
     new = st.ActivationProfile.load(args.new)
     sim = st.compare(pre, new, measure=args.measure)
@@ -182,8 +200,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage mistakes exit 2 like every other user mistake)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (any position)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def plan_args(q: argparse.ArgumentParser) -> None:
@@ -236,13 +264,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; map every outcome to one line on stderr and an exit status.
+
+    0: done. 2: a mistake of the user (a bad argument, path, file or data: a
+    :class:`SmartTransferError` or a usage error), one line naming it and the fix.
+    1: an internal failure, one line and the hint to rerun with ``--debug``, which prints the
+    full traceback (also for the other cases). 130: interrupted by Ctrl-C (SIGINT);
+    143: terminated (SIGTERM); files written before stay intact and no temporary file is
+    left behind.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    installed, previous = False, None
     try:
+        try:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            installed = previous is not None  # None: a handler not set from Python, keep it
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            pass
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help (0) or a usage error (2), already printed
+            if isinstance(e, Terminated):
+                raise
+            return e.code if isinstance(e.code, int) else 2
         return int(args.func(args))
     except SmartTransferError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted (Ctrl-C); files written before are intact", file=sys.stderr)
+        return 130
+    except Terminated:
+        if debug:
+            traceback.print_exc()
+        print("terminated (SIGTERM); files written before are intact", file=sys.stderr)
+        return 143
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(
+            f"internal error: {type(e).__name__}: {_one_line(e)} (run again with --debug for "
+            "the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -195,7 +195,6 @@ def compare(
                 f"profile_from_batchnorm), got {type(prof).__name__}."
             )
     m = get_measure(measure)
-    _check_order(prof_pre, prof_new)
     if check_model:
         check_same_model(getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {})
     point_pre = (getattr(prof_pre, "meta", None) or {}).get("point")
@@ -215,6 +214,7 @@ def compare(
             )
     _check_requirements(m, prof_pre, prof_new, names)
     _check_options(m, options)
+    _check_order(prof_pre, prof_new)
 
     scores, raw, layer_scores, layer_raw, params = {}, {}, {}, {}, {}
     layer_meta: dict[str, dict[str, Any]] = {}
