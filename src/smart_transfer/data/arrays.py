@@ -18,6 +18,7 @@ floating types must lie in [0, 1] and stay floating (float32). The batch transfo
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
 
 _KEY_PAIRS = (("images", "labels"), ("x", "y"))
+_MAX_LABEL = 2**62
 _CHANNEL_SIZES = (1, 3, 4)
 
 
@@ -54,7 +56,9 @@ def arrays(
     an optional ``classes`` key names the classes). ``labels``: one per image, integers
     ``0..K-1`` or any sortable values (strings...), which are then mapped to ``0..K-1`` in
     sorted order and become the class names. ``classes``: names for labels ``0..K-1``;
-    default ``"0"``, ``"1"``...
+    default ``"0"``, ``"1"``... Integer labels with gaps and no ``classes`` (e.g. ``[3, 7,
+    1000000]``) are mapped to ``0..K-1`` in sorted order, named by their values, with a
+    warning; memory never depends on the largest label.
 
     The data is converted once to a contiguous tensor (uint8 when possible) and not copied
     again per item.
@@ -76,9 +80,10 @@ def arrays(
     x = _to_layout(x, layout, from_numpy)
     x = _to_pixels(x)
     targets, label_names = _as_targets(labels, len(x))
+    if classes is None and label_names is None:
+        targets, label_names = _dense_labels(targets)
     if classes is None:
-        n = int(targets.max()) + 1 if len(targets) else 0
-        classes = label_names if label_names is not None else [str(i) for i in range(n)]
+        classes = label_names
     elif label_names is not None and list(classes) != label_names:
         raise ConfigError(
             "labels are not integers, so the class names come from them; drop classes= or "
@@ -91,6 +96,30 @@ def arrays(
             "pass one name per class in classes=."
         )
     return ArrayDataset(x, targets, classes)
+
+
+def _dense_labels(y: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """Integer labels as ``0..K-1`` and the names of the K classes.
+
+    Labels that already are ``0..K-1`` (every value present) keep their values and are named
+    ``"0"``..``"K-1"``. Others (gaps: ``[3, 7, 1000000]``) are mapped to ``0..K-1`` in sorted
+    order and named by their original values, with a warning, so that memory and the class
+    count depend on the number of distinct labels, never on the largest one.
+    """
+    if not len(y):
+        return y, []
+    values, inverse = torch.unique(y, sorted=True, return_inverse=True)
+    k = len(values)
+    if int(values[-1]) == k - 1:  # values are sorted, non-negative and distinct
+        return y, [str(i) for i in range(k)]
+    shown = ", ".join(str(int(v)) for v in values[:5]) + (" ..." if k > 5 else "")
+    warnings.warn(
+        f"labels take {k} distinct values ({shown}), not 0..{k - 1}; they are mapped to "
+        f"0..{k - 1} in sorted order and the class names keep the original values (pass "
+        "classes= with one name per index to keep the indices as they are).",
+        stacklevel=3,
+    )
+    return inverse.to(torch.int64), [str(int(v)) for v in values]
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
@@ -175,7 +204,9 @@ def _to_pixels(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.bool:
         return x.to(torch.uint8) * 255
     if x.is_floating_point():
-        if x.numel() and (x.min() < 0 or x.max() > 1 or not torch.isfinite(x).all()):
+        if x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.to(torch.float32)  # bfloat16 and friends
+        if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
             raise DataError(
                 f"float images must lie in [0, 1], these span [{float(x.min()):g}, "
                 f"{float(x.max()):g}]; divide by 255 or pass uint8 pixels."
@@ -183,11 +214,19 @@ def _to_pixels(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float32)
     if x.dtype.is_complex:
         raise DataError(f"images have complex dtype {x.dtype}; pass real pixel values.")
-    if x.numel() and (x.min() < 0 or x.max() > 255):
-        raise DataError(
-            f"integer images must lie in 0..255, these span [{int(x.min())}, {int(x.max())}]; "
-            "rescale them to 0..255 or to floats in [0, 1]."
-        )
+    if x.numel():
+        a = x.numpy()  # numpy: torch lacks min/max for uint16/32/64
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            wide = (
+                " (for 16-bit images pass images / 65535 as float32, or images // 257)"
+                if hi <= 65535 and lo >= 0
+                else ""
+            )
+            raise DataError(
+                f"integer images must lie in 0..255, these {x.dtype} images span [{lo}, {hi}]; "
+                f"rescale them to 0..255 or to floats in [0, 1]{wide}."
+            )
     return x.to(torch.uint8)
 
 
@@ -205,6 +244,11 @@ def _as_targets(labels: Any, n: int) -> tuple[torch.Tensor, list[str] | None]:
         y, label_names = torch.from_numpy(inverse.astype(np.int64)), [str(s) for s in names]
     else:
         label_names = None
+        if arr is not None and arr.dtype.kind == "u" and arr.size and int(arr.max()) > _MAX_LABEL:
+            raise DataError(
+                f"label {int(arr.max())} is too large for a class index; pass class indices "
+                "0..K-1 or the class names as strings."
+            )
         y = _as_tensor(labels, "labels")
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
@@ -219,6 +263,8 @@ def _as_targets(labels: Any, n: int) -> tuple[torch.Tensor, list[str] | None]:
             y = y.to(torch.int64)
         if y.dtype == torch.bool or y.dtype.is_complex:
             raise DataError(f"labels have dtype {y.dtype}; pass integer class indices.")
+        if y.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            y = torch.from_numpy(y.numpy().astype(np.int64))
         y = y.to(torch.int64)
         if len(y) and int(y.min()) < 0:
             raise DataError(
