@@ -17,10 +17,12 @@ _EXPORTS = {
     "SmartTransferError": "errors",
     "ConfigError": "errors",
     "UnknownNameError": "errors",
+    "UnknownLayerError": "errors",
     "DataError": "errors",
     "ProfileError": "errors",
     "IncompatibleError": "errors",
     "MissingDependencyError": "errors",
+    "TrainingError": "errors",
     # profiling
     "profile": "stats",
     "profile_from_batchnorm": "stats",

@@ -22,6 +22,10 @@ class UnknownNameError(SmartTransferError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownLayerError(UnknownNameError, ConfigError):
+    """A layer name or pattern (``layers=``, ``exclude=``) that matches no module of the model."""
+
+
 class DataError(SmartTransferError, ValueError):
     """Input data is missing, empty, corrupt or of the wrong shape."""
 
@@ -32,6 +36,10 @@ class ProfileError(SmartTransferError, RuntimeError):
 
 class IncompatibleError(SmartTransferError, ValueError):
     """Two objects do not fit together: profiles with no common layer, a plan for another model..."""
+
+
+class TrainingError(SmartTransferError, RuntimeError):
+    """Training cannot go on: the loss became NaN or infinite."""
 
 
 class MissingDependencyError(SmartTransferError, ImportError):

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownLayerError
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm)
@@ -65,8 +65,8 @@ def select_layers(
                     if close
                     else "see smart_transfer.list_layers(model) for the names"
                 )
-                raise UnknownNameError(
-                    f"{option}={p!r} matches no module of {type(model).__name__}; {hint}"
+                raise UnknownLayerError(
+                    f"no layer or module of {type(model).__name__} matches {option}={p!r}; {hint}"
                 )
     names = []
     for name, mod in model.named_modules():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import FORWARD_ERRORS, check_input, forward_error
 from ..errors import ConfigError, DataError, ProfileError, SmartTransferError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
 from .batches import batch_input
@@ -342,6 +343,7 @@ def _run(
         stack.enter_context(forward_hooks([(p.module, make_hook(p)) for p in points]))
         for index, batch in enumerate(batches):
             x = batch_input(batch, index)
+            check_input(model, x, f"batch {index}")
             if x.shape[0] == 0:
                 continue
             if dtype is not None:
@@ -358,6 +360,11 @@ def _run(
             try:
                 model(x)
             except Exception as e:
+                explained = None
+                if isinstance(e, FORWARD_ERRORS) and not isinstance(e, SmartTransferError):
+                    explained = forward_error(e, x, f"batch {index}")
+                if explained is not None:
+                    raise explained from e
                 if not isinstance(e, SmartTransferError) and hasattr(e, "add_note"):
                     e.add_note(f"(raised by the model's forward on batch {index} while profiling)")
                 raise

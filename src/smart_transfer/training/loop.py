@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DataError
+from .checks import check_loss, checked_batches, forward
 
 BatchTransform = Callable[[Tensor], Tensor]
 
@@ -53,11 +54,11 @@ def evaluate(
     device = _device_of(model)
     correct = total = 0
     try:
-        for x, y in batches:
+        for x, y in checked_batches(batches, "val_batches"):
             x, y = x.to(device), y.to(device)
             if transform is not None:
                 x = transform(x)
-            correct += int((model(x).argmax(dim=1) == y).sum())
+            correct += int((forward(model, x, y, "a validation batch").argmax(dim=1) == y).sum())
             total += int(y.numel())
     finally:
         model.train(was_training)
@@ -92,12 +93,13 @@ def fit(
         start = time.perf_counter()
         model.train()
         total_loss, seen = 0.0, 0
-        for x, y in train_batches:
+        for index, (x, y) in enumerate(checked_batches(train_batches, "train_batches")):
             x, y = x.to(device), y.to(device)
             if train_transform is not None:
                 x = train_transform(x)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(forward(model, x, y, f"train batch {index}"), y)
+            check_loss(loss, epoch, index)
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * int(y.numel())
