@@ -33,7 +33,9 @@ def few_shot(
     same indices, and the samples drawn with a smaller ``per_class`` are a subset of those
     drawn with a larger one (same seed). The test split is not touched here: keep it apart.
 
-    Raises :class:`DataError` naming the first class with fewer than ``per_class`` samples.
+    Raises :class:`DataError` naming the first class with fewer than ``per_class`` samples,
+    and when ``val_fraction > 0`` but no class has two samples to split (an empty
+    validation set, which model selection cannot use).
     """
     if classes is None:
         classes = getattr(targets, "classes", None)
@@ -70,7 +72,14 @@ def few_shot(
         n_val = _n_val(len(drawn), val_fraction)
         val.append(drawn[:n_val])
         train.append(drawn[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
+    val_idx = torch.cat(val).sort().values
+    if val_fraction > 0 and len(val_idx) == 0:
+        raise DataError(
+            f"val_fraction={val_fraction} leaves no validation sample: every class has a single "
+            f"drawn sample (per_class={per_class}); use per_class >= 2, or val_fraction=0 and "
+            "a validation set of your own."
+        )
+    return torch.cat(train).sort().values, val_idx
 
 
 def _n_val(n: int, fraction: float) -> int:
