@@ -98,7 +98,7 @@ def fit(
             if train_transform is not None:
                 x = train_transform(x)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(forward(model, x, y, f"train batch {index}"), y)
+            loss = loss_fn(forward(model, x, y, f"epoch {epoch}, batch {index}"), y)
             check_loss(loss, epoch, index)
             loss.backward()
             optimizer.step()
