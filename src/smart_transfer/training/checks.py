@@ -110,13 +110,12 @@ def forward(model: nn.Module, x: Tensor, y: Tensor, where: str = "batch") -> Ten
     """``model(x)``, with shape mistakes and labels out of range as one :class:`DataError`.
 
     In training mode a non-finite output (a diverging model) raises :class:`TrainingError`
-    after putting the floating buffers (BatchNorm running statistics) back to their values
+    after putting the buffers (BatchNorm running statistics and counts) back to their values
     from before this batch, so that the model keeps its last good state.
     """
     check_input(model, x, where)
     saved = (
-        [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
-        if model.training
+        [(b, b.detach().clone()) for b in model.buffers()] if model.training
         else []
     )
     try:
