@@ -109,38 +109,39 @@ def checked_batches(batches: Iterable[Any], what: str = "batches") -> Iterator[t
 def forward(model: nn.Module, x: Tensor, y: Tensor, where: str = "batch") -> Tensor:
     """``model(x)``, with shape mistakes and labels out of range as one :class:`DataError`.
 
-    In training mode a non-finite output (a diverging model) raises :class:`TrainingError`
-    after putting the buffers (BatchNorm running statistics and counts) back to their values
-    from before this batch, so that the model keeps its last good state.
+    In training mode a non-finite output (a diverging model) raises :class:`TrainingError`.
+    Whenever this raises, the model's buffers (BatchNorm running statistics and counts) are
+    first put back to their values from before the batch, so that a failing batch changes
+    nothing and the model keeps its last good state.
     """
     check_input(model, x, where)
-    saved = (
-        [(b, b.detach().clone()) for b in model.buffers()] if model.training
-        else []
-    )
+    saved = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
     try:
-        out = model(x)
-    except FORWARD_ERRORS as exc:
-        explained = None if isinstance(exc, SmartTransferError) else forward_error(exc, x, where)
-        if explained is None:
-            raise
-        raise explained from exc
-    if not isinstance(out, Tensor) or out.dim() != 2 or len(out) != len(y):
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise DataError(
-            f"{where}: the model returned {got} for {len(y)} images, not (batch, classes) "
-            "logits; train a classifier (smart_transfer.replace_head) on (B, C, H, W) images."
-        )
-    if model.training and not bool(torch.isfinite(out).all()):
+        try:
+            out = model(x)
+        except FORWARD_ERRORS as exc:
+            explained = None if isinstance(exc, SmartTransferError) else forward_error(exc, x, where)
+            if explained is None:
+                raise
+            raise explained from exc
+        if not isinstance(out, Tensor) or out.dim() != 2 or len(out) != len(y):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise DataError(
+                f"{where}: the model returned {got} for {len(y)} images, not (batch, classes) "
+                "logits; train a classifier (smart_transfer.replace_head) on (B, C, H, W) images."
+            )
+        if model.training and not bool(torch.isfinite(out).all()):
+            raise TrainingError(
+                f"the model's output is NaN or Inf on {where} (counting batches from 0); "
+                "stopped before that batch changed the weights (BatchNorm statistics restored); "
+                "lower the learning rate or clip the gradients."
+            )
+        validate_batch(x, y, num_classes=int(out.shape[1]), where=where)
+    except BaseException:
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
-        raise TrainingError(
-            f"the model's output is NaN or Inf on {where} (counting batches from 0); stopped "
-            "before that batch changed the weights (BatchNorm statistics restored); lower the "
-            "learning rate or clip the gradients."
-        )
-    validate_batch(x, y, num_classes=int(out.shape[1]), where=where)
+        raise
     return out
 
 
