@@ -53,39 +53,31 @@ def check_input(model: nn.Module, x: Tensor, where: str) -> None:
 
 
 # Phrases of torch's messages about inputs that do not fit a layer, and the fix for each.
+_CHANNELS = (
+    "the images have another channel count than the model takes; convert them "
+    "(gray to RGB: x.expand(-1, 3, -1, -1))"
+)
+_TOO_SMALL = "the images are too small for this network; resize them larger (e.g. --size 32 or more)"
+_ONE_VALUE = (
+    "a BatchNorm in training mode needs at least 2 values per channel; use batches of 2 or "
+    "more images (drop_last=True)"
+)
+_FEATURES = (
+    "the features reaching a layer have another size than it takes; use the image size and "
+    "channel count the model was built for"
+)
+_RANK = (
+    "the batches have another rank than the model takes; pass (batch, channels, height, width) "
+    "images"
+)
+_DTYPE = "convert the batches to the model's float dtype (e.g. x.float() / 255)"
 _INPUT_PROBLEMS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (
-        ("channels, but got", "to have", "channels instead"),
-        "the images have another channel count than the model takes; convert them "
-        "(gray to RGB: x.expand(-1, 3, -1, -1))",
-    ),
-    (
-        ("kernel size can't be greater", "output size is too small", "input size is too small",
-         "too small"),
-        "the images are too small for this network; resize them larger (e.g. --size 32 or more)",
-    ),
-    (
-        ("expected more than 1 value per channel",),
-        "a BatchNorm in training mode needs at least 2 values per channel; use batches of 2 or "
-        "more images (drop_last=True)",
-    ),
-    (
-        ("mat1 and mat2", "shapes cannot be multiplied", "size mismatch", "must match the size",
-         "is invalid for input of size"),
-        "the features reaching a layer have another size than it takes; use the image size "
-        "and channel count the model was built for",
-    ),
-    (
-        ("unbatched", "expected 2d", "expected 3d", "expected 4d", "expected 5d", "dimensions",
-         "expected input"),
-        "the batches have another rank than the model takes; pass (batch, channels, height, "
-        "width) images",
-    ),
-    (
-        ("input type", "should be the same", "expected scalar type", "not implemented for",
-         "dtype", "found dtype"),
-        "convert the batches to the model's float dtype (e.g. x.float() / 255)",
-    ),
+    (("channels, but got", "to have", "channels instead"), _CHANNELS),
+    (("kernel size can't be greater", "output size is too small", "too small"), _TOO_SMALL),
+    (("expected more than 1 value per channel",), _ONE_VALUE),
+    (("mat1 and mat2", "shapes cannot be multiplied", "size mismatch", "must match the size"), _FEATURES),
+    (("unbatched", "expected 2d", "expected 3d", "expected 4d", "dimensions", "expected input"), _RANK),
+    (("input type", "should be the same", "expected scalar type", "not implemented for", "dtype"), _DTYPE),
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from .errors import ConfigError
 
@@ -91,8 +91,8 @@ def check_output(path: PathLike | None, option: str = "path") -> Path:
 
 
 def check_outputs(
-    outputs: Mapping[str, Optional[PathLike]],
-    inputs: Mapping[str, Optional[PathLike]] | None = None,
+    outputs: Mapping[str, PathLike | None],
+    inputs: Mapping[str, PathLike | None] | None = None,
 ) -> dict[str, Path]:
     """Check, before any work, that every output can be written without destroying anything.
 

@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("terminated (SIGTERM); files written before are intact", file=sys.stderr)
         return 143
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the one place every other failure is reported
         if debug:
             traceback.print_exc()
         print(

@@ -13,9 +13,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from .errors import ConfigError, UnknownLayerError
 
@@ -29,7 +31,7 @@ def num_out_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return int(module.out_features)
     if isinstance(module, NORM_TYPES):
-        return int(module.num_features)  # type: ignore[union-attr]
+        return int(cast(_NormBase, module).num_features)
     w = getattr(module, "weight", None)
     if isinstance(w, torch.Tensor):
         return int(w.shape[0])
@@ -118,7 +120,7 @@ def following_norms(model: nn.Module) -> dict[str, str]:
         if (
             isinstance(mod, DEFAULT_TYPES)
             and isinstance(nxt, NORM_TYPES)
-            and int(nxt.num_features) == num_out_channels(mod)  # type: ignore[union-attr]
+            and int(cast(_NormBase, nxt).num_features) == num_out_channels(mod)
         ):
             pairs[name] = nxt_name
     return pairs

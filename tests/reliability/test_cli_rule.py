@@ -11,7 +11,7 @@ import pytest
 from rel_helpers import assert_one_line_error, batches, run_cli, tiny_model
 
 import smart_transfer as st
-import smart_transfer.cli as cli
+from smart_transfer import cli
 
 
 def _subcommands() -> list[str]:
@@ -29,7 +29,7 @@ def test_the_known_subcommands_are_all_covered():
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_a_usage_mistake_is_one_line_exit_2(command, capsys):
-    rc, out, err = run_cli(capsys, command, "--no-such-option")
+    rc, _, err = run_cli(capsys, command, "--no-such-option")
     assert rc == 2
     assert_one_line_error(err, "--help")
 

@@ -78,7 +78,7 @@ def test_every_command_refuses_an_output_that_names_an_input(
     cases = _cases(image_dir)
     for args, names in cases:
         start = time.perf_counter()
-        rc, out, err = run_cli(capsys, *args)
+        rc, _, err = run_cli(capsys, *args)
         assert rc == 2, (args, err)
         assert_one_line_error(err, *names)
         assert time.perf_counter() - start < 5, args  # refused before any work

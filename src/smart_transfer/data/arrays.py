@@ -83,7 +83,7 @@ def arrays(
     if classes is None and label_names is None:
         targets, label_names = _dense_labels(targets)
     if classes is None:
-        classes = label_names
+        classes = label_names or []
     elif label_names is not None and list(classes) != label_names:
         raise ConfigError(
             "labels are not integers, so the class names come from them; drop classes= or "

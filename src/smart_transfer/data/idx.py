@@ -8,11 +8,12 @@ Compression is recognised from the file's first bytes, not from its name.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def read_idx(path: PathLike) -> torch.Tensor:
         ) from exc
 
 
-def _read_stream(f: BinaryIO, path: Path) -> torch.Tensor:
+def _read_stream(f: io.BufferedIOBase, path: Path) -> torch.Tensor:
     magic = f.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _TYPES:
         raise DataError(

@@ -45,6 +45,9 @@ class BatchTransform(nn.Module):
     with ``torch.manual_seed`` on any device.
     """
 
+    mean: Tensor  # (1, C, 1, 1) buffers, registered in __init__
+    std: Tensor
+
     def __init__(
         self,
         channels: int = 3,

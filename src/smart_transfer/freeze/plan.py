@@ -42,7 +42,7 @@ def _row_size(shape: Sequence[int]) -> int:
 def _json_int(value: Any, what: str) -> int:
     """An integer read from JSON; fractional, boolean and text values are refused, not truncated."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} is {value!r}, not an integer")
+        raise TypeError(f"{what} is {value!r}, not an integer")
     return value
 
 
@@ -204,7 +204,7 @@ class FreezePlan:
         ``num_params``, ``frozen_params`` and ``frozen_fraction``. Counts cover the parameters
         the plan knows about; ``frozen_fraction`` is frozen / planned scalars.
         """
-        rows = []
+        rows: list[dict[str, Any]] = []
         for layer, params in self.layers.items():
             n = sum(int(math.prod(self.shapes[p])) for p in params)
             f = sum(self.frozen_params(p) for p in params)

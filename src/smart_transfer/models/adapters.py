@@ -204,7 +204,7 @@ def _finish_cfg(model: nn.Module, cfg: dict[str, Any]) -> None:
     else:
         cfg["classifier"] = head_name
         cfg["num_classes"] = int(getattr(head, "out_features", getattr(head, "out_channels", 0)))
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = cfg  # type: ignore[assignment]
 
 
 def list_prefixed(source: str, pattern: str | None = None, pretrained: bool = False) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -66,7 +67,14 @@ def _from_file(path: PathLike, arch: str | None, **kwargs: Any) -> nn.Module:
         head_name = None
     if head_name is not None:
         w = state.get(f"{head_name}.weight")
-        if w is not None and w.ndim >= 1 and w.shape[1:] == head.weight.shape[1:] and w.shape[0] != head.weight.shape[0]:
+        hw = getattr(head, "weight", None)
+        if (
+            w is not None
+            and isinstance(hw, torch.Tensor)
+            and w.ndim >= 1
+            and w.shape[1:] == hw.shape[1:]
+            and w.shape[0] != hw.shape[0]
+        ):
             replace_head(model, int(w.shape[0]))
     load_state(model, state, repr(str(path)), arch)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
@@ -74,7 +82,7 @@ def _from_file(path: PathLike, arch: str | None, **kwargs: Any) -> nn.Module:
     if isinstance(saved, dict):
         cfg.update({k: saved[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in saved})
     cfg["source"] = f"weights file {Path(path).expanduser()}"
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = cfg  # type: ignore[assignment]
     return model
 
 
@@ -119,7 +127,7 @@ def load_backbone(
     else:
         tag = None if weights is None else str(weights)
         model = _build(str(name), pretrained=pretrained if tag is None else True, weights_tag=tag, **kwargs)
-    if num_classes is not None and num_classes != model.pretrained_cfg.get("num_classes"):
+    if num_classes is not None and num_classes != getattr(model, "pretrained_cfg", {}).get("num_classes"):
         replace_head(model, num_classes)
     return model
 

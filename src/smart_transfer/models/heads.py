@@ -111,9 +111,9 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
     _set_module(model, name, new)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict):
-        model.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": name}
+        model.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": name}  # type: ignore[assignment]
     if isinstance(getattr(model, "num_classes", None), int):
-        model.num_classes = num_classes
+        model.num_classes = num_classes  # type: ignore[assignment]
     return model
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -54,8 +54,8 @@ def small_vgg(pretrained: bool = False, num_classes: int | None = None, **kwargs
             "or load your own with load_backbone(path, arch='small_vgg')"
         )
     model = SmallVGG(num_classes=10 if num_classes is None else num_classes, **kwargs)
-    c_in = model.features[0].in_channels
-    model.pretrained_cfg = {
+    c_in = cast(nn.Conv2d, model.features[0]).in_channels
+    model.pretrained_cfg = {  # type: ignore[assignment]
         "arch": "small_vgg",
         "input_size": (c_in, 32, 32),
         "mean": (0.5,) * c_in,

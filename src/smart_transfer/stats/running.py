@@ -150,7 +150,7 @@ def merge_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
         )
     out = dataclasses.replace(
         a,
-        **{
+        **{  # type: ignore[arg-type]  # only the tensor fields are replaced
             f.name: v.clone()
             for f in dataclasses.fields(a)
             if isinstance(v := getattr(a, f.name), Tensor)
@@ -336,7 +336,7 @@ class RunningStats:
         self.edges = edges
         self._inner_edges = None if edges is None else edges[1:-1].to(dev)
         self._hist_settings = (
-            (int(hist_bins), float(hist_scale), float(hist_max)) if edges is not None else None
+            (int(hist_bins or 0), float(hist_scale), float(hist_max)) if edges is not None else None
         )
         self._scratch = scratch if scratch is not None else _Scratch()
         self.batches = 0
