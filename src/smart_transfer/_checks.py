@@ -31,6 +31,20 @@ def first_layer(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def check_loader(loader: Any, what: str = "loader") -> None:
+    """Refuse a loader that cannot be iterated (None, a number...) or is a single tensor."""
+    if isinstance(loader, Tensor):
+        raise DataError(
+            f"{what} is a single tensor; pass an iterable of batches, e.g. [x] or "
+            "smart_transfer.data.loader(dataset)."
+        )
+    if not hasattr(loader, "__iter__"):
+        raise DataError(
+            f"{what} is a {type(loader).__name__}, not an iterable of batches; pass e.g. "
+            "smart_transfer.data.loader(dataset)."
+        )
+
+
 def check_input(model: nn.Module, x: Tensor, where: str) -> None:
     """Refuse a batch whose rank cannot fit a model whose first layer is a 2-D convolution.
 

@@ -52,6 +52,8 @@ def select_layers(
     :class:`UnknownNameError` with the close matches, and ``layers=[]`` raises
     :class:`ConfigError` (``None`` means every layer).
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     types_t = tuple(types) if types else DEFAULT_TYPES
     patterns = _patterns(layers, "layers")
     excl = _patterns(exclude, "exclude") or []

@@ -155,3 +155,21 @@ def test_every_error_is_a_smart_transfer_error_and_its_builtin_kind():
         st.profile(tiny_model(), batches(), layers=[], progress=False)
     with pytest.raises(KeyError):
         st.profile(tiny_model(), batches(), layers="nope", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "says"),
+    [
+        (lambda m: st.profile(m, None, progress=False), DataError, "loader is a NoneType"),
+        (lambda m: st.profile(m, torch.randn(4, 3, 16, 16), progress=False), DataError,
+         "loader is a single tensor"),
+        (lambda m: st.apply_plan(None, None), ConfigError, "model must be a torch.nn.Module"),
+        (lambda m: st.list_layers(None), ConfigError, "model must be a torch.nn.Module"),
+        (lambda m: st.data.image_folder(None), ConfigError, "root must be the path of a folder"),
+        (lambda m: st.data.loader(None), ConfigError, "map-style dataset"),
+        (lambda m: st.FreezePlan.from_masks(m, {}).save(3), ConfigError, "must be a path"),
+    ],
+)
+def test_arguments_of_the_wrong_kind(call, error, says):
+    with pytest.raises(error, match=says):
+        call(tiny_model())

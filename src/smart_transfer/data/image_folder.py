@@ -106,6 +106,10 @@ class ImageFolder(Dataset):
         exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
         if not exts:
             raise ConfigError("extensions is empty; pass suffixes such as ('.jpg', '.png').")
+        if not isinstance(root, (str, os.PathLike)):
+            raise ConfigError(
+                f"root must be the path of a folder (str or os.PathLike), got {type(root).__name__}."
+            )
         self.root = Path(root).expanduser()
         self.extensions = exts
         self.on_error = on_error

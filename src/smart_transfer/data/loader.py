@@ -48,6 +48,11 @@ class Loader:
                 f"transform must be callable on a batch, got {type(transform).__name__}; "
                 "pass e.g. smart_transfer.data.transforms_for(model)."
             )
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise ConfigError(
+                f"dataset must be a map-style dataset (len() and ds[i]), got "
+                f"{type(dataset).__name__}; pass e.g. smart_transfer.data.image_folder(root)."
+            )
         n = len(dataset)  # type: ignore[arg-type]
         self.dataset = dataset
         self.indices = _check_indices(indices, n)

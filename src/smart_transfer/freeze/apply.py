@@ -336,6 +336,11 @@ def apply_plan(
     Apply the plan after moving the model to its device; moving it later works but costs one
     copy of the saved rows on first use.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}; pass the network "
+            "the plan was made for"
+        )
     if bn_stats not in BN_POLICIES:
         raise ConfigError(
             f"unknown bn_stats={bn_stats!r}; use bn_stats='freeze' (keep frozen channels' "

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import FORWARD_ERRORS, check_input, forward_error
+from .._checks import FORWARD_ERRORS, check_input, check_loader, forward_error
 from ..errors import ConfigError, DataError, ProfileError, SmartTransferError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
 from .batches import batch_input
@@ -208,6 +208,7 @@ def profile(
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_loader(loader, "loader")
     _check_int(max_batches, "max_batches")
     _check_int(sample_per_batch, "sample_per_batch")
     if hist_bins is not None and hist_bins != 0:
