@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_images import make_images
 
 import smart_transfer as st
 from smart_transfer.models.small import small_vgg
-
-
-def make_images(n: int = 90, k: int = 3, size: int = 16, seed: int = 0):
-    """Class c brightens band c of the image: learnable, but not trivially at chance."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.rand(n, 1, size, size, generator=g) * 120).to(torch.uint8)
-    y = torch.arange(n) % k
-    band = size // k
-    for c in range(k):
-        x[y == c, :, c * band : (c + 1) * band] += 120
-    return x, y
 
 
 @pytest.fixture(scope="session")

@@ -356,7 +356,7 @@ def fit(
                 if not torch.isfinite(loss.detach()):
                     _raw(model).load_state_dict(best_state)
                     raise TrainingError(
-                        f"the training loss is {float(loss)} at epoch {epoch}, batch {step}; "
+                        f"the training loss is {float(loss.detach())} at epoch {epoch}, batch {step}; "
                         f"the weights of epoch {best_epoch} (the best so far) were restored. "
                         "Lower the learning rate or check the inputs for NaN/Inf"
                     )
