@@ -117,7 +117,20 @@ def build_run(path: Path, source: str = "batchnorm") -> dict[str, Any]:
             "log": log, "config": config}
 
 
+@pytest.fixture
+def make_run() -> Any:
+    return build_run
+
+
 @pytest.fixture(scope="module")
 def run_bn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     path = tmp_path_factory.mktemp("run_bn")
     return path, build_run(path, "batchnorm")
+
+
+@pytest.fixture(scope="module")
+def report_bn(run_bn: tuple[Path, dict[str, Any]]) -> tuple[Path, dict[str, Any], Path]:
+    from smart_transfer.report import make_report
+
+    path, data = run_bn
+    return path, data, make_report(path, model=data["model"])

@@ -374,6 +374,9 @@ def training_curves(
             ax.axvline(epochs[best], color="k", linestyle=":", linewidth=1,
                        label=f"best val epoch {epochs[best]}")
         ax.set_ylim(-0.02, 1.02)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(metric)
@@ -413,7 +416,7 @@ def confusion_matrix(
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=9 if k <= 10 else 7,
                         color="white" if top and m[i, j] > top / 2 else "black")
     ax.set_title("confusion matrix (test)")
     return ax
@@ -426,8 +429,9 @@ def strategy_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | None = Non
     x = np.arange(len(rows))
     for k, (key, color) in enumerate((("val_accuracy", VAL_COLOR), ("test_accuracy", PRE_COLOR))):
         y = [_num(r.get(key)) for r in rows]
-        ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(y), width=0.38, color=color,
-               label=key.replace("_", " "))
+        bars = ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(y), width=0.38, color=color,
+                      label=key.replace("_", " "))
+        ax.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.3f}" for v in y], fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
