@@ -72,9 +72,15 @@ def build_run(path: Path, source: str = "batchnorm") -> dict[str, Any]:
     }
     (path / "config.json").write_text(json.dumps(config))
     log = [
-        {"epoch": e, "train_loss": 1.2 / e, "train_accuracy": 0.3 + 0.15 * e,
-         "val_loss": 1.3 / e + 0.1, "val_accuracy": [0.35, 0.5, 0.65, 0.6][e - 1],
-         "lr": 1e-3, "seconds": 0.5}
+        {
+            "epoch": e,
+            "train_loss": 1.2 / e,
+            "train_accuracy": 0.3 + 0.15 * e,
+            "val_loss": 1.3 / e + 0.1,
+            "val_accuracy": [0.35, 0.5, 0.65, 0.6][e - 1],
+            "lr": 1e-3,
+            "seconds": 0.5,
+        }
         for e in range(1, 5)
     ]
     (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -91,8 +97,9 @@ def build_run(path: Path, source: str = "batchnorm") -> dict[str, Any]:
     x_val, y_val = _images(2, seed=3)
     save_file({"images": x_val.contiguous(), "labels": y_val}, str(path / "samples.safetensors"))
     x_test, y_test = _images(2, seed=4)
-    save_file({"images": x_test.contiguous(), "labels": y_test},
-              str(path / "test_samples.safetensors"))
+    save_file(
+        {"images": x_test.contiguous(), "labels": y_test}, str(path / "test_samples.safetensors")
+    )
     advice = {
         "strategy": "smart-kernel",
         "quadrant": "small data, similar",
@@ -105,16 +112,34 @@ def build_run(path: Path, source: str = "batchnorm") -> dict[str, Any]:
     (path / "advice.json").write_text(json.dumps(advice))
     comparison = {
         "rows": [
-            {"strategy": "full-finetune", "val_accuracy": 0.6, "test_accuracy": 0.55,
-             "frozen_fraction": 0.0, "seconds": 3.2},
-            {"strategy": "smart-kernel", "val_accuracy": 0.65, "test_accuracy": 0.62,
-             "frozen_fraction": plan.frozen_fraction, "seconds": 2.9},
+            {
+                "strategy": "full-finetune",
+                "val_accuracy": 0.6,
+                "test_accuracy": 0.55,
+                "frozen_fraction": 0.0,
+                "seconds": 3.2,
+            },
+            {
+                "strategy": "smart-kernel",
+                "val_accuracy": 0.65,
+                "test_accuracy": 0.62,
+                "frozen_fraction": plan.frozen_fraction,
+                "seconds": 2.9,
+            },
         ],
         "note": "one seed",
     }
     (path / "comparison.json").write_text(json.dumps(comparison))
-    return {"model": model, "sim": sim, "plan": plan, "pre": pre, "new": new, "metrics": metrics,
-            "log": log, "config": config}
+    return {
+        "model": model,
+        "sim": sim,
+        "plan": plan,
+        "pre": pre,
+        "new": new,
+        "metrics": metrics,
+        "log": log,
+        "config": config,
+    }
 
 
 @pytest.fixture
@@ -122,13 +147,13 @@ def make_run() -> Any:
     return build_run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run_bn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     path = tmp_path_factory.mktemp("run_bn")
     return path, build_run(path, "batchnorm")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def report_bn(run_bn: tuple[Path, dict[str, Any]]) -> tuple[Path, dict[str, Any], Path]:
     from smart_transfer.report import make_report
 

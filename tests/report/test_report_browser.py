@@ -61,8 +61,8 @@ def browser_check(page: Path, tmp: Path, extra_body: str = "") -> dict[str, Any]
         "--dump-dom",
         probed.as_uri(),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    m = re.search(r'<pre id="st-check">(.*?)</pre>', done.stdout, re.S)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="st-check">(.*?)</pre>', done.stdout, re.DOTALL)
     assert m, f"the probe did not report (exit {done.returncode}): {done.stderr[-2000:]}"
     return json.loads(html.unescape(m.group(1)))  # type: ignore[no-any-return]
 

@@ -111,15 +111,9 @@ def test_figures_are_written_and_decode(report_bn: tuple[Path, dict[str, Any], P
     assert sizes["activation_maps"] == (1000, 990)
 
 
-def test_out_path_and_figures_beside_it(run_bn: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    run_dir, data = run_bn
-    out = make_report(run_dir, model=data["model"], out=tmp_path / "r" / "page.html")
-    assert out == tmp_path / "r" / "page.html" and out.is_file()
-    assert (tmp_path / "r" / "figures" / "confusion_matrix.png").is_file()
-    assert not list((tmp_path / "r").glob(".*.tmp"))
-
-
-def test_model_left_as_it_was(run_bn: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_model_left_as_it_was_and_out_path(
+    run_bn: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     run_dir, data = run_bn
     model = data["model"]
     model.train()
@@ -128,20 +122,36 @@ def test_model_left_as_it_was(run_bn: tuple[Path, dict[str, Any]], tmp_path: Pat
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grad = torch.ones_like(model.classifier.weight)
     model.classifier.weight.grad = grad
-    make_report(run_dir, model=model, out=tmp_path / "report.html")
-    assert [m.training for m in model.modules()] == modes
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert model.classifier.weight.grad is grad
-    assert model.features[0].weight.grad is None
-    for m in model.modules():
-        assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
-    model.eval()
-    model.classifier.weight.grad = None
+    try:
+        out = make_report(run_dir, model=model, out=tmp_path / "r" / "page.html")
+        assert [m.training for m in model.modules()] == modes
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        assert model.classifier.weight.grad is grad
+        assert model.features[0].weight.grad is None
+        for m in model.modules():
+            assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+    finally:
+        model.eval()
+        model.classifier.weight.grad = None
+    assert out == tmp_path / "r" / "page.html" and out.is_file()
+    assert (tmp_path / "r" / "figures" / "confusion_matrix.png").is_file()
+    assert not list((tmp_path / "r").glob(".*.tmp"))
+    # the report does not depend on the model's train/eval mode
+    page = Page(out.read_text(encoding="utf-8"))
+    assert "activation_maps" in page.sections["activations"]["images"]
 
 
 def test_data_source_draws_both_histograms(tmp_path: Path, make_run: Any) -> None:
-    data = make_run(tmp_path / "run", source="data")
-    out = make_report(tmp_path / "run", model=data["model"])
+    make_run(tmp_path / "run", source="data")
+    for name in (
+        "log.jsonl",
+        "metrics.json",
+        "comparison.json",
+        "samples.safetensors",
+        "test_samples.safetensors",
+    ):
+        (tmp_path / "run" / name).unlink()  # figures this test does not look at
+    out = make_report(tmp_path / "run")
     page = Page(out.read_text(encoding="utf-8"))
     assert page.sections["histograms"]["images"] == ["kernel_histograms"]
     assert "both as histograms" in page.sections["histograms"]["text"]
@@ -152,7 +162,9 @@ def test_without_model_the_model_sections_say_so(
     run_bn: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     run_dir, _ = run_bn
-    page = Page(make_report(run_dir, out=tmp_path / "report.html").read_text(encoding="utf-8"))
+    for name in ("config.json", "profile_pre.pt", "profile_new.pt", "samples.safetensors"):
+        shutil.copy(run_dir / name, tmp_path / name)
+    page = Page(make_report(tmp_path).read_text(encoding="utf-8"))
     for sid in ("activations", "grad-cam"):
         assert page.sections[sid]["images"] == []
         assert any("make_report(run_dir, model=model)" in n for n in page.sections[sid]["notes"])

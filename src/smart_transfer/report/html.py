@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import io
 import json
 import os
@@ -196,11 +197,11 @@ def _pct(x: Any) -> str:
 
 def _load_model(run_dir: Path) -> tuple[nn.Module | None, str]:
     try:
-        from ..strategies import TrainResult  # type: ignore[attr-defined]
-    except ImportError:
+        train_result = importlib.import_module("smart_transfer.strategies").TrainResult
+    except (ImportError, AttributeError):
         return None, "no trained model was given and this installation cannot load one from the run"
     try:
-        return TrainResult.load(run_dir).model, ""
+        return train_result.load(run_dir).model, ""
     except (SmartTransferError, OSError) as e:
         return None, f"no trained model: {e}"
 
@@ -217,7 +218,10 @@ def _compare(run: RunData) -> tuple[Similarity | None, str]:
         if measure == "gaussian_kl":
             raise
         sim = compare(run.profile_pre, run.profile_new, measure="gaussian_kl")
-        return sim, f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with gaussian_kl"
+        return (
+            sim,
+            f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with gaussian_kl",
+        )
 
 
 def _no_model(ctx: _Context) -> str:
@@ -365,9 +369,10 @@ def _activation_section(ctx: _Context) -> str:
         return _note("no profiles: the most and least similar kernels are unknown")
     if ctx.model is None:
         return _no_model(ctx)
-    if run.samples is None and run.test_samples is None:
+    source = run.samples or run.test_samples
+    if source is None:
         return _note("no samples.safetensors: no target images to show")
-    imgs = _few_images(run.samples or run.test_samples)
+    imgs = _few_images(source)
     model = ctx.model
     x = _transform(run, model)(imgs.images)
     shown = mapsmod.resize_images(imgs.images, tuple(x.shape[-2:]))
@@ -395,9 +400,10 @@ def _grad_cam_section(ctx: _Context) -> str:
     run = ctx.run
     if ctx.model is None:
         return _no_model(ctx)
-    if run.test_samples is None and run.samples is None:
+    source = run.test_samples or run.samples
+    if source is None:
         return _note("no test_samples.safetensors (or samples.safetensors): no images to explain")
-    imgs = _few_images(run.test_samples or run.samples)
+    imgs = _few_images(source)
     model = ctx.model
     x = _transform(run, model)(imgs.images)
     try:
@@ -413,7 +419,9 @@ def _grad_cam_section(ctx: _Context) -> str:
     ]
     fig, axes = ctx.figures.new(10, 3.6)
     plots.grad_cam(shown, cams, ax=axes[0][0], col_labels=cols)
-    caption = "Grad-CAM of the predicted class at the model's last conv layer (red = most evidence)."
+    caption = (
+        "Grad-CAM of the predicted class at the model's last conv layer (red = most evidence)."
+    )
     return ctx.figures.html(fig, "grad_cam", caption)
 
 
@@ -439,7 +447,9 @@ def _samples_section(ctx: _Context) -> str:
     classes = len(set(s.labels.tolist()))
     fig, axes = ctx.figures.new(8, min(1.0 + 0.9 * classes, 12))
     plots.sample_grid(s.images, s.labels, ctx.run.class_names, ax=axes[0][0])
-    return ctx.figures.html(fig, "samples", "Validation images of each class, as the dataset gives them.")
+    return ctx.figures.html(
+        fig, "samples", "Validation images of each class, as the dataset gives them."
+    )
 
 
 def _training_section(ctx: _Context) -> str:
@@ -464,7 +474,9 @@ def _confusion_section(ctx: _Context) -> str:
     side = min(4.0 + 0.35 * len(cm), 12.0)
     fig, axes = ctx.figures.new(side, side - 0.5)
     plots.confusion_matrix(cm, names, ax=axes[0][0])
-    out = ctx.figures.html(fig, "confusion_matrix", "Rows: true class; columns: predicted class; test split.")
+    out = ctx.figures.html(
+        fig, "confusion_matrix", "Rows: true class; columns: predicted class; test split."
+    )
     per = m.get("per_class_accuracy")
     if isinstance(per, list) and per:
         out += _table(
@@ -475,10 +487,11 @@ def _confusion_section(ctx: _Context) -> str:
 
 
 def _comparison_section(ctx: _Context) -> str:
-    comp, advice = ctx.run.comparison, ctx.run.advice
+    comp, advice = ctx.run.comparison or {}, ctx.run.advice
     out = ""
-    rows = (comp or {}).get("rows")
-    if isinstance(rows, list) and rows:
+    rows = comp.get("rows")
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    if rows:
         out += _table(
             ["strategy", "val accuracy", "test accuracy", "frozen", "seconds"],
             [

@@ -121,8 +121,10 @@ def grad_cam_maps(
     early layers are frozen still gets maps.
     """
     try:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        from pytorch_grad_cam import GradCAM  # type: ignore[import-untyped, unused-ignore]
+        from pytorch_grad_cam.utils.model_targets import (  # type: ignore[import-untyped, unused-ignore]
+            ClassifierOutputTarget,
+        )
     except ImportError as e:
         raise MissingDependencyError(
             'Grad-CAM needs the grad-cam package; install it with pip install "smart-transfer[cam]"'

@@ -78,7 +78,9 @@ def similarity_curve(
     ax.set_xlabel("layer (input to output)")
     ax.set_ylabel("layer similarity")
     measure = getattr(sim, "measure", None)
-    ax.set_title(title or (f"layer-wise similarity ({measure})" if measure else "layer-wise similarity"))
+    ax.set_title(
+        title or (f"layer-wise similarity ({measure})" if measure else "layer-wise similarity")
+    )
     ax.grid(alpha=0.3)
     _layer_ticks(ax, names)
     return ax
@@ -171,7 +173,7 @@ def kernel_histogram(
     if score is not None:
         title += f" (similarity {score:.3f})"
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     return ax
 
 
@@ -299,8 +301,9 @@ def grad_cam(
             "the images at the size the network saw"
         )
     overlay = (1 - alpha) * rgb + alpha * heat
-    return image_grid([list(rgb), list(overlay)], ax=ax, row_labels=["input", "Grad-CAM"],
-                      col_labels=col_labels)
+    return image_grid(
+        [list(rgb), list(overlay)], ax=ax, row_labels=["input", "Grad-CAM"], col_labels=col_labels
+    )
 
 
 def sample_grid(
@@ -335,8 +338,13 @@ def frozen_fraction(plan: FreezePlan | Mapping[str, Any], ax: Axes | None = None
     names = [r["layer"] for r in rows]
     y = [float(r["frozen_fraction"]) for r in rows]
     ax.bar(np.arange(len(y)), y, color=PRE_COLOR, width=0.8)
-    ax.axhline(float(s["frozen_fraction"]), color="k", linestyle="--", linewidth=1,
-               label=f"all layers: {100 * float(s['frozen_fraction']):.1f}%")
+    ax.axhline(
+        float(s["frozen_fraction"]),
+        color="k",
+        linestyle="--",
+        linewidth=1,
+        label=f"all layers: {100 * float(s['frozen_fraction']):.1f}%",
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("frozen fraction of parameters")
     ax.set_title(
@@ -371,8 +379,13 @@ def training_curves(
         val = [_num(r.get("val_accuracy")) for r in log]
         if any(not math.isnan(v) for v in val):
             best = int(np.nanargmax(np.array(val)))
-            ax.axvline(epochs[best], color="k", linestyle=":", linewidth=1,
-                       label=f"best val epoch {epochs[best]}")
+            ax.axvline(
+                epochs[best],
+                color="k",
+                linestyle=":",
+                linewidth=1,
+                label=f"best val epoch {epochs[best]}",
+            )
         ax.set_ylim(-0.02, 1.02)
     from matplotlib.ticker import MaxNLocator
 
@@ -382,7 +395,7 @@ def training_curves(
     ax.set_title(metric)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best" if len(log) < 50 else "upper right")
     return ax
 
 
@@ -416,8 +429,15 @@ def confusion_matrix(
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=9 if k <= 10 else 7,
-                        color="white" if top and m[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=9 if k <= 10 else 7,
+                    color="white" if top and m[i, j] > top / 2 else "black",
+                )
     ax.set_title("confusion matrix (test)")
     return ax
 
@@ -429,8 +449,13 @@ def strategy_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | None = Non
     x = np.arange(len(rows))
     for k, (key, color) in enumerate((("val_accuracy", VAL_COLOR), ("test_accuracy", PRE_COLOR))):
         y = [_num(r.get(key)) for r in rows]
-        bars = ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(y), width=0.38, color=color,
-                      label=key.replace("_", " "))
+        bars = ax.bar(
+            x + (k - 0.5) * 0.38,
+            np.nan_to_num(y),
+            width=0.38,
+            color=color,
+            label=key.replace("_", " "),
+        )
         ax.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.3f}" for v in y], fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
