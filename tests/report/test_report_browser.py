@@ -16,7 +16,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 # Collects script errors from the start of the page, then on load writes what it saw into
-# the DOM, where --dump-dom shows it.
+# the DOM, where --dump-dom shows it. naturalWidth is known as soon as an image has loaded
+# (the PNG header decoded); that every PNG decodes in full is checked with PIL in
+# test_report_html.py (img.decode() would race with --dump-dom, which does not wait for it).
 PROBE_HEAD = """<script>
 window.__stErrors = [];
 window.addEventListener("error", function (e) {
