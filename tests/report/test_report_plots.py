@@ -60,7 +60,7 @@ def test_batchnorm_source_is_its_gaussian(run_bn: tuple[Path, dict[str, Any]]) -
     m, v = float(pre.mean[2]), float(pre.var[2])
     assert np.allclose(y, np.exp(-((x - m) ** 2) / (2 * v)) / math.sqrt(2 * math.pi * v))
     # the target histogram as a density: counts / (total * bin width), integrating to 1
-    stairs = [p for p in ax.patches if p.get_label() == "D_new histogram"]
+    stairs = [p for p in ax.patches if p.get_label().startswith("D_new histogram")]
     (hist,) = stairs
     values, edges = hist.get_data().values, hist.get_data().edges
     counts = new.hist[2].numpy()
@@ -107,3 +107,30 @@ def test_activation_map_rows_share_a_colour_scale() -> None:
     row = 2 + 4 + 2  # below the input row
     low, high = canvas[row, 2], canvas[row, 2 + 4 + 2]
     assert not np.allclose(low, high)  # 0 and 1 on one scale: two different colours
+
+
+def test_exact_zeros_are_a_point_mass_not_a_spike() -> None:
+    from smart_transfer.stats import LayerProfile, hist_edges
+
+    edges = hist_edges(8, 0.5, 10.0)
+    hist = torch.tensor([[0, 0, 0, 0, 6, 2, 2, 0]], dtype=torch.float64)  # 5 of the 6 are zeros
+    one = torch.ones(1, dtype=torch.float64)
+    lp = LayerProfile(
+        name="relu",
+        kind="conv",
+        num_channels=1,
+        params={},
+        count=10 * one,
+        mean=0.3 * one,
+        var=one,
+        zero_frac=0.5 * one,
+        hist=hist,
+        hist_edges=edges,
+        hist_count=10 * one,
+    )
+    ax = plots.kernel_histogram(lp, lp, 0, ax=_ax())
+    (hist_patch, *_rest) = [p for p in ax.patches if p.get_label().startswith("D_pre histogram")]
+    assert "50.0% exact zeros" in hist_patch.get_label()
+    values = hist_patch.get_data().values
+    widths = np.diff(edges.numpy())
+    assert np.allclose(values * widths * 10, [0, 0, 0, 0, 1, 2, 2, 0])

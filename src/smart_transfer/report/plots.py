@@ -86,24 +86,40 @@ def similarity_curve(
     return ax
 
 
-def _density(lp: LayerProfile, channel: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(density per bin, edges) of one channel's histogram; the bins are not equally wide."""
+def _density(lp: LayerProfile, channel: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(density per bin, edges, fraction of exact zeros) of one channel's histogram.
+
+    The bins are not equally wide, hence densities. Exact zeros (ReLU outputs) are a point
+    mass, not a density: they are taken out of the bin that starts at 0 (``zero_frac`` of the
+    histogram's values) and returned apart, so the continuous part integrates to 1 - p0.
+    """
     if lp.hist is None or lp.hist_edges is None:
         return None
-    counts = lp.hist[channel].double().numpy()
+    counts = lp.hist[channel].double().numpy().copy()
     edges = lp.hist_edges.double().numpy()
     total = counts.sum()
     if total <= 0:
         return None
-    return counts / (total * np.diff(edges)), edges
+    p0 = 0.0
+    if lp.zero_frac is not None and float(lp.zero_frac[channel]) > 0:
+        k = int(np.searchsorted(edges, 0.0, side="right")) - 1  # the bin [0, next edge)
+        if 0 <= k < counts.size:
+            zeros = min(float(lp.zero_frac[channel]) * total, counts[k])
+            counts[k] -= zeros
+            p0 = zeros / total
+    return counts / (total * np.diff(edges)), edges, p0
 
 
-def _support(density: tuple[np.ndarray, np.ndarray] | None) -> tuple[float, float] | None:
+def _support(
+    density: tuple[np.ndarray, np.ndarray, float] | None,
+) -> tuple[float, float] | None:
     """Value range holding all but 0.5% of the mass at each end (the end bins reach +-1e4)."""
     if density is None:
         return None
-    d, edges = density
+    d, edges, _ = density
     mass = d * np.diff(edges)
+    if mass.sum() <= 0:  # only exact zeros
+        return (-1.0, 1.0)
     cdf = np.cumsum(mass) / mass.sum()
     lo = int(np.searchsorted(cdf, 0.005))
     hi = int(np.searchsorted(cdf, 0.995))
@@ -126,8 +142,9 @@ def kernel_histogram(
 ) -> Axes:
     """One kernel's activation distribution on the source (D_pre) and target (D_new) data.
 
-    Histograms are drawn as densities (the profile's bins are narrower near zero). A profile
-    without a histogram, such as one read from BatchNorm running statistics, is drawn as its
+    Histograms are drawn as densities (the profile's bins are narrower near zero), with the
+    share of exact zeros in the legend instead of as a spike at 0. A profile without a
+    histogram, such as one read from BatchNorm running statistics, is drawn as its
     Gaussian N(mean, var) over the other's histogram.
     """
     ax = _axes(ax)
@@ -155,7 +172,10 @@ def kernel_histogram(
     ):
         d = dens[key]
         if d is not None:
-            ax.stairs(d[0], d[1], fill=True, alpha=0.35, color=color, label=f"{label} histogram")
+            zeros = f", {100 * d[2]:.1f}% exact zeros" if d[2] >= 0.001 else ""
+            ax.stairs(
+                d[0], d[1], fill=True, alpha=0.35, color=color, label=f"{label} histogram{zeros}"
+            )
             ax.stairs(d[0], d[1], color=color, linewidth=0.8)
         else:
             m, v = float(lp.mean[c]), float(lp.var[c])
