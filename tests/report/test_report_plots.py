@@ -134,3 +134,13 @@ def test_exact_zeros_are_a_point_mass_not_a_spike() -> None:
     values = hist_patch.get_data().values
     widths = np.diff(edges.numpy())
     assert np.allclose(values * widths * 10, [0, 0, 0, 0, 1, 2, 2, 0])
+
+
+def test_extreme_kernels_pass_over_dead_ones() -> None:
+    from smart_transfer.report.maps import extreme_kernels
+
+    scores = torch.tensor([1.0, 0.8, float("nan"), 0.1, 0.5])
+    var_pre = torch.tensor([0.0, 1.0, 1.0, 2.0, 1.0])  # channel 0 is dead on D_pre
+    assert extreme_kernels(scores) == (0, 3)
+    assert extreme_kernels(scores, var_pre, None) == (1, 3)
+    assert extreme_kernels(scores, torch.zeros(5)) == (0, 3)  # all dead: fall back to all

@@ -333,6 +333,11 @@ def _chosen_layers(ctx: _Context, sim: Similarity) -> list[str]:
     return mapsmod.pick_layers(conv or names, 3)
 
 
+def _extremes(ctx: _Context, sim: Similarity, layer: str) -> tuple[int, int]:
+    pre, new = ctx.run.profile_pre.layers[layer], ctx.run.profile_new.layers[layer]
+    return mapsmod.extreme_kernels(sim.scores[layer], pre.var, new.var)
+
+
 def _histogram_section(ctx: _Context) -> str:
     sim = ctx.similarity()
     if sim is None:
@@ -341,7 +346,7 @@ def _histogram_section(ctx: _Context) -> str:
     layers = _chosen_layers(ctx, sim)
     fig, axes = ctx.figures.new(10, 2.9 * len(layers), rows=len(layers), cols=2)
     for i, layer in enumerate(layers):
-        most, least = mapsmod.extreme_kernels(sim.scores[layer])
+        most, least = _extremes(ctx, sim, layer)
         for j, c in enumerate((most, least)):
             plots.kernel_histogram(
                 run.profile_pre.layers[layer],
@@ -357,7 +362,7 @@ def _histogram_section(ctx: _Context) -> str:
     )
     caption = (
         f"Left: the most similar kernel of each layer; right: the least similar one "
-        f"({_e(sim.measure)}); {how}."
+        f"({_e(sim.measure)}; kernels constant on either data set are passed over); {how}."
     )
     return ctx.figures.html(fig, "kernel_histograms", caption)
 
@@ -381,7 +386,7 @@ def _activation_section(ctx: _Context) -> str:
     fig, axes = ctx.figures.new(10, 3.3 * len(layers), rows=len(layers), cols=1)
     cols = [_class_name(run, int(c)) for c in imgs.labels]
     for i, layer in enumerate(layers):
-        most, least = mapsmod.extreme_kernels(sim.scores[layer])
+        most, least = _extremes(ctx, sim, layer)
         acts = mapsmod.kernel_maps(model, hooked.get(layer, layer), x, [most, least])
         rows = {
             f"{layer} #{most}\nmost similar ({float(sim.scores[layer][most]):.2f})": acts[most],

@@ -32,12 +32,25 @@ def pick_layers(names: Sequence[str], k: int = 3) -> list[str]:
     return [names[i] for i in idx]
 
 
-def extreme_kernels(scores: Tensor) -> tuple[int, int]:
-    """(most similar, least similar) channel of one layer's scores (NaN scores ignored)."""
+def extreme_kernels(scores: Tensor, *variances: Tensor | None) -> tuple[int, int]:
+    """(most similar, least similar) channel of one layer's scores (NaN scores ignored).
+
+    Given per-channel ``variances`` (of D_pre, D_new), channels that are constant on either
+    side are passed over when others exist: a dead kernel is trivially "identical" on both
+    data sets and says nothing about the layer.
+    """
     s = torch.as_tensor(scores, dtype=torch.float64).flatten()
     if s.numel() == 0:
         raise ConfigError("a layer without channels has no kernels to show")
     ok = torch.isfinite(s)
+    alive = ok.clone()
+    for v in variances:
+        if v is not None:
+            v = torch.as_tensor(v, dtype=torch.float64).flatten()
+            top = float(v.nan_to_num(0.0).max()) if v.numel() else 0.0
+            alive &= v > 1e-6 * top
+    if bool(alive.any()):
+        ok = alive
     hi = torch.where(ok, s, torch.tensor(-math.inf, dtype=s.dtype))
     lo = torch.where(ok, s, torch.tensor(math.inf, dtype=s.dtype))
     return int(hi.argmax()), int(lo.argmin())
