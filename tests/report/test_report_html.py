@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import shutil
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,16 @@ def test_truncated_last_log_line_is_ignored(tmp_path: Path) -> None:
     assert "2 epochs" in page.sections["training"]["text"]
     with Image.open(io.BytesIO((tmp_path / "figures" / "training_curves.png").read_bytes())) as im:
         assert im.size == (1200, 400)
+
+
+def test_grad_cam_without_the_package_is_a_note(
+    run_bn: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir, data = run_bn
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # import raises ImportError
+    shutil.copy(run_dir / "config.json", tmp_path / "config.json")
+    shutil.copy(run_dir / "test_samples.safetensors", tmp_path / "test_samples.safetensors")
+    page = Page(make_report(tmp_path, model=data["model"]).read_text(encoding="utf-8"))
+    sec = page.sections["grad-cam"]
+    assert sec["images"] == []
+    assert any('pip install "smart-transfer[cam]"' in n for n in sec["notes"])

@@ -202,8 +202,8 @@ def _load_model(run_dir: Path) -> tuple[nn.Module | None, str]:
         return None, "no trained model was given and this installation cannot load one from the run"
     try:
         return train_result.load(run_dir).model, ""
-    except (SmartTransferError, OSError) as e:
-        return None, f"no trained model: {e}"
+    except Exception as e:  # noqa: BLE001  (the page is still useful without the model)
+        return None, f"no trained model could be loaded from the run ({type(e).__name__}: {e})"
 
 
 def _compare(run: RunData) -> tuple[Similarity | None, str]:
