@@ -112,10 +112,10 @@ def test_figures_are_written_and_decode(report_bn: tuple[Path, dict[str, Any], P
     assert sizes["activation_maps"] == (1000, 990)
 
 
-def test_model_left_as_it_was_and_out_path(
-    run_bn: tuple[Path, dict[str, Any]], tmp_path: Path
-) -> None:
-    run_dir, data = run_bn
+def test_model_left_as_it_was(run_bn: tuple[Path, dict[str, Any]]) -> None:
+    from smart_transfer.report import maps
+
+    _, data = run_bn
     model = data["model"]
     model.train()
     model.features[1].eval()  # a deliberately mixed model
@@ -123,8 +123,10 @@ def test_model_left_as_it_was_and_out_path(
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grad = torch.ones_like(model.classifier.weight)
     model.classifier.weight.grad = grad
+    x = torch.rand(2, 3, 16, 16)
     try:
-        out = make_report(run_dir, model=model, out=tmp_path / "r" / "page.html")
+        acts = maps.kernel_maps(model, "features.3", x, [0, 2])
+        cams, pred = maps.grad_cam_maps(model, x) if _grad_cam_installed() else (None, None)
         assert [m.training for m in model.modules()] == modes
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
         assert model.classifier.weight.grad is grad
@@ -134,12 +136,26 @@ def test_model_left_as_it_was_and_out_path(
     finally:
         model.eval()
         model.classifier.weight.grad = None
+    with torch.no_grad():
+        expected = model.features[:4](x)
+    assert set(acts) == {0, 2}
+    assert torch.allclose(acts[2], expected[:, 2], atol=1e-6)
+    if cams is not None:
+        assert cams.shape == (2, 16, 16) and float(cams.min()) >= 0 and float(cams.max()) <= 1
+        assert pred.tolist() == model(x).argmax(1).tolist()
+
+
+def test_out_path_and_figures_beside_it(
+    run_bn: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    run_dir, _ = run_bn
+    for name in ("config.json", "metrics.json"):
+        shutil.copy(run_dir / name, tmp_path / name)
+    out = make_report(tmp_path, out=tmp_path / "r" / "page.html")
     assert out == tmp_path / "r" / "page.html" and out.is_file()
     assert (tmp_path / "r" / "figures" / "confusion_matrix.png").is_file()
+    assert not (tmp_path / "report.html").exists()
     assert not list((tmp_path / "r").glob(".*.tmp"))
-    # the report does not depend on the model's train/eval mode
-    page = Page(out.read_text(encoding="utf-8"))
-    assert "activation_maps" in page.sections["activations"]["images"]
 
 
 def test_data_source_draws_both_histograms(tmp_path: Path, make_run: Any) -> None:
@@ -163,13 +179,13 @@ def test_without_model_the_model_sections_say_so(
     run_bn: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     run_dir, _ = run_bn
-    for name in ("config.json", "profile_pre.pt", "profile_new.pt", "samples.safetensors"):
+    for name in ("config.json", "samples.safetensors", "test_samples.safetensors"):
         shutil.copy(run_dir / name, tmp_path / name)
     page = Page(make_report(tmp_path).read_text(encoding="utf-8"))
     for sid in ("activations", "grad-cam"):
         assert page.sections[sid]["images"] == []
         assert any("make_report(run_dir, model=model)" in n for n in page.sections[sid]["notes"])
-    assert page.sections["similarity"]["images"] == ["similarity_curve"]
+    assert page.sections["samples"]["images"] == ["samples"]
 
 
 def test_minimal_run_keeps_every_section_with_a_note(tmp_path: Path) -> None:

@@ -368,12 +368,12 @@ def _histogram_section(ctx: _Context) -> str:
 
 
 def _activation_section(ctx: _Context) -> str:
+    if ctx.model is None:
+        return _no_model(ctx)
     sim = ctx.similarity()
     run = ctx.run
     if sim is None:
         return _note("no profiles: the most and least similar kernels are unknown")
-    if ctx.model is None:
-        return _no_model(ctx)
     source = run.samples or run.test_samples
     if source is None:
         return _note("no samples.safetensors: no target images to show")
