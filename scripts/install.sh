@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install smart-transfer with every extra into ./.venv, plus the Fashion-MNIST Debian package.
+# Install smart-transfer with every extra into ./.venv, plus Debian's Fashion-MNIST package and
+# chromium (the report test opens the HTML report in headless chromium).
 # Safe to re-run: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,10 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
   { $SUDO apt-get update -q && $SUDO apt-get install -y -q dataset-fashion-mnist; } >/dev/null 2>&1 \
     || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded on first use" >&2
+fi
+# Headless chromium for the report's browser test (root only; otherwise that test is skipped).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium; } >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the report's browser test will be skipped" >&2
 fi

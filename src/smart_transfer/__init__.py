@@ -13,6 +13,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    # practitioner API
+    "train": "api",
+    "evaluate": "api",
+    "predict": "api",
+    "advise": "api",
+    "TrainResult": "api",
+    "list_strategies": "api",
+    "Advice": "strategies.advice",
     # errors
     "SmartTransferError": "errors",
     "ConfigError": "errors",
@@ -49,11 +57,11 @@ _EXPORTS = {
     "summary": "models",
 }
 
-__all__ = sorted(_EXPORTS) + ["data", "training", "__version__"]  # noqa: PLE0605
+__all__ = sorted(_EXPORTS) + ["data", "training", "strategies", "__version__"]  # noqa: PLE0605
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("data", "training"):
+    if name in ("data", "training", "strategies", "report"):
         return importlib.import_module(f".{name}", __name__)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -138,3 +138,55 @@ def check_outputs(
                     f"input, so pass another path to {option}."
                 )
     return checked
+
+
+def check_output_folders(
+    folders: Mapping[str, PathLike | None],
+    inputs: Mapping[str, PathLike | None] | None = None,
+    *,
+    replaced: bool = False,
+) -> dict[str, Path]:
+    """Check folders that a command writes into (a run folder), before any work.
+
+    Args:
+        folders: option name -> folder that files will be written into (created if missing).
+        inputs: option name -> a path that will be read, as for :func:`check_outputs`.
+        replaced: the folders are deleted and re-created (their old content is lost); then an
+            input *inside* one of them is refused too, not only an input equal to one.
+
+    Raises :class:`ConfigError` (naming the option and the fix) when a folder is an existing
+    file, lies below a file, cannot be created or written, or is (``replaced``: holds) an input.
+    Returns the folders as :class:`Path` objects, ``None`` entries left out.
+    """
+    checked: dict[str, Path] = {}
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        f = Path(os.fspath(folder)).expanduser()
+        if f.exists() and not f.is_dir():
+            raise ConfigError(
+                f"{option}={str(f)!r} is a file, not a folder; pass the folder to write into."
+            )
+        check_output(f / "probe", option)  # below a file / read-only, as for one of its files
+        for in_option, in_path in (inputs or {}).items():
+            if in_path is None:
+                continue
+            q = _resolved(Path(os.fspath(in_path)))
+            here = _resolved(f)
+            if q == here or (replaced and here in q.parents):
+                what = "is" if q == here else "holds"
+                raise ConfigError(
+                    f"{option}={str(f)!r} {what} the input {in_option}, and this command "
+                    f"{'replaces' if replaced else 'writes into'} it; pass another folder to "
+                    f"{option}."
+                )
+        checked[option] = f
+    return checked
+
+
+def check_replaced_folders(
+    folders: Mapping[str, PathLike | None],
+    inputs: Mapping[str, PathLike | None] | None = None,
+) -> dict[str, Path]:
+    """:func:`check_output_folders` for folders that are deleted and re-created."""
+    return check_output_folders(folders, inputs, replaced=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._atomic import Terminated, atomic_open
-from ._paths import check_outputs
+from ._paths import check_output_folders, check_outputs, check_replaced_folders
 from .errors import ConfigError, SmartTransferError
 
 
@@ -46,92 +46,99 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- demo
 
+DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Profile, compare, plan, then fine-tune with and without the plan; print a table."""
+    """Advise, then train five strategies on the same 200 images; test each once; one table."""
+    import shutil
+
     import torch
 
     import smart_transfer as st
 
+    started = time.perf_counter()
     out = Path(args.out)
     check_outputs(
-        {"--out (demo.json)": out / "demo.json", "--out (plan.json)": out / "plan.json"},
+        {f"--out ({name})": out / name for name in ("metrics.json", "advice.json", "report.html")},
         {"--backbone": args.backbone},
     )
-    torch.manual_seed(args.seed)
-    print(f"[1/5] backbone {args.backbone} with its pretrained weights")
-    backbone = st.load_backbone(args.backbone)
-    cfg = dict(backbone.pretrained_cfg)
-    size = args.size
-
-    print("[2/5] Fashion-MNIST: few-shot training set, validation carved from it, test subset")
+    check_replaced_folders(
+        {f"--out ({name}/)": out / name for name in DEMO_STRATEGIES}, {"--backbone": args.backbone}
+    )
+    if args.quick:
+        args.epochs = min(args.epochs, 3)
+        args.test_size = min(args.test_size or 2000, 2000)
+    print(f"[1/4] {args.backbone} (ImageNet weights) -> Fashion-MNIST, {args.per_class} images per class"
+          + (" (--quick: fewer epochs, a fixed 2,000-image test subset)" if args.quick else ""))
     train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
-    idx_train, idx_val = st.data.few_shot(
-        train_ds.targets, per_class=args.per_class, val_fraction=0.2, seed=args.seed
-    )
-    g = torch.Generator().manual_seed(12345)  # fixed test subset, the same for every run
-    idx_test = torch.randperm(len(test_ds), generator=g)[: args.test_size]
-    eval_tf = st.data.transforms_for(cfg, train=False, size=size)
-    train_tf = st.data.transforms_for(cfg, train=True, size=size)
-    bs = args.batch_size
-    train_loader = st.data.loader(train_ds, idx_train, batch_size=bs, shuffle=True, seed=args.seed)
-    val_loader = st.data.loader(train_ds, idx_val, batch_size=256)
-    test_loader = st.data.loader(test_ds, idx_test, batch_size=256)
-    profile_loader = st.data.loader(train_ds, idx_train, batch_size=bs, transform=eval_tf)
+    idx_train, idx_val = st.data.few_shot(train_ds, per_class=args.per_class, val_fraction=0.2, seed=args.seed)
+    if args.test_size:
+        g = torch.Generator().manual_seed(12345)  # a fixed subset, the same for every run
+        idx_test = torch.randperm(len(test_ds), generator=g)[: args.test_size]
+    else:
+        idx_test = torch.arange(len(test_ds))
+    backbone = st.load_backbone(args.backbone)
 
-    print("[3/5] profiling: D_pre from BatchNorm running statistics, D_new from the training images")
-    prof_pre = st.profile_from_batchnorm(backbone)
-    prof_new = st.profile(backbone, profile_loader, progress=not args.no_progress)
-    sim = st.compare(prof_pre, prof_new, measure=args.measure)
-    plan = st.plan_freeze(sim, scope="kernel", **_plan_rule(args))
-    print(f"      measure={args.measure}, layers compared={len(sim.scores)}, {plan!r}")
+    print("[2/4] advice: D_pre from BatchNorm running statistics, D_new from the training images")
+    advice = st.advise(backbone, (train_ds, torch.cat([idx_train, idx_val])), size=args.size)
+    for line in str(advice).splitlines():
+        print("      " + line)
 
-    print(f"[4/5] fine-tuning for {args.epochs} epochs at {size}px (AdamW lr={args.lr})")
-    results: dict[str, Any] = {}
-    for name in ("full-finetune", "smart-kernel"):
-        torch.manual_seed(args.seed)
-        model = st.replace_head(st.load_backbone(args.backbone), 10)
-        opt = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=1e-4
+    print(f"[3/4] training on {len(idx_train)} images, validating on {len(idx_val)} "
+          f"(at most {args.epochs} epochs, {args.size}px, AdamW lr={args.lr})")
+    rows: dict[str, dict[str, Any]] = {}
+    for name in DEMO_STRATEGIES:
+        run = out / name
+        if run.exists():
+            shutil.rmtree(run)
+        options: dict[str, Any] = {}
+        if name == "random-mask":
+            options["plan"] = str(out / "smart-kernel" / "plan.json")
+        if name == "auto":
+            options["budget_s"] = args.auto_budget
+        t0 = time.perf_counter()
+        result = st.train(
+            backbone, (train_ds, idx_train), (train_ds, idx_val), strategy=name, epochs=args.epochs,
+            lr=args.lr, batch_size=args.batch_size, size=args.size, seed=args.seed, out=run,
+            progress=not args.no_progress, **options,
         )
-        handle = st.apply_plan(model, plan, optimizer=opt) if name == "smart-kernel" else None
-        start = time.perf_counter()
-        fit = st.training.fit(
-            model, opt, train_loader, val_loader, args.epochs,
-            train_transform=train_tf, val_transform=eval_tf,
-            progress=not args.no_progress, desc=name,
-        )
-        test_acc = st.training.evaluate(model, test_loader, eval_tf)  # read once, at the end
-        results[name] = {
-            "test_accuracy": test_acc,
-            "seconds": time.perf_counter() - start,
-            "frozen_fraction": 0.0 if handle is None else plan.frozen_fraction,
-            **fit.to_dict(),
-        }
-        if handle is not None:
-            handle.remove()
+        seconds = time.perf_counter() - t0
+        metrics = st.evaluate(result, (test_ds, idx_test))  # read once, at the end
+        rows[name] = {"val_accuracy": result.val_accuracy, "test_accuracy": metrics["accuracy"],
+                      "frozen_fraction": result.frozen_fraction, "seconds": seconds,
+                      "chosen": result.chosen, "test_images": metrics["test_images"]}
+        print(f"      {name:<14} val {result.val_accuracy:.3f}  test {metrics['accuracy']:.3f}  "
+              f"frozen {result.frozen_fraction:5.1%}  {seconds:4.0f} s")
 
-    print(f"[5/5] test accuracy on {len(idx_test)} Fashion-MNIST test images (fixed subset)")
-    print(f"      {'strategy':<16}{'val acc':>9}{'test acc':>10}{'best epoch':>12}{'frozen':>9}")
-    for name, r in results.items():
-        print(
-            f"      {name:<16}{r['best_val_accuracy']:>9.3f}{r['test_accuracy']:>10.3f}"
-            f"{r['best_epoch']:>12d}{r['frozen_fraction']:>9.1%}"
-        )
-    _write_json(
-        out / "demo.json",
-        {
-            "schema_version": 1,
-            "args": vars(args) | {"func": None},
-            "plan": plan.summary(),
-            "results": results,
-            "train_images": len(idx_train),
-            "val_images": len(idx_val),
-            "test_images": len(idx_test),
-        },
-    )
-    plan.save(out / "plan.json")
-    print(f"      wrote {out / 'demo.json'} and {out / 'plan.json'}")
+    print(f"[4/4] test accuracy on {len(idx_test)} Fashion-MNIST test images"
+          + (" (a fixed subset)" if len(idx_test) < len(test_ds) else " (the whole test split)"))
+    print(f"      {'strategy':<16}{'val acc':>9}{'test acc':>10}{'frozen':>9}{'seconds':>9}")
+    for name, r in rows.items():
+        print(f"      {name:<16}{r['val_accuracy']:>9.3f}{r['test_accuracy']:>10.3f}"
+              f"{r['frozen_fraction']:>9.1%}{r['seconds']:>9.0f}")
+    note = ("One seed: read this as a demonstration, not a benchmark. Mean and spread over seeds: "
+            "benchmarks/results/p1.md (README, 'Results').")
+    print(f"      auto chose: {rows['auto']['chosen'].get('strategy')}; advice: {advice.strategy} ({advice.quadrant})")
+    print(f"      {note}")
+    _write_json(out / "metrics.json", {"schema_version": 1, "note": note, "seed": args.seed,
+                                       "train_images": len(idx_train), "val_images": len(idx_val),
+                                       "test_images": len(idx_test), "strategies": rows,
+                                       "seconds": time.perf_counter() - started})
+    comparison = {"rows": [{"strategy": n, **{k: r[k] for k in ("val_accuracy", "test_accuracy", "frozen_fraction", "seconds")}}
+                           for n, r in rows.items()], "note": note}
+    _write_json(out / "advice.json", advice.to_dict())
+    for name in ("smart-kernel",):
+        _write_json(out / name / "comparison.json", comparison)
+        _write_json(out / name / "advice.json", advice.to_dict())
+    try:
+        from .report import make_report
+
+        report = make_report(out / "smart-kernel", out=out / "report.html")
+        print(f"      report: {report}")
+    except ImportError as exc:  # the report needs matplotlib
+        print(f"      no report ({exc})")
+    print(f"      wrote {out / 'metrics.json'} ({time.perf_counter() - started:.0f} s in all)")
     return 0
 
 
@@ -188,12 +195,213 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "measures":
         for m in st.list_measures(details=True):
             print(f"{m['name']:<14}{m['level']:<9}{m['direction']:<12}{m['assumption']}")
+    elif args.what == "strategies":
+        for info in st.list_strategies(details=True):
+            print(f"{info['name']:<25}{info['trains']}")
+            for opt, text in info["options"].items():
+                print(f"{'':<27}{opt}: {text}")
     elif args.what == "backbones":
         for name in st.list_backbones():
             print(name)
     else:
         for name in st.list_layers(st.load_backbone(args.backbone)):
             print(name)
+    return 0
+
+
+# ------------------------------------------------------------------ train/evaluate/advise
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    from .errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise ConfigError(f"--option takes KEY=VALUE (e.g. --option quantile=0.3), got {pair!r}")
+        out[k.replace("-", "_")] = _option_value(v)
+    return out
+
+
+def _draw(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The dataset and the few-shot train/val indices that --data/--per-class/--seed name."""
+    import smart_transfer as st
+
+    from .data.spec import open_data
+
+    ds = open_data(args.data, "train", args.image_size)
+    idx_train, idx_val = st.data.few_shot(ds, per_class=args.per_class, val_fraction=args.val_fraction, seed=args.seed)
+    info = {"spec": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
+            "seed": args.seed, "image_size": args.image_size,
+            "train_indices": idx_train.tolist(), "val_indices": idx_val.tolist()}
+    return ds, idx_train, idx_val, info
+
+
+_TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "seed", "lr", "batch_size",
+               "optimizer", "weight_decay", "patience", "size", "image_size", "val_fraction", "source",
+               "option", "amp", "channels_last", "sync_bn", "device")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import smart_transfer as st
+
+    from .errors import ConfigError
+    from .training import TrainingInterrupted
+
+    if args.resume:
+        cfg_path = Path(args.resume) / "config.json"
+        if not cfg_path.is_file():
+            raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
+        saved = json.loads(cfg_path.read_text(encoding="utf-8")).get("data", {}).get("cli")
+        if not saved:
+            raise ConfigError(f"{args.resume!r} was not made by 'smart-transfer train'; resume it from Python")
+        for k, v in saved.items():
+            setattr(args, k, v)
+        args.out = args.resume
+    elif not args.out:
+        raise ConfigError("say where the run goes: --out DIR (or --resume DIR to continue one)")
+    elif args.data is None:
+        raise ConfigError("say what to train on: --data fashion-mnist, a folder of class subfolders, or an .npz")
+    elif (Path(args.out) / "config.json").exists():
+        raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
+    check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
+    ds, idx_train, idx_val, info = _draw(args)
+    info["cli"] = {k: getattr(args, k) for k in _TRAIN_KEYS}
+    source = None if args.source in (None, "batchnorm") else args.source
+    try:
+        result = st.train(
+            args.backbone, (ds, idx_train), (ds, idx_val), strategy=args.strategy, epochs=args.epochs,
+            lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
+            patience=args.patience, size=args.size, source=source, seed=args.seed, out=args.out,
+            resume=bool(args.resume), progress=not args.no_progress, device=args.device,
+            amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, data_info=info,
+            **_options(args.option),
+        )
+    except TrainingInterrupted:
+        print(f"\ninterrupted; the last finished epoch is saved. Resume with:\n"
+              f"  smart-transfer train --resume {args.out}", file=sys.stderr)
+        return 130
+    if _rank() == 0:
+        print(f"{result.strategy}: validation accuracy {result.val_accuracy:.4f}, "
+              f"frozen {result.frozen_fraction:.1%}, {result.timings['train_s']:.0f} s -> {args.out}")
+        if result.chosen:
+            print(f"chosen on validation: {json.dumps(result.chosen)}")
+    return 0
+
+
+def _rank() -> int:
+    import torch
+
+    d = torch.distributed
+    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+
+
+def _test_split(cfg: dict[str, Any], spec: str, test_spec: str | None) -> tuple[Any, Any, str]:
+    """The test split: a separate set, Fashion-MNIST's test split, or the unused images of SPEC."""
+    import torch
+
+    from .data.spec import is_fashion, open_data
+
+    size = cfg.get("data", {}).get("image_size")
+    if test_spec:
+        ds = open_data(test_spec, "test", size)
+        return ds, torch.arange(len(ds)), f"{test_spec} (all {len(ds)} images)"
+    if is_fashion(spec):
+        ds = open_data(spec, "test")
+        return ds, torch.arange(len(ds)), "Fashion-MNIST's test split"
+    ds = open_data(spec, "train", size)
+    used = set(cfg.get("data", {}).get("train_indices", [])) | set(cfg.get("data", {}).get("val_indices", []))
+    rest = torch.tensor([i for i in range(len(ds)) if i not in used], dtype=torch.int64)
+    from .errors import DataError
+
+    if len(rest) == 0:
+        raise DataError(f"every image of {spec!r} was used for training or validation; pass --test-data")
+    return ds, rest, f"the {len(rest)} images of {spec} not drawn for training or validation"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import smart_transfer as st
+
+    check_outputs({"run (metrics.json)": Path(args.run) / "metrics.json"},
+                  {"--data": args.data, "--test-data": args.test_data})
+    result = st.TrainResult.load(args.run)
+    spec = args.data or result.config.get("data", {}).get("spec")
+    from .errors import ConfigError
+
+    if spec is None and args.test_data is None:
+        raise ConfigError("say which data to test on: --data SPEC or --test-data SPEC")
+    ds, idx, what = _test_split(result.config, spec, args.test_data)
+    metrics = st.evaluate(result, (ds, idx), overwrite=args.overwrite)
+    print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({what}) "
+          f"-> {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    import smart_transfer as st
+
+    check_outputs({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data, "--source": args.source})
+    ds, idx_train, idx_val, _ = _draw(args)
+    import torch
+
+    source = None if args.source in (None, "batchnorm") else args.source
+    advice = st.advise(args.backbone, (ds, torch.cat([idx_train, idx_val])), source=source, size=args.size)
+    print(advice)
+    print("similarity curve (layer score, input to output):")
+    for point in advice.curve:
+        bar = "#" * round(30 * max(0.0, min(1.0, point["score"])))
+        print(f"  {point['layer']:<36} {point['score']:.3f} {bar}")
+    if args.out:
+        _write_json(Path(args.out), advice.to_dict())
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import smart_transfer as st
+
+    from .data.spec import open_data
+
+    check_outputs({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data, "--source": args.source})
+    model = st.load_backbone(args.backbone)
+    tf = st.data.transforms_for(model, train=False, size=args.size)
+    ds = open_data(args.data, "train", args.image_size)
+    from .models.heads import find_head
+
+    head, _ = find_head(model)
+    loader = st.data.loader(ds, batch_size=args.batch_size, transform=tf)
+    new = st.profile(model, loader, max_batches=args.max_batches, exclude=[head], progress=not args.no_progress)
+    if args.source in (None, "batchnorm"):
+        pre = st.profile_from_batchnorm(model, exclude=[head])
+    elif Path(args.source).is_file():
+        pre = st.ActivationProfile.load(args.source)
+    else:
+        src = open_data(args.source, "train", args.image_size)
+        pre = st.profile(model, st.data.loader(src, batch_size=args.batch_size, transform=tf),
+                         max_batches=args.max_batches, exclude=[head], progress=not args.no_progress)
+    sim = st.compare(pre, new, measure=args.measure)
+    plan = st.plan_freeze(sim, scope=args.scope, **_plan_rule(args))
+    plan.save(args.out)
+    print(plan.summary_text())
+    print(f"-> {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    read = ("config.json", "plan.json", "log.jsonl", "metrics.json", "advice.json", "comparison.json")
+    check_outputs({"--out": args.out or Path(args.run) / "report.html"},
+                  {f"run ({name})": Path(args.run) / name for name in read})
+    path = make_report(args.run, out=args.out)
+    print(f"report -> {path}")
     return 0
 
 
@@ -220,19 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--quantile", type=float, help="freeze this fraction of each layer (default 0.5)")
         g.add_argument("--budget", type=float, help="fraction of plannable parameters left trainable")
 
-    d = sub.add_parser("demo", help="EfficientNet-Lite0 -> Fashion-MNIST few-shot, smart freezing vs full fine-tuning")
+    d = sub.add_parser(
+        "demo", help="EfficientNet-Lite0 -> Fashion-MNIST, 200 images: advice and five strategies side by side",
+        epilog="example: smart-transfer demo --quick", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--backbone", default="efficientnet_lite0")
-    d.add_argument("--per-class", type=int, default=20, help="training images per class (default 20 = 200 images)")
+    d.add_argument("--per-class", type=int, default=20, help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    d.add_argument("--epochs", type=int, default=8)
+    d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--lr", type=float, default=1e-3)
     d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--measure", default="gaussian_kl")
-    d.add_argument("--test-size", type=int, default=2000, help="fixed test subset (default 2000 of 10000)")
+    d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
+    d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
+    d.add_argument("--quick", action="store_true", help="3 epochs and a fixed 2,000-image test subset")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--no-progress", action="store_true")
-    plan_args(d)
     d.set_defaults(func=cmd_demo)
 
     pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)")
@@ -257,8 +468,79 @@ def build_parser() -> argparse.ArgumentParser:
     plan_args(c)
     c.set_defaults(func=cmd_compare)
 
+
+    def data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
+        q.add_argument("--backbone", default="efficientnet_lite0", help="a name (smart-transfer list backbones) or a weights file")
+        q.add_argument("--data", required=required, help="'fashion-mnist', a folder of class subfolders, or an .npz")
+        q.add_argument("--per-class", type=int, default=20, help="labelled images drawn per class (default 20)")
+        q.add_argument("--val-fraction", type=float, default=0.2, help="validation share of the drawn images (default 0.2)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--size", type=int, default=None, help="network input size (default: the backbone's)")
+        q.add_argument("--image-size", type=int, default=None, help="resize a folder's images when read")
+        q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
+
+    examples = argparse.RawDescriptionHelpFormatter
+    t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=examples,
+                       epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data fashion-mnist "
+                              "--per-class 20 --strategy smart-kernel --epochs 30 --seed 0 --out runs/x\n"
+                              "  smart-transfer train --resume runs/x\n"
+                              "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
+    data_args(t, required=False)
+    t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
+    t.add_argument("--out", help="the run folder")
+    t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on CUDA")
+    t.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="test a finished run once; writes DIR/metrics.json", formatter_class=examples,
+                       epilog="example:\n  smart-transfer evaluate runs/x --data fashion-mnist")
+    e.add_argument("run")
+    e.add_argument("--data", help="the data the run was trained on (default: as recorded in the run)")
+    e.add_argument("--test-data", help="a separate test set (folder or .npz)")
+    e.add_argument("--overwrite", action="store_true", help="evaluate again although metrics.json exists")
+    e.set_defaults(func=cmd_evaluate)
+
+    a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=examples,
+                       epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ --per-class 20")
+    data_args(a)
+    a.add_argument("--out", help="also write the advice as JSON")
+    a.set_defaults(func=cmd_advise)
+
+    pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=examples,
+                        epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 --out plan.json")
+    pl.add_argument("--backbone", default="efficientnet_lite0")
+    pl.add_argument("--data", required=True)
+    pl.add_argument("--source", default=None)
+    pl.add_argument("--size", type=int, default=None)
+    pl.add_argument("--image-size", type=int, default=None)
+    pl.add_argument("--batch-size", type=int, default=64)
+    pl.add_argument("--max-batches", type=int, default=None)
+    pl.add_argument("--measure", default="gaussian_kl")
+    pl.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
+    pl.add_argument("--out", required=True)
+    pl.add_argument("--no-progress", action="store_true")
+    plan_args(pl)
+    pl.set_defaults(func=cmd_plan)
+
+    rp = sub.add_parser("report", help="write DIR/report.html for a run", formatter_class=examples,
+                        epilog="example:\n  smart-transfer report runs/x")
+    rp.add_argument("run")
+    rp.add_argument("--out", default=None, help="where the HTML goes (default DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
+
     ls = sub.add_parser("list", help="list measures, backbones or the layers of a backbone")
-    ls.add_argument("what", choices=("measures", "backbones", "layers"))
+    ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"))
     ls.add_argument("--backbone", default="efficientnet_lite0")
     ls.set_defaults(func=cmd_list)
     return p
@@ -300,16 +582,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return e.code if isinstance(e.code, int) else 2
         return int(args.func(args))
+    except KeyboardInterrupt as e:  # also TrainingInterrupted, which says what was saved
+        if debug:
+            traceback.print_exc()
+        said = f": {_one_line(e)}" if str(e) else ""
+        print(f"interrupted (Ctrl-C){said}; files written before are intact", file=sys.stderr)
+        return 130
     except SmartTransferError as e:
         if debug:
             traceback.print_exc()
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print("interrupted (Ctrl-C); files written before are intact", file=sys.stderr)
-        return 130
     except Terminated:
         if debug:
             traceback.print_exc()

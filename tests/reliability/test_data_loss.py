@@ -59,8 +59,19 @@ def _cases(image_dir: Path) -> list[tuple[list[str], tuple[str, ...]]]:
             ["profile", "--backbone", "small_vgg", "--data", str(image_dir), "--out", str(image_dir)],
             ("--out", "folder"),
         ),
-        (["demo", "--backbone", "out/demo.json", "--out", "out"], ("demo.json", "--backbone")),
-        (["demo", "--backbone", "out/plan.json", "--out", "out"], ("plan.json", "--backbone")),
+        (["demo", "--backbone", "out/metrics.json", "--out", "out"], ("metrics.json", "--backbone")),
+        (["demo", "--backbone", "out/advice.json", "--out", "out"], ("advice.json", "--backbone")),
+        (  # demo replaces its strategy folders: an input inside one would be deleted
+            ["demo", "--backbone", "out/smart-kernel/w.pt", "--out", "out"],
+            ("smart-kernel", "holds the input --backbone"),
+        ),
+        (["train", "--data", str(image_dir), "--out", str(image_dir)], ("--out", "--data")),
+        (["advise", "--data", str(image_dir), "--out", "pre.pt", "--backbone", "pre.pt"],
+         ("--out", "--backbone")),
+        (["plan", "--data", str(image_dir), "--source", "pre.pt", "--out", "pre.pt"],
+         ("--out", "--source")),
+        (["evaluate", "sub", "--test-data", "sub/metrics.json"], ("metrics.json", "--test-data")),
+        (["report", "sub", "--out", "sub/config.json"], ("--out", "config.json")),
     ]
 
 
@@ -68,9 +79,12 @@ def test_every_command_refuses_an_output_that_names_an_input(
     profiles, work, image_dir, capsys
 ):
     (work / "sub").mkdir()
+    (work / "sub" / "config.json").write_text("{}")
     (work / "out").mkdir()
-    (work / "out" / "demo.json").write_text('{"keep": 1}')
-    (work / "out" / "plan.json").write_text('{"keep": 2}')
+    (work / "out" / "metrics.json").write_text('{"keep": 1}')
+    (work / "out" / "advice.json").write_text('{"keep": 2}')
+    (work / "out" / "smart-kernel").mkdir()
+    (work / "out" / "smart-kernel" / "w.pt").write_bytes(b"weights")
     (work / "same.json").write_text("old")
     os.symlink(work / "new.pt", work / "link.pt")
     os.link(work / "new.pt", work / "hard.pt")
@@ -85,7 +99,7 @@ def test_every_command_refuses_an_output_that_names_an_input(
         assert snapshot(work) == before, args
         assert snapshot(image_dir) == before_images, args
         assert temp_files(work) == [], args
-    assert len(cases) == 11
+    assert len(cases) == 17
 
 
 @pytest.mark.parametrize(

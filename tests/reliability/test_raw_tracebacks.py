@@ -49,9 +49,9 @@ def test_profile_batches_that_do_not_fit_the_model(shape, says):
         ((torch.randn(4, 3, 16, 16), torch.tensor([0, -1, 2, 0])), "label -1 is negative"),
         ((torch.randn(4, 3, 16, 16), torch.arange(3)), "4 images but labels of shape \\(3,\\)"),
         ((torch.randn(4, 3, 16, 16), [0, 1, 2, 0]), "labels are a list"),
-        (torch.randn(4, 3, 16, 16), "bare tensor of shape \\(4, 3, 16, 16\\)"),
-        (torch.randn(2, 3, 16, 16), "bare tensor of shape \\(2, 3, 16, 16\\)"),  # unpacks as a pair
-        ((torch.randn(4, 3, 16, 16),), "a tuple of 1 items"),
+        (torch.randn(4, 3, 16, 16), "must be an \\(images, labels\\) pair, got Tensor"),
+        (torch.randn(2, 3, 16, 16), "must be an \\(images, labels\\) pair, got Tensor"),  # 2 rows
+        ((torch.randn(4, 3, 16, 16),), "must be an \\(images, labels\\) pair, got tuple"),
     ],
 )
 def test_fit_batches_that_do_not_fit(batch, says):
@@ -67,10 +67,10 @@ def test_fit_batches_that_do_not_fit(batch, says):
 def test_a_bad_validation_loader_is_named():
     model = st.replace_head(tiny_model(), 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with pytest.raises(DataError, match="val_batches batch 0 is a bare tensor"):
+    with pytest.raises(DataError, match="must be an \\(images, labels\\) pair, got Tensor"):
         st.training.fit(model, opt, labelled(1), [torch.randn(4, 3, 16, 16)], 1, progress=False)
-    with pytest.raises(DataError, match="val_batches is a single tensor"):
-        st.training.evaluate(model, torch.randn(4, 3, 16, 16))
+    with pytest.raises(DataError, match="validation batch 0: label 5 is out of range"):
+        st.training.evaluate(model, [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 5, 0]))])
 
 
 def test_uint16_and_other_wide_integer_arrays():

@@ -47,10 +47,6 @@ def validate_batch(x: Any, y: Any, num_classes: int | None = None, where: str = 
             "transform such as smart_transfer.data.transforms_for(model)); scale 16-bit "
             "images with x.float() / 65535."
         )
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
-        raise DataError(
-            f"{where}: the images contain NaN or Inf values; clean or drop those images."
-        )
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise DataError(
             f"{where}: labels have dtype {y.dtype}; pass integer class indices "
@@ -109,7 +105,6 @@ def checked_batches(batches: Iterable[Any], what: str = "batches") -> Iterator[t
 def forward(model: nn.Module, x: Tensor, y: Tensor, where: str = "batch") -> Tensor:
     """``model(x)``, with shape mistakes and labels out of range as one :class:`DataError`.
 
-    In training mode a non-finite output (a diverging model) raises :class:`TrainingError`.
     Whenever this raises, the model's buffers (BatchNorm running statistics and counts) are
     first put back to their values from before the batch, so that a failing batch changes
     nothing and the model keeps its last good state.
@@ -129,12 +124,6 @@ def forward(model: nn.Module, x: Tensor, y: Tensor, where: str = "batch") -> Ten
             raise DataError(
                 f"{where}: the model returned {got} for {len(y)} images, not (batch, classes) "
                 "logits; train a classifier (smart_transfer.replace_head) on (B, C, H, W) images."
-            )
-        if model.training and not bool(torch.isfinite(out).all()):
-            raise TrainingError(
-                f"the model's output is NaN or Inf on {where} (counting batches from 0); "
-                "stopped before that batch changed the weights (BatchNorm statistics restored); "
-                "lower the learning rate or clip the gradients."
             )
         validate_batch(x, y, num_classes=int(out.shape[1]), where=where)
     except BaseException:

@@ -1,0 +1,352 @@
+"""Few-shot transfer benchmarks P1 and P2 (see the README's "Results").
+
+    python benchmarks/fewshot.py --protocol p1                 # ImageNet -> Fashion-MNIST, 200 samples
+    python benchmarks/fewshot.py --protocol p2                 # Fashion-MNIST 5-9 -> 0-4, 40..320 samples
+    python benchmarks/fewshot.py --protocol p1 --quick         # 2,000 test images, fewer epochs (says so)
+
+Every strategy runs through the public ``st.train`` / ``st.evaluate`` on exactly the same
+samples per seed; model selection uses the validation split carved from those samples and the
+test split is read once per run. Each finished (strategy, seed, samples) cell is appended to
+``benchmarks/results/<protocol>.json`` at once and skipped when the script runs again, so an
+interrupted run resumes where it stopped; ``<protocol>.md`` (and, for P2, a plot) is rewritten
+after every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import smart_transfer as st
+from smart_transfer._atomic import atomic_open
+
+HERE = Path(__file__).resolve().parent
+ORDER = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune",
+         "lp-ft", "smart-kernel", "smart-layer", "random-mask", "auto"]
+RUN_ORDER = ["linear-probe", "full-finetune", "smart-kernel", "random-mask", "lp-ft", "linear-probe-best-layer",
+             "auto", "head-only", "smart-layer", "first-k-frozen"]  # the key comparisons finish first
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def save_records(path: Path, records: list[dict[str, Any]]) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+
+
+def key(r: dict[str, Any]) -> tuple:
+    return (r["strategy"], r.get("variant", ""), r["seed"], r["samples"], r.get("source_net", ""))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = 100 * statistics.fmean(values)
+    s = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}"
+
+
+def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r.get("source_net", ""), r["samples"], r["strategy"], r.get("variant", "")), []).append(r)
+    lines = [f"# {title}", "", setup, "", f"Command: `{command}`", ""]
+    for net in sorted({g[0] for g in groups}):
+        if net:
+            lines += [f"## source network: {net}", ""]
+        for samples in sorted({g[1] for g in groups if g[0] == net}):
+            rows = [g for g in groups if g[0] == net and g[1] == samples]
+            best = max((statistics.fmean(r["test_accuracy"] for r in groups[g]) for g in rows), default=0)
+            lines += [f"### {samples} samples ({groups[rows[0]][0]['per_class']} per class, validation included)", "",
+                      "| strategy | test accuracy % (mean ± std) | val accuracy % | frozen % | seconds | seeds | chosen (seed 0) |",
+                      "|---|---|---|---|---|---|---|"]
+            rows.sort(key=lambda g: (ORDER.index(g[2]) if g[2] in ORDER else 99, g[3]))
+            for g in rows:
+                rs = groups[g]
+                test = [r["test_accuracy"] for r in rs]
+                name = g[2] + (f" ({g[3]})" if g[3] else "")
+                if statistics.fmean(test) == best:
+                    name = f"**{name}**"
+                chosen = json.dumps(rs[0].get("chosen", {}), separators=(",", ":"))[:80]
+                lines.append(
+                    f"| {name} | {mean_std(test)} | {mean_std([r['val_accuracy'] for r in rs])} | "
+                    f"{100 * statistics.fmean(r['frozen_fraction'] for r in rs):.0f} | "
+                    f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} | "
+                    f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | `{chosen}` |"
+                )
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot_p2(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = sorted({r.get("source_net", "") for r in records})
+    fig, axes = plt.subplots(1, len(nets), figsize=(6 * len(nets), 4.5), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        rs = [r for r in records if r.get("source_net", "") == net]
+        for name in [s for s in ORDER if any(r["strategy"] == s for r in rs)]:
+            xs = sorted({r["samples"] for r in rs if r["strategy"] == name and not r.get("variant")})
+            means, stds = [], []
+            for x in xs:
+                v = [100 * r["test_accuracy"] for r in rs if r["strategy"] == name and r["samples"] == x and not r.get("variant")]
+                means.append(statistics.fmean(v))
+                stds.append(statistics.stdev(v) if len(v) > 1 else 0)
+            style = "-" if name.startswith(("smart", "random")) else "--"
+            ax.errorbar(xs, means, yerr=stds, label=name, marker="o", ls=style, capsize=2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled samples (validation included)")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(f"P2: Fashion-MNIST 5-9 -> 0-4, source {net}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def run_cell(args: argparse.Namespace, backbone: Any, strategy: str, variant: str, options: dict,
+             train_ds: Any, idx_train: torch.Tensor, idx_val: torch.Tensor, test: Any, seed: int,
+             per_class: int, extra: dict, run_root: Path, source: Any, size: int | None) -> dict[str, Any]:
+    name = strategy + (f"-{variant}" if variant else "")
+    out = run_root / f"seed{seed}" / f"n{len(idx_train) + len(idx_val)}" / name
+    if strategy == "random-mask" and "plan" not in options:
+        smart_plan = out.parent / "smart-kernel" / "plan.json"
+        if smart_plan.is_file():
+            options = {**options, "plan": str(smart_plan)}
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # an interrupted cell starts again from scratch
+    t0 = time.perf_counter()
+    result = st.train(
+        backbone, (train_ds, idx_train), (train_ds, idx_val), strategy=strategy, epochs=args.epochs,
+        lr=args.lr, batch_size=args.batch_size, patience=args.patience, size=size, seed=seed,
+        out=out, progress=args.progress, source=source, **options,
+    )
+    train_s = time.perf_counter() - t0
+    metrics = st.evaluate(result, test)
+    return {
+        "strategy": strategy, "variant": variant, "options": {k: str(v) for k, v in options.items()},
+        "seed": seed, "samples": len(idx_train) + len(idx_val), "per_class": per_class,
+        "train_samples": len(idx_train), "val_samples": len(idx_val),
+        "val_accuracy": result.val_accuracy, "test_accuracy": metrics["accuracy"],
+        "test_images": metrics["test_images"], "chosen": result.chosen, "tried": result.tried,
+        "frozen_fraction": result.frozen_fraction, "train_seconds": train_s,
+        "best_epoch": max(result.history, key=lambda h: h["val_accuracy"])["epoch"] if result.history else None,
+        "epochs_run": len(result.history),
+        "plan": None if result.plan is None else {k: v for k, v in result.plan.summary().items() if k != "layers"},
+        "recipe": result.config["recipe"], "size": size, "quick": args.quick, **extra,
+    }
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def parse_strategies(items: list[str]) -> list[tuple[str, str, dict]]:
+    """'smart-kernel' or 'smart-kernel:variant:key=value,key=value'."""
+    out = []
+    for item in items:
+        name, _, rest = item.partition(":")
+        variant, _, opts = rest.partition(":")
+        options: dict[str, Any] = {}
+        for kv in filter(None, opts.split(",")):
+            k, _, v = kv.partition("=")
+            options[k] = json.loads(v) if v[:1] in "0123456789-[{tf" or v in ("true", "false") else v
+        out.append((name, variant, options))
+    return out
+
+
+def p1(args: argparse.Namespace) -> None:
+    train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
+    backbone = "efficientnet_lite0"
+    if args.tiny:
+        backbone = st.models.load_backbone("small_vgg") if hasattr(st, "models") else st.load_backbone("small_vgg")
+    if args.quick or args.tiny:
+        g = torch.Generator().manual_seed(12345)
+        test_idx = torch.randperm(len(test_ds), generator=g)[: (200 if args.tiny else 2000)]
+    else:
+        test_idx = torch.arange(len(test_ds))
+    per_class = args.per_class[0] if args.per_class else 20
+    _run(args, "p1", backbone, train_ds, (test_ds, test_idx), [per_class], lambda pc, seed: st.data.few_shot(
+        train_ds.targets, per_class=pc, val_fraction=0.2, seed=seed), source=None, size=args.size or 96,
+        extra={"source_net": ""},
+        title="P1: EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST",
+        setup=(f"D_pre from BatchNorm statistics; {args.size or 96} px; test: "
+               f"{'a fixed 2,000-image subset (--quick)' if args.quick else 'the full 10,000-image test split'}; "
+               f"AdamW lr {args.lr}, head lr x10, cosine with warm-up, at most {args.epochs} epochs, early stopping "
+               f"(patience {args.patience}) and best epoch on validation; batch {args.batch_size}."))
+
+
+class Relabel(torch.utils.data.Dataset):
+    """Classes ``keep`` of a dataset, relabelled 0..len(keep)-1 (images stay where they are)."""
+
+    def __init__(self, ds: Any, keep: list[int]) -> None:
+        self.ds = ds
+        t = torch.as_tensor(ds.targets)
+        self.index = torch.nonzero(torch.isin(t, torch.tensor(keep))).flatten()
+        mapping = torch.full((int(t.max()) + 1,), -1, dtype=torch.int64)
+        mapping[torch.tensor(keep)] = torch.arange(len(keep))
+        self.targets = mapping[t[self.index]]
+        self.classes = [ds.classes[k] for k in keep]
+        self.images = ds.images[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.targets[i])
+
+    def get_batch(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.targets[idx]
+
+
+def source_network(batch_norm: bool, src_train: Any, src_test: Any, cache: Path, tiny: bool) -> tuple[Any, dict]:
+    """SmallVGG trained on all training images of classes 5-9 (cached), and its test accuracy."""
+    from smart_transfer.models.small import small_vgg
+
+    tag = f"small_vgg_{'bn' if batch_norm else 'nobn'}{'_tiny' if tiny else ''}"
+    path, meta_path = cache / f"{tag}.safetensors", cache / f"{tag}.json"
+    torch.manual_seed(0)
+    net = small_vgg(num_classes=5, batch_norm=batch_norm)
+    if path.is_file() and meta_path.is_file():
+        from smart_transfer.training.checkpoint import load_weights
+
+        net.load_state_dict(load_weights(path))
+        return net, json.loads(meta_path.read_text())
+    tf_train = st.data.transforms_for(net, train=True)
+    tf_eval = st.data.transforms_for(net, train=False)
+    n = 500 if tiny else len(src_train)
+    tr = st.data.loader(src_train, torch.arange(n), batch_size=128, shuffle=True, seed=0)
+    te = st.data.loader(src_test, batch_size=512)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=5e-4)
+    epochs = 1 if tiny else 6
+    t0 = time.perf_counter()
+    sched = None
+    fit = st.training.fit(net, opt, tr, te if tiny else st.data.loader(src_train, torch.arange(n)[-2000:], batch_size=512),
+                          epochs, train_transform=tf_train, val_transform=tf_eval, scheduler="cosine", progress=True,
+                          desc=f"source {tag}")
+    acc = st.training.evaluate(net, te, tf_eval)
+    meta = {"source_net": tag, "source_test_accuracy": acc, "source_epochs": epochs,
+            "source_train_images": n, "source_train_seconds": time.perf_counter() - t0,
+            "source_best_epoch": fit.best_epoch}
+    from smart_transfer.training.checkpoint import save_weights
+
+    save_weights(path, net.state_dict())
+    with atomic_open(meta_path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    del sched
+    return net, meta
+
+
+def p2(args: argparse.Namespace) -> None:
+    full_train, full_test = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
+    src_train, src_test = Relabel(full_train, [5, 6, 7, 8, 9]), Relabel(full_test, [5, 6, 7, 8, 9])
+    tgt_train, tgt_test = Relabel(full_train, [0, 1, 2, 3, 4]), Relabel(full_test, [0, 1, 2, 3, 4])
+    cache = Path(os.environ.get("SMART_TRANSFER_BENCH_CACHE", HERE.parent / "runs" / "bench-cache"))
+    test = (tgt_test, torch.arange(200 if args.tiny else len(tgt_test)))
+    g = torch.Generator().manual_seed(777)
+    src_idx = torch.randperm(len(src_train), generator=g)[: (64 if args.tiny else 1024)]
+    source = st.data.loader(src_train, src_idx, batch_size=128)  # D_pre: real source images
+    per_classes = args.per_class or ([2] if args.tiny else [8, 16, 32, 64])
+    for bn in ([True] if args.tiny else args.p2_bn):
+        net, meta = source_network(bn, src_train, src_test, cache, args.tiny)
+        print(f"source network {meta['source_net']}: test accuracy on classes 5-9 {meta['source_test_accuracy']:.4f}")
+        _run(args, "p2", net, tgt_train, test, per_classes, lambda pc, seed: st.data.few_shot(
+            tgt_train.targets, per_class=pc, val_fraction=0.2, seed=seed), source=source, size=None,
+            extra=meta,
+            title="P2: Fashion-MNIST classes 5-9 -> classes 0-4 (SmallVGG, real source images as D_pre)",
+            setup=("Source network trained here on all 30,000 training images of classes 5-9 (test accuracy "
+                   "in each record: `source_test_accuracy`); D_pre: 1,024 of those images; target: classes 0-4, "
+                   f"test on all {len(test[1])} test images of classes 0-4; 32 px; AdamW lr {args.lr}, head lr x10, "
+                   f"cosine with warm-up, at most {args.epochs} epochs, patience {args.patience}, best epoch on "
+                   f"validation; batch {args.batch_size}."))
+
+
+def _run(args: argparse.Namespace, protocol: str, backbone: Any, train_ds: Any, test: Any, per_classes: list[int],
+         draw: Any, source: Any, size: int | None, extra: dict, title: str, setup: str) -> None:
+    out_dir = Path(args.results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else "-tiny" if args.tiny else ""
+    path = out_dir / f"{protocol}{suffix}.json"
+    records = load_records(path)
+    done = {key(r) for r in records}
+    strategies = parse_strategies(args.strategies or RUN_ORDER)
+    run_root = Path(args.runs) / f"{protocol}{suffix}"
+    command = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
+    for pc in per_classes:
+        for strategy, variant, options in strategies:
+            for seed in args.seeds:  # every seed of a strategy before the next strategy
+                idx_train, idx_val = draw(pc, seed)
+                n = len(idx_train) + len(idx_val)
+                k = (strategy, variant, seed, n, extra.get("source_net", ""))
+                if k in done:
+                    continue
+                print(f"[{protocol}] seed {seed}, {n} samples, {strategy}{' ' + variant if variant else ''} ...", flush=True)
+                rec = run_cell(args, backbone, strategy, variant, dict(options), train_ds, idx_train, idx_val, test,
+                               seed, pc, extra, run_root, source, size)
+                print(f"    val {rec['val_accuracy']:.3f}  test {rec['test_accuracy']:.4f}  frozen "
+                      f"{rec['frozen_fraction']:.1%}  {rec['train_seconds']:.0f} s", flush=True)
+                records.append(rec)
+                done.add(k)
+                save_records(path, records)
+                md = table(records, title, setup, command)
+                with atomic_open(path.with_suffix(".md"), "w", encoding="utf-8") as f:
+                    f.write(md)
+                if protocol == "p2":
+                    plot_p2(records, path.with_suffix(".png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=["p1", "p2"], required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--strategies", nargs="+", help="names, or name:variant:key=value,... (default: all)")
+    ap.add_argument("--per-class", type=int, nargs="+", help="P1: 20; P2: 8 16 32 64")
+    ap.add_argument("--p2-bn", type=lambda s: s == "true", nargs="+", default=[True, False],
+                    help="P2 source networks: with BatchNorm (true) and/or without (false)")
+    ap.add_argument("--quick", action="store_true", help="P1: a fixed 2,000-image test subset, 6 epochs, patience 3")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: tiny network, a few images, 1 epoch")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--size", type=int)
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--runs", default=str(HERE.parent / "runs" / "bench"))
+    args = ap.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 1 if args.tiny else 6 if args.quick else 15
+    if args.quick:
+        args.patience = min(args.patience, 3)
+    if args.tiny:
+        args.seeds = args.seeds[:1]
+        args.size = args.size or 32
+    {"p1": p1, "p2": p2}[args.protocol](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""``make_report``: one self-contained HTML page about one training run.
+
+The page is a pure function of the run directory (and, for the model-based sections, the
+trained model): it reads the files with :func:`~smart_transfer.report.run.load_run`, draws
+each figure with :mod:`smart_transfer.report.plots` on a matplotlib ``Figure`` (no pyplot, no
+global backend), embeds it as a base64 PNG and also writes it to ``figures/NAME.png`` beside
+the page. A section whose inputs are missing is kept, with one sentence saying what it needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import io
+import json
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+from torch import nn
+
+from .._atomic import atomic_open
+from ..errors import MissingDependencyError, SmartTransferError
+from . import maps as mapsmod
+from . import plots
+from .run import RunData, Samples, finite, load_run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..measures import Similarity
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+DPI = 100
+# (section id, title), in page order; every report has all of them.
+SECTIONS = (
+    ("run", "Run"),
+    ("similarity", "Layer-wise similarity"),
+    ("histograms", "Kernel distributions: D_pre and D_new"),
+    ("activations", "Activation maps of the most and least similar kernels"),
+    ("grad-cam", "Grad-CAM on test images"),
+    ("frozen", "Frozen fraction per layer"),
+    ("samples", "Sample images per class"),
+    ("training", "Training curves"),
+    ("confusion", "Confusion matrix"),
+    ("comparison", "Strategy comparison and advice"),
+)
+MAX_IMAGES = 6  # images per row in the activation-map and Grad-CAM figures
+SOURCE_TEXT = {
+    "batchnorm": "BatchNorm running statistics of the pretrained network (no source images)",
+    "data": "source images",
+}
+
+
+def make_report(
+    run_dir: PathLike,
+    model: nn.Module | None = None,
+    out: PathLike | None = None,
+) -> Path:
+    """Write the HTML report of the run in ``run_dir`` and return its path.
+
+    Args:
+        run_dir: a folder written by training / evaluation (``config.json``, ``plan.json``,
+            ``profile_pre.pt``, ``profile_new.pt``, ``log.jsonl``, ``metrics.json``,
+            ``samples.safetensors``, ``test_samples.safetensors``, ``advice.json``,
+            ``comparison.json``; each optional).
+        model: the trained network, for the activation maps and Grad-CAM. ``None`` loads it
+            from ``run_dir`` when the run saved it; otherwise those sections say so.
+        out: the HTML file to write (default ``run_dir/report.html``). Its figures also go
+            to ``figures/`` beside it as PNG files.
+
+    Raises:
+        DataError: ``run_dir`` is not a run directory or one of its files is damaged.
+        MissingDependencyError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
+            "the report needs matplotlib; install it with pip install matplotlib"
+        ) from e
+    run = load_run(run_dir)
+    out_path = Path(out) if out is not None else run.path / "report.html"
+    ctx = _Context(run=run, figures=_Figures(out_path.parent / "figures"))
+    if model is not None:
+        ctx.model = model
+    else:
+        ctx.model, ctx.model_note = _load_model(run.path)
+    builders: dict[str, Callable[[_Context], str]] = {
+        "run": _run_section,
+        "similarity": _similarity_section,
+        "histograms": _histogram_section,
+        "activations": _activation_section,
+        "grad-cam": _grad_cam_section,
+        "frozen": _frozen_section,
+        "samples": _samples_section,
+        "training": _training_section,
+        "confusion": _confusion_section,
+        "comparison": _comparison_section,
+    }
+    parts = []
+    for sid, title in SECTIONS:
+        try:
+            body = builders[sid](ctx)
+        except SmartTransferError as e:  # a user-facing problem with this section's inputs
+            body = _note(f"not drawn: {e}")
+        parts.append(f'<section id="{sid}">\n<h2>{_e(title)}</h2>\n{body}\n</section>')
+    title = f"smart-transfer report: {run.config.get('strategy', run.path.name)}"
+    page = _PAGE.format(title=_e(title), body="\n".join(parts), css=_CSS)
+    with atomic_open(out_path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return out_path
+
+
+# ---------------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class _Context:
+    run: RunData
+    figures: _Figures
+    model: nn.Module | None = None
+    model_note: str = ""
+    _sim: Any = None
+    _sim_done: bool = False
+    sim_note: str = ""
+
+    def similarity(self) -> Similarity | None:
+        """The run's Similarity, from its two profiles (computed once)."""
+        if not self._sim_done:
+            self._sim_done = True
+            self._sim, self.sim_note = _compare(self.run)
+        return self._sim  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Figures:
+    folder: Path
+    written: list[Path] = field(default_factory=list)
+
+    def new(self, width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False)
+        return fig, axes
+
+    def html(self, fig: Figure, name: str, caption: str) -> str:
+        """Save ``fig`` as ``figures/NAME.png`` and return the ``<figure>`` that embeds it."""
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+        data = buf.getvalue()
+        path = self.folder / f"{name}.png"
+        with atomic_open(path, "wb") as f:
+            f.write(data)
+        self.written.append(path)
+        width, height = png_size(data)
+        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        return (
+            f'<figure><img src="{src}" width="{width}" height="{height}" alt="{_e(name)}" '
+            f'data-file="figures/{_e(name)}.png">\n<figcaption>{caption}</figcaption></figure>'
+        )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(x: Any) -> str:
+    v = finite(x)
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _load_model(run_dir: Path) -> tuple[nn.Module | None, str]:
+    try:
+        train_result = importlib.import_module("smart_transfer.strategies").TrainResult
+    except (ImportError, AttributeError):
+        return None, "no trained model was given and this installation cannot load one from the run"
+    try:
+        return train_result.load(run_dir).model, ""
+    except Exception as e:  # noqa: BLE001  (the page is still useful without the model)
+        return None, f"no trained model could be loaded from the run ({type(e).__name__}: {e})"
+
+
+def _compare(run: RunData) -> tuple[Similarity | None, str]:
+    if run.profile_pre is None or run.profile_new is None:
+        return None, ""
+    from ..measures import compare
+
+    measure = run.measure
+    try:
+        return compare(run.profile_pre, run.profile_new, measure=measure), ""
+    except SmartTransferError as e:
+        if measure == "gaussian_kl":
+            raise
+        sim = compare(run.profile_pre, run.profile_new, measure="gaussian_kl")
+        return (
+            sim,
+            f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with gaussian_kl",
+        )
+
+
+def _no_model(ctx: _Context) -> str:
+    return _note(ctx.model_note or "no trained model was given") + _note(
+        "pass the model: make_report(run_dir, model=model)"
+    )
+
+
+def _few_images(s: Samples, k: int = MAX_IMAGES) -> Samples:
+    """``k`` of the images: the first of each class, then the rest in order."""
+    order: list[int] = []
+    labels = s.labels.tolist()
+    for c in sorted(set(labels)):  # first image of each class, then the rest
+        order.append(labels.index(c))
+    order += [i for i in range(len(labels)) if i not in order]
+    idx = torch.tensor(order[:k], dtype=torch.long)
+    return Samples(images=s.images[idx], labels=s.labels[idx])
+
+
+def _class_name(run: RunData, c: int) -> str:
+    names = run.class_names
+    return names[c] if 0 <= c < len(names) else str(c)
+
+
+def _transform(run: RunData, model: nn.Module) -> Any:
+    from ..data import transforms_for
+
+    size = run.config.get("size")
+    return transforms_for(model, train=False, size=size if isinstance(size, int) else None)
+
+
+# ---------------------------------------------------------------------------------- sections
+
+
+def _run_section(ctx: _Context) -> str:
+    run, cfg = ctx.run, ctx.run.config
+    if not cfg:
+        return _note("no config.json in the run directory: strategy and backbone unknown")
+    m = run.metrics or {}
+    source = run.source
+    if source is None:
+        source_text = "none (this strategy compares no distributions)"
+    else:
+        source_text = SOURCE_TEXT.get(source, source)
+        if source == "data" and run.profile_pre is not None:
+            source_text += f" ({run.profile_pre.num_samples} images)"
+    test = finite(m.get("accuracy"))
+    test_text = "not evaluated (no metrics.json)"
+    if test is not None:
+        test_text = f"{100 * test:.2f}%" + (
+            f" on {m['test_images']} test images" if isinstance(m.get("test_images"), int) else ""
+        )
+    rows: list[tuple[str, Any]] = [
+        ("strategy", cfg.get("strategy", "?")),
+        ("backbone", cfg.get("backbone", "?")),
+        ("training samples", cfg.get("samples", "?")),
+        ("classes", f"{len(run.class_names)}: {', '.join(run.class_names)}"),
+        ("image size", cfg.get("size", "?")),
+        ("D_pre source", source_text),
+        ("test accuracy", test_text),
+    ]
+    if run.log:
+        val = [finite(r.get("val_accuracy")) for r in run.log]
+        best = max((v for v in val if v is not None), default=None)
+        if best is not None:
+            rows.append(("best validation accuracy", f"{100 * best:.2f}% in {len(run.log)} epochs"))
+    if run.plan is not None:
+        rows.append(("frozen parameters", _pct(run.plan.frozen_fraction)))
+    for key in ("epochs", "seed"):
+        if key in cfg:
+            rows.append((key, cfg[key]))
+    options = cfg.get("options")
+    out = _table(["", ""], rows)
+    if isinstance(options, dict) and options:
+        out += "<p>options: <code>" + _e(json.dumps(options, sort_keys=True)) + "</code></p>"
+    return out
+
+
+def _similarity_section(ctx: _Context) -> str:
+    sim = ctx.similarity()
+    run = ctx.run
+    if sim is None:
+        curve = (run.advice or {}).get("curve")
+        if isinstance(curve, list) and curve:
+            scores = {str(p["layer"]): float(p["score"]) for p in curve if "layer" in p}
+            fig, axes = ctx.figures.new(10, 4.2)
+            plots.similarity_curve(scores, ax=axes[0][0], title="layer-wise similarity (advisor)")
+            return ctx.figures.html(
+                fig, "similarity_curve", "Layer similarity from advice.json (no saved profiles)."
+            )
+        return _note("no profiles (profile_pre.pt and profile_new.pt): nothing was compared")
+    fig, axes = ctx.figures.new(10, 4.2)
+    plots.similarity_curve(sim, ax=axes[0][0])
+    text = ""
+    if ctx.sim_note:
+        text += _note(ctx.sim_note)
+    caption = (
+        f"Mean kernel similarity of each layer under {_e(sim.measure)} "
+        f"(1 = same distribution on D_pre and D_new), D_pre from "
+        f"{_e(SOURCE_TEXT.get(sim.source, sim.source))}."
+    )
+    return text + ctx.figures.html(fig, "similarity_curve", caption)
+
+
+def _chosen_layers(ctx: _Context, sim: Similarity) -> list[str]:
+    new = ctx.run.profile_new
+    names = [n for n in sim.layers() if n in new.layers]
+    conv = [n for n in names if new.layers[n].kind == "conv"]
+    return mapsmod.pick_layers(conv or names, 3)
+
+
+def _extremes(ctx: _Context, sim: Similarity, layer: str) -> tuple[int, int]:
+    pre, new = ctx.run.profile_pre.layers[layer], ctx.run.profile_new.layers[layer]
+    return mapsmod.extreme_kernels(sim.scores[layer], pre.var, new.var)
+
+
+def _histogram_section(ctx: _Context) -> str:
+    sim = ctx.similarity()
+    if sim is None:
+        return _note("no profiles (profile_pre.pt and profile_new.pt): no kernel distributions")
+    run = ctx.run
+    layers = _chosen_layers(ctx, sim)
+    fig, axes = ctx.figures.new(10, 2.9 * len(layers), rows=len(layers), cols=2)
+    for i, layer in enumerate(layers):
+        most, least = _extremes(ctx, sim, layer)
+        for j, c in enumerate((most, least)):
+            plots.kernel_histogram(
+                run.profile_pre.layers[layer],
+                run.profile_new.layers[layer],
+                c,
+                ax=axes[i][j],
+                score=float(sim.scores[layer][c]),
+            )
+    how = (
+        "the source is drawn as the Gaussian N(mean, var) of the BatchNorm running statistics"
+        if run.profile_pre.source == "batchnorm"
+        else "both as histograms of the profiled activations"
+    )
+    caption = (
+        f"Left: the most similar kernel of each layer; right: the least similar one "
+        f"({_e(sim.measure)}; kernels constant on either data set are passed over); {how}."
+    )
+    return ctx.figures.html(fig, "kernel_histograms", caption)
+
+
+def _activation_section(ctx: _Context) -> str:
+    if ctx.model is None:
+        return _no_model(ctx)
+    sim = ctx.similarity()
+    run = ctx.run
+    if sim is None:
+        return _note("no profiles: the most and least similar kernels are unknown")
+    source = run.samples or run.test_samples
+    if source is None:
+        return _note("no samples.safetensors: no target images to show")
+    imgs = _few_images(source)
+    model = ctx.model
+    x = _transform(run, model)(imgs.images)
+    shown = mapsmod.resize_images(imgs.images, tuple(x.shape[-2:]))
+    hooked = run.profile_new.meta.get("hooked", {})
+    layers = _chosen_layers(ctx, sim)
+    fig, axes = ctx.figures.new(10, 3.3 * len(layers), rows=len(layers), cols=1)
+    cols = [_class_name(run, int(c)) for c in imgs.labels]
+    for i, layer in enumerate(layers):
+        most, least = _extremes(ctx, sim, layer)
+        acts = mapsmod.kernel_maps(model, hooked.get(layer, layer), x, [most, least])
+        rows = {
+            f"{layer} #{most}\nmost similar ({float(sim.scores[layer][most]):.2f})": acts[most],
+            f"{layer} #{least}\nleast similar ({float(sim.scores[layer][least]):.2f})": acts[least],
+        }
+        plots.activation_maps(shown, rows, ax=axes[i][0], col_labels=cols)
+    caption = (
+        "Each kernel's response on target images (brighter = stronger, one colour scale per "
+        "row), computed with the given model at the profiled point; frozen kernels are "
+        "the pretrained ones."
+    )
+    return ctx.figures.html(fig, "activation_maps", caption)
+
+
+def _grad_cam_section(ctx: _Context) -> str:
+    run = ctx.run
+    if ctx.model is None:
+        return _no_model(ctx)
+    source = run.test_samples or run.samples
+    if source is None:
+        return _note("no test_samples.safetensors (or samples.safetensors): no images to explain")
+    imgs = _few_images(source)
+    model = ctx.model
+    x = _transform(run, model)(imgs.images)
+    try:
+        cams, pred = mapsmod.grad_cam_maps(model, x)
+    except MissingDependencyError as e:
+        return _note(str(e))
+    except (RuntimeError, ValueError) as e:  # from inside the grad-cam package
+        return _note(f"Grad-CAM failed on this model ({type(e).__name__}: {e})")
+    shown = mapsmod.resize_images(imgs.images, tuple(cams.shape[-2:]))
+    cols = [
+        f"true {_class_name(run, int(t))}\npred {_class_name(run, int(p))}"
+        for t, p in zip(imgs.labels, pred)
+    ]
+    fig, axes = ctx.figures.new(10, 3.6)
+    plots.grad_cam(shown, cams, ax=axes[0][0], col_labels=cols)
+    caption = (
+        "Grad-CAM of the predicted class at the model's last conv layer (red = most evidence)."
+    )
+    return ctx.figures.html(fig, "grad_cam", caption)
+
+
+def _frozen_section(ctx: _Context) -> str:
+    plan = ctx.run.plan
+    if plan is None:
+        return _note("no plan.json: this run froze no kernels by plan")
+    fig, axes = ctx.figures.new(10, 4.2)
+    plots.frozen_fraction(plan, ax=axes[0][0])
+    sel = plan.meta.get("selection") or {}
+    how = ", ".join(f"{k}={v}" for k, v in sel.items() if v is not None) if sel else "not recorded"
+    caption = (
+        f"Share of each layer's parameters the plan keeps fixed (measure "
+        f"{_e(plan.meta.get('measure', '?'))}; selection {_e(how)})."
+    )
+    return ctx.figures.html(fig, "frozen_fraction", caption)
+
+
+def _samples_section(ctx: _Context) -> str:
+    s = ctx.run.samples
+    if s is None:
+        return _note("no samples.safetensors in the run directory")
+    classes = len(set(s.labels.tolist()))
+    fig, axes = ctx.figures.new(8, min(1.0 + 0.9 * classes, 12))
+    plots.sample_grid(s.images, s.labels, ctx.run.class_names, ax=axes[0][0])
+    return ctx.figures.html(
+        fig, "samples", "Validation images of each class, as the dataset gives them."
+    )
+
+
+def _training_section(ctx: _Context) -> str:
+    log = ctx.run.log
+    if not log:
+        return _note("no log.jsonl (or it is empty): no training curves")
+    fig, axes = ctx.figures.new(12, 4.0, rows=1, cols=2)
+    plots.training_curves(log, "loss", ax=axes[0][0])
+    plots.training_curves(log, "accuracy", ax=axes[0][1])
+    secs = [finite(r.get("seconds")) for r in log]
+    total = sum(v for v in secs if v is not None)
+    caption = f"Loss and accuracy per epoch on the training and validation splits ({len(log)} epochs, {total:.1f} s)."
+    return ctx.figures.html(fig, "training_curves", caption)
+
+
+def _confusion_section(ctx: _Context) -> str:
+    m = ctx.run.metrics
+    if m is None or not isinstance(m.get("confusion_matrix"), list):
+        return _note("no metrics.json with a confusion matrix: the run was not evaluated")
+    cm = m["confusion_matrix"]
+    names = ctx.run.class_names
+    side = min(4.0 + 0.35 * len(cm), 12.0)
+    fig, axes = ctx.figures.new(side, side - 0.5)
+    plots.confusion_matrix(cm, names, ax=axes[0][0])
+    out = ctx.figures.html(
+        fig, "confusion_matrix", "Rows: true class; columns: predicted class; test split."
+    )
+    per = m.get("per_class_accuracy")
+    if isinstance(per, list) and per:
+        out += _table(
+            ["class", "accuracy"],
+            [(names[i] if i < len(names) else i, _pct(v)) for i, v in enumerate(per)],
+        )
+    return out
+
+
+def _comparison_section(ctx: _Context) -> str:
+    comp, advice = ctx.run.comparison or {}, ctx.run.advice
+    out = ""
+    rows = comp.get("rows")
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    if rows:
+        out += _table(
+            ["strategy", "val accuracy", "test accuracy", "frozen", "seconds"],
+            [
+                (
+                    r.get("strategy", "?"),
+                    _pct(r.get("val_accuracy")),
+                    _pct(r.get("test_accuracy")),
+                    _pct(r.get("frozen_fraction")),
+                    "n/a" if finite(r.get("seconds")) is None else f"{r['seconds']:.1f}",
+                )
+                for r in rows
+            ],
+        )
+        fig, axes = ctx.figures.new(10, 3.8)
+        plots.strategy_comparison(rows, ax=axes[0][0])
+        out += ctx.figures.html(fig, "comparison", "Validation and test accuracy of each strategy.")
+        if comp.get("note"):
+            out += f"<p>{_e(comp['note'])}</p>"
+    else:
+        out += _note("no comparison.json: only this run's strategy was trained")
+    if advice:
+        out += "<h3>Advice</h3>" + _table(
+            ["", ""],
+            [
+                ("recommended strategy", advice.get("strategy", "?")),
+                ("quadrant", advice.get("quadrant", "?")),
+                ("similarity", _num_text(advice.get("similarity"))),
+                ("layer", advice.get("layer", "?")),
+                ("samples per class", _num_text(advice.get("samples_per_class"))),
+            ],
+        )
+        reasons = advice.get("reasons")
+        if isinstance(reasons, list) and reasons:
+            out += "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>"
+    else:
+        out += _note("no advice.json: the advisor was not run")
+    return out
+
+
+def _num_text(x: Any) -> str:
+    v = finite(x)
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1240px; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; margin-top: 2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; }
+figcaption { font-size: 0.9em; color: #555; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+thead th:empty { display: none; }
+.note { color: #8a6d3b; background: #fcf8e3; padding: 4px 8px; border-radius: 3px; }
+code { font-size: 0.9em; }
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+<h1>{title}</h1>
+{body}
+</body>
+</html>
+"""

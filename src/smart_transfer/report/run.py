@@ -1,0 +1,219 @@
+"""Read a run directory: every file the report draws from, each one optional.
+
+A run directory is what training and evaluation write (``config.json``, ``plan.json``,
+``profile_pre.pt`` / ``profile_new.pt``, ``log.jsonl``, ``metrics.json``,
+``samples.safetensors``, ``test_samples.safetensors``, ``advice.json``,
+``comparison.json``). :func:`load_run` reads what is there into a :class:`RunData`; a
+missing file leaves its field ``None`` and the report says so in the section that needed it.
+A file that is there but unreadable is a mistake worth stopping for: it raises
+:class:`~smart_transfer.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from torch import Tensor
+
+from ..errors import DataError, SmartTransferError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Every file the report knows about; a directory with none of them is not a run directory.
+RUN_FILES = (
+    "config.json",
+    "plan.json",
+    "profile_pre.pt",
+    "profile_new.pt",
+    "log.jsonl",
+    "metrics.json",
+    "samples.safetensors",
+    "test_samples.safetensors",
+    "advice.json",
+    "comparison.json",
+)
+
+
+@dataclass
+class Samples:
+    """A few images, raw as the dataset gives them: float32 ``(N, C, H, W)`` in [0, 1]."""
+
+    images: Tensor
+    labels: Tensor  # int64 (N,)
+
+
+@dataclass
+class RunData:
+    """The contents of one run directory (``None`` where a file is absent)."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None  # FreezePlan
+    profile_pre: Any = None  # ActivationProfile
+    profile_new: Any = None  # ActivationProfile
+    log: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] | None = None
+    samples: Samples | None = None
+    test_samples: Samples | None = None
+    advice: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was not used
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the config, else from metrics.json, else ``class 0``, ``class 1``..."""
+        for src in (self.config, self.metrics or {}):
+            names = src.get("class_names")
+            if isinstance(names, list) and names:
+                return [str(n) for n in names]
+        n = self.config.get("num_classes")
+        if not isinstance(n, int):
+            cm = (self.metrics or {}).get("confusion_matrix")
+            n = len(cm) if isinstance(cm, list) else 0
+        return [f"class {i}" for i in range(n)]
+
+    @property
+    def measure(self) -> str:
+        """The measure the run compared profiles with (config options, then the plan's meta)."""
+        options = self.config.get("options")
+        if isinstance(options, dict) and isinstance(options.get("measure"), str):
+            return str(options["measure"])
+        if self.plan is not None and isinstance(self.plan.meta.get("measure"), str):
+            return str(self.plan.meta["measure"])
+        return "gaussian_kl"
+
+    @property
+    def source(self) -> str | None:
+        """Where the D_pre statistics came from: ``"batchnorm"``, ``"data"`` or None."""
+        src = self.config.get("source")
+        if isinstance(src, str):
+            return src
+        if self.profile_pre is not None:
+            return str(self.profile_pre.source)
+        return None
+
+
+def load_run(run_dir: PathLike) -> RunData:
+    """Read every report input found in ``run_dir``.
+
+    Raises:
+        DataError: ``run_dir`` is not a directory, holds none of the run files, or one of them
+            is damaged.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise DataError(
+            f"no run directory at {str(path)!r}; pass the folder that training wrote "
+            "(the one holding config.json)"
+        )
+    if not any((path / name).is_file() for name in RUN_FILES):
+        raise DataError(
+            f"{str(path)!r} holds none of the files of a run ({', '.join(RUN_FILES[:4])}, ...); "
+            "pass the folder that training wrote"
+        )
+    run = RunData(path=path)
+    config = _json(path / "config.json")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise DataError(f"{str(path / 'config.json')!r} is not a JSON object; write it again")
+        run.config = config
+    run.metrics = _json_object(path / "metrics.json")
+    run.advice = _json_object(path / "advice.json")
+    run.comparison = _json_object(path / "comparison.json")
+    run.log = _jsonl(path / "log.jsonl")
+    run.samples = _samples(path / "samples.safetensors")
+    run.test_samples = _samples(path / "test_samples.safetensors")
+    if (path / "plan.json").is_file():
+        from ..freeze import FreezePlan
+
+        run.plan = _load(FreezePlan.load, path / "plan.json")
+    for name in ("pre", "new"):
+        file = path / f"profile_{name}.pt"
+        if file.is_file():
+            from ..stats import ActivationProfile
+
+            setattr(run, f"profile_{name}", _load(ActivationProfile.load, file))
+    return run
+
+
+def _load(loader: Any, file: Path) -> Any:
+    try:
+        return loader(file)
+    except SmartTransferError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{str(file)!r} could not be read ({type(e).__name__}: {e})") from e
+
+
+def _json(file: Path) -> Any:
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{str(file)!r} is not valid JSON ({e}); write it again") from e
+
+
+def _json_object(file: Path) -> dict[str, Any] | None:
+    d = _json(file)
+    if d is not None and not isinstance(d, dict):
+        raise DataError(f"{str(file)!r} is not a JSON object; write it again")
+    return d
+
+
+def _jsonl(file: Path) -> list[dict[str, Any]] | None:
+    if not file.is_file():
+        return None
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{str(file)!r} could not be read ({e})") from e
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # a run interrupted while writing its last line
+                break
+            raise DataError(f"line {i + 1} of {str(file)!r} is not valid JSON ({e})") from e
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _samples(file: Path) -> Samples | None:
+    if not file.is_file():
+        return None
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # a core dependency; without it the samples are skipped, not fatal
+        return None
+    try:
+        d = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise DataError(f"{str(file)!r} is not a readable safetensors file ({e})") from e
+    images, labels = d.get("images"), d.get("labels")
+    if images is None or labels is None:
+        raise DataError(f"{str(file)!r} needs the tensors 'images' and 'labels'")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4 or labels.dim() != 1 or labels.numel() != images.shape[0]:
+        raise DataError(
+            f"{str(file)!r} holds images of shape {tuple(images.shape)} and labels of shape "
+            f"{tuple(labels.shape)}; expected (N, C, H, W) and (N,)"
+        )
+    return Samples(images=images.float().clamp(0, 1), labels=labels.long())
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None

@@ -1,0 +1,104 @@
+"""Advice: which strategy fits the data, from the two classic axes (dataset size x similarity).
+
+The four rules of thumb of transfer learning:
+
+* small and similar    -> a linear classifier on the top features (``linear-probe``);
+* small and different  -> a linear classifier on earlier features (``linear-probe-best-layer``,
+  cut where the similarity curve falls);
+* large and similar    -> fine-tune (``lp-ft``: probe first, then everything);
+* large and different  -> fine-tune everything from the pretrained weights (``full-finetune``).
+
+"Small" is fewer than :data:`SMALL_PER_CLASS` labelled images per class. "Similar" compares the
+network-level similarity (the mean over layers of the ``gaussian_kl`` layer scores between
+D_pre and D_new, in [0, 1]) with :data:`SIMILAR`. Both cut-offs are read off the benchmarks
+(``benchmarks/results/p1.md``, ``p2.md``): see the README's "Advice" section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..models.heads import PENULTIMATE
+
+SMALL_PER_CLASS = 100  # below this many labelled images per class, probes beat fine-tuning
+SIMILAR = 0.5  # network-level similarity at or above which a target counts as "similar"
+
+RULES = {
+    "small-similar": ("linear-probe", "a linear classifier on the top (penultimate) features"),
+    "small-different": ("linear-probe-best-layer", "a linear classifier on earlier features"),
+    "large-similar": ("lp-ft", "fine-tuning, starting from a linear probe's head"),
+    "large-different": ("full-finetune", "fine-tuning everything from the pretrained weights"),
+}
+CANDIDATES = {
+    "small-similar": ["linear-probe", "linear-probe-best-layer", "lp-ft"],
+    "small-different": ["linear-probe-best-layer", "linear-probe", "lp-ft"],
+    "large-similar": ["lp-ft", "full-finetune", "smart-kernel"],
+    "large-different": ["full-finetune", "lp-ft", "smart-kernel"],
+}
+
+
+@dataclass(frozen=True)
+class Advice:
+    strategy: str  # a name from list_strategies()
+    quadrant: str  # "small-similar", "small-different", "large-similar" or "large-different"
+    similarity: float  # network-level similarity of D_new to D_pre in [0, 1]
+    layer: str  # the layer to cut for a probe
+    reasons: list[str]
+    samples_per_class: float
+    curve: list[dict[str, Any]] = field(default_factory=list)  # [{"layer", "score"}], input to output
+    candidates: list[str] = field(default_factory=list)  # what `auto` tries, best first
+    frozen_fraction: float | None = None  # what a quantile-0.5 smart-kernel plan would freeze
+    source: str = "batchnorm"
+    cutoffs: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __str__(self) -> str:
+        lines = [f"advice: {self.strategy} ({self.quadrant})"] + [f"  - {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+def decide(
+    samples_per_class: float, layer_scores: dict[str, float], source: str = "batchnorm",
+    frozen_fraction: float | None = None, small_per_class: float = SMALL_PER_CLASS,
+    similar: float = SIMILAR,
+) -> Advice:
+    """The advice from the evidence: samples per class and the layer-wise similarity curve."""
+    names = list(layer_scores)
+    values = np.array([layer_scores[n] for n in names], dtype=float)
+    finite = np.isfinite(values)
+    sim = float(values[finite].mean()) if finite.any() else 0.0
+    small = samples_per_class < small_per_class
+    similar_ = sim >= similar
+    quadrant = f"{'small' if small else 'large'}-{'similar' if similar_ else 'different'}"
+    strategy, what = RULES[quadrant]
+    # where the curve falls: the deepest layer before the first one that is no longer similar
+    below = [i for i, v in enumerate(values) if np.isfinite(v) and v < similar]
+    if similar_ or not below or not names:
+        layer = PENULTIMATE
+    else:
+        layer = names[max(below[0] - 1, 0)]
+    reasons = [
+        (f"{samples_per_class:.0f} labelled images per class: "
+         f"{'small' if small else 'large'} (cut-off {small_per_class:g} per class)"),
+        (f"network-level similarity {sim:.3f} (mean of {int(finite.sum())} layer scores, "
+         f"gaussian_kl against {source} statistics): "
+         f"{'similar' if similar_ else 'different'} (cut-off {similar:g})"),
+    ]
+    if below and names:
+        reasons.append(f"the similarity curve first falls below {similar:g} at layer {names[below[0]]!r} "
+                       f"(layer {below[0] + 1} of {len(names)})")
+    reasons.append(f"rule for {quadrant}: {what} -> {strategy}" + (f", cut at {layer!r}" if "probe" in strategy else ""))
+    if frozen_fraction is not None:
+        reasons.append(f"a smart-kernel plan (quantile 0.5) would freeze {frozen_fraction:.1%} of the planned parameters")
+    return Advice(
+        strategy=strategy, quadrant=quadrant, similarity=sim, layer=layer, reasons=reasons,
+        samples_per_class=float(samples_per_class),
+        curve=[{"layer": n, "score": float(v)} for n, v in zip(names, values)],
+        candidates=list(CANDIDATES[quadrant]), frozen_fraction=frozen_fraction, source=source,
+        cutoffs={"small_per_class": float(small_per_class), "similar": float(similar)},
+    )

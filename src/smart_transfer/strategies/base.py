@@ -1,0 +1,157 @@
+"""What every strategy receives (a :class:`Context`) and returns (a :class:`Outcome`).
+
+A strategy is a function ``run(ctx, **options) -> Outcome``: it turns the pretrained backbone,
+the data and the training recipe in ``ctx`` into a trained model, using the engine (profile,
+compare, plan, apply) and the loop (:func:`smart_transfer.training.fit`). ``train()`` builds
+the context once; strategies that try several candidates (``first-k-frozen``,
+``smart-kernel`` with ``select="val"``, ``auto``) train each one with :meth:`Context.fit`,
+which seeds it from ``(seed, tag)`` alone, so candidates see the same batches and a resumed run
+retrains nothing that had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..training import FitResult, fit
+from ..training import checkpoint as ckpt
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe shared by every fine-tuning strategy."""
+
+    epochs: int = 15  # at most this many epochs (early stopping may end sooner)
+    lr: float = 1e-3  # learning rate of the pretrained layers
+    head_lr_mult: float = 10.0  # the new head learns this many times faster
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, nesterov)
+    batch_size: int = 32
+    warmup: float = 0.1  # fraction of the steps with a linear warm-up, then cosine decay
+    patience: int | None = 5  # early stopping on validation accuracy
+    amp: str | None = None  # "bf16" / "fp16" autocast on CUDA
+    channels_last: bool = False  # channels-last memory format on CUDA
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Context:
+    """Everything a strategy needs, resolved once by :func:`smart_transfer.train`."""
+
+    make_model: Callable[[], nn.Module]  # a fresh pretrained backbone, head replaced
+    backbone_name: str
+    num_classes: int
+    train: Any  # shuffled raw (x, y) training batches
+    val: Any  # raw validation batches
+    train_eval: Any  # the training images in a fixed order (for profiles and probe features)
+    train_tf: Callable[[torch.Tensor], torch.Tensor]  # augmentation
+    eval_tf: Callable[[torch.Tensor], torch.Tensor]  # evaluation transform
+    recipe: Recipe
+    seed: int = 0
+    out: Path | None = None  # the run folder (checkpoints go below it)
+    resume: bool = False
+    progress: bool = True
+    source: Any = None  # D_pre: None (BatchNorm), a loader, a folder or a saved profile
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    samples_per_class: float = 0.0
+    cache: dict[Any, Any] = field(default_factory=dict)  # e.g. probe features, profiles
+
+    def seed_everything(self, tag: str) -> None:
+        """Seed the global generator and the loader's shuffling from ``(seed, tag)``."""
+        s = (int(self.seed) * 1_000_003 + zlib.crc32(tag.encode())) % (2**31)
+        torch.manual_seed(s)
+        gen = getattr(self.train, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(s)
+
+    def fresh_model(self, tag: str) -> nn.Module:
+        self.seed_everything(tag)
+        return self.make_model().to(self.device)
+
+    def checkpoint_dir(self, tag: str) -> Path | None:
+        return None if self.out is None else self.out / "checkpoints" / tag
+
+    def fit(self, model: nn.Module, optimizer: torch.optim.Optimizer, tag: str, **kw: Any) -> FitResult:
+        """Train one candidate; resumable per ``tag`` (a finished one is loaded, not retrained)."""
+        folder = self.checkpoint_dir(tag)
+        if folder is not None and self.resume and (folder / "done.json").is_file():
+            done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+            getattr(model, "module", model).load_state_dict(ckpt.load_weights(folder / ckpt.BEST))
+            return FitResult(**done)
+        resume = bool(folder is not None and self.resume and ckpt.has_checkpoint(folder))
+        self.seed_everything(tag + "/fit")
+        r = self.recipe
+        fit_model = model
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            fit_model = DistributedDataParallel(model)
+        result = fit(
+            fit_model, optimizer, self.train, self.val, r.epochs,
+            train_transform=self.train_tf, val_transform=self.eval_tf,
+            scheduler="cosine", warmup=r.warmup, patience=r.patience,
+            checkpoint_dir=folder, log_path=None if folder is None else folder / "log.jsonl",
+            resume=resume, amp=r.amp, channels_last=r.channels_last,
+            progress=self.progress, desc=tag, **kw,
+        )
+        if folder is not None and _is_rank0():
+            from .._atomic import atomic_open
+
+            with atomic_open(folder / "done.json", "w", encoding="utf-8") as f:
+                json.dump(result.to_dict(), f)
+        return result
+
+
+def _is_rank0() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@dataclass
+class Outcome:
+    """What a strategy returns."""
+
+    model: nn.Module
+    val_accuracy: float
+    fit: FitResult | None = None  # None for closed-form strategies (linear probes)
+    plan: Any = None  # the FreezePlan applied, if any
+    chosen: dict[str, Any] = field(default_factory=dict)  # hyper-parameters chosen on validation
+    tried: list[dict[str, Any]] = field(default_factory=list)  # candidates and their val accuracy
+    log_tag: str | None = None  # which candidate's log.jsonl is the run's log
+    model_kind: dict[str, Any] = field(default_factory=lambda: {"kind": "backbone"})
+    extra: dict[str, Any] = field(default_factory=dict)  # profiles, similarity, advice...
+
+
+class Transformed:
+    """Batches of ``loader`` with ``transform`` applied to the images (for profiling)."""
+
+    def __init__(self, loader: Iterable[Any], transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.loader, self.transform = loader, transform
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for x, _y in self.loader:
+            yield self.transform(x)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+
+def check_options(name: str, options: dict[str, Any], known: Iterable[str]) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
+            f"{', '.join(sorted(known)) or 'none'} (see smart_transfer.list_strategies(details=True))"
+        )

@@ -1,0 +1,98 @@
+"""The built-in strategies, in the order tables list them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Context
+from .finetune import run_first_k_frozen, run_full_finetune, run_head_only, run_lp_ft
+from .probe import run_best_layer, run_linear_probe
+from .registry import StrategyInfo, register
+from .smart import run_random_mask, run_smart
+
+_SMART_OPTIONS = {
+    "measure": "similarity measure (default gaussian_kl; see list_measures())",
+    "quantile": "freeze this fraction of the most similar channels per layer (default 0.5)",
+    "threshold": "instead: freeze channels with similarity >= threshold",
+    "budget": "instead: freeze network-wide until this fraction stays trainable",
+    "select": "'fixed' (default) or 'val': choose the quantile on validation among `quantiles`",
+    "quantiles": "candidates for select='val' (default 0.25, 0.5, 0.75)",
+    "bn_stats": "running statistics of frozen channels: 'freeze' (default) or 'update'",
+    "point": "where activations are profiled: 'output' (default), 'norm' or 'act' (needs source images)",
+    "invert": "freeze the most shifted channels instead (an ablation; default False)",
+    "init": "'pretrained' (default) or 'probe': start from a linear probe's head, as LP-FT does",
+    "head_lr_mult": "learning-rate multiplier of the new head (default: the recipe's, 10)",
+}
+
+
+def _smart(scope: str) -> Any:
+    def run(ctx: Context, **options: Any) -> Any:
+        return run_smart(ctx, scope=scope, **options)
+
+    return run
+
+
+def _auto(ctx: Context, **options: Any) -> Any:
+    from .auto import run_auto
+
+    return run_auto(ctx, **options)
+
+
+register(StrategyInfo(
+    "linear-probe", "a linear classifier (logistic regression) on frozen features",
+    "nothing", {"layer": "layer whose pooled output feeds the classifier (default penultimate)",
+                "C": "inverse L2 strength, or a list chosen on validation (default 0.001 ... 10)"},
+    run_linear_probe,
+))
+register(StrategyInfo(
+    "linear-probe-best-layer", "a linear classifier on the frozen features of the layer that "
+    "scores best on validation", "nothing",
+    {"layers": "candidate layers (default: 8 evenly spaced + penultimate)",
+     "concat": "also try the best `concat` layers' features side by side (default 1: off)",
+     "C": "as for linear-probe"},
+    run_best_layer,
+))
+register(StrategyInfo(
+    "head-only", "a new head by gradient descent; backbone frozen, BatchNorm in eval", "nothing",
+    {}, run_head_only,
+))
+register(StrategyInfo(
+    "first-k-frozen", "everything after the first k conv/linear layers", "nothing",
+    {"k": "layers to freeze (default: chosen on validation)",
+     "fractions": "candidate fractions of the layers when k is not given (0.25, 0.5, 0.75)"},
+    run_first_k_frozen,
+))
+register(StrategyInfo(
+    "full-finetune", "everything; the head at 10x the learning rate", "nothing",
+    {"head_lr_mult": "head learning-rate multiplier (default 10)",
+     "layer_decay": "layer-wise learning-rate decay factor in (0, 1] (default off)"},
+    run_full_finetune,
+))
+register(StrategyInfo(
+    "lp-ft", "a linear probe, then everything fine-tuned from the probe's head", "nothing",
+    {"head_lr_mult": "head learning-rate multiplier during fine-tuning (default 1)", "C": "as for linear-probe"},
+    run_lp_ft,
+))
+register(StrategyInfo(
+    "smart-kernel", "every channel except those whose activations already match D_pre",
+    "D_pre: source images or a saved profile (default: BatchNorm statistics)", _SMART_OPTIONS,
+    _smart("kernel"),
+))
+register(StrategyInfo(
+    "smart-layer", "every layer except those whose activations already match D_pre",
+    "as smart-kernel", _SMART_OPTIONS, _smart("layer"),
+))
+register(StrategyInfo(
+    "random-mask", "the control: smart-kernel's frozen count per layer, channels at random",
+    "as smart-kernel", {"plan": "the plan to randomise (a FreezePlan or plan.json; default: "
+                                "smart-kernel's plan with the same options)",
+                        "mask_seed": "seed of the random channels (default: the run's seed)",
+                        **{k: _SMART_OPTIONS[k] for k in ("measure", "quantile", "threshold", "budget", "bn_stats", "head_lr_mult")}},
+    run_random_mask,
+))
+register(StrategyInfo(
+    "auto", "whatever the advisor's best candidates train; the best on validation is kept",
+    "nothing", {"budget_s": "time budget in seconds for the candidates (default 900)",
+                "candidates": "strategies to try (default: the advisor's)"},
+    _auto,
+))

@@ -1,0 +1,109 @@
+"""Gradient-descent strategies: head only, first k layers frozen, full fine-tuning, LP-FT."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..freeze import FreezePlan, apply_plan
+from ..layers import layer_param_map, select_layers
+from ..models.heads import find_head
+from .base import Context, Outcome
+from .optim import make_optimizer, param_groups
+
+
+def train_model(
+    ctx: Context, model: nn.Module, tag: str, plan: FreezePlan | None = None,
+    head_lr_mult: float | None = None, layer_decay: float | None = None,
+    bn_stats: str = "freeze", train_mode: Any = None,
+) -> Outcome:
+    """Fine-tune ``model`` (with ``plan`` applied, if any) with the context's recipe."""
+    handle = None
+    if plan is not None:
+        handle = apply_plan(model, plan, bn_stats=bn_stats)
+    opt = make_optimizer(param_groups(model, ctx.recipe, head_lr_mult, layer_decay), ctx.recipe)
+    if handle is not None:
+        handle.attach(opt)
+    try:
+        result = ctx.fit(model, opt, tag, train_mode=train_mode)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return Outcome(model=model, val_accuracy=result.best_val_accuracy, fit=result, plan=plan, log_tag=tag)
+
+
+def run_head_only(ctx: Context) -> Outcome:
+    """A new head trained by gradient descent; the backbone frozen, BatchNorm in eval mode."""
+    model = ctx.fresh_model("head-only")
+    _, head = find_head(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+
+    def mode(m: nn.Module) -> None:
+        m.eval()
+        head.train()
+
+    out = train_model(ctx, model, "head-only", train_mode=mode)
+    out.extra["head_only"] = True
+    return out
+
+
+def layer_plan(model: nn.Module, layers: Sequence[str], meta: dict[str, Any]) -> FreezePlan:
+    """A plan freezing whole layers (their weights, biases and following BatchNorm)."""
+    pmap = layer_param_map(model, layers)
+    masks = {p: torch.ones(shape[0], dtype=torch.bool) for params in pmap.values() for p, shape in params.items()}
+    return FreezePlan.from_masks(model, masks, layers={k: list(v) for k, v in pmap.items()}, meta=meta)
+
+
+def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[float] = (0.25, 0.5, 0.75)) -> Outcome:
+    """Freeze the first ``k`` conv/linear layers (and their BatchNorm); ``k=None`` picks it on
+    validation among ``fractions`` of the layers."""
+    probe = ctx.make_model()
+    head_name, _ = find_head(probe)
+    names = [n for n in select_layers(probe) if n != head_name]
+    if k is not None:
+        if not isinstance(k, int) or not 0 <= k <= len(names):
+            raise ConfigError(f"k must be an integer in [0, {len(names)}] for this backbone, got {k!r}")
+        ks = [k]
+    else:
+        ks = sorted({max(1, round(f * len(names))) for f in fractions})
+    best: Outcome | None = None
+    tried = []
+    for kk in ks:
+        tag = f"first-k-frozen/k={kk}"
+        model = ctx.fresh_model(tag)
+        plan = layer_plan(model, names[:kk], {"selection": {"rule": "first_k", "k": kk}}) if kk else None
+        out = train_model(ctx, model, tag, plan=plan)
+        tried.append({"k": kk, "val_accuracy": out.val_accuracy})
+        if best is None or out.val_accuracy > best.val_accuracy:
+            best = out
+            best.chosen = {"k": kk, "layers": len(names)}
+    assert best is not None
+    best.tried = tried
+    return best
+
+
+def run_full_finetune(ctx: Context, head_lr_mult: float | None = None, layer_decay: float | None = None) -> Outcome:
+    """Everything trains: the head at ``lr * head_lr_mult`` (10 by default), optional
+    layer-wise learning-rate decay for the rest."""
+    model = ctx.fresh_model("full-finetune")
+    out = train_model(ctx, model, "full-finetune", head_lr_mult=head_lr_mult, layer_decay=layer_decay)
+    out.chosen = {"head_lr_mult": head_lr_mult or ctx.recipe.head_lr_mult, "layer_decay": layer_decay}
+    return out
+
+
+def run_lp_ft(ctx: Context, head_lr_mult: float = 1.0, C: Any = None) -> Outcome:
+    """A linear probe first (C on validation), then everything fine-tuned from the probe's head
+    (at the pretrained layers' learning rate by default, so the good head is not disturbed)."""
+    from .probe import C_GRID, run_linear_probe
+
+    probe = run_linear_probe(ctx, C=C if C is not None else C_GRID)
+    out = train_model(ctx, probe.model, "lp-ft", head_lr_mult=head_lr_mult)
+    out.chosen = {"probe_C": probe.chosen["C"], "probe_val_accuracy": probe.val_accuracy, "head_lr_mult": head_lr_mult}
+    return out

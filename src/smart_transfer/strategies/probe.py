@@ -1,0 +1,208 @@
+"""Linear probes: logistic regression (scikit-learn) on frozen, pooled features.
+
+Features are computed once per layer over the training and validation images with the
+evaluation transform; ``C`` (inverse L2 strength) is chosen on validation. The fitted
+standardisation and coefficients are folded into one ``nn.Linear``, so the probe is an
+ordinary torch model: at the penultimate layer it becomes the backbone's own head; at another
+layer a :class:`ProbeModel` (feature extractor + linear layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, MissingDependencyError
+from ..models.heads import PENULTIMATE, FeatureExtractor, find_head, pool_features, replace_head
+from .base import Context, Outcome, check_options
+
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+class ProbeModel(nn.Module):
+    """Images -> pooled features at ``layer`` -> linear classifier ``head``."""
+
+    def __init__(self, model: nn.Module, layer: str, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = FeatureExtractor(model, layer)
+        self.head = nn.Linear(in_features, num_classes)
+        cfg = getattr(model, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            self.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": "head"}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@torch.no_grad()
+def layer_features(
+    model: nn.Module, layers: Sequence[str], batches: Any, transform: Any
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pooled features of every layer in ``layers`` (one forward pass per batch) and labels.
+
+    ``"penultimate"`` means the head's input."""
+    model.eval()
+    modules = dict(model.named_modules())
+    _, head = find_head(model)
+    store: dict[str, list[Tensor]] = {name: [] for name in layers}
+    handles = []
+    for name in layers:
+        if name == PENULTIMATE:
+            handles.append(head.register_forward_pre_hook(
+                lambda _m, args, n=name: store[n].append(pool_features(args[0]).double().cpu())
+            ))
+        else:
+            if name not in modules:
+                raise ConfigError(f"no layer {name!r}; see smart_transfer.list_layers(model)")
+            handles.append(modules[name].register_forward_hook(
+                lambda m, _a, out, n=name: store[n].append(pool_features(out, m).double().cpu())
+            ))
+    labels = []
+    device = next(model.parameters()).device
+    try:
+        for x, y in batches:
+            model(transform(x.to(device)))
+            labels.append(torch.as_tensor(y))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v).numpy() for n, v in store.items()}, torch.cat(labels).numpy()
+
+
+def fit_logistic(
+    xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
+    c_grid: Sequence[float] = C_GRID, num_classes: int | None = None,
+) -> tuple[nn.Linear, float, float, list[dict[str, float]]]:
+    """Standardise, fit multinomial logistic regression for every C, keep the best on validation.
+
+    Returns ``(linear, C, val_accuracy, tried)``; ``linear`` maps raw features to logits
+    (standardisation folded in), with one output per class ``0..num_classes-1``."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "linear probes need scikit-learn: pip install scikit-learn"
+        ) from exc
+    k = int(num_classes if num_classes is not None else max(ytr.max(), yva.max()) + 1)
+    scaler = StandardScaler().fit(xtr)
+    ztr, zva = scaler.transform(xtr), scaler.transform(xva)
+    best: tuple[float, float, Any] | None = None
+    tried = []
+    for c in c_grid:
+        clf = LogisticRegression(C=c, max_iter=3000, tol=1e-6)
+        clf.fit(ztr, ytr)
+        acc = float((clf.predict(zva) == yva).mean())
+        tried.append({"C": float(c), "val_accuracy": acc})
+        if best is None or acc > best[0]:
+            best = (acc, float(c), clf)
+    assert best is not None
+    acc, c, clf = best
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    w = np.zeros((k, xtr.shape[1]))
+    b = np.full(k, -1e4)  # classes absent from training are never predicted
+    coef, inter = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2 and coef.shape[0] == 1:  # binary: one row for class 1
+        coef, inter = np.vstack([-coef / 2, coef / 2]), np.array([-inter[0] / 2, inter[0] / 2])
+    for row, cls in enumerate(clf.classes_):
+        w[int(cls)] = coef[row] / scale
+        b[int(cls)] = inter[row] - float((coef[row] * scaler.mean_ / scale).sum())
+    linear = nn.Linear(xtr.shape[1], k)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w))
+        linear.bias.copy_(torch.from_numpy(b))
+    return linear, c, acc, tried
+
+
+def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+    key = ("features", tuple(layers))
+    if key not in ctx.cache:
+        ftr, ytr = layer_features(model, layers, ctx.train_eval, ctx.eval_tf)
+        fva, yva = layer_features(model, layers, ctx.val, ctx.eval_tf)
+        ctx.cache[key] = (ftr, ytr, fva, yva)
+    return ctx.cache[key]
+
+
+def probe_model(model: nn.Module, layer: str, linear: nn.Linear, num_classes: int) -> tuple[nn.Module, dict]:
+    """The fitted probe as a torch model (and how to rebuild it)."""
+    if layer == PENULTIMATE:
+        replace_head(model, num_classes)
+        _, head = find_head(model)
+        with torch.no_grad():
+            head.weight.copy_(linear.weight.to(head.weight))  # type: ignore[operator, arg-type]
+            head.bias.copy_(linear.bias.to(head.bias))  # type: ignore[operator, arg-type]
+        return model, {"kind": "backbone"}
+    pm = ProbeModel(model, layer, linear.in_features, num_classes).to(linear.weight.device)
+    pm.head.load_state_dict(linear.state_dict())
+    return pm, {"kind": "probe", "layer": layer, "in_features": linear.in_features}
+
+
+def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] | float = C_GRID) -> Outcome:
+    """Logistic regression on the pooled features of one layer (the head's input by default)."""
+    grid = [C] if isinstance(C, (int, float)) else list(C)
+    model = ctx.fresh_model("linear-probe")
+    ftr, ytr, fva, yva = _features(ctx, model, [layer])
+    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
+    model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
+    return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c}, tried=tried, model_kind=kind, extra={"head_only": True})
+
+
+def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
+    """``n`` conv/linear layers evenly spaced from the input to the output, then the head's input."""
+    from ..layers import select_layers
+
+    head_name, _ = find_head(model)
+    names = [m for m in select_layers(model) if m != head_name]
+    if len(names) > n:
+        picks = np.linspace(0, len(names) - 1, n).round().astype(int)
+        names = [names[i] for i in sorted(set(picks.tolist()))]
+    return names + [PENULTIMATE]
+
+
+def run_best_layer(
+    ctx: Context, layers: Sequence[str] | None = None, concat: int = 1,
+    C: Sequence[float] | float = C_GRID,
+) -> Outcome:
+    """A probe on every candidate layer; the layer (or the ``concat`` best layers' features
+    side by side) chosen on validation."""
+    if not isinstance(concat, int) or concat < 1:
+        raise ConfigError(f"concat must be a positive integer, got {concat!r}")
+    grid = [C] if isinstance(C, (int, float)) else list(C)
+    model = ctx.fresh_model("linear-probe-best-layer")
+    cands = list(layers) if layers else candidate_layers(model)
+    ftr, ytr, fva, yva = _features(ctx, model, cands)
+    tried, fits = [], {}
+    for name in cands:
+        linear, c, acc, _ = fit_logistic(ftr[name], ytr, fva[name], yva, grid, ctx.num_classes)
+        tried.append({"layer": name, "C": c, "val_accuracy": acc})
+        fits[name] = (acc, linear, c)
+    order = sorted(cands, key=lambda n: (-fits[n][0], -cands.index(n)))  # ties: the deeper layer
+    best = order[0]
+    if concat > 1 and len(cands) > 1:
+        top = order[:concat]
+        linear, c, acc, _ = fit_logistic(
+            np.hstack([ftr[n] for n in top]), ytr, np.hstack([fva[n] for n in top]), yva, grid,
+            ctx.num_classes,
+        )
+        tried.append({"layer": "+".join(top), "C": c, "val_accuracy": acc})
+        if acc > fits[best][0]:
+            from .concat import ConcatProbe
+
+            pm = ConcatProbe(model, top, linear, ctx.num_classes).to(ctx.device)
+            return Outcome(
+                model=pm, val_accuracy=acc, chosen={"layer": top, "C": c}, tried=tried,
+                model_kind={"kind": "concat", "layers": top, "in_features": linear.in_features},
+                extra={"head_only": True},
+            )
+    acc, linear, c = fits[best]
+    out_model, kind = probe_model(model, best, linear.to(ctx.device), ctx.num_classes)
+    return Outcome(model=out_model, val_accuracy=acc, chosen={"layer": best, "C": c}, tried=tried, model_kind=kind, extra={"head_only": True})
+
+
+def check_probe_options(name: str, options: dict[str, Any]) -> None:
+    known = {"linear-probe": {"layer", "C"}, "linear-probe-best-layer": {"layers", "concat", "C"}}
+    check_options(name, options, known[name])

@@ -1,0 +1,138 @@
+"""Every strategy through st.train: what it must leave frozen stays bit-identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import smart_transfer as st
+from smart_transfer.errors import ConfigError, UnknownNameError
+
+ALL = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune",
+       "lp-ft", "smart-kernel", "smart-layer", "random-mask", "auto"]
+
+
+def test_registry_lists_every_strategy_with_details():
+    assert st.list_strategies() == ALL
+    for d in st.list_strategies(details=True):
+        assert set(d) == {"name", "trains", "needs", "options"} and d["trains"]
+
+
+def test_unknown_strategy_and_option_name_the_known_ones(tiny_net, tiny_data):
+    with pytest.raises(UnknownNameError, match="smart-kernel"):
+        st.train(tiny_net, tiny_data, strategy="smart-kernal", progress=False)
+    with pytest.raises(ConfigError, match="quantile"):
+        st.train(tiny_net, tiny_data, strategy="smart-kernel", quantle=0.3, progress=False)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_head_only_changes_only_the_head(tiny_net, tiny_data):
+    before = _params(tiny_net)
+    r = st.train(tiny_net, tiny_data, strategy="head-only", epochs=2, progress=False)
+    bn_before = {n: b.clone() for n, b in tiny_net.named_buffers()}
+    for n, p in r.model.named_parameters():
+        if n.startswith("classifier"):
+            continue
+        assert torch.equal(p, before[n]), n
+    for n, b in r.model.named_buffers():  # BatchNorm stayed in eval mode
+        if "running" in n:
+            assert torch.equal(b, bn_before[n]), n
+    assert len(r.history) == 2 and r.frozen_fraction > 0.9
+
+
+def test_first_k_frozen_chooses_k_on_validation_and_freezes_those_layers(tiny_net, tiny_data):
+    before = _params(tiny_net)
+    r = st.train(tiny_net, tiny_data, strategy="first-k-frozen", epochs=3, lr=0.01, progress=False)
+    ks = [t["k"] for t in r.tried]
+    assert ks == sorted(set(ks)) and r.chosen["k"] in ks
+    best = max(r.tried, key=lambda t: t["val_accuracy"])["val_accuracy"]
+    assert r.val_accuracy == best
+    layers = st.list_layers(tiny_net)[: r.chosen["k"]]
+    for layer in layers:
+        w = dict(r.model.named_parameters())[f"{layer}.weight"]
+        assert torch.equal(w, before[f"{layer}.weight"]), layer
+    last = st.list_layers(tiny_net)[-2]
+    best_epoch = max(r.history, key=lambda h: h["val_accuracy"])["epoch"] if r.history else 0
+    if max(h["val_accuracy"] for h in r.history) > r.history[0]["val_accuracy"] - 1 and best_epoch:
+        assert not torch.equal(dict(r.model.named_parameters())[f"{last}.weight"], before[f"{last}.weight"])
+
+
+def test_smart_kernel_keeps_its_plan_bit_exact_and_random_mask_matches_its_counts(tiny_net, tiny_data, tmp_path):
+    before = _params(tiny_net)
+    r = st.train(tiny_net, tiny_data, strategy="smart-kernel", epochs=3, lr=0.01, out=tmp_path / "smart",
+                 bn_stats="update", progress=False)
+    plan = r.plan
+    assert plan is not None and 0.3 < r.frozen_fraction < 0.6
+    moved = 0
+    params = dict(r.model.named_parameters())
+    for name, mask in plan.masks.items():
+        assert torch.equal(params[name][mask], before[name][mask]), name
+        moved += int((params[name][~mask] != before[name][~mask]).any())
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    if r.val_accuracy > r.history[0]["val_accuracy"] or max(h["val_accuracy"] for h in r.history) > 0.34:
+        assert moved > 0  # the trainable channels did train
+    rr = st.train(tiny_net, tiny_data, strategy="random-mask", epochs=2, plan=str(tmp_path / "smart" / "plan.json"),
+                  seed=1, progress=False)
+    for layer, names in plan.layers.items():
+        a, b = plan.masks[names[0]], rr.plan.masks[names[0]]
+        assert int(a.sum()) == int(b.sum()), layer
+    assert any(not torch.equal(plan.masks[n], rr.plan.masks[n]) for n in plan.masks)
+    assert (tmp_path / "smart" / "profile_pre.pt").is_file()
+
+
+def test_smart_select_val_tries_each_quantile(tiny_net, tiny_data):
+    r = st.train(tiny_net, tiny_data, strategy="smart-kernel", select="val", quantiles=[0.25, 0.75], epochs=1,
+                 progress=False)
+    assert [t["quantile"] for t in r.tried] == [0.25, 0.75]
+    assert r.chosen["quantile"] == max(r.tried, key=lambda t: t["val_accuracy"])["quantile"]
+    fr = {t["quantile"]: t["frozen_fraction"] for t in r.tried}
+    assert fr[0.25] < fr[0.75]
+
+
+def test_smart_layer_freezes_whole_layers(tiny_net, tiny_data):
+    r = st.train(tiny_net, tiny_data, strategy="smart-layer", epochs=1, progress=False)
+    for names in r.plan.layers.values():
+        m = r.plan.masks[names[0]]
+        assert bool(m.all()) or not bool(m.any())
+
+
+def test_lp_ft_starts_from_the_probe(tiny_net, tiny_data):
+    probe = st.train(tiny_net, tiny_data, strategy="linear-probe", progress=False)
+    r = st.train(tiny_net, tiny_data, strategy="lp-ft", epochs=1, progress=False)
+    assert r.chosen["probe_val_accuracy"] == probe.val_accuracy
+    assert r.val_accuracy >= probe.val_accuracy  # epoch 0 (the probe itself) is a candidate
+
+
+def test_full_finetune_head_learning_rate_and_layer_decay(tiny_net):
+    from smart_transfer.strategies.base import Recipe
+    from smart_transfer.strategies.optim import param_groups
+
+    groups = param_groups(st.replace_head(tiny_net, 3), Recipe(lr=0.01, head_lr_mult=10), layer_decay=0.5)
+    lrs = [g["lr"] for g in groups]
+    n = len(lrs) - 1
+    assert lrs[-1] == pytest.approx(0.1)
+    assert lrs[:-1] == pytest.approx([0.01 * 0.5 ** (n - i) for i in range(n)])
+
+
+def test_auto_reports_what_it_tried_and_keeps_the_best(tiny_net, tiny_data):
+    r = st.train(tiny_net, tiny_data, strategy="auto", epochs=1, progress=False,
+                 candidates=["linear-probe", "full-finetune"])
+    vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
+    assert set(vals) == {"linear-probe", "full-finetune"}
+    assert r.chosen["strategy"] == max(vals, key=lambda k: (vals[k], k == "linear-probe"))
+    assert r.val_accuracy == max(vals.values())
+    assert r.advice is not None and r.advice.quadrant.startswith("small")
+
+
+def test_data_forms_agree(tiny_net, tiny_data):
+    idx = torch.arange(len(tiny_data))
+    tr, va = idx[:60], idx[60:]
+    a = st.train(tiny_net, (tiny_data, tr), (tiny_data, va), strategy="linear-probe", progress=False)
+    x, y = tiny_data.images, tiny_data.targets
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 60, 16)]
+    b = st.train(tiny_net, batches, [(x[60:], y[60:])], strategy="linear-probe", progress=False)
+    assert a.val_accuracy == b.val_accuracy and a.chosen == b.chosen
+    assert a.config["samples"] == 90 and a.config["num_classes"] == 3
