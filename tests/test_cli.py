@@ -82,13 +82,14 @@ def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
     rc = main(["demo", "--per-class", "3", "--epochs", "1", "--size", "32", "--test-size", "40",
                "--batch-size", "16", "--no-progress", "--out", str(out)])
     assert rc == 0
-    report = json.loads((out / "demo.json").read_text())
-    assert set(report["results"]) == {"full-finetune", "smart-kernel"}
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["strategies"]) == {"linear-probe", "full-finetune", "smart-kernel",
+                                         "random-mask", "auto"}
     assert report["train_images"] + report["val_images"] == 30 and report["test_images"] == 40
-    for r in report["results"].values():
+    for r in report["strategies"].values():
         assert 0.0 <= r["test_accuracy"] <= 1.0
-    assert report["results"]["smart-kernel"]["frozen_fraction"] == pytest.approx(0.5, abs=0.01)
-    plan = st.FreezePlan.load(out / "plan.json")
+    assert report["strategies"]["smart-kernel"]["frozen_fraction"] == pytest.approx(0.5, abs=0.01)
+    plan = st.FreezePlan.load(out / "smart-kernel" / "plan.json")
     plan.validate(st.replace_head(st.load_backbone("efficientnet_lite0"), 10))
     assert "test accuracy" in capsys.readouterr().out
 
