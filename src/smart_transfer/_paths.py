@@ -50,8 +50,9 @@ def check_output(path: PathLike | None, option: str = "path") -> Path:
     """Check that ``path`` can be written as a file; return it as a :class:`Path`.
 
     Raises :class:`ConfigError` (naming ``option``) when the path is empty, names an existing
-    folder, lies below an existing file, or its folder (or the nearest existing ancestor of a
-    folder still to be created) is not writable. Nothing is created on disk.
+    folder or another non-regular file (``/dev/null``, a pipe), is a dangling symlink, lies
+    below an existing file, or its folder (or the nearest existing ancestor of a folder still
+    to be created) is not writable. Nothing is created on disk.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
         raise ConfigError(f"{option} is empty; pass the path of the file to write.")
@@ -67,6 +68,11 @@ def check_output(path: PathLike | None, option: str = "path") -> Path:
         raise ConfigError(
             f"{option}={str(p)!r} is an existing folder; pass a file path inside it, "
             f"e.g. {str(p / 'out')!r}."
+        )
+    if p.exists() and not p.is_file():
+        raise ConfigError(
+            f"{option}={str(p)!r} is not a regular file (a device, pipe or socket), which a "
+            "save would replace; pass the path of a file."
         )
     if p.is_symlink() and not p.exists():
         target = os.readlink(p)

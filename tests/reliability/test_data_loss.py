@@ -110,6 +110,7 @@ def test_every_command_refuses_an_output_that_names_an_input(
         ("file.txt/p.pt", ("lies below", "file.txt")),
         ("file.txt/deeper/p.pt", ("lies below", "file.txt")),
         ("dangling.pt", ("dangling symlink",)),
+        ("/dev/null", ("not a regular file",)),
     ],
 )
 def test_unwritable_output_paths_are_one_line_before_any_work(work, capsys, out, names):
