@@ -14,7 +14,7 @@ import smart_transfer as st
 from smart_transfer.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent / "strategies"))
-from tiny_images import make_images  # noqa: E402
+from tiny_images import make_images
 
 
 @pytest.fixture(scope="module")

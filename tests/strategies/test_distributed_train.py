@@ -8,10 +8,10 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_images import make_images
 
 import smart_transfer as st
 from smart_transfer.models.small import small_vgg
-from tiny_images import make_images
 
 
 def _net():
