@@ -29,10 +29,30 @@ import smart_transfer as st
 from smart_transfer._atomic import atomic_open
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune",
-         "lp-ft", "smart-kernel", "smart-layer", "random-mask", "auto"]
-RUN_ORDER = ["linear-probe", "full-finetune", "smart-kernel", "random-mask", "lp-ft", "linear-probe-best-layer",
-             "auto", "head-only", "smart-layer", "first-k-frozen"]  # the key comparisons finish first
+ORDER = [
+    "linear-probe",
+    "linear-probe-best-layer",
+    "head-only",
+    "first-k-frozen",
+    "full-finetune",
+    "lp-ft",
+    "smart-kernel",
+    "smart-layer",
+    "random-mask",
+    "auto",
+]
+RUN_ORDER = [
+    "linear-probe",
+    "full-finetune",
+    "smart-kernel",
+    "random-mask",
+    "lp-ft",
+    "linear-probe-best-layer",
+    "auto",
+    "head-only",
+    "smart-layer",
+    "first-k-frozen",
+]  # the key comparisons finish first
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -62,17 +82,24 @@ def mean_std(values: list[float]) -> str:
 def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r.get("source_net", ""), r["samples"], r["strategy"], r.get("variant", "")), []).append(r)
+        groups.setdefault(
+            (r.get("source_net", ""), r["samples"], r["strategy"], r.get("variant", "")), []
+        ).append(r)
     lines = [f"# {title}", "", setup, "", f"Command: `{command}`", ""]
     for net in sorted({g[0] for g in groups}):
         if net:
             lines += [f"## source network: {net}", ""]
         for samples in sorted({g[1] for g in groups if g[0] == net}):
             rows = [g for g in groups if g[0] == net and g[1] == samples]
-            best = max((statistics.fmean(r["test_accuracy"] for r in groups[g]) for g in rows), default=0)
-            lines += [f"### {samples} samples ({groups[rows[0]][0]['per_class']} per class, validation included)", "",
-                      "| strategy | test accuracy % (mean ± std) | val accuracy % | frozen % | seconds | seeds | chosen (seed 0) |",
-                      "|---|---|---|---|---|---|---|"]
+            best = max(
+                (statistics.fmean(r["test_accuracy"] for r in groups[g]) for g in rows), default=0
+            )
+            lines += [
+                f"### {samples} samples ({groups[rows[0]][0]['per_class']} per class, validation included)",
+                "",
+                "| strategy | test accuracy % (mean ± std) | val accuracy % | frozen % | seconds | seeds | chosen (seed 0) |",
+                "|---|---|---|---|---|---|---|",
+            ]
             rows.sort(key=lambda g: (ORDER.index(g[2]) if g[2] in ORDER else 99, g[3]))
             for g in rows:
                 rs = groups[g]
@@ -102,10 +129,16 @@ def plot_p2(records: list[dict[str, Any]], path: Path) -> None:
     for ax, net in zip(axes[0], nets):
         rs = [r for r in records if r.get("source_net", "") == net]
         for name in [s for s in ORDER if any(r["strategy"] == s for r in rs)]:
-            xs = sorted({r["samples"] for r in rs if r["strategy"] == name and not r.get("variant")})
+            xs = sorted(
+                {r["samples"] for r in rs if r["strategy"] == name and not r.get("variant")}
+            )
             means, stds = [], []
             for x in xs:
-                v = [100 * r["test_accuracy"] for r in rs if r["strategy"] == name and r["samples"] == x and not r.get("variant")]
+                v = [
+                    100 * r["test_accuracy"]
+                    for r in rs
+                    if r["strategy"] == name and r["samples"] == x and not r.get("variant")
+                ]
                 means.append(statistics.fmean(v))
                 stds.append(statistics.stdev(v) if len(v) > 1 else 0)
             style = "-" if name.startswith(("smart", "random")) else "--"
@@ -125,9 +158,23 @@ def plot_p2(records: list[dict[str, Any]], path: Path) -> None:
 # --------------------------------------------------------------------------- one cell
 
 
-def run_cell(args: argparse.Namespace, backbone: Any, strategy: str, variant: str, options: dict,
-             train_ds: Any, idx_train: torch.Tensor, idx_val: torch.Tensor, test: Any, seed: int,
-             per_class: int, extra: dict, run_root: Path, source: Any, size: int | None) -> dict[str, Any]:
+def run_cell(
+    args: argparse.Namespace,
+    backbone: Any,
+    strategy: str,
+    variant: str,
+    options: dict,
+    train_ds: Any,
+    idx_train: torch.Tensor,
+    idx_val: torch.Tensor,
+    test: Any,
+    seed: int,
+    per_class: int,
+    extra: dict,
+    run_root: Path,
+    source: Any,
+    size: int | None,
+) -> dict[str, Any]:
     name = strategy + (f"-{variant}" if variant else "")
     out = run_root / f"seed{seed}" / f"n{len(idx_train) + len(idx_val)}" / name
     if strategy == "random-mask" and "plan" not in options:
@@ -140,23 +187,50 @@ def run_cell(args: argparse.Namespace, backbone: Any, strategy: str, variant: st
         shutil.rmtree(out)  # an interrupted cell starts again from scratch
     t0 = time.perf_counter()
     result = st.train(
-        backbone, (train_ds, idx_train), (train_ds, idx_val), strategy=strategy, epochs=args.epochs,
-        lr=args.lr, batch_size=args.batch_size, patience=args.patience, size=size, seed=seed,
-        out=out, progress=args.progress, source=source, **options,
+        backbone,
+        (train_ds, idx_train),
+        (train_ds, idx_val),
+        strategy=strategy,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        size=size,
+        seed=seed,
+        out=out,
+        progress=args.progress,
+        source=source,
+        **options,
     )
     train_s = time.perf_counter() - t0
     metrics = st.evaluate(result, test)
     return {
-        "strategy": strategy, "variant": variant, "options": {k: str(v) for k, v in options.items()},
-        "seed": seed, "samples": len(idx_train) + len(idx_val), "per_class": per_class,
-        "train_samples": len(idx_train), "val_samples": len(idx_val),
-        "val_accuracy": result.val_accuracy, "test_accuracy": metrics["accuracy"],
-        "test_images": metrics["test_images"], "chosen": result.chosen, "tried": result.tried,
-        "frozen_fraction": result.frozen_fraction, "train_seconds": train_s,
-        "best_epoch": max(result.history, key=lambda h: h["val_accuracy"])["epoch"] if result.history else None,
+        "strategy": strategy,
+        "variant": variant,
+        "options": {k: str(v) for k, v in options.items()},
+        "seed": seed,
+        "samples": len(idx_train) + len(idx_val),
+        "per_class": per_class,
+        "train_samples": len(idx_train),
+        "val_samples": len(idx_val),
+        "val_accuracy": result.val_accuracy,
+        "test_accuracy": metrics["accuracy"],
+        "test_images": metrics["test_images"],
+        "chosen": result.chosen,
+        "tried": result.tried,
+        "frozen_fraction": result.frozen_fraction,
+        "train_seconds": train_s,
+        "best_epoch": max(result.history, key=lambda h: h["val_accuracy"])["epoch"]
+        if result.history
+        else None,
         "epochs_run": len(result.history),
-        "plan": None if result.plan is None else {k: v for k, v in result.plan.summary().items() if k != "layers"},
-        "recipe": result.config["recipe"], "size": size, "quick": args.quick, **extra,
+        "plan": None
+        if result.plan is None
+        else {k: v for k, v in result.plan.summary().items() if k != "layers"},
+        "recipe": result.config["recipe"],
+        "size": size,
+        "quick": args.quick,
+        **extra,
     }
 
 
@@ -172,7 +246,9 @@ def parse_strategies(items: list[str]) -> list[tuple[str, str, dict]]:
         options: dict[str, Any] = {}
         for kv in filter(None, opts.split(",")):
             k, _, v = kv.partition("=")
-            options[k] = json.loads(v) if v[:1] in "0123456789-[{tf" or v in ("true", "false") else v
+            options[k] = (
+                json.loads(v) if v[:1] in "0123456789-[{tf" or v in ("true", "false") else v
+            )
         out.append((name, variant, options))
     return out
 
@@ -181,21 +257,38 @@ def p1(args: argparse.Namespace) -> None:
     train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
     backbone = "efficientnet_lite0"
     if args.tiny:
-        backbone = st.models.load_backbone("small_vgg") if hasattr(st, "models") else st.load_backbone("small_vgg")
+        backbone = (
+            st.models.load_backbone("small_vgg")
+            if hasattr(st, "models")
+            else st.load_backbone("small_vgg")
+        )
     if args.quick or args.tiny:
         g = torch.Generator().manual_seed(12345)
         test_idx = torch.randperm(len(test_ds), generator=g)[: (200 if args.tiny else 2000)]
     else:
         test_idx = torch.arange(len(test_ds))
     per_class = args.per_class[0] if args.per_class else 20
-    _run(args, "p1", backbone, train_ds, (test_ds, test_idx), [per_class], lambda pc, seed: st.data.few_shot(
-        train_ds.targets, per_class=pc, val_fraction=0.2, seed=seed), source=None, size=args.size or 96,
+    _run(
+        args,
+        "p1",
+        backbone,
+        train_ds,
+        (test_ds, test_idx),
+        [per_class],
+        lambda pc, seed: st.data.few_shot(
+            train_ds.targets, per_class=pc, val_fraction=0.2, seed=seed
+        ),
+        source=None,
+        size=args.size or 96,
         extra={"source_net": ""},
         title="P1: EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST",
-        setup=(f"D_pre from BatchNorm statistics; {args.size or 96} px; test: "
-               f"{'a fixed 2,000-image subset (--quick)' if args.quick else 'the full 10,000-image test split'}; "
-               f"AdamW lr {args.lr}, head lr x10, cosine with warm-up, at most {args.epochs} epochs, early stopping "
-               f"(patience {args.patience}) and best epoch on validation; batch {args.batch_size}."))
+        setup=(
+            f"D_pre from BatchNorm statistics; {args.size or 96} px; test: "
+            f"{'a fixed 2,000-image subset (--quick)' if args.quick else 'the full 10,000-image test split'}; "
+            f"AdamW lr {args.lr}, head lr x10, cosine with warm-up, at most {args.epochs} epochs, early stopping "
+            f"(patience {args.patience}) and best epoch on validation; batch {args.batch_size}."
+        ),
+    )
 
 
 class Relabel(torch.utils.data.Dataset):
@@ -222,14 +315,18 @@ class Relabel(torch.utils.data.Dataset):
         return self.images[idx], self.targets[idx]
 
 
-def source_network(batch_norm: bool, src_train: Any, src_test: Any, cache: Path, tiny: bool) -> tuple[Any, dict]:
+def source_network(
+    batch_norm: bool, src_train: Any, src_test: Any, cache: Path, tiny: bool
+) -> tuple[Any, dict]:
     """SmallVGG trained on all training images of classes 5-9 (cached), and its test accuracy."""
     from smart_transfer.models.small import small_vgg
 
     tag = f"small_vgg_{'bn' if batch_norm else 'nobn'}{'_tiny' if tiny else ''}"
     path, meta_path = cache / f"{tag}.safetensors", cache / f"{tag}.json"
     torch.manual_seed(0)
-    net = small_vgg(num_classes=5, batch_norm=batch_norm)
+    # Fashion-MNIST's own 28 px, one channel, narrow stages: a source network 2 cores train in minutes
+    net = small_vgg(num_classes=5, batch_norm=batch_norm, in_channels=1, widths=(16, 32, 64))
+    net.pretrained_cfg.update(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,))
     if path.is_file() and meta_path.is_file():
         from smart_transfer.training.checkpoint import load_weights
 
@@ -239,18 +336,36 @@ def source_network(batch_norm: bool, src_train: Any, src_test: Any, cache: Path,
     tf_eval = st.data.transforms_for(net, train=False)
     n = 500 if tiny else len(src_train)
     tr = st.data.loader(src_train, torch.arange(n), batch_size=128, shuffle=True, seed=0)
+    torch.manual_seed(0)
     te = st.data.loader(src_test, batch_size=512)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=5e-4)
-    epochs = 1 if tiny else 6
+    epochs = 1 if tiny else 3
     t0 = time.perf_counter()
     sched = None
-    fit = st.training.fit(net, opt, tr, te if tiny else st.data.loader(src_train, torch.arange(n)[-2000:], batch_size=512),
-                          epochs, train_transform=tf_train, val_transform=tf_eval, scheduler="cosine", progress=True,
-                          desc=f"source {tag}")
+    val = st.data.loader(
+        src_test, torch.arange(min(len(src_test), 200 if tiny else 1000)), batch_size=512
+    )
+    fit = st.training.fit(
+        net,
+        opt,
+        tr,
+        val,
+        epochs,
+        train_transform=tf_train,
+        val_transform=tf_eval,
+        scheduler="cosine",
+        progress=False,
+        desc=f"source {tag}",
+    )
     acc = st.training.evaluate(net, te, tf_eval)
-    meta = {"source_net": tag, "source_test_accuracy": acc, "source_epochs": epochs,
-            "source_train_images": n, "source_train_seconds": time.perf_counter() - t0,
-            "source_best_epoch": fit.best_epoch}
+    meta = {
+        "source_net": tag,
+        "source_test_accuracy": acc,
+        "source_epochs": epochs,
+        "source_train_images": n,
+        "source_train_seconds": time.perf_counter() - t0,
+        "source_best_epoch": fit.best_epoch,
+    }
     from smart_transfer.training.checkpoint import save_weights
 
     save_weights(path, net.state_dict())
@@ -270,22 +385,55 @@ def p2(args: argparse.Namespace) -> None:
     src_idx = torch.randperm(len(src_train), generator=g)[: (64 if args.tiny else 1024)]
     source = st.data.loader(src_train, src_idx, batch_size=128)  # D_pre: real source images
     per_classes = args.per_class or ([2] if args.tiny else [8, 16, 32, 64])
-    for bn in ([True] if args.tiny else args.p2_bn):
-        net, meta = source_network(bn, src_train, src_test, cache, args.tiny)
-        print(f"source network {meta['source_net']}: test accuracy on classes 5-9 {meta['source_test_accuracy']:.4f}")
-        _run(args, "p2", net, tgt_train, test, per_classes, lambda pc, seed: st.data.few_shot(
-            tgt_train.targets, per_class=pc, val_fraction=0.2, seed=seed), source=source, size=None,
-            extra=meta,
-            title="P2: Fashion-MNIST classes 5-9 -> classes 0-4 (SmallVGG, real source images as D_pre)",
-            setup=("Source network trained here on all 30,000 training images of classes 5-9 (test accuracy "
-                   "in each record: `source_test_accuracy`); D_pre: 1,024 of those images; target: classes 0-4, "
-                   f"test on all {len(test[1])} test images of classes 0-4; 32 px; AdamW lr {args.lr}, head lr x10, "
-                   f"cosine with warm-up, at most {args.epochs} epochs, patience {args.patience}, best epoch on "
-                   f"validation; batch {args.batch_size}."))
+    nets = [
+        source_network(bn, src_train, src_test, cache, args.tiny)
+        for bn in ([True] if args.tiny else args.p2_bn)
+    ]
+    for net, meta in nets:
+        print(
+            f"source network {meta['source_net']}: test accuracy on classes 5-9 {meta['source_test_accuracy']:.4f}"
+        )
+    for pc in per_classes:  # the smallest sample sizes of every network first
+        for net, meta in nets:
+            _run(
+                args,
+                "p2",
+                net,
+                tgt_train,
+                test,
+                [pc],
+                lambda pc, seed: st.data.few_shot(
+                    tgt_train.targets, per_class=pc, val_fraction=0.2, seed=seed
+                ),
+                source=source,
+                size=None,
+                extra=meta,
+                title="P2: Fashion-MNIST classes 5-9 -> classes 0-4 (SmallVGG, real source images as D_pre)",
+                setup=(
+                    "Source network (SmallVGG, stages 16-32-64) trained here for 3 epochs on all 30,000 training images of classes 5-9 (test accuracy "
+                    "in each record: `source_test_accuracy`; its selection used 1,000 test images of classes 5-9, "
+                    "never those of 0-4); D_pre: 1,024 of its training images; target: classes 0-4, "
+                    f"test on all {len(test[1])} test images of classes 0-4; 28 px gray; AdamW lr {args.lr}, head lr x10, "
+                    f"cosine with warm-up, at most {args.epochs} epochs, patience {args.patience}, best epoch on "
+                    f"validation; batch {args.batch_size}."
+                ),
+            )
 
 
-def _run(args: argparse.Namespace, protocol: str, backbone: Any, train_ds: Any, test: Any, per_classes: list[int],
-         draw: Any, source: Any, size: int | None, extra: dict, title: str, setup: str) -> None:
+def _run(
+    args: argparse.Namespace,
+    protocol: str,
+    backbone: Any,
+    train_ds: Any,
+    test: Any,
+    per_classes: list[int],
+    draw: Any,
+    source: Any,
+    size: int | None,
+    extra: dict,
+    title: str,
+    setup: str,
+) -> None:
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else "-tiny" if args.tiny else ""
@@ -303,11 +451,32 @@ def _run(args: argparse.Namespace, protocol: str, backbone: Any, train_ds: Any, 
                 k = (strategy, variant, seed, n, extra.get("source_net", ""))
                 if k in done:
                     continue
-                print(f"[{protocol}] seed {seed}, {n} samples, {strategy}{' ' + variant if variant else ''} ...", flush=True)
-                rec = run_cell(args, backbone, strategy, variant, dict(options), train_ds, idx_train, idx_val, test,
-                               seed, pc, extra, run_root, source, size)
-                print(f"    val {rec['val_accuracy']:.3f}  test {rec['test_accuracy']:.4f}  frozen "
-                      f"{rec['frozen_fraction']:.1%}  {rec['train_seconds']:.0f} s", flush=True)
+                print(
+                    f"[{protocol}] seed {seed}, {n} samples, {strategy}{' ' + variant if variant else ''} ...",
+                    flush=True,
+                )
+                rec = run_cell(
+                    args,
+                    backbone,
+                    strategy,
+                    variant,
+                    dict(options),
+                    train_ds,
+                    idx_train,
+                    idx_val,
+                    test,
+                    seed,
+                    pc,
+                    extra,
+                    run_root,
+                    source,
+                    size,
+                )
+                print(
+                    f"    val {rec['val_accuracy']:.3f}  test {rec['test_accuracy']:.4f}  frozen "
+                    f"{rec['frozen_fraction']:.1%}  {rec['train_seconds']:.0f} s",
+                    flush=True,
+                )
                 records.append(rec)
                 done.add(k)
                 save_records(path, records)
@@ -319,15 +488,30 @@ def _run(args: argparse.Namespace, protocol: str, backbone: Any, train_ds: Any, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--protocol", choices=["p1", "p2"], required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--strategies", nargs="+", help="names, or name:variant:key=value,... (default: all)")
+    ap.add_argument(
+        "--strategies", nargs="+", help="names, or name:variant:key=value,... (default: all)"
+    )
     ap.add_argument("--per-class", type=int, nargs="+", help="P1: 20; P2: 8 16 32 64")
-    ap.add_argument("--p2-bn", type=lambda s: s == "true", nargs="+", default=[True, False],
-                    help="P2 source networks: with BatchNorm (true) and/or without (false)")
-    ap.add_argument("--quick", action="store_true", help="P1: a fixed 2,000-image test subset, 6 epochs, patience 3")
-    ap.add_argument("--tiny", action="store_true", help="smoke test: tiny network, a few images, 1 epoch")
+    ap.add_argument(
+        "--p2-bn",
+        type=lambda s: s == "true",
+        nargs="+",
+        default=[True, False],
+        help="P2 source networks: with BatchNorm (true) and/or without (false)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="P1: a fixed 2,000-image test subset, 6 epochs, patience 3",
+    )
+    ap.add_argument(
+        "--tiny", action="store_true", help="smoke test: tiny network, a few images, 1 epoch"
+    )
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -77,21 +77,26 @@ def test_public_api_names_resolve():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
-    """The README's main job, shrunk: profile, compare, plan, fine-tune, test once."""
+    """The README's main job, shrunk: advice, five strategies on the same images, test once, report."""
     out = tmp_path / "demo"
     rc = main(["demo", "--per-class", "3", "--epochs", "1", "--size", "32", "--test-size", "40",
-               "--batch-size", "16", "--no-progress", "--out", str(out)])
+               "--batch-size", "16", "--auto-budget", "1", "--no-progress", "--out", str(out)])
     assert rc == 0
-    report = json.loads((out / "metrics.json").read_text())
-    assert set(report["strategies"]) == {"linear-probe", "full-finetune", "smart-kernel",
-                                         "random-mask", "auto"}
-    assert report["train_images"] + report["val_images"] == 30 and report["test_images"] == 40
-    for r in report["strategies"].values():
-        assert 0.0 <= r["test_accuracy"] <= 1.0
-    assert report["strategies"]["smart-kernel"]["frozen_fraction"] == pytest.approx(0.5, abs=0.01)
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = metrics["strategies"]
+    assert list(rows) == ["linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto"]
+    assert metrics["train_images"] + metrics["val_images"] == 30 and metrics["test_images"] == 40
+    for name, r in rows.items():
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_images"] == 40, name
+        sub = json.loads((out / name / "metrics.json").read_text())
+        assert sub["accuracy"] == r["test_accuracy"]  # each run's test set read once, recorded
+    assert rows["random-mask"]["frozen_fraction"] == pytest.approx(rows["smart-kernel"]["frozen_fraction"])
+    assert 0.3 < rows["smart-kernel"]["frozen_fraction"] < 0.6 and rows["full-finetune"]["frozen_fraction"] == 0
     plan = st.FreezePlan.load(out / "smart-kernel" / "plan.json")
     plan.validate(st.replace_head(st.load_backbone("efficientnet_lite0"), 10))
-    assert "test accuracy" in capsys.readouterr().out
+    assert (out / "report.html").is_file() and "quadrant" in (out / "advice.json").read_text()
+    text = capsys.readouterr().out
+    assert "One seed" in text and "benchmarks/results/p1.md" in text
 
 
 def test_profile_efficientnet_lite0_over_fashion_mnist_batches():

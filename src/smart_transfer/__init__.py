@@ -21,6 +21,7 @@ _EXPORTS = {
     "TrainResult": "api",
     "list_strategies": "api",
     "Advice": "strategies.advice",
+    "make_report": "report",
     # errors
     "SmartTransferError": "errors",
     "ConfigError": "errors",

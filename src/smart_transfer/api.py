@@ -294,6 +294,7 @@ def train(
     classes = _classes(ds, torch.cat([targets, _targets(val_ds, val_idx)]))
     num_classes = len(classes)
 
+    torch.manual_seed(seed)  # a backbone without pretrained weights is initialised from the seed
     make, backbone_name, is_name = _resolve_backbone(backbone)
     from .models import replace_head
 
@@ -374,8 +375,6 @@ def train(
         if "profile_pre" in outcome.extra:
             outcome.extra["profile_pre"].save(out_dir / "profile_pre.pt")
             outcome.extra["profile_new"].save(out_dir / "profile_new.pt")
-            config["options"].setdefault("measure", outcome.extra.get("measure", "gaussian_kl"))  # type: ignore[attr-defined]
-            _write_json(out_dir / "config.json", config)
         if outcome.log_tag is not None:
             src_log = out_dir / "checkpoints" / outcome.log_tag / "log.jsonl"
             if src_log.is_file():

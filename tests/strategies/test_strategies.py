@@ -136,3 +136,21 @@ def test_data_forms_agree(tiny_net, tiny_data):
     b = st.train(tiny_net, batches, [(x[60:], y[60:])], strategy="linear-probe", progress=False)
     assert a.val_accuracy == b.val_accuracy and a.chosen == b.chosen
     assert a.config["samples"] == 90 and a.config["num_classes"] == 3
+
+
+def test_bn_adapt_reestimates_running_statistics_and_keeps_them(tiny_net, tiny_data):
+    from smart_transfer.strategies.base import Context, Recipe
+    from smart_transfer.strategies.finetune import adapt_batchnorm
+
+    tf = st.data.transforms_for(tiny_net, train=False)
+    ctx = Context(make_model=lambda: tiny_net, backbone_name="", num_classes=3, train=None, val=None,
+                  train_eval=st.data.loader(tiny_data, batch_size=128), train_tf=tf, eval_tf=tf, recipe=Recipe())
+    adapt_batchnorm(tiny_net, ctx)
+    x = tf(tiny_data.images)
+    first = tiny_net.features[0](x)  # the input of the first BatchNorm, over all images
+    bn = tiny_net.features[1]
+    torch.testing.assert_close(bn.running_mean, first.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, first.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+    assert bn.momentum == 0.1 and bn.training == tiny_net.training  # settings restored
+    r = st.train(tiny_net, tiny_data, strategy="smart-kernel", bn_stats="adapt", epochs=1, progress=False)
+    assert r.plan is not None

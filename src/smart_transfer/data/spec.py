@@ -27,9 +27,8 @@ def open_data(spec: str, split: str = "train", size: int | None = None) -> Any:
         return image_folder(path, size=size)
     if path.is_file() and path.suffix.lower() == ".npz":
         return arrays(path)
-    close = difflib.get_close_matches(str(spec).lower(), FASHION, n=1, cutoff=0.6)
-    if close:
-        raise DataError(f"unknown data {spec!r}; did you mean {close[0]!r}?")
+    if difflib.get_close_matches(str(spec).lower(), FASHION, n=1, cutoff=0.6):
+        raise DataError(f"unknown data {spec!r}; did you mean 'fashion-mnist'?")
     if path.exists():
         raise DataError(f"{spec!r} is neither a folder of class subfolders nor an .npz file")
     raise DataError(

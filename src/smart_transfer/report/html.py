@@ -197,7 +197,7 @@ def _pct(x: Any) -> str:
 
 def _load_model(run_dir: Path) -> tuple[nn.Module | None, str]:
     try:
-        train_result = importlib.import_module("smart_transfer.strategies").TrainResult
+        train_result = importlib.import_module("smart_transfer.api").TrainResult
     except (ImportError, AttributeError):
         return None, "no trained model was given and this installation cannot load one from the run"
     try:

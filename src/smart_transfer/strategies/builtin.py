@@ -17,7 +17,9 @@ _SMART_OPTIONS = {
     "budget": "instead: freeze network-wide until this fraction stays trainable",
     "select": "'fixed' (default) or 'val': choose the quantile on validation among `quantiles`",
     "quantiles": "candidates for select='val' (default 0.25, 0.5, 0.75)",
-    "bn_stats": "running statistics of frozen channels: 'freeze' (default) or 'update'",
+    "bn_stats": "BatchNorm: 'freeze' (default: frozen channels keep their running statistics), "
+                "'update' (they follow the new data) or 'adapt' (AdaBN: all re-estimated on the "
+                "training images, then BatchNorm kept in eval mode)",
     "point": "where activations are profiled: 'output' (default), 'norm' or 'act' (needs source images)",
     "invert": "freeze the most shifted channels instead (an ablation; default False)",
     "init": "'pretrained' (default) or 'probe': start from a linear probe's head, as LP-FT does",

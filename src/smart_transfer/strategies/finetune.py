@@ -21,10 +21,18 @@ def train_model(
     head_lr_mult: float | None = None, layer_decay: float | None = None,
     bn_stats: str = "freeze", train_mode: Any = None,
 ) -> Outcome:
-    """Fine-tune ``model`` (with ``plan`` applied, if any) with the context's recipe."""
+    """Fine-tune ``model`` (with ``plan`` applied, if any) with the context's recipe.
+
+    ``bn_stats``: ``"freeze"`` / ``"update"`` are :func:`apply_plan`'s policies for frozen
+    channels (BatchNorm layers otherwise train as usual); ``"adapt"`` re-estimates every
+    BatchNorm's running statistics on the training images first (AdaBN) and then keeps all
+    BatchNorm layers in eval mode, so training and evaluation normalise alike."""
     handle = None
+    if bn_stats == "adapt":
+        adapt_batchnorm(model, ctx)
+        train_mode = _bn_eval_mode(train_mode)
     if plan is not None:
-        handle = apply_plan(model, plan, bn_stats=bn_stats)
+        handle = apply_plan(model, plan, bn_stats="update" if bn_stats == "adapt" else bn_stats)
     opt = make_optimizer(param_groups(model, ctx.recipe, head_lr_mult, layer_decay), ctx.recipe)
     if handle is not None:
         handle.attach(opt)
@@ -34,6 +42,44 @@ def train_model(
         if handle is not None:
             handle.remove()
     return Outcome(model=model, val_accuracy=result.best_val_accuracy, fit=result, plan=plan, log_tag=tag)
+
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, ctx: Context) -> None:
+    """Replace every BatchNorm's running mean/var by those of the training images (AdaBN;
+    PyTorch's cumulative average weights every batch alike)."""
+    bns = [m for m in model.modules() if isinstance(m, _BN)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches
+        m.train()
+    try:
+        for x, _ in ctx.train_eval:
+            model(ctx.eval_tf(x.to(ctx.device)))
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was)
+
+
+def _bn_eval_mode(inner: Any) -> Any:
+    def mode(m: nn.Module) -> None:
+        if inner is not None:
+            inner(m)
+        else:
+            m.train()
+        for b in m.modules():
+            if isinstance(b, _BN):
+                b.eval()
+
+    return mode
 
 
 def run_head_only(ctx: Context) -> Outcome:

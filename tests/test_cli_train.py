@@ -1,0 +1,107 @@
+"""The practitioner's CLI through main([...]): train, resume, evaluate, advise, report, list."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import smart_transfer as st
+from smart_transfer.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent / "strategies"))
+from tiny_images import make_images
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    x, y = make_images(120)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, images=x.numpy(), labels=y.numpy())
+    return path
+
+
+def _train_args(npz, out, *extra):
+    return ["train", "--backbone", "small_vgg", "--data", str(npz), "--per-class", "20", "--size", "16",
+            "--epochs", "3", "--lr", "0.01", "--no-progress", "--out", str(out), *extra]
+
+
+def test_train_evaluate_report_advise(npz, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(npz, out, "--strategy", "smart-kernel", "--option", "bn_stats=\"update\"")) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["strategy"] == "smart-kernel" and cfg["options"] == {"bn_stats": "update"}
+    assert len(cfg["data"]["train_indices"]) + len(cfg["data"]["val_indices"]) == 60
+    assert (out / "plan.json").is_file() and (out / "model.safetensors").is_file()
+    assert main(_train_args(npz, out)) == 2  # the folder already holds a run
+    assert "--resume" in capsys.readouterr().err
+
+    assert main(["evaluate", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_images"] == 60  # the images of the .npz that were not drawn
+    used = set(cfg["data"]["train_indices"]) | set(cfg["data"]["val_indices"])
+    ds = st.data.arrays(str(npz))
+    rest = torch.tensor([i for i in range(len(ds)) if i not in used])
+    r = st.TrainResult.load(out)
+    r.model.eval()
+    with torch.no_grad():
+        pred = r.model(r.transform()(ds.images[rest])).argmax(1)
+    assert m["accuracy"] == pytest.approx(float((pred == ds.targets[rest]).double().mean()))
+    assert main(["evaluate", str(out)]) == 2  # the test set is read once
+    assert "read once" in capsys.readouterr().err
+
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "smart-kernel" in html
+
+    assert main(["advise", "--backbone", "small_vgg", "--data", str(npz), "--size", "16",
+                 "--out", str(tmp_path / "advice.json")]) == 0
+    adv = json.loads((tmp_path / "advice.json").read_text())
+    assert adv["strategy"] in st.list_strategies() and adv["quadrant"].startswith("small")
+    assert "similarity curve" in capsys.readouterr().out
+
+
+def test_ctrl_c_then_resume_ends_bit_identical(npz, tmp_path, monkeypatch, capsys):
+    from smart_transfer.training import loop
+    from smart_transfer.training.checkpoint import load_weights
+
+    base = _train_args(npz, tmp_path / "full", "--strategy", "full-finetune", "--patience", "10")
+    assert main(base) == 0
+    real = loop._score
+    calls = {"n": 0}
+
+    def interrupt_after_two_epochs(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 0 (initial) and epochs 1, 2 were scored
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "_score", interrupt_after_two_epochs)
+    out = tmp_path / "cut"
+    assert main(_train_args(npz, out, "--strategy", "full-finetune", "--patience", "10")) == 130
+    err = capsys.readouterr().err
+    assert f"smart-transfer train --resume {out}" in err and "Traceback" not in err
+    monkeypatch.setattr(loop, "_score", real)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(out / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = load_weights(tmp_path / "full" / "checkpoints/full-finetune/model.safetensors")
+    lb = load_weights(out / "checkpoints/full-finetune/model.safetensors")
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_list_strategies_and_user_mistakes(capsys):
+    assert main(["list", "strategies"]) == 0
+    text = capsys.readouterr().out
+    for name in st.list_strategies():
+        assert name in text
+    assert main(["train", "--data", "fashionmnist", "--out", "/tmp/never"]) == 2
+    assert "fashion-mnist" in capsys.readouterr().err
+    assert main(["train", "--resume", "/nonexistent/run"]) == 2
+    assert main(["train", "--data", "x"]) == 2
