@@ -191,10 +191,15 @@ def test_check_outputs_compares_resolved_paths(work):
 # ------------------------------------------------------------------ signals during a save
 
 
+# A job started in the background of a non-interactive shell inherits SIGINT as ignored, and
+# Python then installs no handler for it: the child restores the default, as a terminal has it.
+_SIGINT_DEFAULT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def _child(code: str, cwd: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", _SIGINT_DEFAULT + textwrap.dedent(code)],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
