@@ -106,6 +106,20 @@ def _split(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
+def _prepare(
+    batch: Any, device: torch.device, transform: BatchTransform | None, channels_last: bool, where: str
+) -> tuple[Tensor, Tensor]:
+    """Check one (x, y) batch, move it to ``device``, transform the images."""
+    x, y = _split(batch)
+    validate_batch(x, y, where=where)
+    x, y = x.to(device), y.to(device)
+    if transform is not None:
+        x = transform(x)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
 def _autocast(device: torch.device, amp: str | None) -> Any:
     if amp is None or device.type != "cuda":
         return nullcontext()
@@ -129,13 +143,7 @@ def _score(
     total = 0
     try:
         for index, batch in enumerate(batches):
-            x, y = _split(batch)
-            validate_batch(x, y, where=f"validation batch {index}")
-            x, y = x.to(device), y.to(device)
-            if transform is not None:
-                x = transform(x)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = _prepare(batch, device, transform, channels_last, f"validation batch {index}")
             with _autocast(device, amp):
                 logits = forward(model, x, y, f"validation batch {index}")
             correct += float((logits.argmax(dim=1) == y).sum())
@@ -341,13 +349,7 @@ def fit(
             loss_sum = correct = 0.0
             seen = 0
             for step, batch in enumerate(train_batches, start=1):
-                x, y = _split(batch)
-                validate_batch(x, y, where=f"epoch {epoch}, batch {step}")
-                x, y = x.to(device), y.to(device)
-                if train_transform is not None:
-                    x = train_transform(x)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, y = _prepare(batch, device, train_transform, channels_last, f"epoch {epoch}, batch {step}")
                 optimizer.zero_grad(set_to_none=True)
                 with _autocast(device, amp):
                     logits = forward(model, x, y, f"epoch {epoch}, batch {step}")
