@@ -27,6 +27,7 @@ from .running import (
     DEFAULT_HIST_BINS,
     DEFAULT_HIST_MAX,
     DEFAULT_HIST_SCALE,
+    DEFAULT_COV_SAMPLE_PER_BATCH,
     DEFAULT_SAMPLE_PER_BATCH,
     RunningStats,
     _Scratch,
@@ -173,6 +174,7 @@ def profile(
     hist_max: float = DEFAULT_HIST_MAX,
     sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
     covariance: bool = True,
+    cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
     seed: int = 0,
     distributed: bool | None = None,
 ) -> ActivationProfile:
@@ -199,6 +201,10 @@ def profile(
             positions, a stratified random sample) feed the histogram and the log moments;
             None uses every value. Everything else always uses every value.
         covariance: also accumulate the (C, C) channel covariance of each layer.
+        cov_sample_per_batch: at most this many positions per batch (a stratified random
+            sample, weighted so that the estimate is unbiased) feed the off-diagonal covariance
+            entries; the diagonal is the exact variance. None uses every position. The number
+            used is in each layer's ``cov_count``.
         seed: seeds the subsample (rank r of a distributed run uses ``seed + r``).
         distributed: combine the profiles of all ranks when torch.distributed is initialised
             (None: automatically; False: keep this rank's profile). Every rank must call
@@ -208,6 +214,7 @@ def profile(
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_int(max_batches, "max_batches")
     _check_int(sample_per_batch, "sample_per_batch")
+    _check_int(cov_sample_per_batch, "cov_sample_per_batch")
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
     names = select_layers(model, layers, types, exclude)
@@ -238,6 +245,7 @@ def profile(
             hist_max=hist_max,
             covariance=covariance,
             sample_per_batch=sample_per_batch,
+            cov_sample_per_batch=cov_sample_per_batch,
             generator=generator,
             device=run_device,
             scratch=scratch,
@@ -251,6 +259,7 @@ def profile(
         "hist_max": float(hist_max),
         "sample_per_batch": sample_per_batch,
         "covariance": bool(covariance),
+        "cov_sample_per_batch": cov_sample_per_batch if covariance else None,
         "seed": int(seed),
         "model": type(model).__name__,
         "hooked": {p.name: p.hooked for p in points},
@@ -418,4 +427,5 @@ def _finish(
     }
     meta["num_batches"] = num_batches
     meta["subsampled"] = any(accs[p.name].subsampled for p in reached)
+    meta["cov_subsampled"] = any(accs[p.name].cov_subsampled for p in reached)
     return ActivationProfile(layers=layers, source="data", num_samples=num_samples, meta=meta)

@@ -11,8 +11,12 @@ Statistics and their cost per batch:
 
 * count, mean, variance, min/max, fraction of exact zeros: every value, a handful of passes
   over each cache-sized chunk of images;
-* channel covariance: every value, one matmul of the centred chunk (its diagonal is the
-  variance);
+* channel covariance: its diagonal is the variance (every value); the off-diagonal entries
+  come from a stratified random subsample of at most ``cov_sample_per_batch`` positions per
+  batch (every position when the batch has no more), centred on the exact batch means and
+  weighted by the inverse inclusion probability, so the estimate is unbiased. A (C, C)
+  product costs C times more per position than any per-channel statistic, and for the wide
+  layers of mobile networks it would cost several times the network's own forward pass;
 * mean / variance of log|x| over non-zero values and a fixed-bin histogram: a stratified
   random subsample of at most ``sample_per_batch`` positions per batch (every channel at the
   same positions), because a log or a bin lookup costs far more per value than a sum.
@@ -42,6 +46,8 @@ DEFAULT_HIST_BINS = 128
 DEFAULT_HIST_SCALE = 1e-2
 DEFAULT_HIST_MAX = 1e4
 DEFAULT_SAMPLE_PER_BATCH = 2048
+# Positions per batch behind the off-diagonal covariance entries (see the module docstring).
+DEFAULT_COV_SAMPLE_PER_BATCH = 256
 
 
 def hist_edges(
@@ -101,6 +107,7 @@ class ChannelStats:
     log_m2: Tensor | None = None
     hist: Tensor | None = None  # (C, B)
     hist_count: Tensor | None = None
+    cov_count: Tensor | None = None  # positions behind the off-diagonal covariance entries
 
     @property
     def num_channels(self) -> int:
@@ -203,6 +210,8 @@ def _merge_into_(s: ChannelStats, b: ChannelStats) -> None:
     ):
         s.hist.add_(b.hist)
         s.hist_count.add_(b.hist_count)
+    if s.cov_count is not None and b.cov_count is not None:
+        s.cov_count.add_(b.cov_count)
     s.count = n
 
 
@@ -259,6 +268,14 @@ def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tenso
     return x3
 
 
+def _gather_positions(x: Tensor, pos: Tensor) -> Tensor:
+    """Rows ``pos`` of the flattened positions of an (N, C, L) or (M, C) batch, as (k, C)."""
+    if x.ndim == 3:
+        length = x.shape[2]
+        return x[pos // length, :, pos % length]
+    return x[pos]
+
+
 def _gram_blocks(c: int) -> list[int]:
     """Row-block boundaries for a (C, C) Gram matrix: 1, 2 or 3 blocks by width."""
     b = 1 if c < 192 else (2 if c < 384 else 3)
@@ -301,6 +318,8 @@ class RunningStats:
     ``hist_bins`` / ``hist_scale`` / ``hist_max``: the fixed histogram bins of
     :func:`hist_edges` (``hist_bins`` 0 or None: no histogram). ``sample_per_batch``: at most this many
     positions per batch feed the log moments and the histogram (None: all of them).
+    ``cov_sample_per_batch``: at most this many positions per batch feed the off-diagonal
+    covariance entries (None: all of them; the diagonal always uses every value).
     ``generator`` draws those positions (seed it for reproducible profiles).
     """
 
@@ -313,23 +332,27 @@ class RunningStats:
         hist_max: float = DEFAULT_HIST_MAX,
         covariance: bool = True,
         sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
+        cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         scratch: _Scratch | None = None,
     ) -> None:
-        if sample_per_batch is not None and (
-            not isinstance(sample_per_batch, int)
-            or isinstance(sample_per_batch, bool)
-            or sample_per_batch < 1
+        for what, value in (
+            ("sample_per_batch", sample_per_batch),
+            ("cov_sample_per_batch", cov_sample_per_batch),
         ):
-            raise ConfigError(
-                f"sample_per_batch must be a positive int or None (all values), got {sample_per_batch!r}"
-            )
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ConfigError(
+                    f"{what} must be a positive int or None (all values), got {value!r}"
+                )
         c = int(num_channels)
         dev = torch.device(device)
         self.num_channels = c
         self.covariance = covariance
         self.sample_per_batch = sample_per_batch
+        self.cov_sample_per_batch = cov_sample_per_batch
         self.generator = generator
         self.device = dev
         edges = hist_edges(hist_bins, hist_scale, hist_max) if hist_bins else None
@@ -341,7 +364,9 @@ class RunningStats:
         self._scratch = scratch if scratch is not None else _Scratch()
         self.batches = 0
         self.subsampled = False  # True once a batch had more positions than sample_per_batch
-        self._strata: tuple[int, Tensor, Tensor] | None = None  # (n, stretch starts, widths)
+        self.cov_subsampled = False  # the same for cov_sample_per_batch
+        # (n, k) -> (stretch starts, widths) of the stratified samples, per batch shape
+        self._strata: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         z = torch.zeros(c, dtype=F64, device=dev)
         self.stats = ChannelStats(
             count=0.0,
@@ -358,6 +383,7 @@ class RunningStats:
             if edges is None
             else torch.zeros(c, edges.numel() - 1, dtype=F64, device=dev),
             hist_count=None if edges is None else z.clone(),
+            cov_count=z.clone() if covariance else None,
         )
 
     # -- one batch -------------------------------------------------------------------------
@@ -380,8 +406,16 @@ class RunningStats:
         if n == 0:
             return torch.ones((), dtype=torch.bool, device=x.device)
         # An (M, C) batch of linear outputs is one 'image' of M positions: (1, C, M).
-        batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0))
+        k_cov = self.cov_sample_per_batch
+        exact_cov = self.covariance and (k_cov is None or n <= k_cov)
+        batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0), exact_cov)
         self._sample_stats(rows, n, batch)
+        if self.covariance:
+            if not exact_cov:
+                self._sampled_comoment(rows, n, batch)
+            batch.cov_count = torch.full(
+                (self.num_channels,), float(min(n, k_cov or n)), dtype=F64, device=x.device
+            )
         self._accumulate(batch)
         self.batches += 1
         return torch.isfinite(batch.mean).all()
@@ -390,7 +424,45 @@ class RunningStats:
         """Fold one batch into the running totals, in place."""
         _merge_into_(self.stats, b)
 
-    def _moments_ncl(self, x: Tensor) -> ChannelStats:
+    def _stratified(self, n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``k`` of ``n`` positions, one uniformly from each of ``k`` near-equal stretches.
+
+        Without replacement, spread over every image, and O(k) to draw (a permutation of n
+        would be O(n)). Returns the positions and the width of each one's stretch: a position
+        is drawn with probability ``1 / width``, so weighting it by ``width`` makes any sum over
+        the sample an unbiased estimate of the sum over all ``n`` positions.
+        """
+        strata = self._strata.get((n, k))
+        if strata is None:  # same batch shape: same stretches
+            bounds = (torch.arange(k + 1, dtype=F64) * (n / k)).floor()
+            strata = self._strata[(n, k)] = (bounds[:-1], bounds[1:] - bounds[:-1])
+        lo, width = strata
+        u = torch.rand(k, dtype=F64, generator=self.generator)
+        pos = lo.addcmul(u, width).floor_().long().clamp_(0, n - 1).to(device)
+        return pos, width
+
+    def _sampled_comoment(self, x: Tensor, n: int, out: ChannelStats) -> None:
+        """Unbiased estimate of the batch's (C, C) co-moment from a stratified sample.
+
+        Each sampled position is centred on the exact batch mean (known here, so centring adds
+        no bias) and weighted by its stretch width; the diagonal is replaced by the exact sums
+        of squares already in ``out.m2``.
+        """
+        k = int(self.cov_sample_per_batch or n)
+        self.cov_subsampled = True
+        pos, width = self._stratified(n, k, x.device)
+        sub = _gather_positions(x, pos)  # (k, C)
+        c, dt = self.num_channels, sub.dtype
+        d = self._scratch.get(k * c, dt, x.device, "cov_sample").view(k, c)
+        torch.sub(sub, out.mean.to(dt), out=d)
+        d.mul_(width.sqrt().to(device=x.device, dtype=dt).unsqueeze(1))
+        gram = self._scratch.get(c * c, dt, x.device, "gram").view(c, c)
+        _gram_add_(gram, d.T, first=True)
+        _mirror_blocks_(gram)
+        gram.diagonal().copy_(out.m2)
+        out.comoment = gram
+
+    def _moments_ncl(self, x: Tensor, with_gram: bool | None = None) -> ChannelStats:
         """Moments of an (N, C, L) batch: per-image centred two-pass partials, then combined.
 
         Each image is centred on its own mean, so that every statistic of a chunk of images is
@@ -410,7 +482,9 @@ class RunningStats:
         chunk = CHUNK_ELEMS * max(1, torch.get_num_threads())
         step = num if dev.type != "cpu" else max(1, min(num, chunk // (c * length)))
         work = self._scratch.get(step * c * length, dt, dev)
-        gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c) if self.covariance else None
+        if with_gram is None:
+            with_gram = self.covariance
+        gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c) if with_gram else None
         sq = None if gram is not None else torch.empty_like(sums)
         # Narrow layers with large maps: one small matmul per image (bmm) keeps every intra-op
         # thread busy, where a single (C, k*L) x (k*L, C) product with C <= 64 scales poorly
@@ -475,19 +549,8 @@ class RunningStats:
             sub = x.transpose(1, 2).reshape(-1, self.num_channels) if ncl else x
         else:
             self.subsampled = True
-            # One position from each of k equal stretches of the batch: without replacement,
-            # spread over every image, and O(k) to draw (a permutation of n would be O(n)).
-            if self._strata is None or self._strata[0] != n:  # same batch shape: same stretches
-                bounds = (torch.arange(k + 1, dtype=F64) * (n / k)).floor()
-                self._strata = (n, bounds[:-1], bounds[1:] - bounds[:-1])
-            _, lo, width = self._strata
-            u = torch.rand(k, dtype=F64, generator=self.generator)
-            pos = lo.addcmul(u, width).floor_().long().clamp_(0, n - 1).to(x.device)
-            if ncl:
-                length = x.shape[2]
-                sub = x[pos // length, :, pos % length]
-            else:
-                sub = x[pos]
+            pos, _ = self._stratified(n, k, x.device)
+            sub = _gather_positions(x, pos)
         sub = sub.contiguous()  # (k, C); flat views below rely on it
         shape, size, dt, dev = sub.shape, sub.numel(), sub.dtype, sub.device
 
@@ -609,6 +672,7 @@ def to_layer_profile(
         hist_edges=None if s.hist is None or edges is None else _cpu(edges),
         hist_count=_cpu(s.hist_count),
         cov=_cpu(cov),
+        cov_count=None if cov is None else _cpu(s.cov_count),
     )
 
 
@@ -635,4 +699,5 @@ def from_layer_profile(lp: LayerProfile) -> ChannelStats:
         else lp.log_var.to(F64) * lp.log_count.to(F64),
         hist=None if lp.hist is None else lp.hist.to(F64).clone(),
         hist_count=None if lp.hist_count is None else lp.hist_count.to(F64).clone(),
+        cov_count=None if lp.cov_count is None else lp.cov_count.to(F64).clone(),
     )
