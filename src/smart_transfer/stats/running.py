@@ -241,6 +241,9 @@ class _Scratch:
 # a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
 # from memory once per statistic (about 20% faster for VGG-sized activations).
 CHUNK_ELEMS = 1 << 19
+# Raw (uncentred) sums of squares are used where they exceed the centred ones at most this
+# many times: float32 rounding then costs at most ~1e-5 of the variance.
+RAW_MOMENT_LIMIT = 32.0
 
 
 def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tensor:
@@ -424,38 +427,40 @@ class RunningStats:
         """Fold one batch into the running totals, in place."""
         _merge_into_(self.stats, b)
 
-    def _stratified(self, n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``k`` of ``n`` positions, one uniformly from each of ``k`` near-equal stretches.
+    def _stratified(self, n: int, k: int, device: torch.device) -> Tensor:
+        """``k`` of ``n`` positions: one uniformly from each of ``k`` near-equal stretches.
 
         Without replacement, spread over every image, and O(k) to draw (a permutation of n
-        would be O(n)). Returns the positions and the width of each one's stretch: a position
-        is drawn with probability ``1 / width``, so weighting it by ``width`` makes any sum over
-        the sample an unbiased estimate of the sum over all ``n`` positions.
+        would be O(n)). The stretches are rotated by a random offset (modulo ``n``) on every
+        call: stretches of ``floor(n/k)`` and ``ceil(n/k)`` positions alternate in a fixed
+        pattern, and without the rotation the positions in the shorter ones would always be
+        drawn more often, the same positions in every batch. With it, every position is drawn
+        with probability exactly ``k / n``, so a sample mean is an unbiased estimate of the
+        batch mean.
         """
         strata = self._strata.get((n, k))
         if strata is None:  # same batch shape: same stretches
             bounds = (torch.arange(k + 1, dtype=F64) * (n / k)).floor()
             strata = self._strata[(n, k)] = (bounds[:-1], bounds[1:] - bounds[:-1])
         lo, width = strata
-        u = torch.rand(k, dtype=F64, generator=self.generator)
-        pos = lo.addcmul(u, width).floor_().long().clamp_(0, n - 1).to(device)
-        return pos, width
+        u = torch.rand(k + 1, dtype=F64, generator=self.generator)
+        pos = lo.addcmul(u[:k], width).floor_().add_((u[k] * n).floor()).long()
+        return pos.remainder_(n).to(device)
 
     def _sampled_comoment(self, x: Tensor, n: int, out: ChannelStats) -> None:
         """Unbiased estimate of the batch's (C, C) co-moment from a stratified sample.
 
         Each sampled position is centred on the exact batch mean (known here, so centring adds
-        no bias) and weighted by its stretch width; the diagonal is replaced by the exact sums
-        of squares already in ``out.m2``.
+        no bias) and weighted by the inverse of its inclusion probability; the diagonal is
+        replaced by the exact sums of squares already in ``out.m2``.
         """
         k = int(self.cov_sample_per_batch or n)
         self.cov_subsampled = True
-        pos, width = self._stratified(n, k, x.device)
-        sub = _gather_positions(x, pos)  # (k, C)
+        sub = _gather_positions(x, self._stratified(n, k, x.device))  # (k, C)
         c, dt = self.num_channels, sub.dtype
         d = self._scratch.get(k * c, dt, x.device, "cov_sample").view(k, c)
-        torch.sub(sub, out.mean.to(dt), out=d)
-        d.mul_(width.sqrt().to(device=x.device, dtype=dt).unsqueeze(1))
+        # Each position is in the sample with probability k / n: weight n / k (sqrt per factor).
+        torch.sub(sub, out.mean.to(dt), out=d).mul_(math.sqrt(n / k))
         gram = self._scratch.get(c * c, dt, x.device, "gram").view(c, c)
         _gram_add_(gram, d.T, first=True)
         _mirror_blocks_(gram)
@@ -520,8 +525,9 @@ class RunningStats:
                 torch.sub(xs, centre, out=centred.permute(1, 0, 2))
                 _gram_add_(gram, centred.view(c, k * length), first=i == 0)
             else:
-                torch.sub(xs, centre, out=flat)
-                torch.sum(flat.mul_(flat), 2, out=sq[j])  # type: ignore[index]
+                # Without a covariance, a one-pass norm gives the raw sums of squares; the
+                # few channels where that loses digits are redone centred below.
+                torch.linalg.vector_norm(xs, 2, dim=2, out=sq[j])  # type: ignore[index]
         mean64 = sums.to(F64).sum(0) / n
         # Offsets of the centres actually used (float32 image means) from the batch mean.
         offsets = (sums / length).to(F64) - mean64
@@ -530,7 +536,7 @@ class RunningStats:
             _mirror_blocks_(gram)
             m2 = gram.diagonal().to(F64)
         else:
-            m2 = sq.to(F64).sum(0) + length * (offsets * offsets).sum(0)  # type: ignore[union-attr]
+            m2 = self._m2_from_raw(x, sums, sq, mean64)  # type: ignore[arg-type]
         return ChannelStats(
             count=float(n),
             mean=mean64,
@@ -541,6 +547,27 @@ class RunningStats:
             zeros=n - nonzero.to(F64).sum(0),
         )
 
+    @staticmethod
+    def _m2_from_raw(x: Tensor, sums: Tensor, norms: Tensor, mean: Tensor) -> Tensor:
+        """Sum of squared deviations per channel from per-image sums and norms of an (N, C, L) batch.
+
+        Per image ``M2_i = sum x^2 - (sum x)^2 / L`` in float64. The float32 sum of squares is
+        good to a few parts in 1e7 of itself, so where it exceeds ``M2_i`` by more than
+        RAW_MOMENT_LIMIT (a mean large against the spread) the difference would keep too few
+        digits; those channels are recomputed from values centred on each image's mean.
+        """
+        length = x.shape[2]
+        s64 = sums.to(F64)
+        ss = norms.to(F64).square_()
+        m2_img = ss - s64 * s64 / length
+        bad = (m2_img * RAW_MOMENT_LIMIT < ss).any(0).nonzero().squeeze(1)
+        if bad.numel():
+            xb = x.index_select(1, bad.to(x.device))
+            d = xb - (sums.index_select(1, bad.to(x.device)) / length).unsqueeze(2)
+            m2_img[:, bad] = d.mul_(d).sum(2).to(F64)
+        offsets = s64 / length - mean
+        return m2_img.sum(0) + length * (offsets * offsets).sum(0)
+
     def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
         """Log moments and histogram counts on a stratified subsample of positions."""
         k = self.sample_per_batch
@@ -549,8 +576,7 @@ class RunningStats:
             sub = x.transpose(1, 2).reshape(-1, self.num_channels) if ncl else x
         else:
             self.subsampled = True
-            pos, _ = self._stratified(n, k, x.device)
-            sub = _gather_positions(x, pos)
+            sub = _gather_positions(x, self._stratified(n, k, x.device))
         sub = sub.contiguous()  # (k, C); flat views below rely on it
         shape, size, dt, dev = sub.shape, sub.numel(), sub.dtype, sub.device
 
