@@ -26,7 +26,7 @@ from smart_transfer.stats import hist_edges
 
 CONVS = ["features.0", "features.3", "features.7", "features.10"]
 LAYERS = CONVS + ["classifier"]
-EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None}  # no subsampling: every statistic is exact
+EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}  # no subsampling: every statistic is exact
 
 
 def _no_hooks(model: nn.Module) -> bool:

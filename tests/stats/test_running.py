@@ -33,6 +33,7 @@ def _accumulate(batches, channel_dim=1, **kw) -> RunningStats:
     kw.setdefault("hist_max", 50.0)
     kw.setdefault("sample_per_batch", None)
     kw.setdefault("cov_sample_per_batch", None)
+    kw.setdefault("hist_sample_per_batch", None)
     acc = RunningStats(c, **kw)
     for x in batches:
         assert bool(acc.update(x, channel_dim))
@@ -290,7 +291,7 @@ def test_merge_of_two_parts_equals_the_whole(data):
     for n in sizes:
         vals = data.draw(st_.lists(_values, min_size=n * c * length, max_size=n * c * length))
         batches.append(torch.tensor(vals, dtype=torch.float64).view(n, c, length))
-    kw = {"hist_bins": 8, "hist_scale": 0.5, "hist_max": 100.0, "sample_per_batch": None, "cov_sample_per_batch": None}
+    kw = {"hist_bins": 8, "hist_scale": 0.5, "hist_max": 100.0, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}
     whole = _accumulate(batches, **kw)
     first = _accumulate(batches[:split], **kw)
     second = _accumulate(batches[split:], **kw)

@@ -28,6 +28,7 @@ from .running import (
     DEFAULT_HIST_MAX,
     DEFAULT_HIST_SCALE,
     DEFAULT_COV_SAMPLE_PER_BATCH,
+    DEFAULT_HIST_SAMPLE_PER_BATCH,
     DEFAULT_SAMPLE_PER_BATCH,
     RunningStats,
     _Scratch,
@@ -175,6 +176,7 @@ def profile(
     sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
     covariance: bool = True,
     cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
+    hist_sample_per_batch: int | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
     seed: int = 0,
     distributed: bool | None = None,
 ) -> ActivationProfile:
@@ -198,8 +200,11 @@ def profile(
         hist_bins / hist_scale / hist_max: the fixed histogram bins, uniform in
             ``asinh(x / hist_scale)`` up to ``+-hist_max`` (``hist_bins=0``: no histogram).
         sample_per_batch: at most this many positions per batch (all channels at the same
-            positions, a stratified random sample) feed the histogram and the log moments;
-            None uses every value. Everything else always uses every value.
+            positions, a stratified random sample drawing every position with the same
+            probability) feed the log moments; None uses every value. Count, mean, variance,
+            min/max and zero fraction always use every value.
+        hist_sample_per_batch: at most this many of those positions feed the histogram
+            (None: all of them).
         covariance: also accumulate the (C, C) channel covariance of each layer.
         cov_sample_per_batch: at most this many positions per batch (a stratified random
             sample, weighted so that the estimate is unbiased) feed the off-diagonal covariance
@@ -215,6 +220,7 @@ def profile(
     _check_int(max_batches, "max_batches")
     _check_int(sample_per_batch, "sample_per_batch")
     _check_int(cov_sample_per_batch, "cov_sample_per_batch")
+    _check_int(hist_sample_per_batch, "hist_sample_per_batch")
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
     names = select_layers(model, layers, types, exclude)
@@ -246,6 +252,7 @@ def profile(
             covariance=covariance,
             sample_per_batch=sample_per_batch,
             cov_sample_per_batch=cov_sample_per_batch,
+            hist_sample_per_batch=hist_sample_per_batch,
             generator=generator,
             device=run_device,
             scratch=scratch,
@@ -260,6 +267,7 @@ def profile(
         "sample_per_batch": sample_per_batch,
         "covariance": bool(covariance),
         "cov_sample_per_batch": cov_sample_per_batch if covariance else None,
+        "hist_sample_per_batch": hist_sample_per_batch if hist_bins else None,
         "seed": int(seed),
         "model": type(model).__name__,
         "hooked": {p.name: p.hooked for p in points},

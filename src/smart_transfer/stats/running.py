@@ -17,9 +17,15 @@ Statistics and their cost per batch:
   weighted by the inverse inclusion probability, so the estimate is unbiased. A (C, C)
   product costs C times more per position than any per-channel statistic, and for the wide
   layers of mobile networks it would cost several times the network's own forward pass;
-* mean / variance of log|x| over non-zero values and a fixed-bin histogram: a stratified
-  random subsample of at most ``sample_per_batch`` positions per batch (every channel at the
-  same positions), because a log or a bin lookup costs far more per value than a sum.
+* mean / variance of log|x| over non-zero values: a stratified random subsample of at most
+  ``sample_per_batch`` positions per batch (every channel at the same positions), because a
+  log costs far more per value than a sum; the fixed-bin histogram: at most
+  ``hist_sample_per_batch`` of those positions (a bin lookup costs more still, and the
+  histogram measures need fewer values for the same plans).
+
+Every subsample draws each position with the same probability, so sample means are unbiased
+estimates of the batch's; the sample sizes are in each layer's ``log_count``, ``hist_count``
+and ``cov_count``.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ DEFAULT_HIST_BINS = 128
 DEFAULT_HIST_SCALE = 1e-2
 DEFAULT_HIST_MAX = 1e4
 DEFAULT_SAMPLE_PER_BATCH = 2048
+# Positions per batch behind the histogram (every m-th position of the log-moment sample).
+DEFAULT_HIST_SAMPLE_PER_BATCH = 512
 # Positions per batch behind the off-diagonal covariance entries (see the module docstring).
-DEFAULT_COV_SAMPLE_PER_BATCH = 256
+DEFAULT_COV_SAMPLE_PER_BATCH = 128
 
 
 def hist_edges(
@@ -236,6 +244,14 @@ class _Scratch:
             self._bufs[name] = buf
         return buf[:numel]
 
+    def ones(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat tensor of ``numel`` ones (never written to by its users)."""
+        buf = self._bufs.get("ones")
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = torch.ones(max(numel, 1 << 16), dtype=dtype, device=device)
+            self._bufs["ones"] = buf
+        return buf[:numel]
+
 
 # Elements per chunk and thread when a (N, C, L) batch is reduced on the CPU: all passes over
 # a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
@@ -320,7 +336,8 @@ class RunningStats:
 
     ``hist_bins`` / ``hist_scale`` / ``hist_max``: the fixed histogram bins of
     :func:`hist_edges` (``hist_bins`` 0 or None: no histogram). ``sample_per_batch``: at most this many
-    positions per batch feed the log moments and the histogram (None: all of them).
+    positions per batch feed the log moments (None: all of them); ``hist_sample_per_batch``
+    the histogram (None: all of those).
     ``cov_sample_per_batch``: at most this many positions per batch feed the off-diagonal
     covariance entries (None: all of them; the diagonal always uses every value).
     ``generator`` draws those positions (seed it for reproducible profiles).
@@ -336,6 +353,7 @@ class RunningStats:
         covariance: bool = True,
         sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
         cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
+        hist_sample_per_batch: int | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         scratch: _Scratch | None = None,
@@ -343,6 +361,7 @@ class RunningStats:
         for what, value in (
             ("sample_per_batch", sample_per_batch),
             ("cov_sample_per_batch", cov_sample_per_batch),
+            ("hist_sample_per_batch", hist_sample_per_batch),
         ):
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
@@ -356,6 +375,7 @@ class RunningStats:
         self.covariance = covariance
         self.sample_per_batch = sample_per_batch
         self.cov_sample_per_batch = cov_sample_per_batch
+        self.hist_sample_per_batch = hist_sample_per_batch
         self.generator = generator
         self.device = dev
         edges = hist_edges(hist_bins, hist_scale, hist_max) if hist_bins else None
@@ -569,39 +589,64 @@ class RunningStats:
         return m2_img.sum(0) + length * (offsets * offsets).sum(0)
 
     def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
-        """Log moments and histogram counts on a stratified subsample of positions."""
+        """Log moments and histogram counts on stratified subsamples of positions.
+
+        The log moments use ``sample_per_batch`` positions, the histogram every m-th of them
+        (``hist_sample_per_batch``). A batch with at most twice as many positions as the
+        sample is used whole, in its own layout: gathering scattered positions costs more per
+        value than the statistics themselves.
+        """
         k = self.sample_per_batch
-        ncl = x.ndim == 3
-        if k is None or n <= k:
-            sub = x.transpose(1, 2).reshape(-1, self.num_channels) if ncl else x
+        c = self.num_channels
+        if k is None or 2 * k >= n:
+            v = x  # (N, C, L) or (M, C): every position
+            m = n
         else:
             self.subsampled = True
-            sub = _gather_positions(x, self._stratified(n, k, x.device))
-        sub = sub.contiguous()  # (k, C); flat views below rely on it
-        shape, size, dt, dev = sub.shape, sub.numel(), sub.dtype, sub.device
+            v = _gather_positions(x, self._stratified(n, k, x.device))  # (k, C)
+            m = k
+        dims: tuple[int, ...] = (0, 2) if v.ndim == 3 else (0,)
+        shape, size, dt, dev = v.shape, v.numel(), v.dtype, v.device
 
         def buf(name: str, dtype: torch.dtype = dt) -> Tensor:
             return self._scratch.get(size, dtype, dev, name).view(shape)
 
-        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise); the
-        # per-batch sums go to float64 before they are merged. A zero gets log(0 + 1) = 0 and
-        # weight 0, so no -inf ever appears (log(0) is also a slow path on the CPU).
-        mag = torch.abs(sub, out=buf("mag"))
-        nonzero = torch.ne(sub, 0, out=buf("nonzero"))  # 1.0 / 0.0
-        logs = torch.eq(sub, 0, out=buf("logs")).add_(mag).log_()
-        cnt = nonzero.sum(0).to(F64)
-        lmean = logs.sum(0).to(F64) / cnt.clamp_min(1)
-        dev_ = logs.sub_(lmean.to(dt)).mul_(nonzero)
-        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, dev_.mul_(dev_).sum(0).to(F64)
+        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise). A zero
+        # gets log(0 + 1) = 0, so it adds nothing to the sums of logs and no -inf appears
+        # (log(0) is also a slow path on the CPU); the zeros are counted to leave them out.
+        zeros = torch.eq(v, 0, out=buf("zeros"))  # 1.0 / 0.0
+        logs = torch.abs(v, out=buf("logs")).add_(zeros).log_()
+        cnt = m - zeros.sum(dims, dtype=F64)
+        s1 = logs.sum(dims, dtype=F64)
+        lmean = s1 / cnt.clamp_min(1)
+        s2 = logs.mul_(logs).sum(dims, dtype=F64)
+        m2 = (s2 - s1 * lmean).clamp_min_(0).masked_fill_(cnt <= 1, 0.0)
+        bad = (m2 * RAW_MOMENT_LIMIT < s2) & (cnt > 1)  # logs nearly constant: redo centred
+        if bool(bad.any()):
+            idx = bad.nonzero().squeeze(1).to(dev)
+            vb = v.index_select(1, idx)
+            lb = torch.abs(vb).add_(torch.eq(vb, 0)).log_()
+            d = lb.sub_(lmean[idx].to(dt).view((1, -1) + (1,) * (vb.ndim - 2)))
+            d.mul_(torch.ne(vb, 0))
+            m2[idx] = d.mul_(d).sum(dims, dtype=F64)
+        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, m2
         if self._inner_edges is not None:
-            idx = self._bin_index(sub, buf)
+            kh = self.hist_sample_per_batch
+            hv = v
+            if kh is not None and m > kh:
+                self.subsampled = True
+                if v is x:
+                    hv = _gather_positions(x, self._stratified(n, kh, x.device))
+                else:  # every m-th position of an equal-probability sample is one as well
+                    hv = v[:: -(-m // kh)].contiguous()
+            idx = self._bin_index(hv.contiguous())
             bins = self._inner_edges.numel() + 1
-            idx += torch.arange(self.num_channels, device=dev, dtype=idx.dtype) * bins
-            counts = torch.bincount(idx.view(-1), minlength=self.num_channels * bins)
-            out.hist = counts.view(self.num_channels, bins)  # int64, added into the float64 totals
-            out.hist_count = torch.full(
-                (self.num_channels,), float(shape[0]), dtype=F64, device=dev
-            )
+            offsets = torch.arange(c, device=dev, dtype=idx.dtype) * bins
+            idx += offsets.view((1, -1) + (1,) * (hv.ndim - 2))
+            hist = self.stats.hist
+            ones = self._scratch.ones(idx.numel(), F64, dev)
+            hist.view(-1).index_add_(0, idx.view(-1), ones)  # straight into the totals
+            self.stats.hist_count.add_(float(hv.numel() // c))  # type: ignore[union-attr]
 
     def _bin_index(self, v: Tensor, buf: Callable[..., Tensor] | None = None) -> Tensor:
         """Bin of each value: ``i`` with ``edges[i] <= v < edges[i+1]``, end bins open-ended.
