@@ -257,6 +257,9 @@ class _Scratch:
 # a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
 # from memory once per statistic (about 20% faster for VGG-sized activations).
 CHUNK_ELEMS = 1 << 19
+# Batches whose sampled (C, C) products are summed in the activation dtype before they are
+# added to the float64 totals (fewer passes over a matrix that can be as large as a batch).
+COV_FLUSH_BATCHES = 16
 # Raw (uncentred) sums of squares are used where they exceed the centred ones at most this
 # many times: float32 rounding then costs at most ~1e-5 of the variance.
 RAW_MOMENT_LIMIT = 32.0
@@ -390,12 +393,19 @@ class RunningStats:
         self.cov_subsampled = False  # the same for cov_sample_per_batch
         # (n, k) -> (stretch starts, widths) of the stratified samples, per batch shape
         self._strata: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        # Co-moment about a fixed reference (the first batch's mean), so that a batch adds its
+        # (C, C) product with no correction term: float32 totals in the activation dtype,
+        # folded into float64 every COV_FLUSH_BATCHES batches.
+        self._cov_ref: Tensor | None = None
+        self._cov_acc: Tensor | None = None
+        self._cov_acc64: Tensor | None = None
+        self._cov_pending = 0
         z = torch.zeros(c, dtype=F64, device=dev)
-        self.stats = ChannelStats(
+        self._totals = ChannelStats(
             count=0.0,
             mean=z.clone(),
             m2=z.clone(),
-            comoment=torch.zeros(c, c, dtype=F64, device=dev) if covariance else None,
+            comoment=None,  # kept apart, about a fixed reference (see _add_comoment)
             min=torch.full((c,), math.inf, dtype=F64, device=dev),
             max=torch.full((c,), -math.inf, dtype=F64, device=dev),
             zeros=z.clone(),
@@ -434,18 +444,16 @@ class RunningStats:
         batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0), exact_cov)
         self._sample_stats(rows, n, batch)
         if self.covariance:
-            if not exact_cov:
-                self._sampled_comoment(rows, n, batch)
-            batch.cov_count = torch.full(
-                (self.num_channels,), float(min(n, k_cov or n)), dtype=F64, device=x.device
-            )
+            self._add_comoment(rows, n, batch, exact_cov)
+            self._totals.cov_count.add_(float(min(n, k_cov or n)))  # type: ignore[union-attr]
+            batch.comoment = None
         self._accumulate(batch)
         self.batches += 1
         return torch.isfinite(batch.mean).all()
 
     def _accumulate(self, b: ChannelStats) -> None:
         """Fold one batch into the running totals, in place."""
-        _merge_into_(self.stats, b)
+        _merge_into_(self._totals, b)
 
     def _stratified(self, n: int, k: int, device: torch.device) -> Tensor:
         """``k`` of ``n`` positions: one uniformly from each of ``k`` near-equal stretches.
@@ -467,25 +475,43 @@ class RunningStats:
         pos = lo.addcmul(u[:k], width).floor_().add_((u[k] * n).floor()).long()
         return pos.remainder_(n).to(device)
 
-    def _sampled_comoment(self, x: Tensor, n: int, out: ChannelStats) -> None:
-        """Unbiased estimate of the batch's (C, C) co-moment from a stratified sample.
+    def _add_comoment(self, x: Tensor, n: int, batch: ChannelStats, exact: bool) -> None:
+        """Add the batch's (C, C) co-moment about the reference to the running totals.
 
-        Each sampled position is centred on the exact batch mean (known here, so centring adds
-        no bias) and weighted by the inverse of its inclusion probability; the diagonal is
-        replaced by the exact sums of squares already in ``out.m2``.
+        ``exact``: ``batch.comoment`` holds the co-moment about the batch mean over every
+        position. Otherwise an unbiased estimate comes from a sample of
+        ``cov_sample_per_batch`` positions, each drawn with probability k / n and weighted by
+        n / k; the diagonal is later replaced by the exact sums of squares.
         """
+        c, dev = self.num_channels, x.device
+        if self._cov_ref is None:
+            self._cov_ref = batch.mean.clone()
+            self._cov_acc64 = torch.zeros(c, c, dtype=F64, device=dev)
+        if exact:
+            gram = batch.comoment
+            assert gram is not None
+            delta = batch.mean - self._cov_ref
+            self._cov_acc64.add_(gram).addr_(delta, delta, alpha=batch.count)  # type: ignore[union-attr]
+            return
         k = int(self.cov_sample_per_batch or n)
         self.cov_subsampled = True
-        sub = _gather_positions(x, self._stratified(n, k, x.device))  # (k, C)
-        c, dt = self.num_channels, sub.dtype
-        d = self._scratch.get(k * c, dt, x.device, "cov_sample").view(k, c)
-        # Each position is in the sample with probability k / n: weight n / k (sqrt per factor).
-        torch.sub(sub, out.mean.to(dt), out=d).mul_(math.sqrt(n / k))
-        gram = self._scratch.get(c * c, dt, x.device, "gram").view(c, c)
-        _gram_add_(gram, d.T, first=True)
-        _mirror_blocks_(gram)
-        gram.diagonal().copy_(out.m2)
-        out.comoment = gram
+        sub = _gather_positions(x, self._stratified(n, k, dev))  # (k, C)
+        dt = sub.dtype
+        d = self._scratch.get(k * c, dt, dev, "cov_sample").view(k, c)
+        torch.sub(sub, self._cov_ref.to(dt), out=d).mul_(math.sqrt(n / k))
+        if self._cov_acc is None or self._cov_acc.dtype != dt:
+            self._flush_comoment()
+            self._cov_acc = torch.zeros(c, c, dtype=dt, device=dev)
+        _gram_add_(self._cov_acc, d.T, first=False)  # upper blocks; mirrored when finished
+        self._cov_pending += 1
+        if self._cov_pending >= COV_FLUSH_BATCHES:
+            self._flush_comoment()
+
+    def _flush_comoment(self) -> None:
+        if self._cov_acc is not None and self._cov_pending:
+            self._cov_acc64.add_(self._cov_acc)  # type: ignore[union-attr]
+            self._cov_acc.zero_()
+        self._cov_pending = 0
 
     def _moments_ncl(self, x: Tensor, with_gram: bool | None = None) -> ChannelStats:
         """Moments of an (N, C, L) batch: per-image centred two-pass partials, then combined.
@@ -643,10 +669,10 @@ class RunningStats:
             bins = self._inner_edges.numel() + 1
             offsets = torch.arange(c, device=dev, dtype=idx.dtype) * bins
             idx += offsets.view((1, -1) + (1,) * (hv.ndim - 2))
-            hist = self.stats.hist
+            hist = self._totals.hist
             ones = self._scratch.ones(idx.numel(), F64, dev)
             hist.view(-1).index_add_(0, idx.view(-1), ones)  # straight into the totals
-            self.stats.hist_count.add_(float(hv.numel() // c))  # type: ignore[union-attr]
+            self._totals.hist_count.add_(float(hv.numel() // c))  # type: ignore[union-attr]
 
     def _bin_index(self, v: Tensor, buf: Callable[..., Tensor] | None = None) -> Tensor:
         """Bin of each value: ``i`` with ``edges[i] <= v < edges[i+1]``, end bins open-ended.
@@ -687,6 +713,24 @@ class RunningStats:
     ) -> LayerProfile:
         """Finished statistics on the CPU as a :class:`LayerProfile`."""
         return to_layer_profile(self.stats, name, kind, params, self.edges)
+
+    @property
+    def stats(self) -> ChannelStats:
+        """The statistics so far, with the co-moment about the mean (a new object each time)."""
+        out = dataclasses.replace(self._totals)
+        if self.covariance:
+            c = self.num_channels
+            if self._cov_ref is None:
+                out.comoment = torch.zeros(c, c, dtype=F64, device=self.device)
+            else:
+                self._flush_comoment()
+                acc = self._cov_acc64.clone()  # type: ignore[union-attr]
+                _mirror_blocks_(acc)
+                delta = self._totals.mean - self._cov_ref
+                acc.addr_(delta, delta, alpha=-self._totals.count)
+                acc.diagonal().copy_(self._totals.m2)
+                out.comoment = acc
+        return out
 
 
 def _cpu(t: Tensor | None) -> Tensor | None:
