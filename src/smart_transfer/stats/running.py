@@ -758,11 +758,14 @@ def to_layer_profile(
         var = torch.where(const, torch.zeros_like(var), var)
     cov = None
     if s.comoment is not None:
-        cov = s.comoment / denom
-        cov = 0.5 * (cov + cov.T)  # exactly symmetric for downstream linear algebra
+        # Exactly symmetric already: co-moments are built from mirrored blocks and outer
+        # products delta * delta^T, whose (i, j) and (j, i) entries are the same product.
+        cov = s.comoment.to("cpu", F64) / denom
         if s.min is not None and s.max is not None:
-            keep = (s.min != s.max).to(cov.dtype)
-            cov = cov * keep[:, None] * keep[None, :]
+            const = (s.min == s.max).cpu()
+            if bool(const.any()):
+                cov[const] = 0.0
+                cov[:, const] = 0.0
         cov.diagonal().copy_(var)  # the diagonal *is* the variance; keep them identical
     log_var = None
     if s.log_count is not None and s.log_m2 is not None:
@@ -786,7 +789,7 @@ def to_layer_profile(
         hist=_cpu(s.hist),
         hist_edges=None if s.hist is None or edges is None else _cpu(edges),
         hist_count=_cpu(s.hist_count),
-        cov=_cpu(cov),
+        cov=cov,
         cov_count=None if cov is None else _cpu(s.cov_count),
     )
 
