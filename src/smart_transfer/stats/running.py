@@ -257,6 +257,9 @@ class _Scratch:
 # a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
 # from memory once per statistic (about 20% faster for VGG-sized activations).
 CHUNK_ELEMS = 1 << 19
+# Maps with fewer positions than this are reduced over the images first (see
+# _moments_small_maps).
+SMALL_MAP = 64
 # Batches whose sampled (C, C) products are summed in the activation dtype before they are
 # added to the float64 totals (fewer passes over a matrix that can be as large as a batch).
 COV_FLUSH_BATCHES = 16
@@ -288,6 +291,18 @@ def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tenso
     if x3.shape[2] == 1:
         return x3.reshape(x3.shape[0], num_channels)
     return x3
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """Per-channel float64 sums of an (N, C, L) or (M, C) tensor.
+
+    Sums over the images first, then over the positions of the (C, L) result: a reduction
+    along contiguous rows runs vectorised, where one over dims (0, 2) at once is slow for the
+    short rows of small feature maps.
+    """
+    if t.ndim == 3:
+        return t.sum(0).sum(1, dtype=F64)
+    return t.sum(0, dtype=F64)
 
 
 def _gather_positions(x: Tensor, pos: Tensor) -> Tensor:
@@ -523,7 +538,11 @@ class RunningStats:
         The covariance comes back in the activation dtype in a scratch buffer (valid until the
         next layer's update), to be added into the float64 totals by :meth:`_accumulate`.
         """
+        if with_gram is None:
+            with_gram = self.covariance
         num, c, length = x.shape
+        if not with_gram and length < SMALL_MAP and x.is_contiguous():
+            return self._moments_small_maps(x)
         dt, dev = x.dtype, x.device
         n = num * length
         sums = torch.empty(num, c, dtype=dt, device=dev)
@@ -533,8 +552,6 @@ class RunningStats:
         chunk = CHUNK_ELEMS * max(1, torch.get_num_threads())
         step = num if dev.type != "cpu" else max(1, min(num, chunk // (c * length)))
         work = self._scratch.get(step * c * length, dt, dev)
-        if with_gram is None:
-            with_gram = self.covariance
         gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c) if with_gram else None
         sq = None if gram is not None else torch.empty_like(sums)
         # Narrow layers with large maps: one small matmul per image (bmm) keeps every intra-op
@@ -593,6 +610,34 @@ class RunningStats:
             zeros=n - nonzero.to(F64).sum(0),
         )
 
+    def _moments_small_maps(self, x: Tensor) -> ChannelStats:
+        """Moments of an (N, C, L) batch with small maps (few positions per image).
+
+        Reductions along rows of L < SMALL_MAP values run far below memory speed, so every
+        statistic is reduced over the images first, as (N, C*L) rows, then over the L
+        positions of the (C, L) result. The sum of squares is raw (one pass, no centring);
+        channels where that would lose digits are recomputed centred.
+        """
+        num, c, length = x.shape
+        n = num * length
+        flat = x.view(num, c * length)
+        s = flat.sum(0).view(c, length).sum(1, dtype=F64)
+        ss = torch.linalg.vector_norm(flat, 2, dim=0).square_().view(c, length).sum(1, dtype=F64)
+        mins = flat.amin(0).view(c, length).amin(1).to(F64)
+        maxs = flat.amax(0).view(c, length).amax(1).to(F64)
+        work = self._scratch.get(flat.numel(), x.dtype, x.device).view(num, c * length)
+        nonzero = torch.ne(flat, 0, out=work).sum(0).view(c, length).sum(1, dtype=F64)
+        mean = s / n
+        m2 = (ss - s * mean).clamp_min_(0)
+        bad = (m2 * RAW_MOMENT_LIMIT < ss).nonzero().squeeze(1)
+        if bad.numel():
+            xb = x.index_select(1, bad.to(x.device))
+            d = xb - mean[bad].to(x.dtype).view(1, -1, 1)
+            m2[bad] = d.mul_(d).sum(0).sum(1, dtype=F64)
+        return ChannelStats(
+            count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero
+        )
+
     @staticmethod
     def _m2_from_raw(x: Tensor, sums: Tensor, norms: Tensor, mean: Tensor) -> Tensor:
         """Sum of squared deviations per channel from per-image sums and norms of an (N, C, L) batch.
@@ -642,10 +687,10 @@ class RunningStats:
         # (log(0) is also a slow path on the CPU); the zeros are counted to leave them out.
         zeros = torch.eq(v, 0, out=buf("zeros"))  # 1.0 / 0.0
         logs = torch.abs(v, out=buf("logs")).add_(zeros).log_()
-        cnt = m - zeros.sum(dims, dtype=F64)
-        s1 = logs.sum(dims, dtype=F64)
+        cnt = m - _channel_sum(zeros)
+        s1 = _channel_sum(logs)
         lmean = s1 / cnt.clamp_min(1)
-        s2 = logs.mul_(logs).sum(dims, dtype=F64)
+        s2 = _channel_sum(logs.mul_(logs))
         m2 = (s2 - s1 * lmean).clamp_min_(0).masked_fill_(cnt <= 1, 0.0)
         bad = (m2 * RAW_MOMENT_LIMIT < s2) & (cnt > 1)  # logs nearly constant: redo centred
         if bool(bad.any()):
@@ -659,7 +704,7 @@ class RunningStats:
         if self._inner_edges is not None:
             kh = self.hist_sample_per_batch
             hv = v
-            if kh is not None and m > kh:
+            if kh is not None and 2 * kh < m:
                 self.subsampled = True
                 if v is x:
                     hv = _gather_positions(x, self._stratified(n, kh, x.device))
