@@ -72,7 +72,7 @@ def test_engine_on_model_family(name, kwargs, size):
         torch.testing.assert_close(lp.var, rows.var(0, unbiased=False), rtol=1e-3, atol=1e-9)
         torch.testing.assert_close(lp.max, rows.max(0).values, rtol=1e-6, atol=1e-6)
         cov = torch.cov(rows.T, correction=0)
-        torch.testing.assert_close(lp.cov, cov, rtol=1e-3, atol=1e-5 * float(cov.abs().max()) + 1e-12)
+        torch.testing.assert_close(lp.cov, cov, rtol=1e-3, atol=1e-4 * float(cov.abs().max()) + 1e-10)
 
     # profile_from_batchnorm: the buffers themselves, or a clear error without BatchNorm
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]

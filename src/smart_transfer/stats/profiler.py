@@ -117,7 +117,8 @@ def resolve_points(
     for name in names:
         layer = modules[name]
         channels = num_out_channels(layer)
-        dim = -1 if isinstance(layer, nn.Linear) else 1
+        # Linear and LayerNorm outputs carry their channels last (tokens or features before them)
+        dim = -1 if isinstance(layer, (nn.Linear, nn.LayerNorm)) else 1
         hooked: str | None = name
         if point == "norm":
             hooked = norms.get(name)
