@@ -115,7 +115,7 @@ def test_engine_on_model_family(name, kwargs, size):
     model.eval()
 
     # feature_extractor: the head's input, pooled
-    head_name, head = st.models.find_head(model)
+    _head_name, head = st.models.find_head(model)
     fx = st.feature_extractor(model)
     got = []
     h = head.register_forward_pre_hook(lambda _m, args: got.append(args[0].detach()))

@@ -206,8 +206,8 @@ def _center_crop(x: Tensor, size: tuple[int, int]) -> Tensor:
         pad_b = (th - h + 1) // 2 if th > h else 0
         x = F.pad(x, [pad_l, pad_r, pad_t, pad_b])
         h, w = x.shape[-2:]
-    top = int(round((h - th) / 2.0))
-    left = int(round((w - tw) / 2.0))
+    top = round((h - th) / 2.0)
+    left = round((w - tw) / 2.0)
     return x[..., top : top + th, left : left + tw]
 
 

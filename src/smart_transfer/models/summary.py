@@ -147,9 +147,9 @@ def _shapes_and_macs(
         return hook
 
     root = type(model).__name__
-    with eval_no_grad(model), forward_hooks([(modules[n], hook_for(n)) for n in layers]):
-        with FlopCounterMode(display=False) as counter:
-            model(x)
+    hooks = [(modules[n], hook_for(n)) for n in layers]
+    with eval_no_grad(model), forward_hooks(hooks), FlopCounterMode(display=False) as counter:
+        model(x)
     counts = counter.get_flop_counts()
     macs = {n: int(sum(counts.get(f"{root}.{n}", {}).values())) // 2 for n in layers}
     return shapes, macs
@@ -239,7 +239,7 @@ def summary(
     if input_size is not None and layers:
         try:
             shapes_macs = _shapes_and_macs(model, layers, input_size)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if not auto:
                 raise ConfigError(
                     f"a forward pass of one {tuple(input_size)} image through "

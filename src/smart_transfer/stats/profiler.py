@@ -24,11 +24,11 @@ from .distributed import distributed_rank, distributed_world, gather_profiles
 from .hooks import eval_no_grad, forward_hooks
 from .profile import ActivationProfile
 from .running import (
+    DEFAULT_COV_SAMPLE_PER_BATCH,
     DEFAULT_HIST_BINS,
     DEFAULT_HIST_MAX,
-    DEFAULT_HIST_SCALE,
-    DEFAULT_COV_SAMPLE_PER_BATCH,
     DEFAULT_HIST_SAMPLE_PER_BATCH,
+    DEFAULT_HIST_SCALE,
     DEFAULT_SAMPLE_PER_BATCH,
     RunningStats,
     _Scratch,
