@@ -342,7 +342,7 @@ def _markdown(res: dict[str, Any]) -> str:
                 "(ru_maxrss of a child also counts pages shared with its parent before exec)."
             ),
         ]
-    lines += ["", "Every repeat is in `profile.json`."]
+    lines += ["", "Every repeat is in the JSON file of the same name."]
     return "\n".join(lines) + "\n"
 
 
@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-s2", action="store_true", help="skip the memory benchmark")
     ap.add_argument("--only", default=None, help="run S1 only for these model names (comma-separated)")
+    ap.add_argument("--tag", default=None, help="write profile_TAG.json / .md instead")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument(
@@ -380,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def record() -> None:
-        _atomic_write(RESULTS / "profile.json", json.dumps(res, indent=2) + "\n")
-        _atomic_write(RESULTS / "profile.md", _markdown(res))
+        stem = "profile" if not args.tag else f"profile_{args.tag}"
+        _atomic_write(RESULTS / f"{stem}.json", json.dumps(res, indent=2) + "\n")
+        _atomic_write(RESULTS / f"{stem}.md", _markdown(res))
 
     only = set(args.only.split(",")) if args.only else None
     for name, (factory, size, nb) in _models(args.size, args.quick).items():
