@@ -58,33 +58,43 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _models(size_vgg: int) -> dict[str, tuple[Callable[[], nn.Module], int]]:
-    """name -> (factory, image size). EfficientNet-Lite0 only when the models package has it."""
-    out: dict[str, tuple[Callable[[], nn.Module], int]] = {
-        "smallvgg_bn_64px": (lambda: SmallVGG(batch_norm=True), size_vgg),
+def _models(size_vgg: int, quick: bool) -> dict[str, tuple[Callable[[], nn.Module], int, int]]:
+    """name -> (factory, image size, batches). Models whose package is missing are skipped."""
+    out: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
+        "smallvgg_bn_64px": (lambda: SmallVGG(batch_norm=True), size_vgg, 4),
     }
+    big = 1 if quick else 2
     try:
         from smart_transfer.models import load_backbone
 
         load_backbone("efficientnet_lite0")  # fails cleanly if weights/package are missing
-        out["efficientnet_lite0_96px"] = (lambda: load_backbone("efficientnet_lite0"), 96)
+        out["efficientnet_lite0_96px"] = (lambda: load_backbone("efficientnet_lite0"), 96, 4)
+        out["efficientnet_lite0_224px"] = (lambda: load_backbone("efficientnet_lite0"), 224, big)
+        # random weights are fine for speed
+        out["torchvision_resnet50_224px"] = (
+            lambda: load_backbone("torchvision:resnet50", pretrained=False), 224, big
+        )
+        out["timm_convnext_tiny_224px"] = (
+            lambda: load_backbone("timm:convnext_tiny", pretrained=False), 224, big
+        )
     except Exception as e:  # noqa: BLE001 - any failure just means "skip this model"
-        print(f"skipping efficientnet_lite0: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"skipping backbones: {type(e).__name__}: {e}", file=sys.stderr)
     return out
 
 
-def _time_forward(model: nn.Module, batches: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
+def _time_forward(model: nn.Module, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of a plain no_grad forward."""
+    wall, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for x in batches:
             model(x)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _time_profile(model: nn.Module, batches: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
+def _time_profile(model: nn.Module, batches: list[torch.Tensor]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
     st.profile(model, batches, progress=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run_s1(
@@ -113,19 +123,24 @@ def run_s1(
     }
     for r in range(repeats):
         order = ("forward", "profile") if r % 2 == 0 else ("profile", "forward")
-        secs = {}
+        secs, cpus = {}, {}
         for what in order:
-            secs[what] = (_time_forward if what == "forward" else _time_profile)(model, batches)
+            fn = _time_forward if what == "forward" else _time_profile
+            secs[what], cpus[what] = fn(model, batches)
         row = {
             "repeat": r,
             "forward_images_per_s": images / secs["forward"],
             "profile_images_per_s": images / secs["profile"],
             "ratio": secs["forward"] / secs["profile"],
+            # CPU time of this process: what other processes on a shared machine disturb least
+            "cpu_ratio": cpus["forward"] / cpus["profile"],
+            "loadavg_1min": os.getloadavg()[0],
         }
         rows.append(row)
         print(
             f"  S1 {name} repeat {r}: forward {row['forward_images_per_s']:.1f} img/s, "
-            f"profile {row['profile_images_per_s']:.1f} img/s, ratio {row['ratio']:.3f}",
+            f"profile {row['profile_images_per_s']:.1f} img/s, ratio {row['ratio']:.3f}, "
+            f"CPU-time ratio {row['cpu_ratio']:.3f}, load {row['loadavg_1min']:.1f}",
             flush=True,
         )
         result["median_forward_images_per_s"] = statistics.median(
@@ -137,6 +152,8 @@ def run_s1(
         ratios = sorted(x["ratio"] for x in rows)
         result["median_ratio"] = statistics.median(ratios)
         result["ratio_quartiles"] = [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]]
+        result["median_cpu_ratio"] = statistics.median(x["cpu_ratio"] for x in rows)
+        result["min_ratio"] = ratios[0]
         # Fastest forward over fastest profile: the least disturbed by other processes on a
         # shared machine (each minimum is the run with the least interference).
         result["ratio_of_best_times"] = max(x["profile_images_per_s"] for x in rows) / max(
@@ -267,9 +284,9 @@ def _markdown(res: dict[str, Any]) -> str:
         "",
         (
             "| model | image | batch | batches x repeats | forward img/s | profile img/s "
-            "| ratio (median) | quartiles | best / best |"
+            "| ratio (median) | quartiles | best / best | CPU-time ratio (median) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["s1"].values():
         if "median_ratio" not in r:
@@ -279,13 +296,19 @@ def _markdown(res: dict[str, Any]) -> str:
             f"{len(r['repeats'])} | {r['median_forward_images_per_s']:.1f} | "
             f"{r['median_profile_images_per_s']:.1f} | **{r['median_ratio']:.3f}** | "
             f"{r['ratio_quartiles'][0]:.3f}-{r['ratio_quartiles'][1]:.3f} | "
-            f"{r['ratio_of_best_times']:.3f} |"
+            f"{r['ratio_of_best_times']:.3f} | {r.get('median_cpu_ratio', float('nan')):.3f} |"
         )
     lines += [
         "",
         (
             "img/s columns are medians over repeats; ratio = forward time / profile time of one "
-            "interleaved round; best / best = fastest profile img/s over fastest forward img/s."
+            "interleaved round; best / best = fastest profile img/s over fastest forward img/s; "
+            "CPU-time ratio = the same with this process's CPU time instead of wall time."
+        ),
+        "",
+        (
+            f"Load average (1 min) at start {res['loadavg_start'][0]:.2f}, at end "
+            f"{(res.get('loadavg_end') or [float('nan')])[0]:.2f} on {res['cpu_count']} CPUs."
         ),
     ]
     s2 = res.get("s2") or {}
@@ -319,7 +342,7 @@ def _markdown(res: dict[str, Any]) -> str:
                 "(ru_maxrss of a child also counts pages shared with its parent before exec)."
             ),
         ]
-    lines += ["", "Every repeat is in `profile.json`."]
+    lines += ["", "Every repeat is in the JSON file of the same name."]
     return "\n".join(lines) + "\n"
 
 
@@ -330,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-s2", action="store_true", help="skip the memory benchmark")
-    ap.add_argument("--only", default=None, help="run S1 only for this model name")
+    ap.add_argument("--only", default=None, help="run S1 only for these model names (comma-separated)")
+    ap.add_argument("--tag", default=None, help="write profile_TAG.json / .md instead")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument(
@@ -351,26 +375,33 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "loadavg_start": list(os.getloadavg()),
         "s1": {},
         "s2": None,
     }
 
     def record() -> None:
-        _atomic_write(RESULTS / "profile.json", json.dumps(res, indent=2) + "\n")
-        _atomic_write(RESULTS / "profile.md", _markdown(res))
+        stem = "profile" if not args.tag else f"profile_{args.tag}"
+        _atomic_write(RESULTS / f"{stem}.json", json.dumps(res, indent=2) + "\n")
+        _atomic_write(RESULTS / f"{stem}.md", _markdown(res))
 
-    for name, (factory, size) in _models(args.size).items():
-        if args.only and name != args.only:
+    only = set(args.only.split(",")) if args.only else None
+    for name, (factory, size, nb) in _models(args.size, args.quick).items():
+        if only and name not in only:
             continue
+        nb = min(nb, n_batches)
+        reps = repeats if nb >= 4 else max(3, repeats // 2)
         rows: list[dict[str, Any]] = []
         res["s1"][name] = {"model": name, "repeats": rows}
-        print(f"S1 {name} at {size} px, batch {args.batch}, {n_batches} batches, {repeats} repeats")
-        res["s1"][name] = run_s1(name, factory, size, args.batch, n_batches, repeats, record, rows)
+        print(f"S1 {name} at {size} px, batch {args.batch}, {nb} batches, {reps} repeats")
+        res["s1"][name] = run_s1(name, factory, size, args.batch, nb, reps, record, rows)
+        res["loadavg_end"] = list(os.getloadavg())
     if not args.no_s2:
         counts = (256, 1024) if args.quick else (256, 4096)
         print(f"S2 peak RSS, {counts[0]} vs {counts[1]} images")
         res["s2"] = {"batch_size": args.batch, "image_size": args.size, "model": "smallvgg_bn"}
         run_s2(counts, args.batch, args.size, record, res["s2"])
+    res["loadavg_end"] = list(os.getloadavg())
     record()
     print(_markdown(res))
     return 0

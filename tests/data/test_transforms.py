@@ -187,3 +187,45 @@ def test_runs_on_the_batch_device():
     torch.testing.assert_close(
         st.data.transforms_for(CFG, train=False)(x).cpu(), cpu, atol=1e-4, rtol=0
     )
+
+
+# -- the evaluation transform against timm's own ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, hw",
+    [("convnext_tiny", (60, 80)), ("efficientnet_b0", (90, 50)), ("deit_tiny_patch16_224", (64, 64))],
+)
+def test_eval_transform_equals_timms_create_transform(name, hw):
+    """resize to floor(size / crop_pct) (shorter side, bicubic), centre crop, normalise.
+
+    Compared on float tensor images, which timm's transform (torchvision Resize/CenterCrop on
+    tensors) takes as they are. On PIL images timm resizes in 8-bit and rounds the result to
+    whole pixel values, so there the two differ by up to half a grey level before
+    normalisation; that is the only difference.
+    """
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model(name, pretrained=False)
+    cfg = resolve_data_config({}, model=model)
+    ref_tf = create_transform(**cfg)
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(0))
+    ref = torch.stack([ref_tf(img) for img in x])
+    tf = st.data.transforms_for(model, train=False)
+    assert tf.crop_pct == cfg["crop_pct"] and tf.interpolation == cfg["interpolation"]
+    out = tf(x)
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) <= 1e-4
+
+
+def test_eval_transform_crops_the_centre_of_the_resized_image():
+    """A direct computation: crop_pct 0.5 on a 4x8 image -> resize to 4 (short side), crop 2x2."""
+    x = torch.arange(32, dtype=torch.float32).view(1, 1, 4, 8) / 32
+    tf = st.data.transforms_for({"input_size": (1, 2, 2), "mean": (0.0,), "std": (1.0,), "crop_pct": 0.5,
+                         "interpolation": "nearest"}, train=False)
+    out = tf(x)
+    # floor(2 / 0.5) = 4: the 4x8 image keeps its size; the centre 2x2 block is rows 1-2, cols 3-4
+    torch.testing.assert_close(out, x[..., 1:3, 3:5])
+    train = st.data.transforms_for({"input_size": (1, 2, 2), "crop_pct": 0.5}, train=True)
+    assert train.training and train(x).shape == (1, 1, 2, 2)  # training: random crops instead

@@ -106,3 +106,21 @@ def test_to_dict_round_trips_numbers(vgg):
     s = st.summary(vgg)
     d = s.to_dict()
     assert d["rows"] == s.rows and d["total"]["params"] == s.total["params"]
+
+
+def test_summary_output_shapes_and_mult_adds_match_a_direct_count():
+    from smart_transfer.models.small import SmallVGG
+
+    model = SmallVGG(widths=(4, 8), batch_norm=True)
+    s = st.summary(model, input_size=(3, 16, 16))
+    rows = {r["layer"]: r for r in s.rows}
+    # conv 3x3, 3 -> 4 channels, 16x16 output: 16*16*4*3*9 multiply-adds
+    assert rows["features.0"]["output_shape"] == (1, 4, 16, 16)
+    assert rows["features.0"]["macs"] == 16 * 16 * 4 * 3 * 9
+    # second stage after 2x2 pooling: 8x8 maps, 4 -> 8 then 8 -> 8
+    assert rows["features.7"]["macs"] == 8 * 8 * 8 * 4 * 9
+    assert rows["classifier"]["output_shape"] == (1, 10) and rows["classifier"]["macs"] == 8 * 10
+    assert s.total["macs"] == sum(r["macs"] for r in s.rows if r["layer"] != "(other)")
+    text = str(s)
+    assert "mult-adds" in text and "1x4x16x16" in text
+    assert "macs" not in st.summary(model, input_size=None).rows[0]

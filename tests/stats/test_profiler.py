@@ -26,7 +26,7 @@ from smart_transfer.stats import hist_edges
 
 CONVS = ["features.0", "features.3", "features.7", "features.10"]
 LAYERS = CONVS + ["classifier"]
-EXACT = {"progress": False, "sample_per_batch": None}  # no subsampling: every statistic is exact
+EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}  # no subsampling: every statistic is exact
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -136,16 +136,24 @@ def test_linear_on_sequences_uses_the_last_dim():
 
 def test_subsampled_profile_is_reproducible_and_records_the_sample_size():
     model, batches = tiny_vgg(), image_batches(2)
-    a = st.profile(model, batches, progress=False, sample_per_batch=50, seed=3)
-    b = st.profile(model, batches, progress=False, sample_per_batch=50, seed=3)
-    c = st.profile(model, batches, progress=False, sample_per_batch=50, seed=4)
+    kw = {"progress": False, "sample_per_batch": 50, "cov_sample_per_batch": 30}
+    a = st.profile(model, batches, seed=3, **kw)
+    b = st.profile(model, batches, seed=3, **kw)
+    c = st.profile(model, batches, seed=4, **kw)
     assert a.meta["sample_per_batch"] == 50 and a.meta["subsampled"]
+    assert a.meta["cov_sample_per_batch"] == 30 and a.meta["cov_subsampled"]
     assert torch.equal(a["features.0"].hist, b["features.0"].hist)
+    assert torch.equal(a["features.0"].cov, b["features.0"].cov)
     assert not torch.equal(a["features.0"].hist, c["features.0"].hist)
+    assert not torch.equal(a["features.0"].cov, c["features.0"].cov)
     assert a["features.0"].hist_count.tolist() == [100.0] * 4  # 50 positions x 2 batches
+    assert a["features.0"].cov_count.tolist() == [60.0] * 4  # 30 positions x 2 batches
     exact = st.profile(model, batches, **EXACT)
+    assert exact["features.0"].cov_count.tolist() == [2.0 * 5 * 16 * 16] * 4
     assert torch.equal(a["features.0"].count, exact["features.0"].count)  # moments use every value
-    torch.testing.assert_close(a["features.0"].var, exact["features.0"].var, rtol=1e-12, atol=0)
+    torch.testing.assert_close(a["features.0"].var, exact["features.0"].var, rtol=1e-6, atol=0)
+    # the covariance's diagonal is the exact variance whatever the sample
+    torch.testing.assert_close(a["features.0"].cov.diagonal(), a["features.0"].var, rtol=0, atol=0)
 
 
 def test_histogram_edges_do_not_depend_on_the_data():

@@ -6,13 +6,14 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
+from .._atomic import atomic_open
 from ..errors import DataError
 
 CACHE_ENV = "SMART_TRANSFER_CACHE"
@@ -47,31 +48,43 @@ def download(
     md5: Collection[str] = (),
     payload_md5: Collection[str] = (),
     timeout: float = 60.0,
+    progress: bool = True,
 ) -> Path:
     """Download ``url`` to ``dest``, check it, and only then move it into place.
 
     The file is accepted when its MD5 is in ``md5`` or the MD5 of its gzip-decompressed
     content is in ``payload_md5`` (a mirror that recompressed the same data passes the
-    second check); with both empty it is not checked. It is written to a temporary file in
-    ``dest``'s folder and renamed over ``dest`` after the check, so an interrupted or
-    failed download leaves neither a partial ``dest`` nor a temporary file behind.
+    second check); with both empty it is not checked. It is written through the shared
+    atomic writer (a temporary sibling, renamed over ``dest`` after the check, with the
+    permissions of every other file written), so an interrupted or failed download leaves
+    neither a partial ``dest`` nor a temporary file behind. ``progress``: a tqdm bar (shown
+    only on a terminal).
 
     Raises :class:`DataError` when the data fails the check or the transfer is cut short,
     and :class:`OSError` (``urllib.error.URLError``) when the server cannot be reached.
     """
+    from tqdm.auto import tqdm
+
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        try:
-            response = urllib.request.urlopen(url, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            exc.close()  # it holds the open connection of the error page
-            raise
-        with os.fdopen(fd, "wb") as out, response as resp:
-            expected = resp.headers.get("Content-Length")
-            h = hashlib.md5(usedforsecurity=False)
-            size = 0
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the open connection of the error page
+        raise
+    with response as resp, atomic_open(dest, "wb") as out:
+        expected = resp.headers.get("Content-Length")
+        h = hashlib.md5(usedforsecurity=False)
+        payload = _PayloadHash() if payload_md5 else None
+        size = 0
+        bar = tqdm(
+            total=int(expected) if expected else None,
+            unit="B",
+            unit_scale=True,
+            desc=dest.name,
+            disable=None if progress else True,
+            leave=False,
+        )
+        with bar:
             while True:
                 try:
                     chunk = resp.read(_CHUNK)
@@ -84,37 +97,82 @@ def download(
                     break
                 out.write(chunk)
                 h.update(chunk)
+                if payload is not None:
+                    payload.update(chunk)
                 size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+                bar.update(len(chunk))
         if expected is not None and size != int(expected):
             raise DataError(
                 f"download of {url} stopped after {size} of {expected} bytes; nothing was "
                 "saved, try again."
             )
-        if md5 or payload_md5:
-            _check(url, Path(tmp), h.hexdigest(), md5, payload_md5)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if md5 or payload_md5:  # raising here leaves dest as it was
+            _check(url, h.hexdigest(), md5, payload_md5, payload)
     return dest
 
 
+class _PayloadHash:
+    """MD5 of the gzip-decompressed content, computed while the bytes arrive."""
+
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self._z: Any = None
+        self._head = b""
+        self.plain = False
+        self.error: Exception | None = None
+
+    def update(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return
+        if self._z is None and not self.plain:
+            self._head += chunk
+            if len(self._head) < 2:
+                return
+            if self._head[:2] == b"\x1f\x8b":
+                self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:
+                self.plain = True
+            chunk, self._head = self._head, b""
+        if self.plain:
+            self.md5.update(chunk)
+            return
+        try:
+            self.md5.update(self._z.decompress(chunk))
+        except zlib.error as exc:
+            self.error = exc
+
+    def hexdigest(self) -> str:
+        if self._head and self.error is None:  # fewer than 2 bytes in all: not gzip
+            self.md5.update(self._head)
+            self._head = b""
+        if self._z is not None and self.error is None:
+            if not self._z.eof:
+                self.error = EOFError("compressed file ended before the end-of-stream marker")
+            else:
+                self.md5.update(self._z.flush())
+        if self.error is not None:
+            raise self.error
+        return self.md5.hexdigest()
+
+
 def _check(
-    url: str, tmp: Path, digest: str, md5: Collection[str], payload_md5: Collection[str]
+    url: str,
+    digest: str,
+    md5: Collection[str],
+    payload_md5: Collection[str],
+    payload: _PayloadHash | None,
 ) -> None:
     if digest in md5:
         return
-    if payload_md5:
+    if payload_md5 and payload is not None:
         try:
-            payload = gunzip_if_needed(tmp.read_bytes())
-        except (OSError, EOFError, zlib.error) as exc:
+            content = payload.hexdigest()
+        except (EOFError, zlib.error) as exc:
             raise DataError(
                 f"downloaded file {url} is not a valid gzip file ({exc}); nothing was saved, "
                 "the server sent a truncated or damaged copy, try again or another mirror."
             ) from exc
-        if md5_of(payload) in payload_md5:
+        if content in payload_md5:
             return
     raise DataError(
         f"downloaded file {url} has MD5 {digest}, not the known checksum "

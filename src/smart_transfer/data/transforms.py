@@ -1,7 +1,8 @@
 """Batch transforms: turn a whole batch of images into what a pretrained network expects.
 
 Everything runs on the batch's own device in a few tensor operations, with no Python loop
-over images: uint8 -> float in [0, 1], resize (bilinear, antialiased), for training a
+over images: uint8 -> float in [0, 1], resize (antialiased, bilinear or bicubic) and, for
+evaluation, the centre crop of timm's eval transform (``crop_pct``), for training a
 random resized crop and horizontal flip per sample (one ``grid_sample`` with per-sample
 affine parameters), gray -> RGB by repeating the channel, normalisation with the model's
 mean and std.
@@ -25,6 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA = (0.299, 0.587, 0.114)
 
 Size = Union[int, Sequence[int]]
+_MODES = ("bilinear", "bicubic", "nearest")
 
 
 class BatchTransform(nn.Module):
@@ -58,8 +60,18 @@ class BatchTransform(nn.Module):
         scale: tuple[float, float] = (0.6, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: float = 0.5,
+        crop_pct: float | None = None,
+        interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
+        if interpolation not in _MODES:
+            raise ConfigError(
+                f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}."
+            )
+        if crop_pct is not None and not (0 < float(crop_pct) <= 1):
+            raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}.")
+        self.crop_pct = None if crop_pct is None else float(crop_pct)
+        self.interpolation = interpolation
         if channels < 1:
             raise ConfigError(f"channels must be positive, got {channels}.")
         self.channels = int(channels)
@@ -83,16 +95,26 @@ class BatchTransform(nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = self._to_float(x)
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(
-                x, size=self.size, mode="bilinear", align_corners=False, antialias=True
-            )
+        if self.size is not None and self.crop_pct is not None and not self.training:
+            x = self._resize(x, _scale_size(tuple(x.shape[-2:]), self.size, self.crop_pct))
+            x = _center_crop(x, self.size)
+        elif self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = self._resize(x, self.size)
         if self.training:
             x = self._random_crop_flip(x, generator)
         x = self._match_channels(x)
         mean = self.mean.to(device=x.device, dtype=x.dtype)
         std = self.std.to(device=x.device, dtype=x.dtype)
         return (x - mean) / std
+
+    def _resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if self.interpolation == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(
+            x, size=size, mode=self.interpolation, align_corners=False, antialias=True
+        )
 
     def _to_float(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -154,9 +176,42 @@ class BatchTransform(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"channels={self.channels}, size={self.size}, train={self.training}"
+        s += f", interpolation={self.interpolation!r}"
+        if self.crop_pct is not None:
+            s += f", crop_pct={self.crop_pct}"
         if self.training:
             s += f", scale={self.scale}, ratio={self.ratio}, flip={self.flip}"
         return s + f", mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _scale_size(hw: tuple[int, ...], size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
+    """The size to resize to before a centre crop of ``size``, as timm's eval transform does.
+
+    ``floor(size / crop_pct)``; for a square crop the shorter side is resized to it, keeping
+    the aspect ratio (torchvision's ``Resize(int)``), otherwise both sides are.
+    """
+    th, tw = (math.floor(v / crop_pct) for v in size)
+    if th != tw:
+        return (th, tw)
+    h, w = int(hw[0]), int(hw[1])
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = th, int(th * long / short)
+    return (new_long, new_short) if w <= h else (new_short, new_long)
+
+
+def _center_crop(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """torchvision's ``CenterCrop``: the same offsets, zero padding where the image is smaller."""
+    h, w = x.shape[-2:]
+    th, tw = size
+    if th > h or tw > w:
+        pad_l, pad_t = (tw - w) // 2 if tw > w else 0, (th - h) // 2 if th > h else 0
+        pad_r = (tw - w + 1) // 2 if tw > w else 0
+        pad_b = (th - h + 1) // 2 if th > h else 0
+        x = F.pad(x, [pad_l, pad_r, pad_t, pad_b])
+        h, w = x.shape[-2:]
+    top = round((h - th) / 2.0)
+    left = round((w - tw) / 2.0)
+    return x[..., top : top + th, left : left + tw]
 
 
 def transforms_for(
@@ -173,7 +228,14 @@ def transforms_for(
     from the first ``Conv2d``'s ``in_channels`` (else 3), ImageNet mean/std (their channel
     average for a one-channel network), and no resizing. ``size`` (int or ``(H, W)``)
     overrides the configured size. ``options`` go to :class:`BatchTransform`
-    (``scale``, ``ratio``, ``flip``, ``mean``, ``std``, ``channels``).
+    (``scale``, ``ratio``, ``flip``, ``mean``, ``std``, ``channels``, ``crop_pct``,
+    ``interpolation``).
+
+    The evaluation transform (``train=False``, or the module in ``.eval()`` mode) follows the
+    configuration as timm's ``resolve_data_config`` / ``create_transform`` do: resize to
+    ``floor(size / crop_pct)`` (the shorter side, for a square size) with the configured
+    ``interpolation`` (``bicubic`` for most timm models), then crop the centre ``size``.
+    Without a ``crop_pct`` the batch is resized straight to ``size``.
     """
     cfg = _config_of(model_or_cfg)
     input_size = cfg.get("input_size")
@@ -192,7 +254,13 @@ def transforms_for(
         mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
     if std is None:
         std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
-    return BatchTransform(channels, size, mean, std, train=train, **options)
+    options.setdefault("crop_pct", cfg.get("crop_pct"))
+    interpolation = options.pop("interpolation", cfg.get("interpolation")) or "bilinear"
+    if interpolation not in _MODES:  # timm also knows "lanczos" / "box"; bicubic is closest
+        interpolation = "bicubic" if interpolation in ("lanczos", "box", "hamming") else "bilinear"
+    return BatchTransform(
+        channels, size, mean, std, train=train, interpolation=interpolation, **options
+    )
 
 
 def _config_of(model_or_cfg: Any) -> Mapping[str, Any]:

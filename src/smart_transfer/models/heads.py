@@ -94,10 +94,16 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
     The new layer has the old one's input size, bias setting, dtype and device; every other
     module and parameter is left as it was.  ``model`` is changed in place and returned.
     ``pretrained_cfg["num_classes"]`` (and a timm model's ``num_classes``) are updated.
+    A timm model (without an explicit ``head``) gets timm's own ``reset_classifier``, which
+    replaces every head it has: a distilled DeiT's ``head`` and ``head_dist`` both.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
     name, old = find_head(model, head)
+    if head is None and callable(getattr(model, "reset_classifier", None)) and callable(
+        getattr(model, "get_classifier", None)
+    ):
+        return _reset_timm_classifier(model, num_classes, old)
     weight = old.weight
     factory = {"device": weight.device, "dtype": weight.dtype}
     new: nn.Module
@@ -114,6 +120,23 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
         model.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": name}  # type: ignore[assignment]
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes  # type: ignore[assignment]
+    return model
+
+
+def _reset_timm_classifier(model: nn.Module, num_classes: int, old: nn.Module) -> nn.Module:
+    """timm's own ``reset_classifier``: every head it has (a distilled DeiT has two), with the
+    model's pooling left as it is; the new heads then go to the old head's device and dtype."""
+    weight = old.weight
+    model.reset_classifier(num_classes)  # type: ignore[operator]
+    heads = model.get_classifier()  # type: ignore[operator]
+    for h in heads if isinstance(heads, (tuple, list)) else (heads,):
+        if isinstance(h, nn.Module):
+            h.to(device=weight.device, dtype=weight.dtype)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        model.pretrained_cfg = {**cfg, "num_classes": num_classes}
+    if isinstance(getattr(model, "num_classes", None), int):
+        model.num_classes = num_classes
     return model
 
 

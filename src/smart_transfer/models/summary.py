@@ -34,6 +34,8 @@ COLUMNS = (
     ("frozen_whole", "frozen whole", 14),
     ("frozen_channelwise", "frozen per-ch", 15),
     ("frozen_channels", "frozen ch", 11),
+    ("output_shape", "output", 18),
+    ("macs", "mult-adds", 15),
 )
 
 
@@ -60,6 +62,8 @@ class Summary:
         lines = []
         head = ""
         for key, title, w in COLUMNS:
+            if key in ("output_shape", "macs") and self.rows and key not in self.rows[0]:
+                continue
             head += f"{title:<{width}}" if key == "layer" else f"{title:>{w}}"
         lines.append(head)
         lines.append("-" * len(head))
@@ -67,6 +71,10 @@ class Summary:
             line = ""
             for key, _, w in COLUMNS:
                 value = row.get(key, "")
+                if key in ("output_shape", "macs") and key not in row and key not in self.rows[0]:
+                    continue
+                if key == "output_shape" and isinstance(value, tuple):
+                    value = "x".join(map(str, value))
                 if key == "layer":
                     line += f"{value:<{width}}"
                 elif isinstance(value, int):
@@ -111,12 +119,56 @@ def _plan_masks(model: nn.Module, plan: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def summary(model: nn.Module, plan: Any | None = None) -> Summary:
+def _shapes_and_macs(
+    model: nn.Module, layers: list[str], input_size: Any
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Output shape and multiply-adds of each layer for one image of ``input_size`` (C, H, W).
+
+    One eval-mode forward under ``torch.utils.flop_counter.FlopCounterMode`` (which counts a
+    multiply-add as 2 FLOPs); the model's train/eval flags are restored afterwards.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..stats.hooks import eval_no_grad, forward_hooks
+
+    first = next((p for p in model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = torch.zeros(1, *(int(v) for v in input_size), device=device, dtype=dtype)
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook_for(name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(t, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(int(v) for v in t.shape)
+
+        return hook
+
+    root = type(model).__name__
+    hooks = [(modules[n], hook_for(n)) for n in layers]
+    with eval_no_grad(model), forward_hooks(hooks), FlopCounterMode(display=False) as counter:
+        model(x)
+    counts = counter.get_flop_counts()
+    macs = {n: int(sum(counts.get(f"{root}.{n}", {}).values())) // 2 for n in layers}
+    return shapes, macs
+
+
+def summary(
+    model: nn.Module, plan: Any | None = None, input_size: Any | None = "auto"
+) -> Summary:
     """Per layer: parameters, trainable parameters, frozen parameters (whole / per channel).
 
     ``plan``: a ``FreezePlan`` (anything with ``.masks``) or a ``{param: mask}`` dict; the
     frozen columns then say what the plan freezes.  ``print(summary(model))`` shows a
     table; ``.rows`` / ``.total`` hold the numbers.
+
+    ``input_size``: ``(C, H, W)`` of one image; each layer row then also has ``output_shape``
+    (for a batch of one) and ``macs`` (multiply-adds, from ``torch.utils.flop_counter``).
+    ``"auto"`` (default) takes ``model.pretrained_cfg["input_size"]`` when there is one (and
+    leaves the columns out if the model does not take that size); ``None`` skips the forward
+    pass.
     """
     masks = None if plan is None else _plan_masks(model, plan)
     modules = dict(model.named_modules())
@@ -179,6 +231,27 @@ def summary(model: nn.Module, plan: Any | None = None) -> Summary:
                 "frozen_channels": frozen_ch,
             }
         )
+    auto = isinstance(input_size, str) and input_size == "auto"
+    if auto:
+        cfg = getattr(model, "pretrained_cfg", None)
+        input_size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+    shapes_macs = None
+    if input_size is not None and layers:
+        try:
+            shapes_macs = _shapes_and_macs(model, layers, input_size)
+        except Exception as e:
+            if not auto:
+                raise ConfigError(
+                    f"a forward pass of one {tuple(input_size)} image through "
+                    f"{type(model).__name__} failed ({type(e).__name__}: {e}); pass the "
+                    "input_size=(C, H, W) the model takes, or input_size=None"
+                ) from e
+            # the configured size does not fit the model as built: no shape / MAC columns
+    if shapes_macs is not None:
+        shapes, macs = shapes_macs
+        for row in rows:
+            row["output_shape"] = shapes.get(row["layer"])
+            row["macs"] = macs.get(row["layer"], 0)
     rest = [n for n in params if n not in claimed]
     if rest:
         rows.append(
@@ -187,5 +260,7 @@ def summary(model: nn.Module, plan: Any | None = None) -> Summary:
     keys = ("params", "trainable", "frozen", "frozen_whole", "frozen_channelwise")
     total: dict[str, Any] = {"layer": "total", "type": "", "norm": None, "channels": None, "frozen_channels": None}
     total.update({k: sum(r[k] for r in rows) for k in keys})
+    if rows and "macs" in rows[0]:
+        total["macs"] = sum(r.get("macs") or 0 for r in rows)
     total["frozen_channels"] = sum(r["frozen_channels"] or 0 for r in rows)
     return Summary(rows=rows, total=total, source="requires_grad" if masks is None else "plan")

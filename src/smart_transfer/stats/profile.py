@@ -41,6 +41,7 @@ OPTIONAL_STATS = (
     "hist_edges",
     "hist_count",
     "cov",
+    "cov_count",
 )
 
 
@@ -65,6 +66,7 @@ class LayerProfile:
     hist_edges: Tensor | None = None  # (B+1,)
     hist_count: Tensor | None = None  # (C,)
     cov: Tensor | None = None  # (C, C)
+    cov_count: Tensor | None = None  # (C,) positions behind the off-diagonal entries of cov
 
     def available(self) -> set[str]:
         """Names of the statistics this layer carries (always count/mean/var)."""
@@ -188,10 +190,9 @@ class ActivationProfile:
         meta["num_batches"] = int(self.meta.get("num_batches", 0)) + int(
             other.meta.get("num_batches", 0)
         )
-        if "subsampled" in self.meta or "subsampled" in other.meta:
-            meta["subsampled"] = bool(self.meta.get("subsampled")) or bool(
-                other.meta.get("subsampled")
-            )
+        for key in ("subsampled", "cov_subsampled"):
+            if key in self.meta or key in other.meta:
+                meta[key] = bool(self.meta.get(key)) or bool(other.meta.get(key))
         return ActivationProfile(
             layers=layers,
             source="data",
@@ -291,7 +292,10 @@ def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:
         )
     expected: dict[str, tuple[int, ...]] = {"count": (c,), "mean": (c,), "var": (c,)}
     expected.update(
-        {k: (c,) for k in ("min", "max", "zero_frac", "log_count", "log_mean", "log_var")}
+        {
+            k: (c,)
+            for k in ("min", "max", "zero_frac", "log_count", "log_mean", "log_var", "cov_count")
+        }
     )
     expected["cov"] = (c, c)
     if bins is not None:

@@ -26,8 +26,10 @@ from .fingerprint import model_fingerprint
 from .hooks import eval_no_grad, forward_hooks
 from .profile import ActivationProfile
 from .running import (
+    DEFAULT_COV_SAMPLE_PER_BATCH,
     DEFAULT_HIST_BINS,
     DEFAULT_HIST_MAX,
+    DEFAULT_HIST_SAMPLE_PER_BATCH,
     DEFAULT_HIST_SCALE,
     DEFAULT_SAMPLE_PER_BATCH,
     RunningStats,
@@ -117,7 +119,8 @@ def resolve_points(
     for name in names:
         layer = modules[name]
         channels = num_out_channels(layer)
-        dim = -1 if isinstance(layer, nn.Linear) else 1
+        # Linear and LayerNorm outputs carry their channels last (tokens or features before them)
+        dim = -1 if isinstance(layer, (nn.Linear, nn.LayerNorm)) else 1
         hooked: str | None = name
         if point == "norm":
             hooked = norms.get(name)
@@ -175,6 +178,8 @@ def profile(
     hist_max: float = DEFAULT_HIST_MAX,
     sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
     covariance: bool = True,
+    cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
+    hist_sample_per_batch: int | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
     seed: int = 0,
     distributed: bool | None = None,
 ) -> ActivationProfile:
@@ -198,9 +203,16 @@ def profile(
         hist_bins / hist_scale / hist_max: the fixed histogram bins, uniform in
             ``asinh(x / hist_scale)`` up to ``+-hist_max`` (``hist_bins=0``: no histogram).
         sample_per_batch: at most this many positions per batch (all channels at the same
-            positions, a stratified random sample) feed the histogram and the log moments;
-            None uses every value. Everything else always uses every value.
+            positions, a stratified random sample drawing every position with the same
+            probability) feed the log moments; None uses every value. Count, mean, variance,
+            min/max and zero fraction always use every value.
+        hist_sample_per_batch: at most this many of those positions feed the histogram
+            (None: all of them).
         covariance: also accumulate the (C, C) channel covariance of each layer.
+        cov_sample_per_batch: at most this many positions per batch (a stratified random
+            sample, weighted so that the estimate is unbiased) feed the off-diagonal covariance
+            entries; the diagonal is the exact variance. None uses every position. The number
+            used is in each layer's ``cov_count``.
         seed: seeds the subsample (rank r of a distributed run uses ``seed + r``).
         distributed: combine the profiles of all ranks when torch.distributed is initialised
             (None: automatically; False: keep this rank's profile). Every rank must call
@@ -211,6 +223,8 @@ def profile(
     check_loader(loader, "loader")
     _check_int(max_batches, "max_batches")
     _check_int(sample_per_batch, "sample_per_batch")
+    _check_int(cov_sample_per_batch, "cov_sample_per_batch")
+    _check_int(hist_sample_per_batch, "hist_sample_per_batch")
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
     names = select_layers(model, layers, types, exclude)
@@ -241,6 +255,8 @@ def profile(
             hist_max=hist_max,
             covariance=covariance,
             sample_per_batch=sample_per_batch,
+            cov_sample_per_batch=cov_sample_per_batch,
+            hist_sample_per_batch=hist_sample_per_batch,
             generator=generator,
             device=run_device,
             scratch=scratch,
@@ -254,6 +270,8 @@ def profile(
         "hist_max": float(hist_max),
         "sample_per_batch": sample_per_batch,
         "covariance": bool(covariance),
+        "cov_sample_per_batch": cov_sample_per_batch if covariance else None,
+        "hist_sample_per_batch": hist_sample_per_batch if hist_bins else None,
         "seed": int(seed),
         "model": type(model).__name__,
         "fingerprint": model_fingerprint(model),
@@ -428,4 +446,5 @@ def _finish(
     }
     meta["num_batches"] = num_batches
     meta["subsampled"] = any(accs[p.name].subsampled for p in reached)
+    meta["cov_subsampled"] = any(accs[p.name].cov_subsampled for p in reached)
     return ActivationProfile(layers=layers, source="data", num_samples=num_samples, meta=meta)

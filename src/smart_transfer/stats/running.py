@@ -11,11 +11,21 @@ Statistics and their cost per batch:
 
 * count, mean, variance, min/max, fraction of exact zeros: every value, a handful of passes
   over each cache-sized chunk of images;
-* channel covariance: every value, one matmul of the centred chunk (its diagonal is the
-  variance);
-* mean / variance of log|x| over non-zero values and a fixed-bin histogram: a stratified
-  random subsample of at most ``sample_per_batch`` positions per batch (every channel at the
-  same positions), because a log or a bin lookup costs far more per value than a sum.
+* channel covariance: its diagonal is the variance (every value); the off-diagonal entries
+  come from a stratified random subsample of at most ``cov_sample_per_batch`` positions per
+  batch (every position when the batch has no more), centred on the exact batch means and
+  weighted by the inverse inclusion probability, so the estimate is unbiased. A (C, C)
+  product costs C times more per position than any per-channel statistic, and for the wide
+  layers of mobile networks it would cost several times the network's own forward pass;
+* mean / variance of log|x| over non-zero values: a stratified random subsample of at most
+  ``sample_per_batch`` positions per batch (every channel at the same positions), because a
+  log costs far more per value than a sum; the fixed-bin histogram: at most
+  ``hist_sample_per_batch`` of those positions (a bin lookup costs more still, and the
+  histogram measures need fewer values for the same plans).
+
+Every subsample draws each position with the same probability, so sample means are unbiased
+estimates of the batch's; the sample sizes are in each layer's ``log_count``, ``hist_count``
+and ``cov_count``.
 """
 
 from __future__ import annotations
@@ -42,6 +52,10 @@ DEFAULT_HIST_BINS = 128
 DEFAULT_HIST_SCALE = 1e-2
 DEFAULT_HIST_MAX = 1e4
 DEFAULT_SAMPLE_PER_BATCH = 2048
+# Positions per batch behind the histogram (every m-th position of the log-moment sample).
+DEFAULT_HIST_SAMPLE_PER_BATCH = 512
+# Positions per batch behind the off-diagonal covariance entries (see the module docstring).
+DEFAULT_COV_SAMPLE_PER_BATCH = 128
 
 
 def hist_edges(
@@ -101,6 +115,7 @@ class ChannelStats:
     log_m2: Tensor | None = None
     hist: Tensor | None = None  # (C, B)
     hist_count: Tensor | None = None
+    cov_count: Tensor | None = None  # positions behind the off-diagonal covariance entries
 
     @property
     def num_channels(self) -> int:
@@ -203,6 +218,8 @@ def _merge_into_(s: ChannelStats, b: ChannelStats) -> None:
     ):
         s.hist.add_(b.hist)
         s.hist_count.add_(b.hist_count)
+    if s.cov_count is not None and b.cov_count is not None:
+        s.cov_count.add_(b.cov_count)
     s.count = n
 
 
@@ -227,11 +244,28 @@ class _Scratch:
             self._bufs[name] = buf
         return buf[:numel]
 
+    def ones(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat tensor of ``numel`` ones (never written to by its users)."""
+        buf = self._bufs.get("ones")
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = torch.ones(max(numel, 1 << 16), dtype=dtype, device=device)
+            self._bufs["ones"] = buf
+        return buf[:numel]
+
 
 # Elements per chunk and thread when a (N, C, L) batch is reduced on the CPU: all passes over
 # a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
 # from memory once per statistic (about 20% faster for VGG-sized activations).
 CHUNK_ELEMS = 1 << 19
+# Maps with fewer positions than this are reduced over the images first (see
+# _moments_small_maps).
+SMALL_MAP = 64
+# Batches whose sampled (C, C) products are summed in the activation dtype before they are
+# added to the float64 totals (fewer passes over a matrix that can be as large as a batch).
+COV_FLUSH_BATCHES = 16
+# Raw (uncentred) sums of squares are used where they exceed the centred ones at most this
+# many times: float32 rounding then costs at most ~1e-5 of the variance.
+RAW_MOMENT_LIMIT = 32.0
 
 
 def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tensor:
@@ -257,6 +291,26 @@ def _as_rows(x: Tensor, channel_dim: int, num_channels: int, name: str) -> Tenso
     if x3.shape[2] == 1:
         return x3.reshape(x3.shape[0], num_channels)
     return x3
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """Per-channel float64 sums of an (N, C, L) or (M, C) tensor.
+
+    Sums over the images first, then over the positions of the (C, L) result: a reduction
+    along contiguous rows runs vectorised, where one over dims (0, 2) at once is slow for the
+    short rows of small feature maps.
+    """
+    if t.ndim == 3:
+        return t.sum(0).sum(1, dtype=F64)
+    return t.sum(0, dtype=F64)
+
+
+def _gather_positions(x: Tensor, pos: Tensor) -> Tensor:
+    """Rows ``pos`` of the flattened positions of an (N, C, L) or (M, C) batch, as (k, C)."""
+    if x.ndim == 3:
+        length = x.shape[2]
+        return x[pos // length, :, pos % length]
+    return x[pos]
 
 
 def _gram_blocks(c: int) -> list[int]:
@@ -300,7 +354,10 @@ class RunningStats:
 
     ``hist_bins`` / ``hist_scale`` / ``hist_max``: the fixed histogram bins of
     :func:`hist_edges` (``hist_bins`` 0 or None: no histogram). ``sample_per_batch``: at most this many
-    positions per batch feed the log moments and the histogram (None: all of them).
+    positions per batch feed the log moments (None: all of them); ``hist_sample_per_batch``
+    the histogram (None: all of those).
+    ``cov_sample_per_batch``: at most this many positions per batch feed the off-diagonal
+    covariance entries (None: all of them; the diagonal always uses every value).
     ``generator`` draws those positions (seed it for reproducible profiles).
     """
 
@@ -313,23 +370,30 @@ class RunningStats:
         hist_max: float = DEFAULT_HIST_MAX,
         covariance: bool = True,
         sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
+        cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
+        hist_sample_per_batch: int | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         scratch: _Scratch | None = None,
     ) -> None:
-        if sample_per_batch is not None and (
-            not isinstance(sample_per_batch, int)
-            or isinstance(sample_per_batch, bool)
-            or sample_per_batch < 1
+        for what, value in (
+            ("sample_per_batch", sample_per_batch),
+            ("cov_sample_per_batch", cov_sample_per_batch),
+            ("hist_sample_per_batch", hist_sample_per_batch),
         ):
-            raise ConfigError(
-                f"sample_per_batch must be a positive int or None (all values), got {sample_per_batch!r}"
-            )
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ConfigError(
+                    f"{what} must be a positive int or None (all values), got {value!r}"
+                )
         c = int(num_channels)
         dev = torch.device(device)
         self.num_channels = c
         self.covariance = covariance
         self.sample_per_batch = sample_per_batch
+        self.cov_sample_per_batch = cov_sample_per_batch
+        self.hist_sample_per_batch = hist_sample_per_batch
         self.generator = generator
         self.device = dev
         edges = hist_edges(hist_bins, hist_scale, hist_max) if hist_bins else None
@@ -341,13 +405,22 @@ class RunningStats:
         self._scratch = scratch if scratch is not None else _Scratch()
         self.batches = 0
         self.subsampled = False  # True once a batch had more positions than sample_per_batch
-        self._strata: tuple[int, Tensor, Tensor] | None = None  # (n, stretch starts, widths)
+        self.cov_subsampled = False  # the same for cov_sample_per_batch
+        # (n, k) -> (stretch starts, widths) of the stratified samples, per batch shape
+        self._strata: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        # Co-moment about a fixed reference (the first batch's mean), so that a batch adds its
+        # (C, C) product with no correction term: float32 totals in the activation dtype,
+        # folded into float64 every COV_FLUSH_BATCHES batches.
+        self._cov_ref: Tensor | None = None
+        self._cov_acc: Tensor | None = None
+        self._cov_acc64: Tensor | None = None
+        self._cov_pending = 0
         z = torch.zeros(c, dtype=F64, device=dev)
-        self.stats = ChannelStats(
+        self._totals = ChannelStats(
             count=0.0,
             mean=z.clone(),
             m2=z.clone(),
-            comoment=torch.zeros(c, c, dtype=F64, device=dev) if covariance else None,
+            comoment=None,  # kept apart, about a fixed reference (see _add_comoment)
             min=torch.full((c,), math.inf, dtype=F64, device=dev),
             max=torch.full((c,), -math.inf, dtype=F64, device=dev),
             zeros=z.clone(),
@@ -358,6 +431,7 @@ class RunningStats:
             if edges is None
             else torch.zeros(c, edges.numel() - 1, dtype=F64, device=dev),
             hist_count=None if edges is None else z.clone(),
+            cov_count=z.clone() if covariance else None,
         )
 
     # -- one batch -------------------------------------------------------------------------
@@ -380,17 +454,81 @@ class RunningStats:
         if n == 0:
             return torch.ones((), dtype=torch.bool, device=x.device)
         # An (M, C) batch of linear outputs is one 'image' of M positions: (1, C, M).
-        batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0))
+        k_cov = self.cov_sample_per_batch
+        exact_cov = self.covariance and (k_cov is None or n <= k_cov)
+        batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0), exact_cov)
         self._sample_stats(rows, n, batch)
+        if self.covariance:
+            self._add_comoment(rows, n, batch, exact_cov)
+            self._totals.cov_count.add_(float(min(n, k_cov or n)))  # type: ignore[union-attr]
+            batch.comoment = None
         self._accumulate(batch)
         self.batches += 1
         return torch.isfinite(batch.mean).all()
 
     def _accumulate(self, b: ChannelStats) -> None:
         """Fold one batch into the running totals, in place."""
-        _merge_into_(self.stats, b)
+        _merge_into_(self._totals, b)
 
-    def _moments_ncl(self, x: Tensor) -> ChannelStats:
+    def _stratified(self, n: int, k: int, device: torch.device) -> Tensor:
+        """``k`` of ``n`` positions: one uniformly from each of ``k`` near-equal stretches.
+
+        Without replacement, spread over every image, and O(k) to draw (a permutation of n
+        would be O(n)). The stretches are rotated by a random offset (modulo ``n``) on every
+        call: stretches of ``floor(n/k)`` and ``ceil(n/k)`` positions alternate in a fixed
+        pattern, and without the rotation the positions in the shorter ones would always be
+        drawn more often, the same positions in every batch. With it, every position is drawn
+        with probability exactly ``k / n``, so a sample mean is an unbiased estimate of the
+        batch mean.
+        """
+        strata = self._strata.get((n, k))
+        if strata is None:  # same batch shape: same stretches
+            bounds = (torch.arange(k + 1, dtype=F64) * (n / k)).floor()
+            strata = self._strata[(n, k)] = (bounds[:-1], bounds[1:] - bounds[:-1])
+        lo, width = strata
+        u = torch.rand(k + 1, dtype=F64, generator=self.generator)
+        pos = lo.addcmul(u[:k], width).floor_().add_((u[k] * n).floor()).long()
+        return pos.remainder_(n).to(device)
+
+    def _add_comoment(self, x: Tensor, n: int, batch: ChannelStats, exact: bool) -> None:
+        """Add the batch's (C, C) co-moment about the reference to the running totals.
+
+        ``exact``: ``batch.comoment`` holds the co-moment about the batch mean over every
+        position. Otherwise an unbiased estimate comes from a sample of
+        ``cov_sample_per_batch`` positions, each drawn with probability k / n and weighted by
+        n / k; the diagonal is later replaced by the exact sums of squares.
+        """
+        c, dev = self.num_channels, x.device
+        if self._cov_ref is None:
+            self._cov_ref = batch.mean.clone()
+            self._cov_acc64 = torch.zeros(c, c, dtype=F64, device=dev)
+        if exact:
+            gram = batch.comoment
+            assert gram is not None
+            delta = batch.mean - self._cov_ref
+            self._cov_acc64.add_(gram).addr_(delta, delta, alpha=batch.count)  # type: ignore[union-attr]
+            return
+        k = int(self.cov_sample_per_batch or n)
+        self.cov_subsampled = True
+        sub = _gather_positions(x, self._stratified(n, k, dev))  # (k, C)
+        dt = sub.dtype
+        d = self._scratch.get(k * c, dt, dev, "cov_sample").view(k, c)
+        torch.sub(sub, self._cov_ref.to(dt), out=d).mul_(math.sqrt(n / k))
+        if self._cov_acc is None or self._cov_acc.dtype != dt:
+            self._flush_comoment()
+            self._cov_acc = torch.zeros(c, c, dtype=dt, device=dev)
+        _gram_add_(self._cov_acc, d.T, first=False)  # upper blocks; mirrored when finished
+        self._cov_pending += 1
+        if self._cov_pending >= COV_FLUSH_BATCHES:
+            self._flush_comoment()
+
+    def _flush_comoment(self) -> None:
+        if self._cov_acc is not None and self._cov_pending:
+            self._cov_acc64.add_(self._cov_acc)  # type: ignore[union-attr]
+            self._cov_acc.zero_()
+        self._cov_pending = 0
+
+    def _moments_ncl(self, x: Tensor, with_gram: bool | None = None) -> ChannelStats:
         """Moments of an (N, C, L) batch: per-image centred two-pass partials, then combined.
 
         Each image is centred on its own mean, so that every statistic of a chunk of images is
@@ -400,7 +538,11 @@ class RunningStats:
         The covariance comes back in the activation dtype in a scratch buffer (valid until the
         next layer's update), to be added into the float64 totals by :meth:`_accumulate`.
         """
+        if with_gram is None:
+            with_gram = self.covariance
         num, c, length = x.shape
+        if not with_gram and length < SMALL_MAP and x.is_contiguous():
+            return self._moments_small_maps(x)
         dt, dev = x.dtype, x.device
         n = num * length
         sums = torch.empty(num, c, dtype=dt, device=dev)
@@ -410,7 +552,7 @@ class RunningStats:
         chunk = CHUNK_ELEMS * max(1, torch.get_num_threads())
         step = num if dev.type != "cpu" else max(1, min(num, chunk // (c * length)))
         work = self._scratch.get(step * c * length, dt, dev)
-        gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c) if self.covariance else None
+        gram = self._scratch.get(c * c, dt, dev, "gram").view(c, c) if with_gram else None
         sq = None if gram is not None else torch.empty_like(sums)
         # Narrow layers with large maps: one small matmul per image (bmm) keeps every intra-op
         # thread busy, where a single (C, k*L) x (k*L, C) product with C <= 64 scales poorly
@@ -446,8 +588,9 @@ class RunningStats:
                 torch.sub(xs, centre, out=centred.permute(1, 0, 2))
                 _gram_add_(gram, centred.view(c, k * length), first=i == 0)
             else:
-                torch.sub(xs, centre, out=flat)
-                torch.sum(flat.mul_(flat), 2, out=sq[j])  # type: ignore[index]
+                # Without a covariance, a one-pass norm gives the raw sums of squares; the
+                # few channels where that loses digits are redone centred below.
+                torch.linalg.vector_norm(xs, 2, dim=2, out=sq[j])  # type: ignore[index]
         mean64 = sums.to(F64).sum(0) / n
         # Offsets of the centres actually used (float32 image means) from the batch mean.
         offsets = (sums / length).to(F64) - mean64
@@ -456,7 +599,7 @@ class RunningStats:
             _mirror_blocks_(gram)
             m2 = gram.diagonal().to(F64)
         else:
-            m2 = sq.to(F64).sum(0) + length * (offsets * offsets).sum(0)  # type: ignore[union-attr]
+            m2 = self._m2_from_raw(x, sums, sq, mean64)  # type: ignore[arg-type]
         return ChannelStats(
             count=float(n),
             mean=mean64,
@@ -467,52 +610,114 @@ class RunningStats:
             zeros=n - nonzero.to(F64).sum(0),
         )
 
+    def _moments_small_maps(self, x: Tensor) -> ChannelStats:
+        """Moments of an (N, C, L) batch with small maps (few positions per image).
+
+        Reductions along rows of L < SMALL_MAP values run far below memory speed, so every
+        statistic is reduced over the images first, as (N, C*L) rows, then over the L
+        positions of the (C, L) result. The sum of squares is raw (one pass, no centring);
+        channels where that would lose digits are recomputed centred.
+        """
+        num, c, length = x.shape
+        n = num * length
+        flat = x.view(num, c * length)
+        s = flat.sum(0).view(c, length).sum(1, dtype=F64)
+        ss = torch.linalg.vector_norm(flat, 2, dim=0).square_().view(c, length).sum(1, dtype=F64)
+        mins = flat.amin(0).view(c, length).amin(1).to(F64)
+        maxs = flat.amax(0).view(c, length).amax(1).to(F64)
+        work = self._scratch.get(flat.numel(), x.dtype, x.device).view(num, c * length)
+        nonzero = torch.ne(flat, 0, out=work).sum(0).view(c, length).sum(1, dtype=F64)
+        mean = s / n
+        m2 = (ss - s * mean).clamp_min_(0)
+        bad = (m2 * RAW_MOMENT_LIMIT < ss).nonzero().squeeze(1)
+        if bad.numel():
+            xb = x.index_select(1, bad.to(x.device))
+            d = xb - mean[bad].to(x.dtype).view(1, -1, 1)
+            m2[bad] = d.mul_(d).sum(0).sum(1, dtype=F64)
+        return ChannelStats(
+            count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero
+        )
+
+    @staticmethod
+    def _m2_from_raw(x: Tensor, sums: Tensor, norms: Tensor, mean: Tensor) -> Tensor:
+        """Sum of squared deviations per channel from per-image sums and norms of an (N, C, L) batch.
+
+        Per image ``M2_i = sum x^2 - (sum x)^2 / L`` in float64. The float32 sum of squares is
+        good to a few parts in 1e7 of itself, so where it exceeds ``M2_i`` by more than
+        RAW_MOMENT_LIMIT (a mean large against the spread) the difference would keep too few
+        digits; those channels are recomputed from values centred on each image's mean.
+        """
+        length = x.shape[2]
+        s64 = sums.to(F64)
+        ss = norms.to(F64).square_()
+        m2_img = ss - s64 * s64 / length
+        bad = (m2_img * RAW_MOMENT_LIMIT < ss).any(0).nonzero().squeeze(1)
+        if bad.numel():
+            xb = x.index_select(1, bad.to(x.device))
+            d = xb - (sums.index_select(1, bad.to(x.device)) / length).unsqueeze(2)
+            m2_img[:, bad] = d.mul_(d).sum(2).to(F64)
+        offsets = s64 / length - mean
+        return m2_img.sum(0) + length * (offsets * offsets).sum(0)
+
     def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
-        """Log moments and histogram counts on a stratified subsample of positions."""
+        """Log moments and histogram counts on stratified subsamples of positions.
+
+        The log moments use ``sample_per_batch`` positions, the histogram every m-th of them
+        (``hist_sample_per_batch``). A batch with at most twice as many positions as the
+        sample is used whole, in its own layout: gathering scattered positions costs more per
+        value than the statistics themselves.
+        """
         k = self.sample_per_batch
-        ncl = x.ndim == 3
-        if k is None or n <= k:
-            sub = x.transpose(1, 2).reshape(-1, self.num_channels) if ncl else x
+        c = self.num_channels
+        if k is None or 2 * k >= n:
+            v = x  # (N, C, L) or (M, C): every position
+            m = n
         else:
             self.subsampled = True
-            # One position from each of k equal stretches of the batch: without replacement,
-            # spread over every image, and O(k) to draw (a permutation of n would be O(n)).
-            if self._strata is None or self._strata[0] != n:  # same batch shape: same stretches
-                bounds = (torch.arange(k + 1, dtype=F64) * (n / k)).floor()
-                self._strata = (n, bounds[:-1], bounds[1:] - bounds[:-1])
-            _, lo, width = self._strata
-            u = torch.rand(k, dtype=F64, generator=self.generator)
-            pos = lo.addcmul(u, width).floor_().long().clamp_(0, n - 1).to(x.device)
-            if ncl:
-                length = x.shape[2]
-                sub = x[pos // length, :, pos % length]
-            else:
-                sub = x[pos]
-        sub = sub.contiguous()  # (k, C); flat views below rely on it
-        shape, size, dt, dev = sub.shape, sub.numel(), sub.dtype, sub.device
+            v = _gather_positions(x, self._stratified(n, k, x.device))  # (k, C)
+            m = k
+        dims: tuple[int, ...] = (0, 2) if v.ndim == 3 else (0,)
+        shape, size, dt, dev = v.shape, v.numel(), v.dtype, v.device
 
         def buf(name: str, dtype: torch.dtype = dt) -> Tensor:
             return self._scratch.get(size, dtype, dev, name).view(shape)
 
-        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise); the
-        # per-batch sums go to float64 before they are merged. A zero gets log(0 + 1) = 0 and
-        # weight 0, so no -inf ever appears (log(0) is also a slow path on the CPU).
-        mag = torch.abs(sub, out=buf("mag"))
-        nonzero = torch.ne(sub, 0, out=buf("nonzero"))  # 1.0 / 0.0
-        logs = torch.eq(sub, 0, out=buf("logs")).add_(mag).log_()
-        cnt = nonzero.sum(0).to(F64)
-        lmean = logs.sum(0).to(F64) / cnt.clamp_min(1)
-        dev_ = logs.sub_(lmean.to(dt)).mul_(nonzero)
-        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, dev_.mul_(dev_).sum(0).to(F64)
+        # Logs in the activation dtype (relative error ~1e-7, far below sampling noise). A zero
+        # gets log(0 + 1) = 0, so it adds nothing to the sums of logs and no -inf appears
+        # (log(0) is also a slow path on the CPU); the zeros are counted to leave them out.
+        zeros = torch.eq(v, 0, out=buf("zeros"))  # 1.0 / 0.0
+        logs = torch.abs(v, out=buf("logs")).add_(zeros).log_()
+        cnt = m - _channel_sum(zeros)
+        s1 = _channel_sum(logs)
+        lmean = s1 / cnt.clamp_min(1)
+        s2 = _channel_sum(logs.mul_(logs))
+        m2 = (s2 - s1 * lmean).clamp_min_(0).masked_fill_(cnt <= 1, 0.0)
+        bad = (m2 * RAW_MOMENT_LIMIT < s2) & (cnt > 1)  # logs nearly constant: redo centred
+        if bool(bad.any()):
+            idx = bad.nonzero().squeeze(1).to(dev)
+            vb = v.index_select(1, idx)
+            lb = torch.abs(vb).add_(torch.eq(vb, 0)).log_()
+            d = lb.sub_(lmean[idx].to(dt).view((1, -1) + (1,) * (vb.ndim - 2)))
+            d.mul_(torch.ne(vb, 0))
+            m2[idx] = d.mul_(d).sum(dims, dtype=F64)
+        out.log_count, out.log_mean, out.log_m2 = cnt, lmean, m2
         if self._inner_edges is not None:
-            idx = self._bin_index(sub, buf)
+            kh = self.hist_sample_per_batch
+            hv = v
+            if kh is not None and 2 * kh < m:
+                self.subsampled = True
+                if v is x:
+                    hv = _gather_positions(x, self._stratified(n, kh, x.device))
+                else:  # every m-th position of an equal-probability sample is one as well
+                    hv = v[:: -(-m // kh)].contiguous()
+            idx = self._bin_index(hv.contiguous())
             bins = self._inner_edges.numel() + 1
-            idx += torch.arange(self.num_channels, device=dev, dtype=idx.dtype) * bins
-            counts = torch.bincount(idx.view(-1), minlength=self.num_channels * bins)
-            out.hist = counts.view(self.num_channels, bins)  # int64, added into the float64 totals
-            out.hist_count = torch.full(
-                (self.num_channels,), float(shape[0]), dtype=F64, device=dev
-            )
+            offsets = torch.arange(c, device=dev, dtype=idx.dtype) * bins
+            idx += offsets.view((1, -1) + (1,) * (hv.ndim - 2))
+            hist = self._totals.hist
+            ones = self._scratch.ones(idx.numel(), F64, dev)
+            hist.view(-1).index_add_(0, idx.view(-1), ones)  # straight into the totals
+            self._totals.hist_count.add_(float(hv.numel() // c))  # type: ignore[union-attr]
 
     def _bin_index(self, v: Tensor, buf: Callable[..., Tensor] | None = None) -> Tensor:
         """Bin of each value: ``i`` with ``edges[i] <= v < edges[i+1]``, end bins open-ended.
@@ -554,6 +759,24 @@ class RunningStats:
         """Finished statistics on the CPU as a :class:`LayerProfile`."""
         return to_layer_profile(self.stats, name, kind, params, self.edges)
 
+    @property
+    def stats(self) -> ChannelStats:
+        """The statistics so far, with the co-moment about the mean (a new object each time)."""
+        out = dataclasses.replace(self._totals)
+        if self.covariance:
+            c = self.num_channels
+            if self._cov_ref is None:
+                out.comoment = torch.zeros(c, c, dtype=F64, device=self.device)
+            else:
+                self._flush_comoment()
+                acc = self._cov_acc64.clone()  # type: ignore[union-attr]
+                _mirror_blocks_(acc)
+                delta = self._totals.mean - self._cov_ref
+                acc.addr_(delta, delta, alpha=-self._totals.count)
+                acc.diagonal().copy_(self._totals.m2)
+                out.comoment = acc
+        return out
+
 
 def _cpu(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().to("cpu", F64).clone()
@@ -580,11 +803,14 @@ def to_layer_profile(
         var = torch.where(const, torch.zeros_like(var), var)
     cov = None
     if s.comoment is not None:
-        cov = s.comoment / denom
-        cov = 0.5 * (cov + cov.T)  # exactly symmetric for downstream linear algebra
+        # Exactly symmetric already: co-moments are built from mirrored blocks and outer
+        # products delta * delta^T, whose (i, j) and (j, i) entries are the same product.
+        cov = s.comoment.to("cpu", F64) / denom
         if s.min is not None and s.max is not None:
-            keep = (s.min != s.max).to(cov.dtype)
-            cov = cov * keep[:, None] * keep[None, :]
+            const = (s.min == s.max).cpu()
+            if bool(const.any()):
+                cov[const] = 0.0
+                cov[:, const] = 0.0
         cov.diagonal().copy_(var)  # the diagonal *is* the variance; keep them identical
     log_var = None
     if s.log_count is not None and s.log_m2 is not None:
@@ -608,7 +834,8 @@ def to_layer_profile(
         hist=_cpu(s.hist),
         hist_edges=None if s.hist is None or edges is None else _cpu(edges),
         hist_count=_cpu(s.hist_count),
-        cov=_cpu(cov),
+        cov=cov,
+        cov_count=None if cov is None else _cpu(s.cov_count),
     )
 
 
@@ -635,4 +862,5 @@ def from_layer_profile(lp: LayerProfile) -> ChannelStats:
         else lp.log_var.to(F64) * lp.log_count.to(F64),
         hist=None if lp.hist is None else lp.hist.to(F64).clone(),
         hist_count=None if lp.hist_count is None else lp.hist_count.to(F64).clone(),
+        cov_count=None if lp.cov_count is None else lp.cov_count.to(F64).clone(),
     )
