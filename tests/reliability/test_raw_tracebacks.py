@@ -173,3 +173,15 @@ def test_every_error_is_a_smart_transfer_error_and_its_builtin_kind():
 def test_arguments_of_the_wrong_kind(call, error, says):
     with pytest.raises(error, match=says):
         call(tiny_model())
+
+
+@pytest.mark.parametrize("bad", [None, "", 3])
+def test_profile_save_and_load_without_a_path_are_one_clear_error(bad):
+    import smart_transfer as st
+    from smart_transfer.models.small import small_vgg
+
+    prof = st.profile_from_batchnorm(small_vgg())
+    with pytest.raises(st.ConfigError, match="file path"):
+        prof.save(bad)
+    with pytest.raises(st.ConfigError, match="file path"):
+        st.ActivationProfile.load(bad)

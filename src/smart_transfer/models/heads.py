@@ -126,7 +126,7 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
 def _reset_timm_classifier(model: nn.Module, num_classes: int, old: nn.Module) -> nn.Module:
     """timm's own ``reset_classifier``: every head it has (a distilled DeiT has two), with the
     model's pooling left as it is; the new heads then go to the old head's device and dtype."""
-    weight = old.weight
+    weight: Tensor = old.weight  # type: ignore[assignment]
     model.reset_classifier(num_classes)  # type: ignore[operator]
     heads = model.get_classifier()  # type: ignore[operator]
     for h in heads if isinstance(heads, (tuple, list)) else (heads,):
@@ -134,9 +134,9 @@ def _reset_timm_classifier(model: nn.Module, num_classes: int, old: nn.Module) -
             h.to(device=weight.device, dtype=weight.dtype)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict):
-        model.pretrained_cfg = {**cfg, "num_classes": num_classes}
+        model.pretrained_cfg = {**cfg, "num_classes": num_classes}  # type: ignore[assignment]
     if isinstance(getattr(model, "num_classes", None), int):
-        model.num_classes = num_classes
+        model.num_classes = num_classes  # type: ignore[assignment]
     return model
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import atomic_open
-from ..errors import DataError, IncompatibleError
+from ..errors import ConfigError, DataError, IncompatibleError
 
 SCHEMA_VERSION = 1
 # Written into every file so that load() can tell a profile from any other torch.save file.
@@ -255,7 +255,7 @@ class ActivationProfile:
 
     def save(self, path: PathLike) -> Path:
         """Write the profile to one file, atomically (an interrupted save leaves the old file)."""
-        path = Path(path)
+        path = _as_path(path, "save")
         with atomic_open(path, "wb") as f:
             torch.save(self.to_dict(), f)
         return path
@@ -263,7 +263,7 @@ class ActivationProfile:
     @classmethod
     def load(cls, path: PathLike) -> ActivationProfile:
         """Read a profile written by :meth:`save` (tensors only, no code is unpickled)."""
-        path = Path(path)
+        path = _as_path(path, "load")
         if not path.is_file():
             raise DataError(
                 f"no profile file at {str(path)!r}; check the path or create it with prof.save(path)"
@@ -276,6 +276,15 @@ class ActivationProfile:
                 "create one with st.profile(model, loader).save(path)"
             ) from e
         return cls.from_dict(d, where=repr(str(path)))
+
+
+def _as_path(path: Any, verb: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ConfigError(
+            f"{verb} needs a file path (a str or pathlib.Path), got {type(path).__name__}; "
+            f"e.g. prof.{verb}('profile.pt')"
+        )
+    return Path(path)
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:

@@ -716,7 +716,7 @@ class RunningStats:
             idx += offsets.view((1, -1) + (1,) * (hv.ndim - 2))
             hist = self._totals.hist
             ones = self._scratch.ones(idx.numel(), F64, dev)
-            hist.view(-1).index_add_(0, idx.view(-1), ones)  # straight into the totals
+            hist.view(-1).index_add_(0, idx.view(-1), ones)  # type: ignore[union-attr]  # straight into the totals
             self._totals.hist_count.add_(float(hv.numel() // c))  # type: ignore[union-attr]
 
     def _bin_index(self, v: Tensor, buf: Callable[..., Tensor] | None = None) -> Tensor:
