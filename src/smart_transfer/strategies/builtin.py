@@ -17,9 +17,10 @@ _SMART_OPTIONS = {
     "budget": "instead: freeze network-wide until this fraction stays trainable",
     "select": "'fixed' (default) or 'val': choose the quantile on validation among `quantiles`",
     "quantiles": "candidates for select='val' (default 0.25, 0.5, 0.75)",
-    "bn_stats": "BatchNorm: 'freeze' (default: frozen channels keep their running statistics), "
-                "'update' (they follow the new data) or 'adapt' (AdaBN: all re-estimated on the "
-                "training images, then BatchNorm kept in eval mode)",
+    "bn_stats": "BatchNorm: 'adapt' (default; AdaBN: every running statistic re-estimated on the "
+                "training images, then BatchNorm kept in eval mode, so training and evaluation "
+                "normalise alike), 'freeze' (frozen channels keep their source statistics) or "
+                "'update' (they follow the new data)",
     "point": "where activations are profiled: 'output' (default), 'norm' or 'act' (needs source images)",
     "invert": "freeze the most shifted channels instead (an ablation; default False)",
     "init": "'pretrained' (default) or 'probe': start from a linear probe's head, as LP-FT does",

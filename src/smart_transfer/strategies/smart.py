@@ -75,14 +75,16 @@ def _rule(threshold: float | None, quantile: float | None, budget: float | None)
 def run_smart(
     ctx: Context, scope: str = "kernel", measure: str = "gaussian_kl",
     threshold: float | None = None, quantile: float | None = None, budget: float | None = None,
-    select: str = "fixed", quantiles: Sequence[float] = QUANTILES, bn_stats: str = "freeze",
+    select: str = "fixed", quantiles: Sequence[float] = QUANTILES, bn_stats: str = "adapt",
     point: str = "output", invert: bool = False, head_lr_mult: float | None = None,
     init: str = "pretrained",
 ) -> Outcome:
     """Freeze the channels (``scope="kernel"``) or layers (``"layer"``) that behave alike on
     D_pre and D_new, train the rest. ``select="val"`` trains one model per value of
     ``quantiles`` and keeps the best on validation. ``init="probe"`` starts from a linear
-    probe's head (as LP-FT does)."""
+    probe's head (as LP-FT does). ``bn_stats="adapt"`` is the default because it measured best
+    (``benchmarks/NOTES.md``): frozen weights stay bit-identical, their BatchNorm statistics are
+    re-estimated on the new data."""
     if select not in ("fixed", "val"):
         raise ConfigError(f"select must be 'fixed' or 'val', got {select!r}")
     if init not in ("pretrained", "probe"):
@@ -118,7 +120,7 @@ def _start(ctx: Context, tag: str, init: str) -> nn.Module:
 
 def run_random_mask(
     ctx: Context, plan: FreezePlan | str | Path | None = None, mask_seed: int | None = None,
-    bn_stats: str = "freeze", head_lr_mult: float | None = None, **smart_options: Any,
+    bn_stats: str = "adapt", head_lr_mult: float | None = None, **smart_options: Any,
 ) -> Outcome:
     """The control: ``plan`` (default: the plan ``smart-kernel`` makes with ``smart_options``)
     with the same frozen count in every layer, channels drawn at random."""
