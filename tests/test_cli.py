@@ -96,7 +96,7 @@ def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
     plan.validate(st.replace_head(st.load_backbone("efficientnet_lite0"), 10))
     assert (out / "report.html").is_file() and "quadrant" in (out / "advice.json").read_text()
     text = capsys.readouterr().out
-    assert "One seed" in text and "benchmarks/results/p1.md" in text
+    assert "One seed" in text and "benchmarks/results/p1" in text
 
 
 def test_profile_efficientnet_lite0_over_fashion_mnist_batches():
