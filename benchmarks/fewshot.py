@@ -257,11 +257,7 @@ def p1(args: argparse.Namespace) -> None:
     train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
     backbone = "efficientnet_lite0"
     if args.tiny:
-        backbone = (
-            st.models.load_backbone("small_vgg")
-            if hasattr(st, "models")
-            else st.load_backbone("small_vgg")
-        )
+        backbone = st.load_backbone("small_vgg")
     if args.quick or args.tiny:
         g = torch.Generator().manual_seed(12345)
         test_idx = torch.randperm(len(test_ds), generator=g)[: (200 if args.tiny else 2000)]
@@ -341,7 +337,6 @@ def source_network(
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=5e-4)
     epochs = 1 if tiny else 3
     t0 = time.perf_counter()
-    sched = None
     val = st.data.loader(
         src_test, torch.arange(min(len(src_test), 200 if tiny else 1000)), batch_size=512
     )
@@ -371,7 +366,6 @@ def source_network(
     save_weights(path, net.state_dict())
     with atomic_open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    del sched
     return net, meta
 
 

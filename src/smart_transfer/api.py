@@ -12,7 +12,7 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,6 +309,8 @@ def train(
         raise ConfigError("transform must be a callable or a (train, eval) pair of callables")
     del template
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .training.distributed import world as _world
+
     rank, world = _world()
 
     def make_model() -> nn.Module:
@@ -401,13 +403,6 @@ def _frozen_fraction(model: nn.Module, outcome: Any) -> float:
 
 def _identity(x: Tensor) -> Tensor:
     return x
-
-
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _plain(v: Any) -> Any:
@@ -545,4 +540,3 @@ def list_strategies(details: bool = False) -> list[Any]:
 
 
 __all__ = ["TrainResult", "advise", "build_model", "evaluate", "list_strategies", "predict", "train"]
-_ = Sequence  # re-exported typing names stay importable

@@ -298,10 +298,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _rank() -> int:
-    import torch
+    from .training.distributed import world
 
-    d = torch.distributed
-    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+    return world()[0]
 
 
 def _test_split(cfg: dict[str, Any], spec: str, test_spec: str | None) -> tuple[Any, Any, str]:

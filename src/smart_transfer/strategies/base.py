@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..training import FitResult, fit
 from ..training import checkpoint as ckpt
+from ..training.distributed import world
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,7 @@ class Context:
         self.seed_everything(tag + "/fit")
         r = self.recipe
         fit_model = model
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world()[1] > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             fit_model = DistributedDataParallel(model)
@@ -106,17 +106,12 @@ class Context:
             resume=resume, amp=r.amp, channels_last=r.channels_last,
             progress=self.progress, desc=tag, **kw,
         )
-        if folder is not None and _is_rank0():
+        if folder is not None and world()[0] == 0:
             from .._atomic import atomic_open
 
             with atomic_open(folder / "done.json", "w", encoding="utf-8") as f:
                 json.dump(result.to_dict(), f)
         return result
-
-
-def _is_rank0() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @dataclass

@@ -9,6 +9,14 @@ import torch
 from torch import Tensor
 
 
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class ShardedBatches:
     """Global ``(x, y)`` batches of ``loader`` (the same order on every rank: same seed), each
     passed through ``transform`` whole and then split: rank ``r`` keeps rows ``r::world``.

@@ -36,6 +36,7 @@ from .._atomic import PathLike
 from ..errors import ConfigError, DataError, SmartTransferError, TrainingError
 from . import checkpoint as ckpt
 from .checks import forward, validate_batch
+from .distributed import world as _world
 from .schedule import cosine_with_warmup
 
 BatchTransform = Callable[[Tensor], Tensor]
@@ -76,13 +77,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum ``values`` over the ranks of the default process group (identity without one)."""
     if _world()[1] == 1:
@@ -95,7 +89,7 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 def _split(batch: Any) -> tuple[Tensor, Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    if isinstance(batch, dict) and "label" in batch or isinstance(batch, dict) and "labels" in batch:
+    if isinstance(batch, dict) and ("label" in batch or "labels" in batch):
         y = batch["label"] if "label" in batch else batch["labels"]
         x = next(batch[k] for k in ("image", "images", "pixel_values", "x", "input") if k in batch)
         return x, y
