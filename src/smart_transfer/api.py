@@ -246,7 +246,7 @@ def train(
     device: str | torch.device | None = None,
     val_fraction: float = 0.2,
     amp: str | None = None,
-    channels_last: bool = False,
+    channels_last: bool = True,
     sync_bn: bool = False,
     data_info: dict[str, Any] | None = None,
     **options: Any,

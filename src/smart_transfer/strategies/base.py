@@ -40,7 +40,7 @@ class Recipe:
     warmup: float = 0.1  # fraction of the steps with a linear warm-up, then cosine decay
     patience: int | None = 5  # early stopping on validation accuracy
     amp: str | None = None  # "bf16" / "fp16" autocast on CUDA
-    channels_last: bool = False  # channels-last memory format on CUDA
+    channels_last: bool = True  # image batches channels-last (faster convolutions); on CUDA the model too
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

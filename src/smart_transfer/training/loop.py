@@ -163,9 +163,13 @@ def evaluate(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[Any], transform: BatchTransform | None = None
+    model: nn.Module, batches: Iterable[Any], transform: BatchTransform | None = None,
+    channels_last: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """``(logits, labels)`` of every batch, concatenated (labels -1 for unlabelled batches)."""
+    """``(logits, labels)`` of every batch, concatenated (labels -1 for unlabelled batches).
+
+    ``channels_last``: image batches in the channels-last memory format (same values, faster
+    convolutions)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -180,6 +184,8 @@ def predict(
             x = x.to(device)
             if transform is not None:
                 x = transform(x)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             outs.append(model(x).float().cpu())
             labels.append(torch.as_tensor(y).cpu())
     finally:
@@ -256,7 +262,8 @@ def fit(
         train_mode: called instead of ``model.train()`` at the start of every epoch (e.g. to
             keep BatchNorm layers in eval mode).
         amp: ``"bf16"`` or ``"fp16"`` autocast on CUDA (ignored on a CPU).
-        channels_last: use the channels-last memory format on CUDA.
+        channels_last: feed image batches in the channels-last memory format (faster
+            convolutions on the CPU as well); on CUDA the model is converted too.
     """
     from tqdm.auto import tqdm
 
@@ -267,8 +274,7 @@ def fit(
     if amp not in (None, "bf16", "fp16"):
         raise ConfigError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     device = _device_of(model)
-    channels_last = channels_last and device.type == "cuda"
-    if channels_last:
+    if channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     rank, _ = _world()
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
