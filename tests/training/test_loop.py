@@ -70,3 +70,40 @@ def test_fit_keeps_initial_weights_when_training_only_hurts():
     assert res.best_epoch == 0 and res.best_val_accuracy == 1.0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+class _RecordsLayout(nn.Module):
+    """A small conv net that records whether each batch arrived channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+        self.seen: list[bool] = []
+
+    def forward(self, x):
+        self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fit_and_predict_feed_channels_last_batches_by_default(channels_last):
+    from smart_transfer.training import predict
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,))
+    model = _RecordsLayout()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, opt, _batches(x, y, 8), _batches(x, y, 8), epochs=1, progress=False, channels_last=channels_last)
+    assert model.seen and all(s == channels_last for s in model.seen)
+    assert model.conv.weight.is_contiguous()  # on the CPU only the inputs change layout
+    model.seen.clear()
+    logits, _ = predict(model, _batches(x, y, 8), channels_last=channels_last)
+    assert all(s == channels_last for s in model.seen)
+    # the layout changes no value
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-6)
+    model.seen.clear()
+    predict(model, _batches(x, y, 8))
+    assert all(model.seen)
