@@ -176,7 +176,9 @@ def run_cell(
     size: int | None,
 ) -> dict[str, Any]:
     name = strategy + (f"-{variant}" if variant else "")
-    out = run_root / f"seed{seed}" / f"n{len(idx_train) + len(idx_val)}" / name
+    # one folder per source network, so that random-mask reads the plan of its own network
+    net = extra.get("source_net") or ""
+    out = run_root / net / f"seed{seed}" / f"n{len(idx_train) + len(idx_val)}" / name
     if strategy == "random-mask" and "plan" not in options:
         smart_plan = out.parent / "smart-kernel" / "plan.json"
         if smart_plan.is_file():
