@@ -9,7 +9,7 @@ import smart_transfer as st
 from smart_transfer.errors import ConfigError, UnknownNameError
 
 ALL = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune",
-       "lp-ft", "smart-kernel", "smart-layer", "random-mask", "auto"]
+       "lp-ft", "smart-kernel", "smart-layer", "random-mask", "smart-probe", "random-probe", "auto"]
 
 
 def test_registry_lists_every_strategy_with_details():
@@ -154,3 +154,70 @@ def test_bn_adapt_reestimates_running_statistics_and_keeps_them(tiny_net, tiny_d
     assert bn.momentum == 0.1 and bn.training == tiny_net.training  # settings restored
     r = st.train(tiny_net, tiny_data, strategy="smart-kernel", bn_stats="adapt", epochs=1, progress=False)
     assert r.plan is not None
+
+
+def _bn_stats(net):
+    return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in net.named_modules()
+            if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+def test_smart_probe_keeps_the_source_statistics_of_the_most_similar_channels_only(tiny_net, tiny_data, tiny_test,
+                                                                                   tmp_path):
+    import copy
+
+    from smart_transfer.layers import following_norms
+    from smart_transfer.strategies.base import Context, Recipe
+    from smart_transfer.strategies.finetune import adapt_batchnorm
+
+    source = _bn_stats(tiny_net)
+    adapted_net = copy.deepcopy(tiny_net)
+    r = st.train(tiny_net, tiny_data, tiny_test, strategy="smart-probe", quantile=0.5, out=tmp_path / "sp",
+                 progress=False)
+    assert r.plan is None and r.frozen_fraction > 0.9  # no weight trained
+    # the AdaBN statistics of the same images, every channel re-estimated
+    tf = st.data.transforms_for(adapted_net, train=False)
+    ctx = Context(make_model=lambda: adapted_net, backbone_name="", num_classes=3, train=None, val=None,
+                  train_eval=st.data.loader(tiny_data, batch_size=32), train_tf=tf, eval_tf=tf, recipe=Recipe())
+    adapt_batchnorm(adapted_net, ctx)  # the batches st.train uses: every training image, 32 at a time
+    adapted = _bn_stats(adapted_net)
+    got = _bn_stats(r.model)
+    sim = st.compare(st.ActivationProfile.load(tmp_path / "sp" / "profile_pre.pt"),
+                     st.ActivationProfile.load(tmp_path / "sp" / "profile_new.pt"), "gaussian_kl")
+    for layer, bn in following_norms(tiny_net).items():
+        if layer not in sim.scores:
+            continue
+        scores = sim.scores[layer]
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        keep[scores.argsort(descending=True)[: len(scores) // 2]] = True
+        mean, var = got[bn]
+        torch.testing.assert_close(mean[keep], source[bn][0][keep], rtol=0, atol=0)
+        torch.testing.assert_close(var[keep], source[bn][1][keep], rtol=0, atol=0)
+        # the first BatchNorm sees the same inputs in both nets; later ones see inputs partly
+        # normalised with source statistics, so only the first is compared with full AdaBN
+        if bn == "features.1":
+            # (to batching order: AdaBN averages batch means)
+            torch.testing.assert_close(mean[~keep], adapted[bn][0][~keep], rtol=1e-2, atol=1e-3)
+        assert not torch.equal(mean[~keep], source[bn][0][~keep])
+    assert r.chosen["kept_source_channels"] + r.chosen["adapted_channels"] == sum(
+        len(v[0]) for k, v in source.items() if k in following_norms(tiny_net).values())
+
+
+def test_smart_probe_at_quantile_one_is_the_linear_probe_and_random_probe_matches_counts(tiny_net, tiny_data, tiny_test):
+    import copy
+
+    net2, net3 = copy.deepcopy(tiny_net), copy.deepcopy(tiny_net)
+    lp = st.train(tiny_net, tiny_data, strategy="linear-probe", progress=False)
+    sp = st.train(net2, tiny_data, strategy="smart-probe", quantile=1.0, progress=False)
+    assert sp.val_accuracy == lp.val_accuracy
+    torch.testing.assert_close(st.predict(sp, tiny_test), st.predict(lp, tiny_test))
+    rp = st.train(net3, tiny_data, strategy="random-probe", quantile=0.5, progress=False)
+    sp5 = st.train(copy.deepcopy(net3), tiny_data, strategy="smart-probe", quantile=0.5, progress=False)
+    assert rp.chosen["kept_source_channels"] == sp5.chosen["kept_source_channels"]
+    assert rp.chosen["random"] and not sp5.chosen["random"]
+
+
+def test_smart_probe_select_val_tries_each_quantile(tiny_net, tiny_data):
+    r = st.train(tiny_net, tiny_data, strategy="smart-probe", progress=False)
+    assert [t["quantile"] for t in r.tried] == [0.0, 0.5, 1.0]
+    assert r.val_accuracy == max(t["val_accuracy"] for t in r.tried)
+    assert r.chosen["quantile"] in (0.0, 0.5, 1.0)

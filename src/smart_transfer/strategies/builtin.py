@@ -93,6 +93,39 @@ register(StrategyInfo(
                         **{k: _SMART_OPTIONS[k] for k in ("measure", "quantile", "threshold", "budget", "bn_stats", "head_lr_mult")}},
     run_random_mask,
 ))
+_PROBE_OPTIONS = {
+    "measure": "similarity measure (default gaussian_kl; see list_measures())",
+    "quantile": "keep the source BatchNorm statistics of this fraction of the most similar channels per "
+                "layer, re-estimate the rest on the training images (default: chosen on validation)",
+    "select": "'val' (default): choose the quantile on validation among `quantiles`; 'fixed': 0.5",
+    "quantiles": "candidates for select='val' (default 0, 0.5, 1: AdaBN everywhere, half, nowhere)",
+    "layer": "layer whose pooled output feeds the classifier (default penultimate)",
+    "C": "as for linear-probe",
+}
+
+
+def _smart_probe(ctx: Context, **options: Any) -> Any:
+    from .adapt_probe import run_adapt_probe
+
+    return run_adapt_probe(ctx, **options)
+
+
+def _random_probe(ctx: Context, **options: Any) -> Any:
+    from .adapt_probe import run_adapt_probe
+
+    return run_adapt_probe(ctx, random=True, **options)
+
+
+register(StrategyInfo(
+    "smart-probe", "nothing by gradient: the BatchNorm statistics of the shifted channels are "
+    "re-estimated on the new data, the similar ones keep the source's; then a linear probe",
+    "as smart-kernel; a network with BatchNorm", _PROBE_OPTIONS, _smart_probe,
+))
+register(StrategyInfo(
+    "random-probe", "the control of smart-probe: the same count of channels per layer re-estimated, "
+    "drawn at random", "as smart-probe", {**_PROBE_OPTIONS, "mask_seed": "seed of the random channels "
+                                          "(default: the run's seed)"}, _random_probe,
+))
 register(StrategyInfo(
     "auto", "whatever the advisor's best candidates train; the best on validation is kept",
     "nothing", {"budget_s": "time budget in seconds for the candidates (default 900)",
