@@ -118,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"      {name:<16}{r['val_accuracy']:>9.3f}{r['test_accuracy']:>10.3f}"
               f"{r['frozen_fraction']:>9.1%}{r['seconds']:>9.0f}")
     note = ("One seed: read this as a demonstration, not a benchmark. Mean and spread over seeds: "
-            "benchmarks/results/p1-quick.md (README, 'Results').")
+            "benchmarks/results/p1.md (README, 'Results').")
     print(f"      auto chose: {rows['auto']['chosen'].get('strategy')}; advice: {advice.strategy} ({advice.quadrant})")
     print(f"      {note}")
     _write_json(out / "metrics.json", {"schema_version": 1, "note": note, "seed": args.seed,
