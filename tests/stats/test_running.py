@@ -111,6 +111,9 @@ def test_linear_layouts_2d_and_3d_match_numpy():
     _check(_accumulate(two_d, channel_dim=-1), two_d, channel_dim=-1)
     three_d = [torch.randn(2, 6, 5, generator=gen) - 1 for _ in range(3)]  # (B, T, F)
     _check(_accumulate(three_d, channel_dim=-1), three_d, channel_dim=-1)
+    # (N, H, W, C), as ConvNeXt's MLP: laid out as (N, C, L) inside, the same statistics
+    four_d = [torch.relu(torch.randn(2, 3, 4, 5, generator=gen)) + 0.5 for _ in range(2)]
+    _check(_accumulate(four_d, channel_dim=-1), four_d, channel_dim=-1)
 
 
 def test_large_maps_use_per_image_products_that_match_numpy():

@@ -32,7 +32,8 @@ def test_sampled_covariance_is_unbiased():
     assert bool((runs_t.std(0)[off] > 0).all())  # really sampled
     z = ((mean - ref) / se.clamp_min(1e-12))[off]
     assert float(z.abs().max()) < 4.5, z  # a biased estimator (e.g. no n/k weight) fails
-    torch.testing.assert_close(runs_t[0].diagonal(), ref.diagonal())  # exact diagonal
+    # exact diagonal (float32 sums in another order: rounding only)
+    torch.testing.assert_close(runs_t[0].diagonal(), ref.diagonal(), rtol=1e-6, atol=1e-9)
 
 
 def test_sampled_log_moments_are_unbiased():
