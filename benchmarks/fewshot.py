@@ -39,6 +39,8 @@ ORDER = [
     "smart-kernel",
     "smart-layer",
     "random-mask",
+    "smart-probe",
+    "random-probe",
     "auto",
 ]
 RUN_ORDER = [
@@ -52,6 +54,8 @@ RUN_ORDER = [
     "head-only",
     "smart-layer",
     "first-k-frozen",
+    "smart-probe",
+    "random-probe",
 ]  # the key comparisons finish first
 
 
@@ -79,6 +83,31 @@ def mean_std(values: list[float]) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
+def summary(groups: dict[tuple, list[dict]]) -> list[str]:
+    """One row per strategy (and variant), one column per (source network, samples): test
+    accuracy mean ± std, the best of each column in bold."""
+    cols = sorted({(g[0], g[1]) for g in groups})
+    names = sorted({(g[2], g[3]) for g in groups}, key=lambda n: (ORDER.index(n[0]) if n[0] in ORDER else 99, n[1]))
+    best = {c: max(statistics.fmean(r["test_accuracy"] for r in groups[g]) for g in groups if (g[0], g[1]) == c)
+            for c in cols}
+    head = [f"{net + ', ' if net else ''}{samples} samples" for net, samples in cols]
+    lines = [("Test accuracy %, mean ± std over the seeds of each cell (the tables below give seeds, "
+              "validation accuracy, frozen fraction and time)."), "",
+             "| strategy | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
+    for strategy, variant in names:
+        cells = []
+        for c in cols:
+            rs = groups.get((c[0], c[1], strategy, variant))
+            if not rs:
+                cells.append("")
+                continue
+            text = mean_std([r["test_accuracy"] for r in rs]) + ("" if len(rs) >= 3 else f" ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+            cells.append(f"**{text}**" if statistics.fmean(r["test_accuracy"] for r in rs) == best[c] else text)
+        label = strategy + (f" ({variant})" if variant else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
@@ -86,6 +115,7 @@ def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -
             (r.get("source_net", ""), r["samples"], r["strategy"], r.get("variant", "")), []
         ).append(r)
     lines = [f"# {title}", "", setup, "", f"Command: `{command}`", ""]
+    lines += summary(groups)
     for net in sorted({g[0] for g in groups}):
         if net:
             lines += [f"## source network: {net}", ""]
@@ -438,7 +468,13 @@ def _run(
     done = {key(r) for r in records}
     strategies = parse_strategies(args.strategies or RUN_ORDER)
     run_root = Path(args.runs) / f"{protocol}{suffix}"
-    command = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/fewshot.py " + " ".join(a for a in sys.argv[1:] if a != "--tables-only")
+    if args.tables_only:  # rewrite the table (and plot) from the records, run nothing
+        with atomic_open(path.with_suffix(".md"), "w", encoding="utf-8") as f:
+            f.write(table(records, title, setup, command))
+        if protocol == "p2" and records:
+            plot_p2(records, path.with_suffix(".png"))
+        return
     for pc in per_classes:
         for strategy, variant, options in strategies:
             for seed in args.seeds:  # every seed of a strategy before the next strategy
@@ -508,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tiny", action="store_true", help="smoke test: tiny network, a few images, 1 epoch"
     )
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rewrite <protocol>.md (and the P2 plot) from the records; run nothing")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -50,6 +50,13 @@ def test_tiny_run_writes_every_field_and_resumes(fmnist, tmp_path, monkeypatch, 
     assert "| linear-probe |" in md or "| **linear-probe** |" in md
     assert fewshot.main(args) == 0  # every cell is done: nothing runs again
     assert json.loads(path.read_text()) == records
+    # --tables-only rewrites the table from the records, with the summary row per strategy
+    path.with_suffix(".md").unlink()
+    assert fewshot.main([*args, "--tables-only"]) == 0
+    assert json.loads(path.read_text()) == records
+    summary = path.with_suffix(".md").read_text().split("### ")[0]
+    acc = f"{100 * records[0]['test_accuracy']:.1f} ± 0.0 (1 seed)"
+    assert f"| linear-probe | {acc} |" in summary or f"| linear-probe | **{acc}** |" in summary
     if protocol == "p2":
         assert path.with_suffix(".png").is_file()
         assert "source_test_accuracy" in records[0]
