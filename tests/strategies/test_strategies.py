@@ -119,12 +119,32 @@ def test_full_finetune_head_learning_rate_and_layer_decay(tiny_net):
 
 def test_auto_reports_what_it_tried_and_keeps_the_best(tiny_net, tiny_data):
     r = st.train(tiny_net, tiny_data, strategy="auto", epochs=1, progress=False,
-                 candidates=["linear-probe", "full-finetune"])
+                 candidates=["full-finetune", "linear-probe"], rule="best")
     vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
     assert set(vals) == {"linear-probe", "full-finetune"}
-    assert r.chosen["strategy"] == max(vals, key=lambda k: (vals[k], k == "linear-probe"))
+    assert r.chosen["strategy"] == max(vals, key=lambda k: (vals[k], k == "full-finetune"))
     assert r.val_accuracy == max(vals.values())
     assert r.advice is not None and r.advice.quadrant.startswith("small")
+
+
+def test_auto_one_se_rule_keeps_the_simplest_candidate_within_one_standard_error(tiny_net, tiny_data):
+    import copy
+    import math
+
+    r = st.train(copy.deepcopy(tiny_net), tiny_data, strategy="auto", epochs=2, progress=False,
+                 candidates=["full-finetune", "lp-ft", "linear-probe"])
+    vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
+    n = r.chosen["selection"]["val_images"]
+    assert n == round(0.2 * len(tiny_data))  # the validation split st.train carved
+    best = max(vals.values())
+    se = math.sqrt(best * (1 - best) / n)
+    assert r.chosen["selection"]["standard_error"] == pytest.approx(se)
+    order = ["linear-probe", "lp-ft", "full-finetune"]  # simplest first
+    expected = next(name for name in order if vals[name] >= best - se - 1e-12)
+    assert r.chosen["strategy"] == expected
+    assert r.val_accuracy == vals[expected]
+    with pytest.raises(ConfigError, match="rule"):
+        st.train(tiny_net, tiny_data, strategy="auto", rule="worst", progress=False)
 
 
 def test_data_forms_agree(tiny_net, tiny_data):

@@ -129,6 +129,8 @@ register(StrategyInfo(
 register(StrategyInfo(
     "auto", "whatever the advisor's best candidates train; the best on validation is kept",
     "nothing", {"budget_s": "time budget in seconds for the candidates (default 900)",
-                "candidates": "strategies to try (default: the advisor's)"},
+                "candidates": "strategies to try (default: the advisor's)",
+                "rule": "'one-se' (default): the simplest candidate within one standard error of the best "
+                        "validation accuracy; 'best': the highest validation accuracy"},
     _auto,
 ))
