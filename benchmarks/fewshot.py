@@ -43,6 +43,7 @@ ORDER = [
     "random-probe",
     "auto",
 ]
+NEEDS_BATCHNORM = {"smart-probe", "random-probe"}  # they re-estimate BatchNorm statistics
 RUN_ORDER = [
     "linear-probe",
     "full-finetune",
@@ -479,6 +480,11 @@ def _run(
         return
     for pc in per_classes:
         for strategy, variant, options in strategies:
+            if strategy in NEEDS_BATCHNORM and isinstance(backbone, torch.nn.Module) and not any(
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules()
+            ):
+                print(f"[{protocol}] {strategy} skipped: the network has no BatchNorm", flush=True)
+                continue
             for seed in args.seeds:  # every seed of a strategy before the next strategy
                 idx_train, idx_val = draw(pc, seed)
                 n = len(idx_train) + len(idx_val)
