@@ -173,13 +173,15 @@ def plot_p2(records: list[dict[str, Any]], path: Path) -> None:
                 means.append(statistics.fmean(v))
                 stds.append(statistics.stdev(v) if len(v) > 1 else 0)
             style = "-" if name.startswith(("smart", "random")) else "--"
-            ax.errorbar(xs, means, yerr=stds, label=name, marker="o", ls=style, capsize=2)
+            color = plt.get_cmap("tab20")(ORDER.index(name) % 20)  # one colour per strategy, both panels
+            ax.errorbar(xs, means, yerr=stds, label=name, marker="o", ls=style, capsize=2, color=color)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labelled samples (validation included)")
         ax.set_ylabel("test accuracy %")
         ax.set_title(f"P2: Fashion-MNIST 5-9 -> 0-4, source {net}")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
