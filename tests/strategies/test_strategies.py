@@ -241,3 +241,12 @@ def test_smart_probe_select_val_tries_each_quantile(tiny_net, tiny_data):
     assert [t["quantile"] for t in r.tried] == [0.0, 0.5, 1.0]
     assert r.val_accuracy == max(t["val_accuracy"] for t in r.tried)
     assert r.chosen["quantile"] in (0.0, 0.5, 1.0)
+
+
+def test_smart_probe_on_a_network_without_batchnorm_is_one_clear_error(tiny_data):
+    from smart_transfer.models.small import small_vgg
+
+    net = small_vgg(widths=(8, 16), batch_norm=False)
+    net.pretrained_cfg["input_size"] = (3, 16, 16)
+    with pytest.raises(ConfigError, match="no BatchNorm layer; use linear-probe"):
+        st.train(net, tiny_data, strategy="smart-probe", progress=False)

@@ -79,6 +79,9 @@ def run_adapt_probe(
         raise ConfigError(f"quantiles must lie in [0, 1], got {qs}")
     grid = [C] if isinstance(C, (int, float)) else list(C)
     name = "random-probe" if random else "smart-probe"
+    if not _bn_statistics(ctx.make_model()):  # before any profiling
+        raise ConfigError(f"{name} re-estimates BatchNorm statistics, and the model has no BatchNorm layer; "
+                          "use linear-probe")
     sim = similarity(ctx, measure)
     best: tuple[float, Any, dict[str, Any]] | None = None
     tried = []
@@ -88,9 +91,6 @@ def run_adapt_probe(
             plan = plan.random_like(ctx.seed if mask_seed is None else int(mask_seed))
         model = ctx.fresh_model(f"{name}/quantile={q}")
         source = _bn_statistics(model)
-        if not source:
-            raise ConfigError(f"{name} re-estimates BatchNorm statistics, and the model has no BatchNorm layer; "
-                              "use linear-probe")
         adapt_batchnorm(model, ctx)
         kept = restore_source_statistics(model, source, plan)
         ftr, ytr = layer_features(model, [layer], ctx.train_eval, ctx.eval_tf)
