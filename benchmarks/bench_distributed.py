@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import smart_transfer as st
+from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
 
 HERE = Path(__file__).resolve().parent
@@ -174,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     res["max_relative_difference"] = max_difference(profiles[names[2]], profiles[names[0]])
     res["load_end"] = os.getloadavg()[0]
     out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
-    (out / "distributed.md").write_text(_markdown(res), encoding="utf-8")
+    atomic_write_text(out / "distributed.json", json.dumps(res, indent=1) + "\n")
+    atomic_write_text(out / "distributed.md", _markdown(res))
     print(_markdown(res))
     return 0
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 import smart_transfer as st
+from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
 
 HERE = Path(__file__).resolve().parent
@@ -203,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         res["rows"].append(row)
     res["load_end"] = os.getloadavg()[0]
     out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "original.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
-    (out / "original.md").write_text(_markdown(res), encoding="utf-8")
+    atomic_write_text(out / "original.json", json.dumps(res, indent=1) + "\n")
+    atomic_write_text(out / "original.md", _markdown(res))
     print(_markdown(res))
     return 0
 

@@ -29,7 +29,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,24 +37,11 @@ import torch
 from torch import nn
 
 import smart_transfer as st
+from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
 
 TARGET_S1 = 0.8
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _models(size_vgg: int, quick: bool) -> dict[str, tuple[Callable[[], nn.Module], int, int]]:
@@ -382,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def record() -> None:
         stem = "profile" if not args.tag else f"profile_{args.tag}"
-        _atomic_write(RESULTS / f"{stem}.json", json.dumps(res, indent=2) + "\n")
-        _atomic_write(RESULTS / f"{stem}.md", _markdown(res))
+        atomic_write_text(RESULTS / f"{stem}.json", json.dumps(res, indent=2) + "\n")
+        atomic_write_text(RESULTS / f"{stem}.md", _markdown(res))
 
     only = set(args.only.split(",")) if args.only else None
     for name, (factory, size, nb) in _models(args.size, args.quick).items():

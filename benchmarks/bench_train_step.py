@@ -31,13 +31,13 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from smart_transfer._atomic import atomic_write_text
 from smart_transfer.freeze import FreezePlan, apply_plan, plan_freeze
 from smart_transfer.layers import layer_param_map, select_layers
 from smart_transfer.measures.similarity import Similarity
@@ -69,20 +69,6 @@ def _similarity(model: nn.Module, seed: int) -> Similarity:
         params=params,
         source="synthetic",
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a unique temporary sibling, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
 
 
 class Setup:
@@ -218,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernel_plan_bookkeeping_repeats_s": bookkeeping,
         "results": results,
     }
-    _atomic_write(args.out / "train_step.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(args.out / "train_step.json", json.dumps(record, indent=1) + "\n")
 
     env = (
         f"torch {record['torch']}, Python {record['python']}, {record['cpu_count']} CPUs "
@@ -255,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Layer plan frozen parameters: {record['config']['layer_plan'].split(': ', 1)[1]}.",
         "",
     ]
-    _atomic_write(args.out / "train_step.md", "\n".join(md))
+    atomic_write_text(args.out / "train_step.md", "\n".join(md))
     print("\n".join(md))
     exact = all(e["frozen_exact"] for _, _, e in rows)
     return 0 if exact else 1

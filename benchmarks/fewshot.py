@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import smart_transfer as st
-from smart_transfer._atomic import atomic_open
+from smart_transfer._atomic import atomic_open, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ORDER = [
@@ -475,8 +475,7 @@ def _run(
     run_root = Path(args.runs) / f"{protocol}{suffix}"
     command = "python benchmarks/fewshot.py " + " ".join(a for a in sys.argv[1:] if a != "--tables-only")
     if args.tables_only:  # rewrite the table (and plot) from the records, run nothing
-        with atomic_open(path.with_suffix(".md"), "w", encoding="utf-8") as f:
-            f.write(table(records, title, setup, command))
+        atomic_write_text(path.with_suffix(".md"), table(records, title, setup, command))
         if protocol == "p2" and records:
             plot_p2(records, path.with_suffix(".png"))
         return
@@ -522,9 +521,7 @@ def _run(
                 records.append(rec)
                 done.add(k)
                 save_records(path, records)
-                md = table(records, title, setup, command)
-                with atomic_open(path.with_suffix(".md"), "w", encoding="utf-8") as f:
-                    f.write(md)
+                atomic_write_text(path.with_suffix(".md"), table(records, title, setup, command))
                 if protocol == "p2":
                     plot_p2(records, path.with_suffix(".png"))
 

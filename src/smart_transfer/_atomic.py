@@ -82,3 +82,9 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_open`."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -31,9 +31,11 @@ PROBE_QUANTILES = (0.0, 0.5, 1.0)
 
 
 def restore_source_statistics(model: nn.Module, source: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                              plan: FreezePlan) -> int:
-    """Put back the source running mean/var of the plan's frozen channels; returns how many."""
-    norms = following_norms(model)
+                              plan: FreezePlan, norms: dict[str, str] | None = None) -> int:
+    """Put back the source running mean/var of the plan's frozen channels; returns how many.
+
+    ``norms``: :func:`following_norms` of the model, when the caller has it already."""
+    norms = following_norms(model) if norms is None else norms
     modules = dict(model.named_modules())
     restored = 0
     for layer in plan.layers:
@@ -79,9 +81,16 @@ def run_adapt_probe(
         raise ConfigError(f"quantiles must lie in [0, 1], got {qs}")
     grid = [C] if isinstance(C, (int, float)) else list(C)
     name = "random-probe" if random else "smart-probe"
-    if not _bn_statistics(ctx.make_model()):  # before any profiling
+    # every fresh model starts from the same pretrained weights: one look at them serves all
+    pretrained = ctx.make_model()
+    source = _bn_statistics(pretrained)
+    if not source:  # before any profiling
         raise ConfigError(f"{name} re-estimates BatchNorm statistics, and the model has no BatchNorm layer; "
                           "use linear-probe")
+    norms = following_norms(pretrained)
+    modules = dict(pretrained.named_modules())
+    total = sum(int(modules[bn].running_mean.numel()) for bn in set(norms.values()))  # type: ignore[union-attr]
+    del pretrained, modules
     sim = similarity(ctx, measure)
     best: tuple[float, Any, dict[str, Any]] | None = None
     tried = []
@@ -90,14 +99,11 @@ def run_adapt_probe(
         if random:
             plan = plan.random_like(ctx.seed if mask_seed is None else int(mask_seed))
         model = ctx.fresh_model(f"{name}/quantile={q}")
-        source = _bn_statistics(model)
         adapt_batchnorm(model, ctx)
-        kept = restore_source_statistics(model, source, plan)
+        kept = restore_source_statistics(model, source, plan, norms)
         ftr, ytr = layer_features(model, [layer], ctx.train_eval, ctx.eval_tf)
         fva, yva = layer_features(model, [layer], ctx.val, ctx.eval_tf)
         linear, c, acc, _ = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
-        bns = set(following_norms(model).values())
-        total = sum(int(m.running_mean.numel()) for n, m in model.named_modules() if n in bns)  # type: ignore[union-attr]
         counts = {"kept_source_channels": kept, "adapted_channels": total - kept}
         tried.append({"quantile": q, "C": c, "val_accuracy": acc, **counts})
         if best is None or acc > best[0]:

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..freeze import FreezePlan, apply_plan
 from ..layers import layer_param_map, select_layers
 from ..models.heads import find_head
+from ..training import channels_last_batch
 from .base import Context, Outcome
 from .optim import make_optimizer, param_groups
 
@@ -61,10 +62,7 @@ def adapt_batchnorm(model: nn.Module, ctx: Context) -> None:
         m.train()
     try:
         for x, _ in ctx.train_eval:
-            x = ctx.eval_tf(x.to(ctx.device))
-            if x.dim() == 4:  # same values, faster convolutions
-                x = x.contiguous(memory_format=torch.channels_last)
-            model(x)
+            model(channels_last_batch(ctx.eval_tf(x.to(ctx.device))))
     finally:
         for m, (momentum, training) in zip(bns, saved):
             m.momentum = momentum

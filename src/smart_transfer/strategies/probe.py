@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, MissingDependencyError
 from ..models.heads import PENULTIMATE, FeatureExtractor, find_head, pool_features, replace_head
+from ..training import channels_last_batch
 from .base import Context, Outcome, check_options
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -65,10 +66,7 @@ def layer_features(
     device = next(model.parameters()).device
     try:
         for x, y in batches:
-            x = transform(x.to(device))
-            if x.dim() == 4:  # same values, faster convolutions
-                x = x.contiguous(memory_format=torch.channels_last)
-            model(x)
+            model(channels_last_batch(transform(x.to(device))))
             labels.append(torch.as_tensor(y))
     finally:
         for h in handles:

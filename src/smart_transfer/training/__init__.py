@@ -1,12 +1,21 @@
 """A small, honest training loop: validation-based model selection, test read once."""
 
-from .loop import FitResult, TrainingError, TrainingInterrupted, evaluate, fit, predict
+from .loop import (
+    FitResult,
+    TrainingError,
+    TrainingInterrupted,
+    channels_last_batch,
+    evaluate,
+    fit,
+    predict,
+)
 from .schedule import cosine_with_warmup
 
 __all__ = [
     "FitResult",
     "TrainingError",
     "TrainingInterrupted",
+    "channels_last_batch",
     "cosine_with_warmup",
     "evaluate",
     "fit",

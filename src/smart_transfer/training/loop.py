@@ -100,6 +100,12 @@ def _split(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
+def channels_last_batch(x: Tensor) -> Tensor:
+    """A 4-D image batch in the channels-last memory format: the same values, faster
+    convolutions (on the CPU as well). Anything else is returned as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def _prepare(
     batch: Any, device: torch.device, transform: BatchTransform | None, channels_last: bool, where: str
 ) -> tuple[Tensor, Tensor]:
@@ -109,8 +115,8 @@ def _prepare(
     x, y = x.to(device), y.to(device)
     if transform is not None:
         x = transform(x)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        x = channels_last_batch(x)
     return x, y
 
 
@@ -184,8 +190,8 @@ def predict(
             x = x.to(device)
             if transform is not None:
                 x = transform(x)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if channels_last:
+                x = channels_last_batch(x)
             outs.append(model(x).float().cpu())
             labels.append(torch.as_tensor(y).cpu())
     finally:
