@@ -431,9 +431,9 @@ def _finish(
     num_batches: int,
     meta: dict[str, Any],
 ) -> ActivationProfile:
-    reached = [p for p in points if accs[p.name].stats.count > 0]
+    reached = [p for p in points if accs[p.name].count > 0]
     for p in points:
-        if accs[p.name].stats.count == 0:
+        if accs[p.name].count == 0:
             meta["skipped"][p.name] = "never ran during the forward pass"
     if not reached:
         raise ProfileError(

@@ -788,7 +788,12 @@ class RunningStats:
         self, name: str, kind: str, params: dict[str, tuple[int, ...]]
     ) -> LayerProfile:
         """Finished statistics on the CPU as a :class:`LayerProfile`."""
-        return to_layer_profile(self.stats, name, kind, params, self.edges)
+        return to_layer_profile(self.stats, name, kind, params, self.edges, _owned=True)
+
+    @property
+    def count(self) -> float:
+        """Values per channel so far (cheap: no statistic is finished)."""
+        return self._totals.count
 
     @property
     def stats(self) -> ChannelStats:
@@ -819,8 +824,13 @@ def to_layer_profile(
     kind: str,
     params: dict[str, tuple[int, ...]],
     edges: Tensor | None = None,
+    *,
+    _owned: bool = False,
 ) -> LayerProfile:
-    """Divide the sums by their counts: population variance/covariance, zero fraction."""
+    """Divide the sums by their counts: population variance/covariance, zero fraction.
+
+    ``_owned``: ``s.comoment`` is a fresh tensor that may be divided in place (for wide layers
+    a (C, C) copy costs as much as a batch's statistics)."""
     c = s.num_channels
     n = s.count
     denom = n if n > 0 else 1.0  # an empty accumulator reports zeros, not NaN
@@ -836,7 +846,8 @@ def to_layer_profile(
     if s.comoment is not None:
         # Exactly symmetric already: co-moments are built from mirrored blocks and outer
         # products delta * delta^T, whose (i, j) and (j, i) entries are the same product.
-        cov = s.comoment.to("cpu", F64) / denom
+        cov = s.comoment.to("cpu", F64)
+        cov = cov.div_(denom) if _owned or cov is not s.comoment else cov / denom
         if s.min is not None and s.max is not None:
             const = (s.min == s.max).cpu()
             if bool(const.any()):
