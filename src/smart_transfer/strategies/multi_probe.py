@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..layers import select_layers
-from ..measures import Similarity
+from ..measures import Similarity, get_measure
 from ..models.heads import PENULTIMATE, find_head
 from .base import Context, Outcome
 from .concat import ConcatProbe
@@ -178,10 +178,10 @@ def run_multi_probe(
         return outcome(linear, acc, {**base, "C": c, "kept_features": width},
                        [{"C": c, "val_accuracy": acc}], {})
 
-    sim = similarity(ctx, measure)
-    if sim.meta.get("level") != "channel":
+    if get_measure(measure).level != "channel":  # before any profiling
         raise ConfigError(f"measure {measure!r} scores whole layers; selecting channels needs a "
                           "channel-level measure (e.g. gaussian_kl)")
+    sim = similarity(ctx, measure)
     shift = channel_shift(sim, model, cands, widths)
     pre, new = ctx.cache[("profiles", "output")]
     extra = {"profile_pre": pre, "profile_new": new, "measure": measure}
