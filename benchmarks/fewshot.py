@@ -42,7 +42,10 @@ ORDER = [
     "smart-probe",
     "random-probe",
     "auto",
-]
+    "multi-layer-probe",
+    "smart-multi-probe",
+    "random-multi-probe",
+]  # table order; the last three are not in RUN_ORDER (run them with --strategies)
 NEEDS_BATCHNORM = {"smart-probe", "random-probe"}  # they re-estimate BatchNorm statistics
 RUN_ORDER = [
     "linear-probe",

@@ -9,7 +9,8 @@ import smart_transfer as st
 from smart_transfer.errors import ConfigError, UnknownNameError
 
 ALL = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune",
-       "lp-ft", "smart-kernel", "smart-layer", "random-mask", "smart-probe", "random-probe", "auto"]
+       "lp-ft", "smart-kernel", "smart-layer", "random-mask", "smart-probe", "random-probe",
+       "multi-layer-probe", "smart-multi-probe", "random-multi-probe", "auto"]
 
 
 def test_registry_lists_every_strategy_with_details():

@@ -126,6 +126,44 @@ register(StrategyInfo(
     "drawn at random", "as smart-probe", {**_PROBE_OPTIONS, "mask_seed": "seed of the random channels "
                                           "(default: the run's seed)"}, _random_probe,
 ))
+_MULTI_OPTIONS = {
+    "layers": "layers whose pooled outputs are concatenated (default: the candidates of "
+              "linear-probe-best-layer, 8 evenly spaced + penultimate)",
+    "C": "as for linear-probe",
+}
+_SELECT_OPTIONS = {
+    **_MULTI_OPTIONS,
+    "measure": "channel-level similarity measure ranking the channels (default gaussian_kl)",
+    "fraction": "keep this fraction of the channels of every layer (default: chosen on validation)",
+    "fractions": "candidates when fraction is not given (default 0.125, 0.25, 0.5)",
+    "direction": "'similar' (keep the channels closest to D_pre), 'shifted' (the farthest) or "
+                 "'val' (default: chosen on validation)",
+}
+
+
+def _multi(select: str) -> Any:
+    def run(ctx: Context, **options: Any) -> Any:
+        from .multi_probe import run_multi_probe
+
+        return run_multi_probe(ctx, select=select, **options)
+
+    return run
+
+
+register(StrategyInfo(
+    "multi-layer-probe", "a linear classifier on the frozen, pooled features of many layers side by side",
+    "nothing", _MULTI_OPTIONS, _multi("none"),
+))
+register(StrategyInfo(
+    "smart-multi-probe", "a linear classifier on the features of many layers, keeping per layer the "
+    "channels whose activations are most similar to (or most shifted from) D_pre",
+    "as smart-kernel", _SELECT_OPTIONS, _multi("smart"),
+))
+register(StrategyInfo(
+    "random-multi-probe", "the control of smart-multi-probe: its count of channels per layer, drawn at random",
+    "as smart-kernel", {**_SELECT_OPTIONS, "mask_seed": "seed of the random channels (default: the run's seed)"},
+    _multi("random"),
+))
 register(StrategyInfo(
     "auto", "whatever the advisor's best candidates train; the best on validation is kept",
     "nothing", {"budget_s": "time budget in seconds for the candidates (default 900)",

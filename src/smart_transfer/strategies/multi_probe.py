@@ -1,0 +1,213 @@
+"""Probes on the pooled features of many layers at once, with or without channel selection.
+
+``multi-layer-probe`` is the Head2Toe baseline (Evci et al. 2022) without its selection: the
+pooled outputs of the candidate layers of ``linear-probe-best-layer`` side by side, standardised,
+one logistic regression with ``C`` chosen on validation.
+
+``smart-multi-probe`` keeps only a fraction of each layer's channels, ranked by how far their
+activation statistics moved between D_pre and D_new (the per-channel divergence of the smart
+strategies: ``gaussian_kl`` by default, D_pre from source images or the BatchNorm statistics).
+Whether to keep the most *similar* or the most *shifted* channels, and the fraction, are chosen
+on validation. ``random-multi-probe`` is its control: in every layer the same number of channels
+as the smart choice keeps, drawn at random, so that a difference can only come from which
+channels the statistics picked.
+
+The penultimate features (the head's input) have no profile of their own. In VGG- and
+EfficientNet-style networks they are the last conv layer's output channels after normalisation,
+activation and pooling, channel for channel, so they are ranked by that layer's divergence when
+the channel counts agree; otherwise they are kept whole (by the control too).
+
+The returned model is a :class:`ConcatProbe` over every candidate layer whose weights on the
+dropped channels are zero, so it predicts from images and is rebuilt from ``config.json`` like
+any concatenated probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..layers import select_layers
+from ..measures import Similarity, get_measure
+from ..models.heads import PENULTIMATE, find_head
+from .base import Context, Outcome
+from .concat import ConcatProbe
+from .probe import C_GRID, _features, candidate_layers, fit_logistic
+from .smart import similarity
+
+FRACTIONS = (0.125, 0.25, 0.5)
+DIRECTIONS = ("similar", "shifted")
+SELECTS = ("none", "smart", "random")
+
+
+def stack_features(feats: dict[str, np.ndarray], layers: Sequence[str]) -> tuple[np.ndarray, dict[str, slice]]:
+    """The pooled features of ``layers`` side by side, and each layer's columns."""
+    cols, start = {}, 0
+    for name in layers:
+        width = feats[name].shape[1]
+        cols[name] = slice(start, start + width)
+        start += width
+    return np.hstack([feats[n] for n in layers]), cols
+
+
+def channel_shift(sim: Similarity, model: nn.Module, layers: Sequence[str],
+                  widths: dict[str, int]) -> dict[str, Tensor | None]:
+    """Per candidate layer, how far each channel moved (higher = more shifted), or None when the
+    layer has no per-channel statistics (it is then kept whole)."""
+    def shift(name: str) -> Tensor:
+        if sim.direction == "divergence":  # the raw divergence ranks without exp(-KL)'s underflow
+            return sim.raw[name].double()
+        return 1.0 - sim.scores[name].double()
+
+    head_name, _ = find_head(model)
+    convs = [n for n in select_layers(model) if n != head_name]
+    out: dict[str, Tensor | None] = {}
+    for name in layers:
+        src = name
+        if name == PENULTIMATE:  # the last conv layer's channels, normalised, activated, pooled
+            src = convs[-1] if convs else ""
+        ok = src in sim.raw and int(sim.raw[src].numel()) == widths[name]
+        out[name] = shift(src) if ok else None
+    return out
+
+
+def keep_count(width: int, fraction: float) -> int:
+    return max(1, round(fraction * width))
+
+
+def rank_channels(shift: dict[str, Tensor | None], widths: dict[str, int], fraction: float,
+                  direction: str) -> dict[str, list[int]]:
+    """The channels kept in each layer: the ``fraction`` most similar or most shifted ones."""
+    keep = {}
+    for name, s in shift.items():
+        if s is None:
+            keep[name] = list(range(widths[name]))
+            continue
+        order = torch.argsort(s, descending=direction == "shifted", stable=True)
+        keep[name] = sorted(order[: keep_count(widths[name], fraction)].tolist())
+    return keep
+
+
+def random_channels(counts: dict[str, int], widths: dict[str, int], seed: int) -> dict[str, list[int]]:
+    """``counts[layer]`` channels of each layer, drawn at random (a seeded generator)."""
+    rng = np.random.default_rng(int(seed))
+    return {name: sorted(int(i) for i in rng.choice(widths[name], size=counts[name], replace=False))
+            for name in counts}
+
+
+def columns(cols: dict[str, slice], keep: dict[str, list[int]]) -> np.ndarray:
+    """Columns of the stacked feature matrix that ``keep`` selects, in layer order."""
+    return np.concatenate([np.asarray(keep[n], dtype=np.int64) + cols[n].start for n in cols])
+
+
+def expand(linear: nn.Linear, cols: np.ndarray, width: int) -> nn.Linear:
+    """``linear`` over the selected columns as a linear layer over all ``width`` columns (zero
+    weight on the others)."""
+    full = nn.Linear(width, linear.out_features)
+    with torch.no_grad():
+        full.weight.zero_()
+        full.weight[:, torch.from_numpy(cols)] = linear.weight
+        full.bias.copy_(linear.bias)
+    return full
+
+
+def _check(select: str, direction: str, fraction: float | None, fractions: Sequence[float],
+           layers: Sequence[str] | None, mask_seed: int | None) -> list[float]:
+    if select not in SELECTS:
+        raise ConfigError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
+    if direction not in ("val", *DIRECTIONS):
+        raise ConfigError(f"direction must be 'val', 'similar' or 'shifted', got {direction!r}")
+    if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+        raise ConfigError(f"layers must be a list of layer names, got {layers!r}")
+    if mask_seed is not None and (isinstance(mask_seed, bool) or not isinstance(mask_seed, int)):
+        raise ConfigError(f"mask_seed must be an integer, got {mask_seed!r}")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        return [float(fraction)]
+    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or not fractions or any(
+        isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions
+    ):
+        raise ConfigError(f"fractions must be a non-empty list of numbers in (0, 1], got {fractions!r}")
+    return [float(f) for f in fractions]
+
+
+def run_multi_probe(
+    ctx: Context, select: str = "none", layers: Sequence[str] | None = None,
+    measure: str = "gaussian_kl", fraction: float | None = None, fractions: Sequence[float] = FRACTIONS,
+    direction: str = "val", C: Sequence[float] | float = C_GRID, mask_seed: int | None = None,
+) -> Outcome:
+    """One logistic regression on the pooled features of many layers side by side.
+
+    ``select="none"``: every channel (``multi-layer-probe``). ``"smart"``: per layer, the
+    ``fraction`` of channels that are most similar or most shifted between D_pre and D_new under
+    ``measure``; without ``fraction`` every value of ``fractions`` is tried, and with
+    ``direction="val"`` both directions, the best on validation kept. ``"random"``: the smart
+    choice's count per layer, channels drawn with ``mask_seed`` (default the run's seed)."""
+    fracs = _check(select, direction, fraction, fractions, layers, mask_seed)
+    grid = [C] if isinstance(C, (int, float)) else list(C)
+    name = {"none": "multi-layer-probe", "smart": "smart-multi-probe", "random": "random-multi-probe"}[select]
+    model = ctx.fresh_model(name)
+    cands = list(layers) if layers else candidate_layers(model)
+    ftr, ytr, fva, yva = _features(ctx, model, cands)
+    xtr, cols = stack_features(ftr, cands)
+    xva, _ = stack_features(fva, cands)
+    width = xtr.shape[1]
+    widths = {n: cols[n].stop - cols[n].start for n in cands}
+    base = {"layers": cands, "total_features": width}
+
+    def fit(keep: dict[str, list[int]]) -> tuple[nn.Linear, float, float, int]:
+        use = columns(cols, keep)
+        linear, c, acc, _ = fit_logistic(xtr[:, use], ytr, xva[:, use], yva, grid, ctx.num_classes)
+        return expand(linear, use, width), c, acc, len(use)
+
+    def outcome(linear: nn.Linear, acc: float, chosen: dict[str, Any], tried: list[dict[str, Any]],
+                extra: dict[str, Any]) -> Outcome:
+        pm = ConcatProbe(model, cands, linear, ctx.num_classes).to(ctx.device)
+        return Outcome(model=pm, val_accuracy=acc, chosen=chosen, tried=tried,
+                       model_kind={"kind": "concat", "layers": cands, "in_features": width},
+                       extra={"head_only": True, **extra})
+
+    if select == "none":
+        linear, c, acc, _ = fit({n: list(range(widths[n])) for n in cands})
+        return outcome(linear, acc, {**base, "C": c, "kept_features": width},
+                       [{"C": c, "val_accuracy": acc}], {})
+
+    if get_measure(measure).level != "channel":  # before any profiling
+        raise ConfigError(f"measure {measure!r} scores whole layers; selecting channels needs a "
+                          "channel-level measure (e.g. gaussian_kl)")
+    sim = similarity(ctx, measure)
+    shift = channel_shift(sim, model, cands, widths)
+    pre, new = ctx.cache[("profiles", "output")]
+    extra = {"profile_pre": pre, "profile_new": new, "measure": measure}
+    unranked = [n for n in cands if shift[n] is None]
+    dirs = list(DIRECTIONS) if direction == "val" else [direction]
+    best: tuple[float, Any] | None = None
+    tried = []
+    for d in dirs:
+        for f in fracs:
+            keep = rank_channels(shift, widths, f, d)
+            linear, c, acc, kept = fit(keep)
+            tried.append({"direction": d, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept})
+            if best is None or acc > best[0]:
+                best = (acc, (linear, c, d, f, keep, kept))
+    assert best is not None
+    acc, (linear, c, d, f, keep, kept) = best
+    chosen = {"measure": measure, "direction": d, "fraction": f, "C": c, "kept_features": kept, **base,
+              "unranked": unranked}
+    if select == "smart":
+        return outcome(linear, acc, {**chosen, "kept": keep}, tried, extra)
+
+    seed = ctx.seed if mask_seed is None else int(mask_seed)
+    rkeep = random_channels({n: len(keep[n]) for n in cands}, widths, seed)
+    linear, c, acc, kept = fit(rkeep)
+    chosen = {"measure": measure, "of": {"direction": d, "fraction": f, "val_accuracy": best[0]},
+              "mask_seed": seed, "fraction": f, "C": c, "kept_features": kept, **base, "unranked": unranked,
+              "kept": rkeep}
+    return outcome(linear, acc, chosen, tried + [{"random": True, "fraction": f, "C": c, "val_accuracy": acc,
+                                                  "kept_features": kept}], extra)
