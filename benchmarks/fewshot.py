@@ -36,16 +36,16 @@ ORDER = [
     "first-k-frozen",
     "full-finetune",
     "lp-ft",
+    "multi-layer-probe",
     "smart-kernel",
     "smart-layer",
     "random-mask",
     "smart-probe",
     "random-probe",
-    "auto",
-    "multi-layer-probe",
     "smart-multi-probe",
     "random-multi-probe",
-]  # table order; the last three are not in RUN_ORDER (run them with --strategies)
+    "auto",
+]  # table order
 NEEDS_BATCHNORM = {"smart-probe", "random-probe"}  # they re-estimate BatchNorm statistics
 RUN_ORDER = [
     "linear-probe",
@@ -60,6 +60,9 @@ RUN_ORDER = [
     "first-k-frozen",
     "smart-probe",
     "random-probe",
+    "multi-layer-probe",
+    "smart-multi-probe",
+    "random-multi-probe",
 ]  # the key comparisons finish first
 
 

@@ -85,7 +85,8 @@ def test_advise_quadrants_follow_the_stated_cutoffs():
 
     curve = {"a": 0.9, "b": 0.8, "c": 0.2, "d": 0.1}
     adv = decide(20, curve, similar=0.6)
-    assert adv.quadrant == "small-different" and adv.strategy == "linear-probe-best-layer"
+    assert adv.quadrant == "small-different" and adv.strategy == "multi-layer-probe"
+    assert adv.candidates[:2] == ["multi-layer-probe", "linear-probe-best-layer"]
     assert adv.similarity == pytest.approx(0.5) and adv.layer == "b"  # the curve falls at c
     assert decide(20, curve, similar=0.4).quadrant == "small-similar"
     assert decide(500, curve, similar=0.4).strategy == "lp-ft"

@@ -20,7 +20,7 @@ from .base import Context, Outcome
 from .registry import get_strategy
 from .smart import similarity
 
-SIMPLEST_FIRST = ("linear-probe", "linear-probe-best-layer", "smart-probe", "random-probe", "head-only",
+SIMPLEST_FIRST = ("linear-probe", "multi-layer-probe", "linear-probe-best-layer", "smart-probe", "random-probe", "head-only",
                   "lp-ft", "first-k-frozen", "smart-layer", "smart-kernel", "random-mask", "full-finetune")
 
 
