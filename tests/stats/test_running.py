@@ -349,3 +349,18 @@ def test_float32_bin_table_agrees_with_bucketize_on_random_bit_patterns():
     got = acc._bin_index(v.view(-1, 1)).view(-1)
     want = torch.bucketize(v.double(), hist_edges(64, 1e-3, 1e3)[1:-1], right=True)
     assert torch.equal(got.long(), want)
+
+
+@pytest.mark.parametrize("bins", [128, 8192])
+def test_bin_index_is_exact_with_bins_narrower_than_the_lookup_cells(bins):
+    """With thousands of bins some 16-bit cells hold two edges; the lookup tables cannot serve
+    them, and every value is then searched (still exactly bucketize's bin)."""
+    from smart_transfer.stats.running import _float32_bin_table
+
+    assert (_float32_bin_table(bins, 1e-2, 1e4) is None) == (bins == 8192)
+    edges = hist_edges(bins, 1e-2, 1e4)
+    v = torch.cat([edges.float(), torch.randn(5000, generator=torch.Generator().manual_seed(3)) * 50])
+    acc = RunningStats(1, hist_bins=bins)
+    got = acc._bin_index(v.view(-1, 1)).view(-1)
+    want = torch.bucketize(v.double(), edges[1:-1], right=True)
+    assert torch.equal(got.long(), want)
