@@ -146,6 +146,22 @@ def test_auto_one_se_rule_keeps_the_simplest_candidate_within_one_standard_error
     assert r.val_accuracy == vals[expected]
     with pytest.raises(ConfigError, match="rule"):
         st.train(tiny_net, tiny_data, strategy="auto", rule="worst", progress=False)
+    with pytest.raises(ConfigError, match="prefer"):
+        st.train(tiny_net, tiny_data, strategy="auto", prefer="newest", progress=False)
+
+
+def test_auto_prefer_advice_keeps_the_earliest_candidate_within_one_standard_error(tiny_net, tiny_data):
+    import copy
+    import math
+
+    order = ["full-finetune", "linear-probe", "lp-ft"]  # not the simplicity order
+    r = st.train(copy.deepcopy(tiny_net), tiny_data, strategy="auto", epochs=2, progress=False,
+                 candidates=order, prefer="advice")
+    vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
+    best = max(vals.values())
+    se = math.sqrt(best * (1 - best) / r.chosen["selection"]["val_images"])
+    expected = next(name for name in order if vals[name] >= best - se - 1e-12)
+    assert r.chosen["strategy"] == expected and r.chosen["selection"]["prefer"] == "advice"
 
 
 def test_data_forms_agree(tiny_net, tiny_data):

@@ -3,7 +3,8 @@
 With a few dozen validation images the differences between candidates are mostly noise, so by
 default (``rule="one-se"``) the simplest candidate whose validation accuracy is within one
 standard error of the best one's is kept (the one-standard-error rule of model selection;
-simplest: fewest choices fitted to the data, in the order of ``SIMPLEST_FIRST``).
+simplest: fewest choices fitted to the data, in the order of ``SIMPLEST_FIRST``;
+``prefer="advice"``: the earliest in the advisor's order of candidates instead).
 ``rule="best"`` keeps the highest validation accuracy (ties: the advisor's order)."""
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def _simplicity(name: str) -> int:
 
 
 def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | None = None,
-             rule: str = "one-se") -> Outcome:
+             rule: str = "one-se", prefer: str = "simplest") -> Outcome:
     if rule not in ("one-se", "best"):
         raise ConfigError(f"rule must be 'one-se' or 'best', got {rule!r}")
+    if prefer not in ("simplest", "advice"):
+        raise ConfigError(f"prefer must be 'simplest' or 'advice', got {prefer!r}")
     advice = advice_for(ctx)
     names = list(candidates) if candidates else list(advice.candidates)
     start = time.perf_counter()
@@ -65,8 +68,10 @@ def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | 
         n = sum(len(y) for _, y in ctx.val)
         se = math.sqrt(best.val_accuracy * (1 - best.val_accuracy) / max(n, 1))
         within = [(name, o) for name, o in results if o.val_accuracy >= best.val_accuracy - se - 1e-12]
-        best = min(within, key=lambda t: _simplicity(t[0]))[1]
-        best.chosen["selection"] = {"rule": "one-se", "val_images": n, "standard_error": se}
+        rank = _simplicity if prefer == "simplest" else names.index
+        best = min(within, key=lambda t: rank(t[0]))[1]
+        best.chosen["selection"] = {"rule": "one-se", "prefer": prefer, "val_images": n,
+                                    "standard_error": se}
     best.tried = tried
     best.extra["advice"] = advice
     return best

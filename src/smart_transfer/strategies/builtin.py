@@ -169,6 +169,8 @@ register(StrategyInfo(
     "nothing", {"budget_s": "time budget in seconds for the candidates (default 900)",
                 "candidates": "strategies to try (default: the advisor's)",
                 "rule": "'one-se' (default): the simplest candidate within one standard error of the best "
-                        "validation accuracy; 'best': the highest validation accuracy"},
+                        "validation accuracy; 'best': the highest validation accuracy",
+                "prefer": "for 'one-se': 'simplest' (default) or 'advice' (the earliest of the "
+                          "advisor's candidates)"},
     _auto,
 ))
