@@ -10,6 +10,7 @@ import torch
 
 import smart_transfer as st
 from smart_transfer.errors import ConfigError, UnknownNameError
+from smart_transfer.models.heads import PENULTIMATE
 from smart_transfer.strategies.base import Context, Recipe
 from smart_transfer.strategies.multi_probe import run_multi_probe
 from smart_transfer.strategies.probe import fit_logistic
@@ -174,3 +175,26 @@ def test_unknown_measure_and_layer_are_named(tiny_net, tiny_data):
         st.train(tiny_net, tiny_data, strategy="smart-multi-probe", measure="gaussian_kll", progress=False)
     with pytest.raises(ConfigError, match="features.99"):
         st.train(tiny_net, tiny_data, strategy="multi-layer-probe", layers=["features.99"], progress=False)
+
+
+def test_probe_features_come_from_a_cached_superset_unchanged(tiny_net, tiny_data, monkeypatch):
+    """auto's probes share one context: the penultimate features are read off the candidate
+    layers already extracted, with the same values and no second pass over the images."""
+    from smart_transfer.strategies import probe
+
+    ctx = _ctx(tiny_net, tiny_data)
+    cands = probe.candidate_layers(tiny_net)
+    ftr, ytr, fva, yva = probe._features(ctx, tiny_net, cands)
+    direct_tr, _ = probe.layer_features(tiny_net, [PENULTIMATE], ctx.train_eval, ctx.eval_tf)
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("features extracted again")
+
+    monkeypatch.setattr(probe, "layer_features", no_second_pass)
+    sub_tr, sub_ytr, sub_va, _ = probe._features(ctx, tiny_net, [PENULTIMATE])
+    assert list(sub_tr) == [PENULTIMATE]
+    np.testing.assert_array_equal(sub_tr[PENULTIMATE], direct_tr[PENULTIMATE])
+    np.testing.assert_array_equal(sub_va[PENULTIMATE], fva[PENULTIMATE])
+    np.testing.assert_array_equal(sub_ytr, ytr)
+    np.testing.assert_array_equal(sub_tr[PENULTIMATE], ftr[PENULTIMATE])
+    assert len(yva) == len(VAL)

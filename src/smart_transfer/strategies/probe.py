@@ -122,6 +122,13 @@ def fit_logistic(
 def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> tuple[dict, np.ndarray, dict, np.ndarray]:
     key = ("features", tuple(layers))
     if key not in ctx.cache:
+        # Features of the pretrained network: any cached superset of these layers holds them
+        # (auto's probes ask for the same candidate layers, then for the penultimate one).
+        for k, v in list(ctx.cache.items()):
+            if len(k) == 2 and k[0] == "features" and set(layers) <= set(k[1]):
+                ftr, ytr, fva, yva = v
+                ctx.cache[key] = ({n: ftr[n] for n in layers}, ytr, {n: fva[n] for n in layers}, yva)
+                return ctx.cache[key]
         ftr, ytr = layer_features(model, layers, ctx.train_eval, ctx.eval_tf)
         fva, yva = layer_features(model, layers, ctx.val, ctx.eval_tf)
         ctx.cache[key] = (ftr, ytr, fva, yva)
