@@ -262,14 +262,6 @@ class _Scratch:
             self._bufs[name] = buf
         return buf[:numel]
 
-    def ones(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """A flat tensor of ``numel`` ones (never written to by its users)."""
-        buf = self._bufs.get("ones")
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            buf = torch.ones(max(numel, 1 << 16), dtype=dtype, device=device)
-            self._bufs["ones"] = buf
-        return buf[:numel]
-
 
 # Elements per chunk and thread when a (N, C, L) batch is reduced on the CPU: all passes over
 # a chunk of ~2 MB run while it is still in cache, instead of streaming the whole activation
