@@ -52,9 +52,10 @@ def test_multi_layer_probe_is_logistic_regression_on_the_pooled_outputs_side_by_
     xva = _pooled_concat(tiny_net, tf(tiny_data.get_batch(VAL)[0]), layers)
     assert xtr.shape == (60, 8 + 8 + 16 + 16 + 16) and out.chosen["total_features"] == xtr.shape[1]
     assert out.chosen["kept_features"] == xtr.shape[1]
-    # the same fit on the hand-made matrix gives the same classifier
+    # the same fit on the hand-made matrix gives the same classifier (C chosen on validation,
+    # then fitted again on the training and validation samples together)
     linear, c, acc, _ = fit_logistic(xtr, tiny_data.targets[TRAIN].numpy(), xva, tiny_data.targets[VAL].numpy(),
-                                     num_classes=3)
+                                     num_classes=3, refit=True)
     assert out.chosen["C"] == c and out.val_accuracy == acc
     torch.testing.assert_close(out.model.head.weight, linear.weight, rtol=1e-4, atol=1e-4)
     # and the returned model predicts from images through exactly those features

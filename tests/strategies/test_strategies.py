@@ -164,6 +164,36 @@ def test_auto_prefer_advice_keeps_the_earliest_candidate_within_one_standard_err
     assert r.chosen["strategy"] == expected and r.chosen["selection"]["prefer"] == "advice"
 
 
+def test_auto_ranks_the_probes_by_cross_validation_then_against_trained_candidates(tiny_net, tiny_data):
+    import copy
+    import math
+
+    order = ["linear-probe", "multi-layer-probe", "linear-probe-best-layer", "head-only"]  # simplest first
+    r = st.train(copy.deepcopy(tiny_net), tiny_data, strategy="auto", epochs=1, progress=False,
+                 candidates=order[::-1])
+    tried = {t["strategy"]: t for t in r.tried}
+    probes = order[:3]
+    assert all(tried[p]["cv_folds"] == 5 and tried[p]["cv_images"] == len(tiny_data) for p in probes)
+    assert "cv_accuracy" not in tried["head-only"]  # trained candidates are judged on validation only
+    cv = {p: tried[p]["cv_accuracy"] for p in probes}
+    top = max(cv.values())
+    se = math.sqrt(top * (1 - top) / len(tiny_data))
+    kept = next(p for p in probes if cv[p] >= top - se - 1e-12)
+    sel = r.chosen["selection"]
+    assert sel["cv"]["kept"] == kept and sel["cv"]["standard_error"] == pytest.approx(se)
+    # the kept probe then meets the trained candidate on the validation split
+    vals = {p: tried[p]["val_accuracy"] for p in (kept, "head-only")}
+    best = max(vals.values())
+    se_val = math.sqrt(best * (1 - best) / sel["val_images"])
+    assert r.chosen["strategy"] == next(p for p in (kept, "head-only") if vals[p] >= best - se_val - 1e-12)
+    # cv=0: the validation split alone, as before
+    r0 = st.train(copy.deepcopy(tiny_net), tiny_data, strategy="auto", progress=False, cv=0,
+                  candidates=["linear-probe", "multi-layer-probe"])
+    assert all("cv_accuracy" not in t for t in r0.tried) and "cv" not in r0.chosen["selection"]
+    with pytest.raises(ConfigError, match="cv"):
+        st.train(tiny_net, tiny_data, strategy="auto", cv=1, progress=False)
+
+
 def test_data_forms_agree(tiny_net, tiny_data):
     idx = torch.arange(len(tiny_data))
     tr, va = idx[:60], idx[60:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,7 @@ from ..layers import following_norms
 from ..models.heads import PENULTIMATE
 from .base import Context, Outcome
 from .finetune import adapt_batchnorm
-from .probe import C_GRID, fit_logistic, layer_features, probe_model
+from .probe import C_GRID, cv_design, fit_fixed, fit_logistic, layer_features, probe_model
 from .smart import similarity
 
 PROBE_QUANTILES = (0.0, 0.5, 1.0)
@@ -62,12 +63,14 @@ def run_adapt_probe(
     ctx: Context, measure: str = "gaussian_kl", quantile: float | None = None,
     select: str = "val", quantiles: Sequence[float] = PROBE_QUANTILES, layer: str = PENULTIMATE,
     C: Sequence[float] | float = C_GRID, random: bool = False, mask_seed: int | None = None,
+    refit: bool = True,
 ) -> Outcome:
     """Re-estimate the BatchNorm statistics of the channels the plan leaves trainable, probe.
 
     ``quantile``: keep the source statistics of this fraction of the most similar channels per
     layer; without it, ``select="val"`` tries every value of ``quantiles`` and keeps the best on
     validation. ``random=True``: the same count per layer, channels drawn at random (the control).
+    ``refit``: the chosen probe fitted again on the training and validation samples.
     """
     if select not in ("fixed", "val"):
         raise ConfigError(f"select must be 'fixed' or 'val', got {select!r}")
@@ -107,13 +110,18 @@ def run_adapt_probe(
         counts = {"kept_source_channels": kept, "adapted_channels": total - kept}
         tried.append({"quantile": q, "C": c, "val_accuracy": acc, **counts})
         if best is None or acc > best[0]:
+            if refit:
+                linear = fit_fixed(np.vstack([ftr[layer], fva[layer]]), np.concatenate([ytr, yva]), c,
+                                   ctx.num_classes)
             out_model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
-            best = (acc, (out_model, kind), {"measure": measure, "quantile": q, "layer": layer, "C": c,
-                                              "random": random, **counts})
+            design = cv_design(ftr[layer], ytr, fva[layer], yva, c)
+            best = (acc, (out_model, kind, design), {"measure": measure, "quantile": q, "layer": layer, "C": c,
+                                                     "random": random, "refit": bool(refit), **counts})
     assert best is not None
-    acc, (out_model, kind), chosen = best
+    acc, (out_model, kind, design), chosen = best
     pre, new = ctx.cache[("profiles", "output")]
     # no weight is trained: the plan only said whose statistics to keep, so it is not applied
     return Outcome(model=out_model, val_accuracy=acc, chosen=chosen, tried=tried, model_kind=kind,
-                   extra={"head_only": True, "profile_pre": pre, "profile_new": new, "measure": measure})
+                   extra={"head_only": True, "profile_pre": pre, "profile_new": new, "measure": measure,
+                          "probe_design": design})
 

@@ -5,19 +5,28 @@ default (``rule="one-se"``) the simplest candidate whose validation accuracy is 
 standard error of the best one's is kept (the one-standard-error rule of model selection;
 simplest: fewest choices fitted to the data, in the order of ``SIMPLEST_FIRST``;
 ``prefer="advice"``: the earliest in the advisor's order of candidates instead).
-``rule="best"`` keeps the highest validation accuracy (ties: the advisor's order)."""
+``rule="best"`` keeps the highest validation accuracy (ties: the advisor's order).
+
+Closed-form candidates (the probes) cost seconds to fit, so with ``cv=5`` (default) they are
+first compared among themselves by stratified 5-fold cross-validation over every labelled
+sample, training and validation together (their configuration, layer(s) and ``C``, as chosen
+on the validation split, held fixed): five times as many predictions as the validation split
+gives. The same rule keeps one of them, with the standard error of that larger count; it then
+stands for the probes against the trained candidates, compared on the validation split as
+before."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
 from ..freeze import plan_freeze
 from .advice import decide
 from .base import Context, Outcome
+from .probe import cv_accuracy
 from .registry import get_strategy
 from .smart import similarity
 
@@ -35,16 +44,31 @@ def _simplicity(name: str) -> int:
     return SIMPLEST_FIRST.index(name) if name in SIMPLEST_FIRST else len(SIMPLEST_FIRST)
 
 
+def _keep(results: list[tuple[str, Outcome, float]], n: int, rule: str,
+          rank: Callable[[str], int]) -> tuple[str, Outcome, float, float]:
+    """The candidate ``rule`` keeps among ``(name, outcome, score)`` scored on ``n`` images, and
+    the standard error it used."""
+    top = max(s for _, _, s in results)
+    if rule == "best":
+        name, out, score = next(r for r in results if r[2] == top)  # ties: the earliest
+        return name, out, score, 0.0
+    se = math.sqrt(top * (1 - top) / max(n, 1))
+    within = [r for r in results if r[2] >= top - se - 1e-12]
+    name, out, score = min(within, key=lambda r: rank(r[0]))
+    return name, out, score, se
+
+
 def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | None = None,
-             rule: str = "one-se", prefer: str = "simplest") -> Outcome:
+             rule: str = "one-se", prefer: str = "simplest", cv: int = 5) -> Outcome:
     if rule not in ("one-se", "best"):
         raise ConfigError(f"rule must be 'one-se' or 'best', got {rule!r}")
     if prefer not in ("simplest", "advice"):
         raise ConfigError(f"prefer must be 'simplest' or 'advice', got {prefer!r}")
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 0 or cv == 1:
+        raise ConfigError(f"cv must be 0 (off) or a number of folds >= 2, got {cv!r}")
     advice = advice_for(ctx)
     names = list(candidates) if candidates else list(advice.candidates)
     start = time.perf_counter()
-    best: Outcome | None = None
     results: list[tuple[str, Outcome]] = []
     tried: list[dict[str, Any]] = []
     for i, name in enumerate(names):
@@ -57,21 +81,33 @@ def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | 
         if name == "linear-probe" and advice.layer != "penultimate" and advice.strategy == name:
             options["layer"] = advice.layer
         out = get_strategy(name).run(ctx, **options)
-        tried.append({"strategy": name, "val_accuracy": out.val_accuracy, "seconds": time.perf_counter() - t0,
-                      "chosen": out.chosen})
+        entry = {"strategy": name, "val_accuracy": out.val_accuracy, "seconds": time.perf_counter() - t0,
+                 "chosen": out.chosen}
+        design = out.extra.pop("probe_design", None)
+        if cv and design is not None:
+            entry["cv_accuracy"], entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
+            entry["cv_images"] = len(design["y"])
+            if not entry["cv_folds"]:
+                del entry["cv_accuracy"], entry["cv_images"]
+        tried.append(entry)
         out.chosen = {"strategy": name, **out.chosen}
         results.append((name, out))
-        if best is None or out.val_accuracy > best.val_accuracy:
-            best = out
-    assert best is not None
+    rank = _simplicity if prefer == "simplest" else names.index
+    n_val = sum(len(y) for _, y in ctx.val)
+    scored = {t["strategy"]: t for t in tried if "val_accuracy" in t}
+    probes = [(nm, o, scored[nm]["cv_accuracy"]) for nm, o in results if "cv_accuracy" in scored[nm]]
+    selection: dict[str, Any] = {"rule": rule, "prefer": prefer, "val_images": n_val}
+    pool = [(nm, o, o.val_accuracy) for nm, o in results]
+    if probes:
+        n_cv = scored[probes[0][0]]["cv_images"]
+        pname, _pout, pscore, pse = _keep(probes, n_cv, rule, rank)
+        selection["cv"] = {"folds": scored[pname]["cv_folds"], "images": n_cv, "kept": pname,
+                           "cv_accuracy": pscore, "standard_error": pse}
+        pool = [(nm, o, o.val_accuracy) for nm, o in results if nm == pname or "cv_accuracy" not in scored[nm]]
+    _name, best, _score, se = _keep(pool, n_val, rule, rank)
     if rule == "one-se":
-        n = sum(len(y) for _, y in ctx.val)
-        se = math.sqrt(best.val_accuracy * (1 - best.val_accuracy) / max(n, 1))
-        within = [(name, o) for name, o in results if o.val_accuracy >= best.val_accuracy - se - 1e-12]
-        rank = _simplicity if prefer == "simplest" else names.index
-        best = min(within, key=lambda t: rank(t[0]))[1]
-        best.chosen["selection"] = {"rule": "one-se", "prefer": prefer, "val_images": n,
-                                    "standard_error": se}
+        selection["standard_error"] = se
+    best.chosen["selection"] = selection
     best.tried = tried
     best.extra["advice"] = advice
     return best

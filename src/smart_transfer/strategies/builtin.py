@@ -44,7 +44,8 @@ def _auto(ctx: Context, **options: Any) -> Any:
 register(StrategyInfo(
     "linear-probe", "a linear classifier (logistic regression) on frozen features",
     "nothing", {"layer": "layer whose pooled output feeds the classifier (default penultimate)",
-                "C": "inverse L2 strength, or a list chosen on validation (default 0.001 ... 10)"},
+                "C": "inverse L2 strength, or a list chosen on validation (default 0.001 ... 10)",
+                "refit": "after choosing on validation, fit the probe again on the training and validation samples together (default True)"},
     run_linear_probe,
 ))
 register(StrategyInfo(
@@ -52,7 +53,7 @@ register(StrategyInfo(
     "scores best on validation", "nothing",
     {"layers": "candidate layers (default: 8 evenly spaced + penultimate)",
      "concat": "also try the best `concat` layers' features side by side (default 1: off)",
-     "C": "as for linear-probe"},
+     "C": "as for linear-probe", "refit": "as for linear-probe"},
     run_best_layer,
 ))
 register(StrategyInfo(
@@ -101,6 +102,7 @@ _PROBE_OPTIONS = {
     "quantiles": "candidates for select='val' (default 0, 0.5, 1: AdaBN everywhere, half, nowhere)",
     "layer": "layer whose pooled output feeds the classifier (default penultimate)",
     "C": "as for linear-probe",
+    "refit": "as for linear-probe",
 }
 
 
@@ -130,6 +132,7 @@ _MULTI_OPTIONS = {
     "layers": "layers whose pooled outputs are concatenated (default: the candidates of "
               "linear-probe-best-layer, 8 evenly spaced + penultimate)",
     "C": "as for linear-probe",
+    "refit": "as for linear-probe",
 }
 _SELECT_OPTIONS = {
     **_MULTI_OPTIONS,
@@ -171,6 +174,9 @@ register(StrategyInfo(
                 "rule": "'one-se' (default): the simplest candidate within one standard error of the best "
                         "validation accuracy; 'best': the highest validation accuracy",
                 "prefer": "for 'one-se': 'simplest' (default) or 'advice' (the earliest of the "
-                          "advisor's candidates)"},
+                          "advisor's candidates)",
+                "cv": "folds of the stratified cross-validation over every labelled sample that ranks "
+                      "the closed-form candidates (probes) among themselves (default 5; 0: the "
+                      "validation split only)"},
     _auto,
 ))

@@ -150,7 +150,7 @@ def run_lp_ft(ctx: Context, head_lr_mult: float = 1.0, C: Any = None) -> Outcome
     (at the pretrained layers' learning rate by default, so the good head is not disturbed)."""
     from .probe import C_GRID, run_linear_probe
 
-    probe = run_linear_probe(ctx, C=C if C is not None else C_GRID)
+    probe = run_linear_probe(ctx, C=C if C is not None else C_GRID, refit=False)  # validation judges the fine-tuning
     out = train_model(ctx, probe.model, "lp-ft", head_lr_mult=head_lr_mult)
     out.chosen = {"probe_C": probe.chosen["C"], "probe_val_accuracy": probe.val_accuracy, "head_lr_mult": head_lr_mult}
     return out

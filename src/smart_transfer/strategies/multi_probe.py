@@ -37,7 +37,7 @@ from ..measures import Similarity, get_measure
 from ..models.heads import PENULTIMATE, find_head
 from .base import Context, Outcome
 from .concat import ConcatProbe
-from .probe import C_GRID, _features, candidate_layers, fit_logistic
+from .probe import C_GRID, _features, candidate_layers, cv_design, fit_fixed, fit_logistic
 from .smart import similarity
 
 FRACTIONS = (0.125, 0.25, 0.5)
@@ -141,6 +141,7 @@ def run_multi_probe(
     ctx: Context, select: str = "none", layers: Sequence[str] | None = None,
     measure: str = "gaussian_kl", fraction: float | None = None, fractions: Sequence[float] = FRACTIONS,
     direction: str = "val", C: Sequence[float] | float = C_GRID, mask_seed: int | None = None,
+    refit: bool = True,
 ) -> Outcome:
     """One logistic regression on the pooled features of many layers side by side.
 
@@ -148,7 +149,8 @@ def run_multi_probe(
     ``fraction`` of channels that are most similar or most shifted between D_pre and D_new under
     ``measure``; without ``fraction`` every value of ``fractions`` is tried, and with
     ``direction="val"`` both directions, the best on validation kept. ``"random"``: the smart
-    choice's count per layer, channels drawn with ``mask_seed`` (default the run's seed)."""
+    choice's count per layer, channels drawn with ``mask_seed`` (default the run's seed).
+    ``refit``: the chosen probe fitted again on the training and validation samples."""
     fracs = _check(select, direction, fraction, fractions, layers, mask_seed)
     grid = [C] if isinstance(C, (int, float)) else list(C)
     name = {"none": "multi-layer-probe", "smart": "smart-multi-probe", "random": "random-multi-probe"}[select]
@@ -167,16 +169,22 @@ def run_multi_probe(
         return expand(linear, use, width), c, acc, len(use)
 
     def outcome(linear: nn.Linear, acc: float, chosen: dict[str, Any], tried: list[dict[str, Any]],
-                extra: dict[str, Any]) -> Outcome:
+                extra: dict[str, Any], keep: dict[str, list[int]]) -> Outcome:
+        use = columns(cols, keep)
+        if refit:  # the chosen columns and C, fitted again on every labelled sample
+            linear = expand(fit_fixed(np.vstack([xtr[:, use], xva[:, use]]), np.concatenate([ytr, yva]),
+                                      chosen["C"], ctx.num_classes), use, width)
         pm = ConcatProbe(model, cands, linear, ctx.num_classes).to(ctx.device)
-        return Outcome(model=pm, val_accuracy=acc, chosen=chosen, tried=tried,
+        design = cv_design(xtr[:, use], ytr, xva[:, use], yva, chosen["C"])
+        return Outcome(model=pm, val_accuracy=acc, chosen={**chosen, "refit": bool(refit)}, tried=tried,
                        model_kind={"kind": "concat", "layers": cands, "in_features": width},
-                       extra={"head_only": True, **extra})
+                       extra={"head_only": True, "probe_design": design, **extra})
 
     if select == "none":
-        linear, c, acc, _ = fit({n: list(range(widths[n])) for n in cands})
+        every = {n: list(range(widths[n])) for n in cands}
+        linear, c, acc, _ = fit(every)
         return outcome(linear, acc, {**base, "C": c, "kept_features": width},
-                       [{"C": c, "val_accuracy": acc}], {})
+                       [{"C": c, "val_accuracy": acc}], {}, every)
 
     if get_measure(measure).level != "channel":  # before any profiling
         raise ConfigError(f"measure {measure!r} scores whole layers; selecting channels needs a "
@@ -201,7 +209,7 @@ def run_multi_probe(
     chosen = {"measure": measure, "direction": d, "fraction": f, "C": c, "kept_features": kept, **base,
               "unranked": unranked}
     if select == "smart":
-        return outcome(linear, acc, {**chosen, "kept": keep}, tried, extra)
+        return outcome(linear, acc, {**chosen, "kept": keep}, tried, extra, keep)
 
     seed = ctx.seed if mask_seed is None else int(mask_seed)
     rkeep = random_channels({n: len(keep[n]) for n in cands}, widths, seed)
@@ -210,4 +218,4 @@ def run_multi_probe(
               "mask_seed": seed, "fraction": f, "C": c, "kept_features": kept, **base, "unranked": unranked,
               "kept": rkeep}
     return outcome(linear, acc, chosen, tried + [{"random": True, "fraction": f, "C": c, "val_accuracy": acc,
-                                                  "kept_features": kept}], extra)
+                                                  "kept_features": kept}], extra, rkeep)

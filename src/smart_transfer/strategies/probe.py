@@ -74,14 +74,7 @@ def layer_features(
     return {n: torch.cat(v).numpy() for n, v in store.items()}, torch.cat(labels).numpy()
 
 
-def fit_logistic(
-    xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
-    c_grid: Sequence[float] = C_GRID, num_classes: int | None = None,
-) -> tuple[nn.Linear, float, float, list[dict[str, float]]]:
-    """Standardise, fit multinomial logistic regression for every C, keep the best on validation.
-
-    Returns ``(linear, C, val_accuracy, tried)``; ``linear`` maps raw features to logits
-    (standardisation folded in), with one output per class ``0..num_classes-1``."""
+def _sklearn() -> tuple[Any, Any]:
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
@@ -89,22 +82,18 @@ def fit_logistic(
         raise MissingDependencyError(
             "linear probes need scikit-learn: pip install scikit-learn"
         ) from exc
-    k = int(num_classes if num_classes is not None else max(ytr.max(), yva.max()) + 1)
-    scaler = StandardScaler().fit(xtr)
-    ztr, zva = scaler.transform(xtr), scaler.transform(xva)
-    best: tuple[float, float, Any] | None = None
-    tried = []
-    for c in c_grid:
-        clf = LogisticRegression(C=c, max_iter=3000, tol=1e-6)
-        clf.fit(ztr, ytr)
-        acc = float((clf.predict(zva) == yva).mean())
-        tried.append({"C": float(c), "val_accuracy": acc})
-        if best is None or acc > best[0]:
-            best = (acc, float(c), clf)
-    assert best is not None
-    acc, c, clf = best
+    return LogisticRegression, StandardScaler
+
+
+def _classifier(c: float) -> Any:
+    LogisticRegression, _ = _sklearn()
+    return LogisticRegression(C=c, max_iter=3000, tol=1e-6)
+
+
+def _fold(scaler: Any, clf: Any, k: int, width: int) -> nn.Linear:
+    """Standardisation and fitted coefficients folded into one ``nn.Linear`` (raw features in)."""
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    w = np.zeros((k, xtr.shape[1]))
+    w = np.zeros((k, width))
     b = np.full(k, -1e4)  # classes absent from training are never predicted
     coef, inter = clf.coef_, clf.intercept_
     if len(clf.classes_) == 2 and coef.shape[0] == 1:  # binary: one row for class 1
@@ -112,11 +101,74 @@ def fit_logistic(
     for row, cls in enumerate(clf.classes_):
         w[int(cls)] = coef[row] / scale
         b[int(cls)] = inter[row] - float((coef[row] * scaler.mean_ / scale).sum())
-    linear = nn.Linear(xtr.shape[1], k)
+    linear = nn.Linear(width, k)
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(w))
         linear.bias.copy_(torch.from_numpy(b))
-    return linear, c, acc, tried
+    return linear
+
+
+def fit_fixed(x: np.ndarray, y: np.ndarray, c: float, num_classes: int) -> nn.Linear:
+    """Standardise and fit logistic regression with one ``C`` on all of ``x`` (no selection)."""
+    _, StandardScaler = _sklearn()
+    scaler = StandardScaler().fit(x)
+    clf = _classifier(c).fit(scaler.transform(x), y)
+    return _fold(scaler, clf, int(num_classes), x.shape[1])
+
+
+def fit_logistic(
+    xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
+    c_grid: Sequence[float] = C_GRID, num_classes: int | None = None, refit: bool = False,
+) -> tuple[nn.Linear, float, float, list[dict[str, float]]]:
+    """Standardise, fit multinomial logistic regression for every C, keep the best on validation.
+
+    Returns ``(linear, C, val_accuracy, tried)``; ``linear`` maps raw features to logits
+    (standardisation folded in), with one output per class ``0..num_classes-1``.
+    ``refit=True``: once ``C`` is chosen, the returned layer is fitted again with it on the
+    training and validation samples together (``val_accuracy`` stays that of the fit on the
+    training samples alone, which chose ``C``)."""
+    _, StandardScaler = _sklearn()
+    k = int(num_classes if num_classes is not None else max(ytr.max(), yva.max()) + 1)
+    scaler = StandardScaler().fit(xtr)
+    ztr, zva = scaler.transform(xtr), scaler.transform(xva)
+    best: tuple[float, float, Any] | None = None
+    tried = []
+    for c in c_grid:
+        clf = _classifier(c)
+        clf.fit(ztr, ytr)
+        acc = float((clf.predict(zva) == yva).mean())
+        tried.append({"C": float(c), "val_accuracy": acc})
+        if best is None or acc > best[0]:
+            best = (acc, float(c), clf)
+    assert best is not None
+    acc, c, clf = best
+    if refit:
+        return fit_fixed(np.vstack([xtr, xva]), np.concatenate([ytr, yva]), c, k), c, acc, tried
+    return _fold(scaler, clf, k, xtr.shape[1]), c, acc, tried
+
+
+def cv_design(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, c: float) -> dict[str, Any]:
+    """What ``auto`` needs to cross-validate a fitted probe: its features over every labelled
+    sample (training then validation) and its ``C``."""
+    return {"x": np.vstack([xtr, xva]), "y": np.concatenate([ytr, yva]), "C": float(c)}
+
+
+def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, int]:
+    """Stratified ``folds``-fold cross-validated accuracy of a probe's configuration (its
+    features, standardisation and ``C``) over every labelled sample; ``(accuracy, folds used)``,
+    folds capped at the smallest class count (``(nan, 0)`` when under 2). The accuracy is over
+    every sample, each predicted by the fit that did not see it."""
+    _, StandardScaler = _sklearn()
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    x, y = design["x"], design["y"]
+    k = min(int(folds), int(np.unique(y, return_counts=True)[1].min(initial=len(y))))
+    if k < 2:
+        return float("nan"), 0
+    split = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % (2**32))
+    pred = cross_val_predict(make_pipeline(StandardScaler(), _classifier(design["C"])), x, y, cv=split)
+    return float((pred == y).mean()), k
 
 
 def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> tuple[dict, np.ndarray, dict, np.ndarray]:
@@ -149,14 +201,18 @@ def probe_model(model: nn.Module, layer: str, linear: nn.Linear, num_classes: in
     return pm, {"kind": "probe", "layer": layer, "in_features": linear.in_features}
 
 
-def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] | float = C_GRID) -> Outcome:
-    """Logistic regression on the pooled features of one layer (the head's input by default)."""
+def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] | float = C_GRID,
+                     refit: bool = True) -> Outcome:
+    """Logistic regression on the pooled features of one layer (the head's input by default);
+    ``refit``: once ``C`` is chosen, fitted again on the training and validation samples."""
     grid = [C] if isinstance(C, (int, float)) else list(C)
     model = ctx.fresh_model("linear-probe")
     ftr, ytr, fva, yva = _features(ctx, model, [layer])
-    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
+    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes, refit)
     model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
-    return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c}, tried=tried, model_kind=kind, extra={"head_only": True})
+    return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c, "refit": bool(refit)},
+                   tried=tried, model_kind=kind,
+                   extra={"head_only": True, "probe_design": cv_design(ftr[layer], ytr, fva[layer], yva, c)})
 
 
 def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
@@ -173,10 +229,11 @@ def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
 
 def run_best_layer(
     ctx: Context, layers: Sequence[str] | None = None, concat: int = 1,
-    C: Sequence[float] | float = C_GRID,
+    C: Sequence[float] | float = C_GRID, refit: bool = True,
 ) -> Outcome:
     """A probe on every candidate layer; the layer (or the ``concat`` best layers' features
-    side by side) chosen on validation."""
+    side by side) chosen on validation; ``refit``: the chosen probe fitted again on the
+    training and validation samples."""
     if not isinstance(concat, int) or concat < 1:
         raise ConfigError(f"concat must be a positive integer, got {concat!r}")
     grid = [C] if isinstance(C, (int, float)) else list(C)
@@ -192,25 +249,27 @@ def run_best_layer(
     best = order[0]
     if concat > 1 and len(cands) > 1:
         top = order[:concat]
-        linear, c, acc, _ = fit_logistic(
-            np.hstack([ftr[n] for n in top]), ytr, np.hstack([fva[n] for n in top]), yva, grid,
-            ctx.num_classes,
-        )
+        xtr, xva = np.hstack([ftr[n] for n in top]), np.hstack([fva[n] for n in top])
+        linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, grid, ctx.num_classes, refit)
         tried.append({"layer": "+".join(top), "C": c, "val_accuracy": acc})
         if acc > fits[best][0]:
             from .concat import ConcatProbe
 
             pm = ConcatProbe(model, top, linear, ctx.num_classes).to(ctx.device)
             return Outcome(
-                model=pm, val_accuracy=acc, chosen={"layer": top, "C": c}, tried=tried,
+                model=pm, val_accuracy=acc, chosen={"layer": top, "C": c, "refit": bool(refit)}, tried=tried,
                 model_kind={"kind": "concat", "layers": top, "in_features": linear.in_features},
-                extra={"head_only": True},
+                extra={"head_only": True, "probe_design": cv_design(xtr, ytr, xva, yva, c)},
             )
     acc, linear, c = fits[best]
+    if refit:
+        linear = fit_fixed(np.vstack([ftr[best], fva[best]]), np.concatenate([ytr, yva]), c, ctx.num_classes)
     out_model, kind = probe_model(model, best, linear.to(ctx.device), ctx.num_classes)
-    return Outcome(model=out_model, val_accuracy=acc, chosen={"layer": best, "C": c}, tried=tried, model_kind=kind, extra={"head_only": True})
+    return Outcome(model=out_model, val_accuracy=acc, chosen={"layer": best, "C": c, "refit": bool(refit)},
+                   tried=tried, model_kind=kind,
+                   extra={"head_only": True, "probe_design": cv_design(ftr[best], ytr, fva[best], yva, c)})
 
 
 def check_probe_options(name: str, options: dict[str, Any]) -> None:
-    known = {"linear-probe": {"layer", "C"}, "linear-probe-best-layer": {"layers", "concat", "C"}}
+    known = {"linear-probe": {"layer", "C", "refit"}, "linear-probe-best-layer": {"layers", "concat", "C", "refit"}}
     check_options(name, options, known[name])

@@ -114,7 +114,7 @@ def _start(ctx: Context, tag: str, init: str) -> nn.Module:
     if init == "probe":
         from .probe import run_linear_probe
 
-        return run_linear_probe(ctx).model
+        return run_linear_probe(ctx, refit=False).model  # validation judges the fine-tuning
     return ctx.fresh_model(tag)
 
 
