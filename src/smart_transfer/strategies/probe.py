@@ -90,6 +90,17 @@ def _classifier(c: float) -> Any:
     return LogisticRegression(C=c, max_iter=3000, tol=1e-6)
 
 
+def _jobs(tasks: int) -> int:
+    """Worker processes for independent scikit-learn fits: one per task, at most one per CPU."""
+    import os
+
+    return max(1, min(int(tasks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _fit_one(c: float, ztr: np.ndarray, ytr: np.ndarray) -> Any:
+    return _classifier(c).fit(ztr, ytr)
+
+
 def _fold(scaler: Any, clf: Any, k: int, width: int) -> nn.Linear:
     """Standardisation and fitted coefficients folded into one ``nn.Linear`` (raw features in)."""
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
@@ -131,11 +142,14 @@ def fit_logistic(
     k = int(num_classes if num_classes is not None else max(ytr.max(), yva.max()) + 1)
     scaler = StandardScaler().fit(xtr)
     ztr, zva = scaler.transform(xtr), scaler.transform(xva)
+    from joblib import Parallel, delayed
+
+    grid = [float(c) for c in c_grid]
+    # the fits are independent and deterministic: fitted side by side, they are the same fits
+    clfs = Parallel(n_jobs=_jobs(len(grid)))(delayed(_fit_one)(c, ztr, ytr) for c in grid)
     best: tuple[float, float, Any] | None = None
     tried = []
-    for c in c_grid:
-        clf = _classifier(c)
-        clf.fit(ztr, ytr)
+    for c, clf in zip(grid, clfs):
         acc = float((clf.predict(zva) == yva).mean())
         tried.append({"C": float(c), "val_accuracy": acc})
         if best is None or acc > best[0]:
@@ -167,7 +181,8 @@ def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, i
     if k < 2:
         return float("nan"), 0
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % (2**32))
-    pred = cross_val_predict(make_pipeline(StandardScaler(), _classifier(design["C"])), x, y, cv=split)
+    pred = cross_val_predict(make_pipeline(StandardScaler(), _classifier(design["C"])), x, y, cv=split,
+                             n_jobs=_jobs(k))
     return float((pred == y).mean()), k
 
 
