@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -95,7 +94,7 @@ def run_adapt_probe(
     total = sum(int(modules[bn].running_mean.numel()) for bn in set(norms.values()))  # type: ignore[union-attr]
     del pretrained, modules
     sim = similarity(ctx, measure)
-    best: tuple[float, Any, dict[str, Any]] | None = None
+    best: tuple[float, nn.Module, dict[str, Any], Any, Any] | None = None
     tried = []
     for q in qs:
         plan = plan_freeze(sim, scope="kernel", quantile=q)
@@ -110,15 +109,14 @@ def run_adapt_probe(
         counts = {"kept_source_channels": kept, "adapted_channels": total - kept}
         tried.append({"quantile": q, "C": c, "val_accuracy": acc, **counts})
         if best is None or acc > best[0]:
-            if refit:
-                linear = fit_fixed(np.vstack([ftr[layer], fva[layer]]), np.concatenate([ytr, yva]), c,
-                                   ctx.num_classes)
-            out_model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
-            design = cv_design(ftr[layer], ytr, fva[layer], yva, c)
-            best = (acc, (out_model, kind, design), {"measure": measure, "quantile": q, "layer": layer, "C": c,
-                                                     "random": random, "refit": bool(refit), **counts})
+            best = (acc, model, {"measure": measure, "quantile": q, "layer": layer, "C": c, "random": random,
+                                 "refit": bool(refit), **counts}, linear,
+                    cv_design(ftr[layer], ytr, fva[layer], yva, c))
     assert best is not None
-    acc, (out_model, kind, design), chosen = best
+    acc, model, chosen, linear, design = best
+    if refit:  # once, for the chosen quantile
+        linear = fit_fixed(design, ctx.num_classes)
+    out_model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
     pre, new = ctx.cache[("profiles", "output")]
     # no weight is trained: the plan only said whose statistics to keep, so it is not applied
     return Outcome(model=out_model, val_accuracy=acc, chosen=chosen, tried=tried, model_kind=kind,

@@ -85,10 +85,9 @@ def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | 
                  "chosen": out.chosen}
         design = out.extra.pop("probe_design", None)
         if cv and design is not None:
-            entry["cv_accuracy"], entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
-            entry["cv_images"] = len(design["y"])
-            if not entry["cv_folds"]:
-                del entry["cv_accuracy"], entry["cv_images"]
+            acc, entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
+            if entry["cv_folds"]:
+                entry.update(cv_accuracy=acc, cv_images=len(design["y"]))
         tried.append(entry)
         out.chosen = {"strategy": name, **out.chosen}
         results.append((name, out))

@@ -171,11 +171,10 @@ def run_multi_probe(
     def outcome(linear: nn.Linear, acc: float, chosen: dict[str, Any], tried: list[dict[str, Any]],
                 extra: dict[str, Any], keep: dict[str, list[int]]) -> Outcome:
         use = columns(cols, keep)
-        if refit:  # the chosen columns and C, fitted again on every labelled sample
-            linear = expand(fit_fixed(np.vstack([xtr[:, use], xva[:, use]]), np.concatenate([ytr, yva]),
-                                      chosen["C"], ctx.num_classes), use, width)
-        pm = ConcatProbe(model, cands, linear, ctx.num_classes).to(ctx.device)
         design = cv_design(xtr[:, use], ytr, xva[:, use], yva, chosen["C"])
+        if refit:  # the chosen columns and C, fitted again on every labelled sample
+            linear = expand(fit_fixed(design, ctx.num_classes), use, width)
+        pm = ConcatProbe(model, cands, linear, ctx.num_classes).to(ctx.device)
         return Outcome(model=pm, val_accuracy=acc, chosen={**chosen, "refit": bool(refit)}, tried=tried,
                        model_kind={"kind": "concat", "layers": cands, "in_features": width},
                        extra={"head_only": True, "probe_design": design, **extra})

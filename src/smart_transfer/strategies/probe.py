@@ -119,11 +119,13 @@ def _fold(scaler: Any, clf: Any, k: int, width: int) -> nn.Linear:
     return linear
 
 
-def fit_fixed(x: np.ndarray, y: np.ndarray, c: float, num_classes: int) -> nn.Linear:
-    """Standardise and fit logistic regression with one ``C`` on all of ``x`` (no selection)."""
+def fit_fixed(design: dict[str, Any], num_classes: int) -> nn.Linear:
+    """Standardise and fit logistic regression with the design's one ``C`` on all of its samples
+    (no selection): the refit of a chosen probe."""
     _, StandardScaler = _sklearn()
+    x, y = design["x"], design["y"]
     scaler = StandardScaler().fit(x)
-    clf = _classifier(c).fit(scaler.transform(x), y)
+    clf = _classifier(design["C"]).fit(scaler.transform(x), y)
     return _fold(scaler, clf, int(num_classes), x.shape[1])
 
 
@@ -157,13 +159,13 @@ def fit_logistic(
     assert best is not None
     acc, c, clf = best
     if refit:
-        return fit_fixed(np.vstack([xtr, xva]), np.concatenate([ytr, yva]), c, k), c, acc, tried
+        return fit_fixed(cv_design(xtr, ytr, xva, yva, c), k), c, acc, tried
     return _fold(scaler, clf, k, xtr.shape[1]), c, acc, tried
 
 
 def cv_design(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, c: float) -> dict[str, Any]:
-    """What ``auto`` needs to cross-validate a fitted probe: its features over every labelled
-    sample (training then validation) and its ``C``."""
+    """A chosen probe's features over every labelled sample (training then validation) and its
+    ``C``: what its refit (:func:`fit_fixed`) and ``auto``'s cross-validation fit."""
     return {"x": np.vstack([xtr, xva]), "y": np.concatenate([ytr, yva]), "C": float(c)}
 
 
@@ -223,11 +225,13 @@ def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] 
     grid = [C] if isinstance(C, (int, float)) else list(C)
     model = ctx.fresh_model("linear-probe")
     ftr, ytr, fva, yva = _features(ctx, model, [layer])
-    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes, refit)
+    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
+    design = cv_design(ftr[layer], ytr, fva[layer], yva, c)
+    if refit:
+        linear = fit_fixed(design, ctx.num_classes)
     model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
     return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c, "refit": bool(refit)},
-                   tried=tried, model_kind=kind,
-                   extra={"head_only": True, "probe_design": cv_design(ftr[layer], ytr, fva[layer], yva, c)})
+                   tried=tried, model_kind=kind, extra={"head_only": True, "probe_design": design})
 
 
 def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
@@ -265,24 +269,27 @@ def run_best_layer(
     if concat > 1 and len(cands) > 1:
         top = order[:concat]
         xtr, xva = np.hstack([ftr[n] for n in top]), np.hstack([fva[n] for n in top])
-        linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, grid, ctx.num_classes, refit)
+        linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, grid, ctx.num_classes)
         tried.append({"layer": "+".join(top), "C": c, "val_accuracy": acc})
         if acc > fits[best][0]:
             from .concat import ConcatProbe
 
+            design = cv_design(xtr, ytr, xva, yva, c)
+            if refit:
+                linear = fit_fixed(design, ctx.num_classes)
             pm = ConcatProbe(model, top, linear, ctx.num_classes).to(ctx.device)
             return Outcome(
                 model=pm, val_accuracy=acc, chosen={"layer": top, "C": c, "refit": bool(refit)}, tried=tried,
                 model_kind={"kind": "concat", "layers": top, "in_features": linear.in_features},
-                extra={"head_only": True, "probe_design": cv_design(xtr, ytr, xva, yva, c)},
+                extra={"head_only": True, "probe_design": design},
             )
     acc, linear, c = fits[best]
+    design = cv_design(ftr[best], ytr, fva[best], yva, c)
     if refit:
-        linear = fit_fixed(np.vstack([ftr[best], fva[best]]), np.concatenate([ytr, yva]), c, ctx.num_classes)
+        linear = fit_fixed(design, ctx.num_classes)
     out_model, kind = probe_model(model, best, linear.to(ctx.device), ctx.num_classes)
     return Outcome(model=out_model, val_accuracy=acc, chosen={"layer": best, "C": c, "refit": bool(refit)},
-                   tried=tried, model_kind=kind,
-                   extra={"head_only": True, "probe_design": cv_design(ftr[best], ytr, fva[best], yva, c)})
+                   tried=tried, model_kind=kind, extra={"head_only": True, "probe_design": design})
 
 
 def check_probe_options(name: str, options: dict[str, Any]) -> None:
