@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, IncompatibleError, ProfileError
+from . import native as _native
 from .profile import LayerProfile
 
 F64 = torch.float64
@@ -368,7 +369,9 @@ class RunningStats:
     the histogram (None: all of those).
     ``cov_sample_per_batch``: at most this many positions per batch feed the off-diagonal
     covariance entries (None: all of them; the diagonal always uses every value).
-    ``generator`` draws those positions (seed it for reproducible profiles).
+    ``generator`` draws those positions (seed it for reproducible profiles). ``native``: float32
+    batches on the CPU go through the fused C statistics of :mod:`.native` where they can be
+    built (the same values as the eager torch path, much faster); False forces the eager path.
     """
 
     def __init__(
@@ -385,6 +388,7 @@ class RunningStats:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         scratch: _Scratch | None = None,
+        native: bool = True,
     ) -> None:
         for what, value in (
             ("sample_per_batch", sample_per_batch),
@@ -406,6 +410,7 @@ class RunningStats:
         self.hist_sample_per_batch = hist_sample_per_batch
         self.generator = generator
         self.device = dev
+        self.native = native
         edges = hist_edges(hist_bins, hist_scale, hist_max) if hist_bins else None
         self.edges = edges
         self._inner_edges = None if edges is None else edges[1:-1].to(dev)
@@ -460,6 +465,8 @@ class RunningStats:
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # half-precision sums over a batch would overflow or lose all digits
         rows = _as_rows(x, channel_dim, self.num_channels, name)
+        if self._native_ok(rows, x):
+            return self._update_native(rows, x)
         if rows.ndim == 2 and x.ndim >= 3 and rows.shape[0] > x.shape[0]:
             # Channels-last outputs with positions (a ViT's tokens, ConvNeXt's (N, H, W, C)
             # MLP): per-channel reductions down the long columns of an (M, C) view run several
@@ -481,6 +488,76 @@ class RunningStats:
         self._accumulate(batch)
         self.batches += 1
         return torch.isfinite(batch.mean).all()
+
+    # -- the fused C statistics (CPU, float32) ------------------------------------------------
+
+    def _native_ok(self, rows: Tensor, x: Tensor) -> bool:
+        """Whether this batch goes through :mod:`.native` (see :meth:`_update_native`)."""
+        if not self.native or x.dtype != torch.float32 or x.device.type != "cpu":
+            return False
+        n = rows.shape[0] * rows.shape[2] if rows.ndim == 3 else rows.shape[0]
+        k_cov = self.cov_sample_per_batch
+        if n == 0 or (self.covariance and (k_cov is None or n <= k_cov)):
+            return False  # the exact covariance of a small batch comes with the eager moments
+        if self._hist_settings is not None and _float32_bin_table(*self._hist_settings) is None:
+            return False
+        return _native.kernels() is not None and _native.supported(self._ncl_view(rows, x))
+
+    @staticmethod
+    def _ncl_view(rows: Tensor, x: Tensor) -> Tensor:
+        """The batch as an (N, C, L) view, without a copy (channels-last outputs included)."""
+        if rows.ndim == 3:
+            return rows
+        if x.ndim >= 3 and rows.shape[0] > x.shape[0]:  # (N, ..., C) with positions
+            return rows.view(x.shape[0], -1, rows.shape[1]).transpose(1, 2)
+        return rows.T.unsqueeze(0)  # an (M, C) batch of linear outputs: one image of M positions
+
+    def _update_native(self, rows: Tensor, x: Tensor) -> Tensor:
+        """:meth:`update` with every per-value statistic from the fused C kernels.
+
+        The same statistics from the same positions as the eager path (the random draws come in
+        the same order), so the two agree up to float rounding.
+        """
+        v = self._ncl_view(rows, x)
+        num, c, length = v.shape
+        n = num * length
+        k = self.sample_per_batch
+        every = k is None or 2 * k >= n
+        out = _native.moments(v, logs=every)
+        pos = None
+        if not every:
+            self.subsampled = True
+            pos = self._stratified(n, int(k), torch.device("cpu"))  # type: ignore[arg-type]
+            _native.sample_logs(v, pos, out)
+        shift, s1, s2, mins, maxs, nonzero, cnt, l1, l2 = out.unbind(0)
+        mean = shift + s1 / n
+        m2 = (s2 - s1 * s1 / n).clamp_min_(0)
+        lmean = l1 / cnt.clamp_min(1)
+        lm2 = (l2 - l1 * lmean).clamp_min_(0).masked_fill_(cnt <= 1, 0.0)
+        batch = ChannelStats(
+            count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero,
+            log_count=cnt, log_mean=lmean, log_m2=lm2,
+        )
+        if self._inner_edges is not None:
+            kh = self.hist_sample_per_batch
+            m = n if pos is None else pos.numel()
+            hpos = pos
+            if kh is not None and 2 * kh < m:
+                self.subsampled = True
+                hpos = self._stratified(n, kh, torch.device("cpu")) if pos is None else pos[:: -(-m // kh)]
+            elif hpos is None:
+                hpos = torch.arange(n)
+            low, cut = _float32_bin_table(*self._hist_settings)  # type: ignore[misc]
+            hist = self._totals.hist
+            assert hist is not None and hist.is_contiguous()
+            _native.sample_hist(v, hpos, low, cut, hist)
+            self._totals.hist_count.add_(float(hpos.numel()))  # type: ignore[union-attr]
+        if self.covariance:
+            self._add_comoment(v, n, batch, False)
+            self._totals.cov_count.add_(float(min(n, self.cov_sample_per_batch or n)))  # type: ignore[union-attr]
+        self._accumulate(batch)
+        self.batches += 1
+        return torch.isfinite(mean).all()
 
     def _accumulate(self, b: ChannelStats) -> None:
         """Fold one batch into the running totals, in place."""

@@ -1,0 +1,164 @@
+"""stats/native.py: the fused C statistics against float64 references and the eager path."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from smart_transfer.stats import native
+from smart_transfer.stats.running import RunningStats
+
+pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler for the kernels")
+
+FIELDS = ("mean", "m2", "min", "max", "zeros", "log_count", "log_mean", "log_m2", "hist_count")
+
+
+def _both(batches, channel_dim=1, **kw):
+    """Statistics of the same batches through the fused kernels and the eager path."""
+    c = batches[0].shape[channel_dim]
+    out = []
+    for use in (True, False):
+        rs = RunningStats(c, native=use, generator=torch.Generator().manual_seed(3), **kw)
+        for x in batches:
+            assert bool(rs.update(x, channel_dim))
+        out.append(rs.stats)
+    return out
+
+
+def _relu_zeros(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 2 + 0.3).relu_()
+
+
+LAYOUTS = {
+    "long rows": lambda: [_relu_zeros(6, 5, 20, 20, seed=s) for s in range(2)],
+    "short rows": lambda: [_relu_zeros(40, 7, 3, 3, seed=s) for s in range(2)],
+    "channels last": lambda: [
+        _relu_zeros(6, 5, 12, 12, seed=s).contiguous(memory_format=torch.channels_last)
+        for s in range(2)
+    ],
+    "large mean": lambda: [torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(s))
+                           * 0.01 + 1000.0 for s in range(2)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_fused_equals_eager_and_numpy(name):
+    batches = LAYOUTS[name]()
+    fused, eager = _both(batches, sample_per_batch=None, hist_sample_per_batch=None,
+                         cov_sample_per_batch=16)
+    ref = torch.cat([b.double().movedim(1, -1).reshape(-1, b.shape[1]) for b in batches]).numpy()
+    np.testing.assert_allclose(fused.mean.numpy(), ref.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fused.m2.numpy(), ref.var(0) * len(ref), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(fused.min.numpy(), ref.min(0))
+    np.testing.assert_array_equal(fused.max.numpy(), ref.max(0))
+    np.testing.assert_array_equal(fused.zeros.numpy(), (ref == 0).sum(0))
+    nz = np.where(ref != 0, ref, np.nan)
+    logs = np.log(np.abs(nz))
+    np.testing.assert_array_equal(fused.log_count.numpy(), (ref != 0).sum(0))
+    np.testing.assert_allclose(fused.log_mean.numpy(), np.nanmean(logs, 0), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        fused.log_m2.numpy(), np.nanvar(logs, 0) * (ref != 0).sum(0), rtol=1e-8, atol=1e-9
+    )
+    np.testing.assert_array_equal(fused.hist.numpy(), eager.hist.numpy())  # the same bins
+    # the eager path centres in float32: for a mean 1e5 times the spread it keeps fewer digits
+    rtol = 1e-3 if name == "large mean" else 2e-5
+    for f in FIELDS:
+        a, b = getattr(fused, f), getattr(eager, f)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=1e-9, err_msg=f)
+    # the sampled covariance (the same code in both paths, centred in float32): the same
+    # positions, so the same estimate up to float32 rounding
+    if name != "large mean":
+        np.testing.assert_allclose(fused.comoment.numpy(), eager.comoment.numpy(), rtol=1e-4,
+                                   atol=1e-6 * float(eager.comoment.abs().max()))
+
+
+def test_sampled_statistics_use_the_same_positions():
+    """With subsampling, the fused path draws the same positions as the eager one."""
+    batches = [_relu_zeros(16, 6, 24, 24, seed=s) for s in range(3)]
+    fused, eager = _both(batches, sample_per_batch=300, hist_sample_per_batch=50,
+                         cov_sample_per_batch=40)
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(fused, f).numpy(), getattr(eager, f).numpy(),
+                                   rtol=2e-5, atol=1e-9, err_msg=f)
+    np.testing.assert_array_equal(fused.hist.numpy(), eager.hist.numpy())
+    assert float(fused.hist_count[0]) == 3 * 50
+
+
+def test_linear_and_token_outputs():
+    x = torch.randn(300, 9, generator=torch.Generator().manual_seed(1))
+    tok = torch.randn(4, 50, 9, generator=torch.Generator().manual_seed(2))
+    for batches, dim in (([x], 1), ([tok], -1)):
+        fused, eager = _both(batches, channel_dim=dim, cov_sample_per_batch=32)
+        for f in FIELDS:
+            np.testing.assert_allclose(getattr(fused, f).numpy(), getattr(eager, f).numpy(),
+                                       rtol=2e-5, atol=1e-9, err_msg=f)
+
+
+def test_log_is_accurate_over_the_whole_float32_range():
+    """log|x| from the bits: normal, subnormal, tiny and huge values, both signs."""
+    g = torch.Generator().manual_seed(0)
+    exps = torch.randint(-149, 128, (4000,), generator=g).double()
+    vals = (torch.rand(4000, generator=g, dtype=torch.float64) + 0.5) * torch.pow(2.0, exps)
+    vals = vals.clamp(max=3.0e38).float()
+    vals = vals[vals != 0] * torch.where(torch.rand(vals[vals != 0].shape, generator=g) < 0.5, -1, 1)
+    x = vals.view(1, 1, -1)
+    out = native.moments(x, logs=True)
+    ref = np.log(np.abs(vals.double().numpy()))
+    assert float(out[6, 0]) == len(ref)
+    np.testing.assert_allclose(float(out[7, 0]), ref.sum(), rtol=1e-12)
+    np.testing.assert_allclose(float(out[8, 0]), (ref * ref).sum(), rtol=1e-12)
+    one = native.moments(torch.tensor([[[1.0, 2.0, 0.5, 1.4142135, 1.4142137]]]), logs=True)
+    np.testing.assert_allclose(
+        float(one[7, 0]), math.log(2.0) - math.log(2.0) + math.log(1.4142135) + math.log(1.4142137),
+        atol=1e-7,
+    )
+
+
+def test_constant_channel_and_non_finite_values():
+    x = torch.full((8, 3, 5, 5), 2.5)
+    rs = RunningStats(3, cov_sample_per_batch=10)
+    assert bool(rs.update(x))
+    s = rs.stats
+    assert torch.equal(s.m2, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(s.mean, torch.full((3,), 2.5, dtype=torch.float64))
+    for bad in (math.nan, math.inf):
+        y = torch.randn(8, 3, 5, 5)
+        y[3, 1, 2, 2] = bad
+        assert not bool(RunningStats(3, cov_sample_per_batch=10).update(y))
+
+
+def test_switched_off_or_no_compiler_falls_back(monkeypatch):
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("SMART_TRANSFER_NATIVE", "0")
+    assert native.kernels() is None
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.delenv("SMART_TRANSFER_NATIVE")
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert native.kernels() is None
+    # the statistics still come (eager path)
+    rs = RunningStats(4, cov_sample_per_batch=8)
+    assert bool(rs.update(torch.randn(10, 4, 6, 6)))
+    assert rs.count == 360
+
+
+def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMART_TRANSFER_CACHE", str(tmp_path))
+    cc = native._compiler()
+    assert cc is not None
+    lib = native._build(cc)
+    assert lib.parent == tmp_path / "kernels" and lib.exists()
+    mtime = lib.stat().st_mtime_ns
+    assert native._build(cc) == lib and lib.stat().st_mtime_ns == mtime  # not rebuilt
+    assert [p.name for p in lib.parent.iterdir()] == [lib.name]  # no temporary left behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        import ctypes
+
+        ctypes.CDLL(str(lib))
