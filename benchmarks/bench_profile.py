@@ -39,6 +39,7 @@ from torch import nn
 import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
+from smart_transfer.stats import native
 
 TARGET_S1 = 0.8
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,11 +93,15 @@ def run_s1(
     repeats: int,
     record: Callable[[], None],
     rows: list[dict[str, Any]],
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     model = factory().eval()
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(batch, 3, size, size, generator=gen) for _ in range(n_batches)]
+    if channels_last:  # the model and its inputs, for the forward and the profile alike
+        model = model.to(memory_format=torch.channels_last)
+        batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
     images = batch * n_batches
     _time_forward(model, batches[:1])  # warm-up: oneDNN primitive caches, allocator
     _time_profile(model, batches[:1])
@@ -105,6 +110,7 @@ def run_s1(
         "image_size": size,
         "batch_size": batch,
         "batches": n_batches,
+        "channels_last": channels_last,
         "repeats": rows,
     }
     for r in range(repeats):
@@ -266,6 +272,13 @@ def _markdown(res: dict[str, Any]) -> str:
             f"{res['platform']}, {res['date']}"
         ),
         "",
+        (
+            f"Memory format: {'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} "
+            "for the model and the batches, in the forward and the profile alike. Statistics: "
+            + ("fused C kernels" if res.get("fused_statistics") else "eager torch operations")
+            + "."
+        ),
+        "",
         "## S1: profile() throughput / plain no_grad forward throughput (target >= 0.8)",
         "",
         (
@@ -344,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument(
+        "--channels-last", action="store_true",
+        help="model and batches in channels-last memory format (forward and profile alike)",
+    )
+    ap.add_argument(
         "--_rss-child", dest="rss_child", type=int, default=None, help=argparse.SUPPRESS
     )
     args = ap.parse_args(argv)
@@ -359,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "channels_last": args.channels_last,
+        "fused_statistics": native.kernels() is not None,
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_start": list(os.getloadavg()),
@@ -380,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         res["s1"][name] = {"model": name, "repeats": rows}
         print(f"S1 {name} at {size} px, batch {args.batch}, {nb} batches, {reps} repeats")
-        res["s1"][name] = run_s1(name, factory, size, args.batch, nb, reps, record, rows)
+        res["s1"][name] = run_s1(
+            name, factory, size, args.batch, nb, reps, record, rows, args.channels_last
+        )
         res["loadavg_end"] = list(os.getloadavg())
     if not args.no_s2:
         counts = (256, 1024) if args.quick else (256, 4096)

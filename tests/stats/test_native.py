@@ -35,14 +35,15 @@ def _relu_zeros(*shape, seed=0):
 
 
 LAYOUTS = {
-    "long rows": lambda: [_relu_zeros(6, 5, 20, 20, seed=s) for s in range(2)],
+    "rows of 16": lambda: [_relu_zeros(6, 5, 4, 4, seed=s) for s in range(2)],
     "short rows": lambda: [_relu_zeros(40, 7, 3, 3, seed=s) for s in range(2)],
     "channels last": lambda: [
         _relu_zeros(6, 5, 12, 12, seed=s).contiguous(memory_format=torch.channels_last)
         for s in range(2)
     ],
-    "large mean": lambda: [torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(s))
-                           * 0.01 + 1000.0 for s in range(2)],
+    "large mean": lambda: [(torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(s))
+                           * 0.01 + 1000.0).contiguous(memory_format=torch.channels_last)
+                          for s in range(2)],
 }
 
 
@@ -77,9 +78,22 @@ def test_fused_equals_eager_and_numpy(name):
                                    atol=1e-6 * float(eager.comoment.abs().max()))
 
 
+def test_routing_by_layout():
+    """Kernels for channels-last batches and short rows; long contiguous rows stay eager."""
+    assert native.supported(torch.zeros(4, 8, 100).permute(0, 2, 1).contiguous().permute(0, 2, 1))
+    assert native.supported(torch.zeros(4, 8, 9))
+    assert not native.supported(torch.zeros(4, 8, 100))
+    assert not native.supported(torch.zeros(4, 8, 9, dtype=torch.float64))
+    rs = RunningStats(8, cov_sample_per_batch=8)
+    assert not rs._native_ok(torch.zeros(4, 8, 100), torch.zeros(4, 8, 10, 10))
+
+
 def test_sampled_statistics_use_the_same_positions():
     """With subsampling, the fused path draws the same positions as the eager one."""
-    batches = [_relu_zeros(16, 6, 24, 24, seed=s) for s in range(3)]
+    batches = [
+        _relu_zeros(16, 6, 24, 24, seed=s).contiguous(memory_format=torch.channels_last)
+        for s in range(3)
+    ]
     fused, eager = _both(batches, sample_per_batch=300, hist_sample_per_batch=50,
                          cov_sample_per_batch=40)
     for f in FIELDS:

@@ -89,7 +89,9 @@ def _cpu_key() -> str:
 
 def _build(cc: str) -> Path:
     src = SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = subprocess.run(
+        [cc, "--version"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
     key = hashlib.sha256(
         b"\0".join(
             [src, " ".join(FLAGS).encode(), version.encode(), _cpu_key().encode(),
@@ -105,7 +107,8 @@ def _build(cc: str) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
+            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            capture_output=True, text=True, timeout=300, check=False,
         )
         if done.returncode != 0:
             raise OSError(done.stderr.strip()[-2000:] or f"{cc} exited with {done.returncode}")
@@ -183,14 +186,21 @@ def _run(fn: Any, channels: int, work: int, args_for: Any) -> None:
         f.result()
 
 
+# Contiguous (N, C, L) batches go through the kernels only when their rows are at most this
+# long: for longer rows the eager, cache-blocked torch reductions measured faster
+# (benchmarks/results/profile_fused_*.md), for channels-last batches the kernels were 2-5x faster.
+NCL_MAX_ROW = 16
+
+
 def supported(x: Tensor) -> bool:
-    """Whether the fused statistics take this (N, C, L) batch: float32 on the CPU, each image's
-    channel rows contiguous (``stride(2) == 1``) or each position's channels contiguous
-    (``stride(1) == 1``, channels-last outputs)."""
+    """Whether the fused statistics take this (N, C, L) batch, and are faster for it: float32 on
+    the CPU, with each position's channels contiguous (``stride(1) == 1``: channels-last conv
+    outputs, linear outputs, tokens), or short contiguous channel rows (``stride(2) == 1`` and
+    L <= NCL_MAX_ROW)."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.ndim != 3 or x.numel() == 0:
         return False
     length = x.shape[2]
-    return x.stride(2) == 1 or x.stride(1) == 1 or length == 1
+    return x.stride(1) == 1 or length == 1 or (x.stride(2) == 1 and length <= NCL_MAX_ROW)
 
 
 def _layout(x: Tensor) -> tuple[int, int, int, int, int, int]:
@@ -207,7 +217,7 @@ def _layout(x: Tensor) -> tuple[int, int, int, int, int, int]:
 # Channel rows shorter than this are reduced per (channel, position) column across the images
 # (vectorised over the columns) and the columns then combined; a loop along rows of a few
 # values runs far below the vector units' speed.
-SHORT_ROW = 32
+SHORT_ROW = NCL_MAX_ROW + 1
 
 
 def moments(x: Tensor, logs: bool) -> Tensor:
@@ -264,7 +274,7 @@ def _combine_columns(cols: Tensor, n: int, logs: bool) -> Tensor:
 def sample_logs(x: Tensor, pos: Tensor, out: Tensor) -> None:
     """Write the log count, sum and sum of squares over positions ``pos`` into ``out[6:9]``."""
     lib = kernels()
-    n, c, length, sn, sc, sl = _layout(x)
+    _n, c, length, sn, sc, sl = _layout(x)
     pos = pos.to(torch.int64).contiguous()
     ptr, pptr, optr, k = x.data_ptr(), pos.data_ptr(), out.data_ptr(), pos.numel()
     _run(
@@ -290,7 +300,7 @@ def _inf_cut(cut: Tensor) -> Tensor:
 def sample_hist(x: Tensor, pos: Tensor, low: Tensor, cut: Tensor, hist: Tensor) -> None:
     """Add the histogram counts of positions ``pos`` to ``hist`` ((C, bins) float64)."""
     lib = kernels()
-    n, c, length, sn, sc, sl = _layout(x)
+    _n, c, length, sn, sc, sl = _layout(x)
     pos = pos.to(torch.int64).contiguous()
     bins = hist.shape[1]
     ptr, pptr, k = x.data_ptr(), pos.data_ptr(), pos.numel()

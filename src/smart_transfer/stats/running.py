@@ -519,7 +519,7 @@ class RunningStats:
         the same order), so the two agree up to float rounding.
         """
         v = self._ncl_view(rows, x)
-        num, c, length = v.shape
+        num, _c, length = v.shape
         n = num * length
         k = self.sample_per_batch
         every = k is None or 2 * k >= n
