@@ -188,7 +188,7 @@ def _run(fn: Any, channels: int, work: int, args_for: Any) -> None:
 
 # Contiguous (N, C, L) batches go through the kernels only when their rows are at most this
 # long: for longer rows the eager, cache-blocked torch reductions measured faster
-# (benchmarks/results/profile_fused_*.md), for channels-last batches the kernels were 2-5x faster.
+# (benchmarks/results/fused.md, profile_fused_quick_nchw.md), for channels-last batches the kernels were 2-5x faster.
 NCL_MAX_ROW = 16
 
 
