@@ -22,7 +22,7 @@ def test_one_shape_writes_both_formats_with_the_routing(tmp_path):
     assert mod.main(["--repeats", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "fused.json").read_text())["rows"]
     assert [r["format"] for r in rows] == ["contiguous", "channels_last"]
-    # long contiguous rows stay eager; channels-last goes through the kernels
-    assert [r["routed"] for r in rows] == [False, True]
+    # both layouts go through the kernels by default
+    assert [r["routed"] for r in rows] == [True, True]
     assert all(r["eager_ms"] > 0 and r["fused_ms"] > 0 for r in rows)
     assert "| (4, 8, 24, 24) | channels_last |" in (tmp_path / "fused.md").read_text()

@@ -145,8 +145,8 @@ def _load() -> Any:
         )
         return None
     lib.st_moments.argtypes = [_PTR] + [_I64] * 8 + [ctypes.c_int, _PTR]
-    lib.st_sample_logs.argtypes = [_PTR] + [_I64] * 5 + [_PTR, _I64, _I64, _I64, _PTR]
-    lib.st_sample_hist.argtypes = [_PTR] + [_I64] * 5 + [_PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR]
+    lib.st_sample_logs.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR]
+    lib.st_sample_hist.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR]
     for f in (lib.st_moments, lib.st_sample_logs, lib.st_sample_hist):
         f.restype = None
     return lib
@@ -186,21 +186,14 @@ def _run(fn: Any, channels: int, work: int, args_for: Any) -> None:
         f.result()
 
 
-# Contiguous (N, C, L) batches go through the kernels only when their rows are at most this
-# long: for longer rows the eager, cache-blocked torch reductions measured faster
-# (benchmarks/results/fused.md, profile_fused_quick_nchw.md), for channels-last batches the kernels were 2-5x faster.
-NCL_MAX_ROW = 16
-
-
 def supported(x: Tensor) -> bool:
-    """Whether the fused statistics take this (N, C, L) batch, and are faster for it: float32 on
-    the CPU, with each position's channels contiguous (``stride(1) == 1``: channels-last conv
-    outputs, linear outputs, tokens), or short contiguous channel rows (``stride(2) == 1`` and
-    L <= NCL_MAX_ROW)."""
+    """Whether the fused statistics take this (N, C, L) batch: float32 on the CPU, with each
+    image's channel rows contiguous (``stride(2) == 1``: NCHW conv outputs) or each position's
+    channels contiguous (``stride(1) == 1``: channels-last conv outputs, linear outputs,
+    tokens)."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.ndim != 3 or x.numel() == 0:
         return False
-    length = x.shape[2]
-    return x.stride(1) == 1 or length == 1 or (x.stride(2) == 1 and length <= NCL_MAX_ROW)
+    return x.stride(2) == 1 or x.stride(1) == 1 or x.shape[2] == 1
 
 
 def _layout(x: Tensor) -> tuple[int, int, int, int, int, int]:
@@ -217,7 +210,7 @@ def _layout(x: Tensor) -> tuple[int, int, int, int, int, int]:
 # Channel rows shorter than this are reduced per (channel, position) column across the images
 # (vectorised over the columns) and the columns then combined; a loop along rows of a few
 # values runs far below the vector units' speed.
-SHORT_ROW = NCL_MAX_ROW + 1
+SHORT_ROW = 17
 
 
 def moments(x: Tensor, logs: bool) -> Tensor:
@@ -271,18 +264,22 @@ def _combine_columns(cols: Tensor, n: int, logs: bool) -> Tensor:
     return out
 
 
+def _offsets(x: Tensor, pos: Tensor) -> Tensor:
+    """Element offsets (of channel 0) of flattened positions ``p = n * L + l`` of an (N, C, L)
+    batch: one integer division per position here instead of one per value in the kernels."""
+    length = x.shape[2]
+    sn, _sc, sl = x.stride()
+    pos = pos.to(torch.int64)
+    return (torch.div(pos, length, rounding_mode="floor") * sn + pos.remainder(length) * sl).contiguous()
+
+
 def sample_logs(x: Tensor, pos: Tensor, out: Tensor) -> None:
     """Write the log count, sum and sum of squares over positions ``pos`` into ``out[6:9]``."""
     lib = kernels()
-    _n, c, length, sn, sc, sl = _layout(x)
-    pos = pos.to(torch.int64).contiguous()
-    ptr, pptr, optr, k = x.data_ptr(), pos.data_ptr(), out.data_ptr(), pos.numel()
-    _run(
-        lib.st_sample_logs,
-        c,
-        k * c,
-        lambda c0, c1: (ptr, c, length, sn, sc, sl, pptr, k, c0, c1, optr),
-    )
+    c, sc = x.shape[1], x.stride(1)
+    off = _offsets(x, pos)
+    ptr, optr_, optr, k = x.data_ptr(), off.data_ptr(), out.data_ptr(), off.numel()
+    _run(lib.st_sample_logs, c, k * c, lambda c0, c1: (ptr, c, sc, optr_, k, c0, c1, optr))
 
 
 _cuts: dict[int, Tensor] = {}
@@ -300,15 +297,15 @@ def _inf_cut(cut: Tensor) -> Tensor:
 def sample_hist(x: Tensor, pos: Tensor, low: Tensor, cut: Tensor, hist: Tensor) -> None:
     """Add the histogram counts of positions ``pos`` to ``hist`` ((C, bins) float64)."""
     lib = kernels()
-    _n, c, length, sn, sc, sl = _layout(x)
-    pos = pos.to(torch.int64).contiguous()
+    c, sc = x.shape[1], x.stride(1)
+    off = _offsets(x, pos)
     bins = hist.shape[1]
-    ptr, pptr, k = x.data_ptr(), pos.data_ptr(), pos.numel()
     cut = _inf_cut(cut)
+    ptr, optr_, k = x.data_ptr(), off.data_ptr(), off.numel()
     lptr, cptr, hptr = low.data_ptr(), cut.data_ptr(), hist.data_ptr()
     _run(
         lib.st_sample_hist,
         c,
         k * c,
-        lambda c0, c1: (ptr, c, length, sn, sc, sl, pptr, k, c0, c1, lptr, cptr, bins, hptr),
+        lambda c0, c1: (ptr, c, sc, optr_, k, c0, c1, lptr, cptr, bins, hptr),
     )
