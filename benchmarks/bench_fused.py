@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Fused C statistics against eager torch operations, one update per layer",
         "",
-        f"Command: `{res['command']}`, torch {res['torch']}, {res['threads']} threads, "
-        f"{res['date']}. Medians of {args.repeats} updates (default statistics).",
+        (
+            f"Command: `{res['command']}`, torch {res['torch']}, {res['threads']} threads, "
+            f"{res['date']}. Medians of {args.repeats} updates (default statistics)."
+        ),
         "",
         "| activation (N, C, H, W) | memory format | eager ms | fused ms | speed-up | default |",
         "|---|---|---|---|---|---|",
