@@ -7,19 +7,21 @@
  * on the channels [c0, c1), so that several threads can share a batch with no locks.
  *
  * moments: per channel, in one pass over every value: a shift k (the channel's first value),
- * the float64 sums of (x - k) and (x - k)^2 (the shifted-data variance: no cancellation when
- * the mean is far from zero), min, max and the number of non-zeros; with logs != 0 also the
- * number, sum and sum of squares of log|x| over the non-zero values.
- * sample_logs / sample_hist: the same log sums, or histogram counts, over a list of positions
- * (p = n * L + l).
+ * the sums of (x - k) and (x - k)^2 (the shifted-data variance: no cancellation when the mean
+ * is far from zero), min, max and the number of non-zeros; with logs != 0 also the sum and sum
+ * of squares of log|x| over the non-zero values. Channel rows are summed in float32 vector
+ * lanes over blocks of at most BLK values, then in float64; channel vectors in float64.
+ * sample_logs / sample_hist: the same log sums, or histogram counts, over positions given by
+ * their element offsets (of channel 0).
  *
  * Compiled with finite-math flags (see native.py) so that min/max and the sums vectorise: no
  * comparison here may depend on NaN semantics. A NaN or infinite value still propagates into
  * the sums, which is how the caller detects it; the histogram tables mark "no edge in this
  * cell" with +inf, never NaN.
  *
- * log|x| is computed in float64 from the value's bits (exponent + an odd series for the
- * mantissa, absolute error < 1e-11), so that the loop vectorises; zeros are masked out.
+ * log|x|: in float32 vector lanes where values come 8 at a time (vlog_abs), else in float64
+ * (log_abs); both from the value's bits (exponent + an odd series for the mantissa), so that
+ * the loops vectorise; zeros are masked out.
  */
 #include <stdint.h>
 #include <string.h>
@@ -114,16 +116,15 @@ static inline vf vlog_abs(vf v) {
     vi sub = b < 0x00800000;                      /* subnormal (or zero) lanes */
     vf scaled = (vf)b * 8388608.0f;               /* exact for subnormals */
     b = (b & ~sub) | ((vi)scaled & sub);
-    vf e = __builtin_convertvector((b >> 23) - 127, vf) - (vf)(sub & (vi)((vf){23, 23, 23, 23, 23, 23, 23, 23}));
+    const vf zero = {0};
+    vf e = __builtin_convertvector((b >> 23) - 127, vf) - (vf)(sub & (vi)(zero + 23.0f));
     vf m = (vf)((b & 0x007FFFFF) | 0x3F800000);   /* [1, 2) */
     vi big = m > 1.41421356f;
-    const vf half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
-    const vf onef = {1, 1, 1, 1, 1, 1, 1, 1};
-    m = (vf)(((vi)(m * half) & big) | ((vi)m & ~big));
-    e = e + (vf)((vi)onef & big);
+    m = (vf)(((vi)(m * 0.5f) & big) | ((vi)m & ~big));
+    e = e + (vf)((vi)(zero + 1.0f) & big);
     vf s = (m - 1.0f) / (m + 1.0f);               /* |s| <= 0.1716 */
     vf s2 = s * s;
-    vf q = 2.0f / 9.0f + s2 * 0.0f;
+    vf q = zero + 2.0f / 9.0f;
     q = q * s2 + 2.0f / 7.0f;
     q = q * s2 + 2.0f / 5.0f;
     q = q * s2 + 2.0f / 3.0f;
@@ -131,30 +132,28 @@ static inline vf vlog_abs(vf v) {
     return e * 0.693147180559945f + s * q;
 }
 
-/* Count, sum and sum of squares of log|x| over the non-zero values of one contiguous row:
- * float32 lanes over blocks of at most BLK values, float64 across blocks. */
-static void row_logs(const float *restrict r, int64_t L, double *g0, double *g1, double *g2) {
+/* Sum and sum of squares of log|x| over the non-zero values of one contiguous row (their count
+ * is the row's non-zero count): float32 lanes over blocks of at most BLK values, float64 across
+ * blocks. */
+static void row_logs(const float *restrict r, int64_t L, double *g1, double *g2) {
     const vf zero = {0};
-    const vf one = {1, 1, 1, 1, 1, 1, 1, 1};
     int64_t l = 0;
     while (L - l >= 8) {
         int64_t end = l + ((L - l > BLK ? BLK : L - l) / 8) * 8;
-        vf c0 = zero, c1 = zero, c2 = zero;
+        vf c1 = zero, c2 = zero;
         for (; l < end; l += 8) {
             vf v = vload(r + l);
-            vi nzm = v != zero;
-            vf g = (vf)((vi)vlog_abs(v) & nzm);
-            c0 += (vf)((vi)one & nzm);
+            vf g = (vf)((vi)vlog_abs(v) & (v != zero));
             c1 += g;
             c2 += g * g;
         }
-        *g0 += hsum(c0); *g1 += hsum(c1); *g2 += hsum(c2);
+        *g1 += hsum(c1); *g2 += hsum(c2);
     }
     for (; l < L; l++) {
         float v = r[l];
         if (v != 0.0f) {
             double g = log_abs(v);
-            *g0 += 1; *g1 += g; *g2 += g * g;
+            *g1 += g; *g2 += g * g;
         }
     }
 }
@@ -168,51 +167,46 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
     if (sl == 1) { /* channels in the middle: every (n, c) is a contiguous run of L values */
         for (int64_t c = c0; c < c1; c++) {
             const float *xc = x + c * sc;
-            double a1 = 0, a2 = 0, z = 0, g0 = 0, g1 = 0, g2 = 0;
+            double a1 = 0, a2 = 0, z = 0, g1 = 0, g2 = 0;
             float lo = xc[0], hi = xc[0];
             for (int64_t n = 0; n < n_img; n++) {
                 const float *r = xc + n * sn;
                 row_moments(r, L, xc[0], &a1, &a2, &lo, &hi, &z);
-                if (logs) row_logs(r, L, &g0, &g1, &g2);
+                if (logs) row_logs(r, L, &g1, &g2);
             }
             shift[c] = (double)xc[0]; s1[c] = a1; s2[c] = a2; mn[c] = lo; mx[c] = hi; nz[c] = z;
-            if (logs) { lc[c] = g0; l1[c] = g1; l2[c] = g2; }
+            if (logs) { lc[c] = z; l1[c] = g1; l2[c] = g2; }
         }
         return;
     }
     /* channels last: each position is a contiguous run of the channels [c0, c1), reduced in
-     * blocks of CB channels whose accumulators stay in L1 */
+     * blocks of CB channels whose accumulators stay in L1; the logs in a second loop over the
+     * same run, while it is in L1 */
     for (int64_t b0 = c0; b0 < c1; b0 += CB) {
         const int64_t w = c1 - b0 < CB ? c1 - b0 : CB;
-        double k[CB], a1[CB], a2[CB], z[CB], g0[CB], g1[CB], g2[CB];
+        double k[CB], a1[CB], a2[CB], z[CB], g1[CB], g2[CB];
         float lo[CB], hi[CB];
         for (int64_t j = 0; j < w; j++) {
             float v = x[(b0 + j) * sc];
             k[j] = (double)v; lo[j] = v; hi[j] = v;
-            a1[j] = 0; a2[j] = 0; z[j] = 0; g0[j] = 0; g1[j] = 0; g2[j] = 0;
+            a1[j] = 0; a2[j] = 0; z[j] = 0; g1[j] = 0; g2[j] = 0;
         }
         for (int64_t n = 0; n < n_img; n++) {
             for (int64_t l = 0; l < L; l++) {
                 const float *restrict r = x + n * sn + l * sl + b0;
+                for (int64_t j = 0; j < w; j++) {
+                    float v = r[j];
+                    double d = (double)v - k[j];
+                    a1[j] += d; a2[j] += d * d;
+                    lo[j] = v < lo[j] ? v : lo[j];
+                    hi[j] = v > hi[j] ? v : hi[j];
+                    z[j] += v != 0.0f ? 1.0 : 0.0;
+                }
                 if (logs) {
                     for (int64_t j = 0; j < w; j++) {
                         float v = r[j];
-                        double d = (double)v - k[j];
-                        a1[j] += d; a2[j] += d * d;
-                        lo[j] = v < lo[j] ? v : lo[j];
-                        hi[j] = v > hi[j] ? v : hi[j];
-                        double q = v != 0.0f ? 1.0 : 0.0;
-                        double g = log_abs(v) * q;
-                        z[j] += q; g0[j] += q; g1[j] += g; g2[j] += g * g;
-                    }
-                } else {
-                    for (int64_t j = 0; j < w; j++) {
-                        float v = r[j];
-                        double d = (double)v - k[j];
-                        a1[j] += d; a2[j] += d * d;
-                        lo[j] = v < lo[j] ? v : lo[j];
-                        hi[j] = v > hi[j] ? v : hi[j];
-                        z[j] += v != 0.0f ? 1.0 : 0.0;
+                        double g = v != 0.0f ? log_abs(v) : 0.0;
+                        g1[j] += g; g2[j] += g * g;
                     }
                 }
             }
@@ -221,7 +215,7 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
             int64_t c = b0 + j;
             shift[c] = k[j]; s1[c] = a1[j]; s2[c] = a2[j]; mn[c] = lo[j]; mx[c] = hi[j];
             nz[c] = z[j];
-            if (logs) { lc[c] = g0[j]; l1[c] = g1[j]; l2[c] = g2[j]; }
+            if (logs) { lc[c] = z[j]; l1[c] = g1[j]; l2[c] = g2[j]; }
         }
     }
 }

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -213,14 +212,19 @@ def _layout(x: Tensor) -> tuple[int, int, int, int, int, int]:
 SHORT_ROW = 17
 
 
-def moments(x: Tensor, logs: bool) -> Tensor:
-    """(9, C) float64: shift, sum and sum of squares of x - shift, min, max, non-zeros, and
-    (with ``logs``) the count, sum and sum of squares of log|x| over the non-zero values."""
+def moments(x: Tensor, logs: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, m2, out)`` of an (N, C, L) batch: per-channel means and sums of squared
+    deviations (float64), and the kernels' (9, C) float64 buffer whose rows 3-8 hold min, max,
+    the number of non-zeros and (with ``logs``) the count, sum and sum of squares of log|x| over
+    the non-zero values (rows 6-8 are where :func:`sample_logs` writes otherwise)."""
     n, c, length, sn, sc, sl = _layout(x)
     if sl == 1 and 1 < length < SHORT_ROW and sc == length:
         cols = _moments(x, n, c * length, 1, sn, 1, c * length + 1, logs)
         return _combine_columns(cols.view(9, c, length), n, logs)
-    return _moments(x, n, c, length, sn, sc, sl, logs)
+    out = _moments(x, n, c, length, sn, sc, sl, logs)
+    total = n * length
+    shift, s1, s2 = out[0], out[1], out[2]
+    return shift + s1 / total, (s2 - s1 * s1 / total).clamp_min_(0), out
 
 
 def _moments(
@@ -238,69 +242,53 @@ def _moments(
     return out
 
 
-def _combine_columns(cols: Tensor, n: int, logs: bool) -> Tensor:
-    """Per-channel moments from per-(channel, position) columns of ``n`` values each.
+def _combine_columns(cols: Tensor, n: int, logs: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`moments` from per-(channel, position) columns of ``n`` values each.
 
-    Each column has its own shift; the channel's shift is its first column's, and the sums are
-    combined exactly: ``M2 = sum_j M2_j + n * sum_j (m_j - m)^2`` (Chan et al.).
+    Each column has its own shift; the columns are combined exactly:
+    ``M2 = sum_j M2_j + n * sum_j (m_j - m)^2`` (Chan et al.).
     """
     shift, s1, s2, mn, mx, nz, lc, l1, l2 = cols.unbind(0)  # each (C, L)
-    length = shift.shape[1]
     col_mean = shift + s1 / n
     col_m2 = (s2 - s1 * s1 / n).clamp_min_(0)
     mean = col_mean.mean(1)
     dev = col_mean - mean.unsqueeze(1)
     m2 = col_m2.sum(1) + n * (dev * dev).sum(1)
-    k = shift[:, 0]
     out = torch.empty(9, shift.shape[0], dtype=torch.float64)
-    out[0] = k
-    out[1] = (mean - k) * (n * length)
-    out[2] = m2 + out[1] * out[1] / (n * length)  # so that s2 - s1^2 / N gives back m2
     out[3] = mn.amin(1)
     out[4] = mx.amax(1)
     out[5] = nz.sum(1)
     if logs:
         out[6], out[7], out[8] = lc.sum(1), l1.sum(1), l2.sum(1)
-    return out
+    return mean, m2, out
 
 
-def _offsets(x: Tensor, pos: Tensor) -> Tensor:
+def offsets(x: Tensor, pos: Tensor) -> Tensor:
     """Element offsets (of channel 0) of flattened positions ``p = n * L + l`` of an (N, C, L)
-    batch: one integer division per position here instead of one per value in the kernels."""
+    batch, as :func:`sample_logs` and :func:`sample_hist` take them: one integer division per
+    position here instead of one per value in the kernels."""
     length = x.shape[2]
     sn, _sc, sl = x.stride()
     pos = pos.to(torch.int64)
     return (torch.div(pos, length, rounding_mode="floor") * sn + pos.remainder(length) * sl).contiguous()
 
 
-def sample_logs(x: Tensor, pos: Tensor, out: Tensor) -> None:
-    """Write the log count, sum and sum of squares over positions ``pos`` into ``out[6:9]``."""
+def sample_logs(x: Tensor, off: Tensor, out: Tensor) -> None:
+    """Write the log count, sum and sum of squares over the positions at element offsets
+    ``off`` (:func:`offsets`) into ``out[6:9]``."""
     lib = kernels()
     c, sc = x.shape[1], x.stride(1)
-    off = _offsets(x, pos)
     ptr, optr_, optr, k = x.data_ptr(), off.data_ptr(), out.data_ptr(), off.numel()
     _run(lib.st_sample_logs, c, k * c, lambda c0, c1: (ptr, c, sc, optr_, k, c0, c1, optr))
 
 
-_cuts: dict[int, Tensor] = {}
-
-
-def _inf_cut(cut: Tensor) -> Tensor:
-    """The cut table with +inf for "no edge in this cell" (NaN there in running.py)."""
-    key = id(cut)
-    out = _cuts.get(key)
-    if out is None:
-        out = _cuts[key] = torch.nan_to_num(cut, nan=math.inf)
-    return out
-
-
-def sample_hist(x: Tensor, pos: Tensor, low: Tensor, cut: Tensor, hist: Tensor) -> None:
-    """Add the histogram counts of positions ``pos`` to ``hist`` ((C, bins) float64)."""
+def sample_hist(x: Tensor, off: Tensor, low: Tensor, cut: Tensor, hist: Tensor) -> None:
+    """Add the histogram counts of the positions at element offsets ``off`` to ``hist``
+    ((C, bins) float64). ``low``/``cut``: the bin tables, +inf (never NaN) in ``cut`` where a
+    cell holds no edge."""
     lib = kernels()
     c, sc = x.shape[1], x.stride(1)
-    off = _offsets(x, pos)
     bins = hist.shape[1]
-    cut = _inf_cut(cut)
     ptr, optr_, k = x.data_ptr(), off.data_ptr(), off.numel()
     lptr, cptr, hptr = low.data_ptr(), cut.data_ptr(), hist.data_ptr()
     _run(

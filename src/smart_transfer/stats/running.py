@@ -114,6 +114,17 @@ def _float32_bin_table(bins: int, scale: float, max_abs: float) -> tuple[Tensor,
     return low.to(torch.int32), cut
 
 
+@functools.lru_cache(maxsize=8)
+def _native_bin_table(bins: int, scale: float, max_abs: float) -> tuple[Tensor, Tensor] | None:
+    """:func:`_float32_bin_table` for the C kernels: +inf instead of NaN in the cells with no
+    edge (they are compiled with finite-math flags, where a comparison with NaN is undefined)."""
+    tables = _float32_bin_table(bins, scale, max_abs)
+    if tables is None:
+        return None
+    low, cut = tables
+    return low, torch.nan_to_num(cut, nan=math.inf)
+
+
 @dataclass
 class ChannelStats:
     """Merge-able sufficient statistics of one layer (all float64, shape (C,) unless noted).
@@ -465,8 +476,9 @@ class RunningStats:
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # half-precision sums over a batch would overflow or lose all digits
         rows = _as_rows(x, channel_dim, self.num_channels, name)
-        if self._native_ok(rows, x):
-            return self._update_native(rows, x)
+        v = self._native_view(rows, x)
+        if v is not None:
+            return self._update_native(v)
         if rows.ndim == 2 and x.ndim >= 3 and rows.shape[0] > x.shape[0]:
             # Channels-last outputs with positions (a ViT's tokens, ConvNeXt's (N, H, W, C)
             # MLP): per-channel reductions down the long columns of an (M, C) view run several
@@ -481,9 +493,13 @@ class RunningStats:
         exact_cov = self.covariance and (k_cov is None or n <= k_cov)
         batch = self._moments_ncl(rows if rows.ndim == 3 else rows.T.unsqueeze(0), exact_cov)
         self._sample_stats(rows, n, batch)
+        return self._finish(batch, rows, n, exact_cov)
+
+    def _finish(self, batch: ChannelStats, x: Tensor, n: int, exact_cov: bool) -> Tensor:
+        """Add the batch's co-moment, fold the batch into the totals, return the finite flag."""
         if self.covariance:
-            self._add_comoment(rows, n, batch, exact_cov)
-            self._totals.cov_count.add_(float(min(n, k_cov or n)))  # type: ignore[union-attr]
+            self._add_comoment(x, n, batch, exact_cov)
+            self._totals.cov_count.add_(float(min(n, self.cov_sample_per_batch or n)))  # type: ignore[union-attr]
             batch.comoment = None
         self._accumulate(batch)
         self.batches += 1
@@ -491,47 +507,43 @@ class RunningStats:
 
     # -- the fused C statistics (CPU, float32) ------------------------------------------------
 
-    def _native_ok(self, rows: Tensor, x: Tensor) -> bool:
-        """Whether this batch goes through :mod:`.native` (see :meth:`_update_native`)."""
+    def _native_view(self, rows: Tensor, x: Tensor) -> Tensor | None:
+        """The batch as an (N, C, L) view (no copy, channels-last outputs included) when it goes
+        through :mod:`.native`, else None (see :meth:`_update_native`)."""
         if not self.native or x.dtype != torch.float32 or x.device.type != "cpu":
-            return False
+            return None
         n = rows.shape[0] * rows.shape[2] if rows.ndim == 3 else rows.shape[0]
         k_cov = self.cov_sample_per_batch
         if n == 0 or (self.covariance and (k_cov is None or n <= k_cov)):
-            return False  # the exact covariance of a small batch comes with the eager moments
-        if self._hist_settings is not None and _float32_bin_table(*self._hist_settings) is None:
-            return False
-        return _native.kernels() is not None and _native.supported(self._ncl_view(rows, x))
-
-    @staticmethod
-    def _ncl_view(rows: Tensor, x: Tensor) -> Tensor:
-        """The batch as an (N, C, L) view, without a copy (channels-last outputs included)."""
+            return None  # the exact covariance of a small batch comes with the eager moments
+        if self._hist_settings is not None and _native_bin_table(*self._hist_settings) is None:
+            return None
         if rows.ndim == 3:
-            return rows
-        if x.ndim >= 3 and rows.shape[0] > x.shape[0]:  # (N, ..., C) with positions
-            return rows.view(x.shape[0], -1, rows.shape[1]).transpose(1, 2)
-        return rows.T.unsqueeze(0)  # an (M, C) batch of linear outputs: one image of M positions
+            v = rows
+        elif x.ndim >= 3 and rows.shape[0] > x.shape[0]:  # (N, ..., C) with positions
+            v = rows.view(x.shape[0], -1, rows.shape[1]).transpose(1, 2)
+        else:  # an (M, C) batch of linear outputs: one image of M positions
+            v = rows.T.unsqueeze(0)
+        return v if _native.kernels() is not None and _native.supported(v) else None
 
-    def _update_native(self, rows: Tensor, x: Tensor) -> Tensor:
-        """:meth:`update` with every per-value statistic from the fused C kernels.
+    def _update_native(self, v: Tensor) -> Tensor:
+        """:meth:`update` of an (N, C, L) view with every per-value statistic from the fused C
+        kernels.
 
         The same statistics from the same positions as the eager path (the random draws come in
         the same order), so the two agree up to float rounding.
         """
-        v = self._ncl_view(rows, x)
         num, _c, length = v.shape
         n = num * length
         k = self.sample_per_batch
         every = k is None or 2 * k >= n
-        out = _native.moments(v, logs=every)
-        pos = None
+        mean, m2, out = _native.moments(v, logs=every)
+        off = None
         if not every:
             self.subsampled = True
-            pos = self._stratified(n, int(k), torch.device("cpu"))  # type: ignore[arg-type]
-            _native.sample_logs(v, pos, out)
-        shift, s1, s2, mins, maxs, nonzero, cnt, l1, l2 = out.unbind(0)
-        mean = shift + s1 / n
-        m2 = (s2 - s1 * s1 / n).clamp_min_(0)
+            off = _native.offsets(v, self._stratified(n, int(k), torch.device("cpu")))  # type: ignore[arg-type]
+            _native.sample_logs(v, off, out)
+        mins, maxs, nonzero, cnt, l1, l2 = out[3:].unbind(0)
         lmean = l1 / cnt.clamp_min(1)
         lm2 = (l2 - l1 * lmean).clamp_min_(0).masked_fill_(cnt <= 1, 0.0)
         batch = ChannelStats(
@@ -540,24 +552,22 @@ class RunningStats:
         )
         if self._inner_edges is not None:
             kh = self.hist_sample_per_batch
-            m = n if pos is None else pos.numel()
-            hpos = pos
+            m = n if off is None else off.numel()
             if kh is not None and 2 * kh < m:
                 self.subsampled = True
-                hpos = self._stratified(n, kh, torch.device("cpu")) if pos is None else pos[:: -(-m // kh)]
-            elif hpos is None:
-                hpos = torch.arange(n)
-            low, cut = _float32_bin_table(*self._hist_settings)  # type: ignore[misc]
+                hoff = (
+                    _native.offsets(v, self._stratified(n, kh, torch.device("cpu")))
+                    if off is None
+                    else off[:: -(-m // kh)].contiguous()  # every m-th of the log sample
+                )
+            else:
+                hoff = off if off is not None else _native.offsets(v, torch.arange(n))
+            low, cut = _native_bin_table(*self._hist_settings)  # type: ignore[misc]
             hist = self._totals.hist
             assert hist is not None and hist.is_contiguous()
-            _native.sample_hist(v, hpos, low, cut, hist)
-            self._totals.hist_count.add_(float(hpos.numel()))  # type: ignore[union-attr]
-        if self.covariance:
-            self._add_comoment(v, n, batch, False)
-            self._totals.cov_count.add_(float(min(n, self.cov_sample_per_batch or n)))  # type: ignore[union-attr]
-        self._accumulate(batch)
-        self.batches += 1
-        return torch.isfinite(mean).all()
+            _native.sample_hist(v, hoff, low, cut, hist)
+            self._totals.hist_count.add_(float(hoff.numel()))  # type: ignore[union-attr]
+        return self._finish(batch, v, n, False)
 
     def _accumulate(self, b: ChannelStats) -> None:
         """Fold one batch into the running totals, in place."""
