@@ -54,9 +54,9 @@ def test_fused_equals_eager_and_numpy(name):
     fused, eager = _both(batches, sample_per_batch=None, hist_sample_per_batch=None,
                          cov_sample_per_batch=16)
     ref = torch.cat([b.double().movedim(1, -1).reshape(-1, b.shape[1]) for b in batches]).numpy()
-    # channel vectors and short rows sum in float64; long rows in float32 lanes over blocks of
-    # at most 1,024 values (then float64), with float32 logs, as the eager path does
-    f32 = name == "long rows"
+    # channel vectors sum in float64; channel rows (short or long) in float32 lanes of at most
+    # 64 values each (then float64), with float32 logs, as the eager path does
+    f32 = "rows" in name
     tm, tv, tl = (2e-6, 2e-5, 2e-6) if f32 else (1e-12, 1e-9, 1e-10)
     np.testing.assert_allclose(fused.mean.numpy(), ref.mean(0), rtol=tm, atol=1e-12)
     np.testing.assert_allclose(fused.m2.numpy(), ref.var(0) * len(ref), rtol=tv, atol=1e-12)
@@ -105,6 +105,59 @@ def test_sampled_statistics_use_the_same_positions():
                                    rtol=2e-5, atol=1e-9, err_msg=f)
     np.testing.assert_array_equal(fused.hist.numpy(), eager.hist.numpy())
     assert float(fused.hist_count[0]) == 3 * 50
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_block_samples_are_the_same_in_both_paths(name):
+    """The default samples (every 4th block of 16 positions for the logs, every 3rd here for
+    the histogram) are the same positions in the kernels and in the eager path, and a
+    numpy computation over exactly those positions gives the same numbers."""
+    batches = LAYOUTS[name]()
+    fused, eager = _both(batches, sample_per_batch=0.25, hist_sample_per_batch=1 / 3,
+                         cov_sample_per_batch=16)
+    for f in ("log_count", "log_mean", "log_m2", "hist_count"):  # the moments: tested above
+        np.testing.assert_allclose(getattr(fused, f).numpy(), getattr(eager, f).numpy(),
+                                   rtol=2e-5, atol=1e-9, err_msg=f)
+    np.testing.assert_array_equal(fused.hist.numpy(), eager.hist.numpy())
+    # the reference: replay the phases the generator gives, in the same order
+    g = torch.Generator().manual_seed(3)
+    logs, hist_n = [], 0.0
+    for b in batches:
+        num, c, length = b.shape[0], b.shape[1], b[0, 0].numel()
+        lphase = int(torch.randint(4, (1,), generator=g))
+        hphase = int(torch.randint(3, (1,), generator=g))
+        torch.rand(17, dtype=torch.float64, generator=g)  # the covariance draw (16 + 1)
+        rows = b.double().reshape(num, c, length).permute(0, 2, 1).reshape(-1, c).numpy()
+        logs.append(rows[native.block_positions(num, length, 4, lphase).numpy()])
+        hist_n += len(native.block_positions(num, length, 3, hphase))
+    ref = np.concatenate(logs)
+    nz = ref != 0
+    lg = np.where(nz, np.log(np.abs(np.where(nz, ref, 1.0))), 0.0)
+    np.testing.assert_array_equal(fused.log_count.numpy(), nz.sum(0))
+    np.testing.assert_allclose(fused.log_mean.numpy(), lg.sum(0) / nz.sum(0), rtol=2e-6)
+    assert fused.hist_count.tolist() == [hist_n] * fused.hist_count.numel()
+    assert fused.hist.sum(1).tolist() == [hist_n] * fused.hist_count.numel()
+
+
+def test_block_sample_draws_every_position_equally():
+    """Over the phases, each position is in the sample of exactly one: inclusion 1 / rate."""
+    for num, length, rate in ((3, 9, 4), (2, 40, 4), (5, 16, 32), (1, 300, 3)):
+        hits = torch.zeros(num * length)
+        for phase in range(rate):
+            pos = native.block_positions(num, length, rate, phase)
+            assert len(pos) == native.block_count(num, length, rate, phase)
+            hits[pos] += 1
+        assert torch.equal(hits, torch.ones(num * length))
+
+
+def test_sample_settings_are_checked():
+    from smart_transfer.errors import ConfigError
+
+    for bad in (0, -1, 0.0, 1.5, "all", True):
+        with pytest.raises(ConfigError, match="sample_per_batch must be"):
+            RunningStats(3, sample_per_batch=bad)
+    with pytest.raises(ConfigError, match="a positive int or None"):
+        RunningStats(3, cov_sample_per_batch=0.5)
 
 
 def test_linear_and_token_outputs():

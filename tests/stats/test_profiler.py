@@ -136,7 +136,8 @@ def test_linear_on_sequences_uses_the_last_dim():
 
 def test_subsampled_profile_is_reproducible_and_records_the_sample_size():
     model, batches = tiny_vgg(), image_batches(2)
-    kw = {"progress": False, "sample_per_batch": 50, "cov_sample_per_batch": 30}
+    kw = {"progress": False, "sample_per_batch": 50, "hist_sample_per_batch": None,
+          "cov_sample_per_batch": 30}
     a = st.profile(model, batches, seed=3, **kw)
     b = st.profile(model, batches, seed=3, **kw)
     c = st.profile(model, batches, seed=4, **kw)

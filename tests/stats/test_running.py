@@ -244,6 +244,7 @@ def test_subsample_is_bounded_distinct_and_seeded():
         acc = RunningStats(
             2,
             sample_per_batch=k,
+            hist_sample_per_batch=None,  # the whole log sample
             generator=torch.Generator().manual_seed(seed),
             hist_bins=2000,
             hist_scale=1.0,
@@ -268,7 +269,7 @@ def test_subsample_is_bounded_distinct_and_seeded():
 
 def test_no_subsampling_when_batch_fits():
     x = _conv_like(2, 3, 3, 3, seed=0)
-    acc = RunningStats(3, sample_per_batch=18)
+    acc = RunningStats(3, sample_per_batch=18, hist_sample_per_batch=None)
     acc.update(x, 1)
     assert not acc.subsampled
     assert acc.to_layer_profile("l", "conv", {}).hist_count.tolist() == [18.0] * 3

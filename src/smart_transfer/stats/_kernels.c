@@ -6,22 +6,25 @@
  * channels last (sc = 1, sl = C: channels-last conv outputs, linear outputs, tokens). It works
  * on the channels [c0, c1), so that several threads can share a batch with no locks.
  *
- * moments: per channel, in one pass over every value: a shift k (the channel's first value),
+ * st_moments: per channel, in one pass over every value: a shift k (the channel's first value),
  * the sums of (x - k) and (x - k)^2 (the shifted-data variance: no cancellation when the mean
  * is far from zero), min, max and the number of non-zeros; with logs != 0 also the sum and sum
- * of squares of log|x| over the non-zero values. Channel rows are summed in float32 vector
- * lanes over blocks of at most BLK values, then in float64; channel vectors in float64.
- * sample_logs / sample_hist: the same log sums, or histogram counts, over positions given by
- * their element offsets (of channel 0).
+ * of squares of log|x| over the non-zero values. In the same call, while the channel is still
+ * in cache, the histogram counts of the positions at the element offsets hoff (of channel 0)
+ * and a copy of the values at the offsets coff (the covariance sample, one row of C per
+ * position). Channel rows are reduced in float32 vector lanes that persist across the rows of a
+ * channel (a row needs no reduction of its own, so short rows of small feature maps run at the
+ * vector units' speed too) and are added into float64 every FOLD vector steps; channel vectors
+ * in float64. st_sample_logs: the same log sums over positions given by their offsets.
  *
  * Compiled with finite-math flags (see native.py) so that min/max and the sums vectorise: no
  * comparison here may depend on NaN semantics. A NaN or infinite value still propagates into
  * the sums, which is how the caller detects it; the histogram tables mark "no edge in this
  * cell" with +inf, never NaN.
  *
- * log|x|: in float32 vector lanes where values come 8 at a time (vlog_abs), else in float64
- * (log_abs); both from the value's bits (exponent + an odd series for the mantissa), so that
- * the loops vectorise; zeros are masked out.
+ * log|x|: in float32 vector lanes where values come a vector at a time (vlog_abs), else in
+ * float64 (log_abs); both from the value's bits (exponent + a polynomial for the mantissa), so
+ * that the loops vectorise; zeros are masked out.
  */
 #include <stdint.h>
 #include <string.h>
@@ -30,6 +33,7 @@
 #define LN2 0.6931471805599453
 #define SQRT2 1.4142135623730951
 #define CB 256
+#define RB 32
 
 static inline double log_abs(float v) {
     double d = fabs((double)v); /* exact, and every float32 (subnormals too) is a normal double */
@@ -54,142 +58,247 @@ static inline double log_abs(float v) {
     return e * LN2 + s * p;
 }
 
-/* Moments of one contiguous row of L values about the shift k, written with the compiler's
- * vector extensions (8 floats a vector, two vectors an iteration) so that it runs at the vector
- * units' width whatever the auto-vectoriser makes of it: float32 lanes over blocks of at most
- * BLK values, each block's sums then added in float64 (a lane sums at most BLK / 16 values). */
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-#define BLK 1024
+/* W floats a vector (the compiler's vector extensions: AVX-512 where -march=native has it,
+ * two AVX2 halves or narrower units elsewhere). */
+
+#define W 16
+
+typedef float vf __attribute__((vector_size(4 * W)));
+typedef int32_t vi __attribute__((vector_size(4 * W)));
+/* Vector steps a float32 lane takes before its sums go into float64: a lane sums at most 64
+ * values of one channel, as blocks of 1,024 values over 16 lanes did before. */
+#define FOLD 64
 
 static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline vf vmin(vf a, vf b) { vi m = a < b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-static inline vf vmax(vf a, vf b) { vi m = a > b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-static inline float hsum(vf a) { float s = 0; for (int j = 0; j < 8; j++) s += a[j]; return s; }
-
-static void row_moments(const float *restrict r, int64_t L, float kf, double *a1, double *a2,
-                        float *lo, float *hi, double *z) {
-    const vf k = {kf, kf, kf, kf, kf, kf, kf, kf};
-    const vf one = {1, 1, 1, 1, 1, 1, 1, 1};
-    const vf zero = {0};
-    vf lo0 = k, lo1 = k, hi0 = k, hi1 = k; /* kf is a value of the channel */
-    int64_t l = 0;
-    while (L - l >= 16) {
-        int64_t end = l + ((L - l > BLK ? BLK : L - l) / 16) * 16;
-        vf s0 = zero, s1 = zero, q0 = zero, q1 = zero, z0 = zero, z1 = zero;
-        for (; l < end; l += 16) {
-            vf v0 = vload(r + l), v1 = vload(r + l + 8);
-            vf d0 = v0 - k, d1 = v1 - k;
-            s0 += d0; s1 += d1;
-            q0 += d0 * d0; q1 += d1 * d1;
-            lo0 = vmin(v0, lo0); lo1 = vmin(v1, lo1);
-            hi0 = vmax(v0, hi0); hi1 = vmax(v1, hi1);
-            z0 += (vf)((vi)one & (v0 != zero)); z1 += (vf)((vi)one & (v1 != zero));
-        }
-        *a1 += (double)hsum(s0) + (double)hsum(s1);
-        *a2 += (double)hsum(q0) + (double)hsum(q1);
-        *z += (double)hsum(z0) + (double)hsum(z1);
-    }
-    float fl = *lo, fh = *hi;
-    for (int j = 0; j < 8; j++) {
-        fl = lo0[j] < fl ? lo0[j] : fl; fl = lo1[j] < fl ? lo1[j] : fl;
-        fh = hi0[j] > fh ? hi0[j] : fh; fh = hi1[j] > fh ? hi1[j] : fh;
-    }
-    for (; l < L; l++) {
-        float v = r[l];
-        double d = (double)v - (double)kf;
-        *a1 += d; *a2 += d * d;
-        fl = v < fl ? v : fl;
-        fh = v > fh ? v : fh;
-        *z += v != 0.0f ? 1.0 : 0.0;
-    }
-    *lo = fl; *hi = fh;
+static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+typedef double vd __attribute__((vector_size(8 * W)));
+static inline double hsum(vf a) {
+    vd d = __builtin_convertvector(a, vd);
+    double s = 0;
+    for (int j = 0; j < W; j++) s += d[j];
+    return s;
 }
 
-/* log|v| of 8 floats in float32 (relative error ~1e-7, as torch's float32 log), for v != 0:
- * exponent + an odd series in s = (m - 1) / (m + 1) for the mantissa m in [sqrt(1/2), sqrt(2));
- * subnormals are scaled by 2^23 first. Lanes where v == 0 give a finite value the caller masks. */
+/* log|v| of W floats in float32 (relative error ~1e-7, as torch's float32 log), for v != 0:
+ * the exponent plus log(m) for the mantissa m in [sqrt(1/2), sqrt(2)) as
+ * t - t^2/2 + t^3 P(t), t = m - 1 (Cephes' logf polynomial: no division); subnormals are
+ * scaled by 2^23 first. Lanes where v == 0 give a finite value the caller masks. */
 static inline vf vlog_abs(vf v) {
-    const vi absmask = {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF,
-                        0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF};
+    const vf zero = {0};
+    const vi absmask = (vi)(zero + 0.0f) | 0x7FFFFFFF;
     vi b = (vi)v & absmask;
     vi sub = b < 0x00800000;                      /* subnormal (or zero) lanes */
     vf scaled = (vf)b * 8388608.0f;               /* exact for subnormals */
     b = (b & ~sub) | ((vi)scaled & sub);
-    const vf zero = {0};
     vf e = __builtin_convertvector((b >> 23) - 127, vf) - (vf)(sub & (vi)(zero + 23.0f));
     vf m = (vf)((b & 0x007FFFFF) | 0x3F800000);   /* [1, 2) */
     vi big = m > 1.41421356f;
-    m = (vf)(((vi)(m * 0.5f) & big) | ((vi)m & ~big));
+    m = vsel(big, m * 0.5f, m);
     e = e + (vf)((vi)(zero + 1.0f) & big);
-    vf s = (m - 1.0f) / (m + 1.0f);               /* |s| <= 0.1716 */
-    vf s2 = s * s;
-    vf q = zero + 2.0f / 9.0f;
-    q = q * s2 + 2.0f / 7.0f;
-    q = q * s2 + 2.0f / 5.0f;
-    q = q * s2 + 2.0f / 3.0f;
-    q = q * s2 + 2.0f;
-    return e * 0.693147180559945f + s * q;
+    vf t = m - 1.0f;                              /* [-0.293, 0.414] */
+    vf t2 = t * t;
+    vf p = zero + 7.0376836292E-2f;
+    p = p * t - 1.1514610310E-1f;
+    p = p * t + 1.1676998740E-1f;
+    p = p * t - 1.2420140846E-1f;
+    p = p * t + 1.4249322787E-1f;
+    p = p * t - 1.6668057665E-1f;
+    p = p * t + 2.0000714765E-1f;
+    p = p * t - 2.4999993993E-1f;
+    p = p * t + 3.3333331174E-1f;
+    vf lm = t + t2 * (t * p - 0.5f);
+    return e * 0.693147180559945f + lm;
 }
 
-/* Sum and sum of squares of log|x| over the non-zero values of one contiguous row (their count
- * is the row's non-zero count): float32 lanes over blocks of at most BLK values, float64 across
- * blocks. */
-static void row_logs(const float *restrict r, int64_t L, double *g1, double *g2) {
+/* Sampling settings of st_moments, one int64 array:
+ *   [0] lrate: 0 no logs, 1 logs of every value, R > 1 logs of the values in every R-th block
+ *       of W positions; [1] lphase: the batch's phase of those blocks;
+ *   [2] hrate, [3] hphase: the same for the histogram (hrate 0: none, or at the kh offsets);
+ *   [4] kh: histogram positions at the offsets hoff; [5] kc: covariance positions at coff;
+ *   [6] bins.
+ * Blocks of positions: position p = n * L + l lies in block n * ceil(L / W) + l / W; a block is
+ * sampled when (block + phase) % rate == 0, so with a uniformly random phase every position is
+ * sampled with probability exactly 1 / rate (running.py draws the same blocks for the eager
+ * statistics). */
+enum { LRATE, LPHASE, HRATE, HPHASE, KH, KC, BINS };
+
+static inline int32_t bin_of(float v, const int32_t *low, const float *cut, int64_t bins) {
+    int32_t bits;
+    memcpy(&bits, &v, 4);
+    int32_t h = (bits >> 16) + 32768;
+    int32_t b = low[h] + (v >= cut[h] ? 1 : 0);
+    return b < bins ? b : (int32_t)bins - 1; /* the +inf cell (cut +inf there) */
+}
+
+/* Running sums of one channel: float32 lanes (s, q: shifted sum and sum of squares; z: the
+ * non-zero count; gz, g1, g2: count, sum and sum of squares of the sampled logs) and vector
+ * min/max, folded into float64 totals. */
+typedef struct { vf s, q, z, gz, g1, g2, lo, hi; } acc_t;
+typedef struct { double a1, a2, nz, lz, l1, l2; } tot_t;
+
+typedef struct {
+    int64_t lrate, hrate, bins;
+    const int32_t *low;
+    const float *cut;
+} samp_t;
+
+/* One vector of a channel (a macro over the local accumulators of channel_row); lanes outside
+ * `m` hold the shift k (they add nothing: k - k = 0, and k is a value of the channel, so min/max
+ * stay right). lcy / hcy: the block's place in the log / histogram cycles (0: sampled). */
+#define STEP(v, m)                                                                \
+    do {                                                                          \
+        vf v_ = (v), d_ = v_ - k;                                                 \
+        vi nzm_ = (v_ != zero) & (m);                                             \
+        s += d_; q += d_ * d_;                                                    \
+        lo = vmin(v_, lo); hi = vmax(v_, hi);                                     \
+        z += (vf)((vi)one & nzm_);                                                \
+        if (sp->lrate && lcy == 0) {                                              \
+            vf g_ = (vf)((vi)vlog_abs(v_) & nzm_);                                \
+            gz += (vf)((vi)one & nzm_); g1 += g_; g2 += g_ * g_;                  \
+        }                                                                         \
+        if (sp->lrate && ++lcy == sp->lrate) lcy = 0;                             \
+        if (++*steps == FOLD) {                                                   \
+            t->a1 += hsum(s); t->a2 += hsum(q); t->nz += hsum(z);                 \
+            t->lz += hsum(gz); t->l1 += hsum(g1); t->l2 += hsum(g2);              \
+            s = zero; q = zero; z = zero; gz = zero; g1 = zero; g2 = zero;        \
+            *steps = 0;                                                           \
+        }                                                                         \
+    } while (0)
+
+/* One row of L contiguous values of a channel with shift k into its accumulators; lcy / hcy:
+ * the row's first block's place in the sampling cycles; hc: the channel's histogram row (NULL:
+ * no histogram blocks). xend: one past the batch's last value; the row's last, partial vector is
+ * read whole where that stays below it (the values after a row belong to the batch), else
+ * copied. */
+static inline void channel_row(const float *r, int64_t L, vf k, acc_t *a, tot_t *t,
+                               int *steps, const float *xend, const samp_t *sp, int64_t lcy,
+                               int64_t hcy, double *hc) {
     const vf zero = {0};
+    const vf one = zero + 1.0f;
+    vi lanes;
+    for (int j = 0; j < W; j++) lanes[j] = j;
+    const vi all = lanes >= 0;
+    vf s = a->s, q = a->q, z = a->z, gz = a->gz, g1 = a->g1, g2 = a->g2, lo = a->lo, hi = a->hi;
     int64_t l = 0;
-    while (L - l >= 8) {
-        int64_t end = l + ((L - l > BLK ? BLK : L - l) / 8) * 8;
-        vf c1 = zero, c2 = zero;
-        for (; l < end; l += 8) {
-            vf v = vload(r + l);
-            vf g = (vf)((vi)vlog_abs(v) & (v != zero));
-            c1 += g;
-            c2 += g * g;
-        }
-        *g1 += hsum(c1); *g2 += hsum(c2);
+    for (; L - l >= W; l += W) STEP(vload(r + l), all);
+    if (l < L) {
+        int64_t rem = L - l;
+        vf v = k;
+        if (r + l + W <= xend) v = vload(r + l);
+        else memcpy(&v, r + l, (size_t)rem * sizeof(float));
+        vi m = lanes < (int32_t)rem;
+        STEP(vsel(m, v, k), m);
     }
-    for (; l < L; l++) {
-        float v = r[l];
-        if (v != 0.0f) {
-            double g = log_abs(v);
-            *g1 += g; *g2 += g * g;
+    if (hc) /* the histogram's blocks, while the row is in L1 */
+        for (int64_t b = (sp->hrate - hcy) % sp->hrate; b * W < L; b += sp->hrate) {
+            const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
+            for (int64_t i = b * W; i < e; i++) hc[bin_of(r[i], sp->low, sp->cut, sp->bins)] += 1.0;
         }
+    a->s = s; a->q = q; a->z = z; a->gz = gz; a->g1 = g1; a->g2 = g2; a->lo = lo; a->hi = hi;
+}
+
+/* Histogram counts of channels [c0, c1) at the kh positions hoff, added to hist (C rows of
+ * `bins` doubles). The bin of v is low[h] + (v >= cut[h]) with h the upper 16 bits of v plus
+ * 32768 (see _float32_bin_table in running.py). */
+static void hist_range(const float *x, int64_t sc, const int64_t *hoff, int64_t kh, int64_t c0,
+                       int64_t c1, const samp_t *sp, double *hist) {
+    for (int64_t c = c0; c < c1; c++) {
+        const float *xc = x + c * sc;
+        double *hc = hist + c * sp->bins;
+        for (int64_t i = 0; i < kh; i++) hc[bin_of(xc[hoff[i]], sp->low, sp->cut, sp->bins)] += 1.0;
     }
+}
+
+/* The values of channels [c0, c1) at the kc positions coff, into sub (kc rows of C floats). */
+static void gather_range(const float *x, int64_t C, int64_t sc, const int64_t *coff,
+                         int64_t kc, int64_t c0, int64_t c1, float *sub) {
+    for (int64_t c = c0; c < c1; c++) {
+        const float *xc = x + c * sc;
+        for (int64_t i = 0; i < kc; i++) sub[i * C + c] = xc[coff[i]];
+    }
+}
+
+static inline int64_t cycle(int64_t block, int64_t phase, int64_t rate) {
+    return rate ? (block + phase) % rate : 1;
 }
 
 /* out: 9 arrays of C doubles, one after the other: shift, s1, s2, min, max, nonzero,
- * log count, log sum, log sum of squares (the last three only with logs). */
+ * log count, log sum, log sum of squares (the last three only with lrate > 0). cfg: see above;
+ * hist: C rows of cfg[BINS] doubles the counts are added to; sub: kc rows of C floats. */
 void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn, int64_t sc,
-                int64_t sl, int64_t c0, int64_t c1, int logs, double *out) {
+                int64_t sl, int64_t c0, int64_t c1, const int64_t *cfg, double *out,
+                const int64_t *hoff, const int32_t *low, const float *cut, double *hist,
+                const int64_t *coff, float *sub) {
     double *shift = out, *s1 = out + C, *s2 = out + 2 * C, *mn = out + 3 * C, *mx = out + 4 * C;
     double *nz = out + 5 * C, *lc = out + 6 * C, *l1 = out + 7 * C, *l2 = out + 8 * C;
+    const samp_t sp = {cfg[LRATE], cfg[HRATE], cfg[BINS], low, cut};
+    const int64_t lphase = cfg[LPHASE], hphase = cfg[HPHASE], kh = cfg[KH], kc = cfg[KC];
+    const int64_t nv = (L + W - 1) / W; /* blocks per row */
     if (sl == 1) { /* channels in the middle: every (n, c) is a contiguous run of L values */
-        for (int64_t c = c0; c < c1; c++) {
-            const float *xc = x + c * sc;
-            double a1 = 0, a2 = 0, z = 0, g1 = 0, g2 = 0;
-            float lo = xc[0], hi = xc[0];
-            for (int64_t n = 0; n < n_img; n++) {
-                const float *r = xc + n * sn;
-                row_moments(r, L, xc[0], &a1, &a2, &lo, &hi, &z);
-                if (logs) row_logs(r, L, &g1, &g2);
+        const float *xend = x + (n_img - 1) * sn + (C - 1) * sc + L;
+        const vf zero = {0};
+        /* blocks of channels whose rows of one image span about 4 KiB (at most RB channels) */
+        int64_t bw = (1024 + L - 1) / L;
+        bw = bw < 1 ? 1 : (bw > RB ? RB : bw);
+        acc_t acc[RB];
+        tot_t tot[RB];
+        int steps[RB];
+        vf k[RB];
+        for (int64_t b0 = c0; b0 < c1; b0 += bw) {
+            const int64_t w = c1 - b0 < bw ? c1 - b0 : bw;
+            for (int64_t j = 0; j < w; j++) {
+                k[j] = zero + x[(b0 + j) * sc];
+                acc_t a = {zero, zero, zero, zero, zero, zero, k[j], k[j]};
+                tot_t t = {0, 0, 0, 0, 0, 0};
+                acc[j] = a;
+                tot[j] = t;
+                steps[j] = 0;
             }
-            shift[c] = (double)xc[0]; s1[c] = a1; s2[c] = a2; mn[c] = lo; mx[c] = hi; nz[c] = z;
-            if (logs) { lc[c] = z; l1[c] = g1; l2[c] = g2; }
+            /* image by image, so that memory is read in order (channel by channel, each row
+             * of a small feature map would start on a page of its own) */
+            for (int64_t n = 0; n < n_img; n++) {
+                const float *r = x + n * sn + b0 * sc;
+                const int64_t lcy = cycle(n * nv, lphase, sp.lrate);
+                const int64_t hcy = cycle(n * nv, hphase, sp.hrate);
+                for (int64_t j = 0; j < w; j++) {
+                    double *hc = sp.hrate ? hist + (b0 + j) * sp.bins : 0;
+                    channel_row(r + j * sc, L, k[j], &acc[j], &tot[j], &steps[j], xend, &sp,
+                                lcy, hcy, hc);
+                }
+            }
+            for (int64_t j = 0; j < w; j++) {
+                const int64_t c = b0 + j;
+                acc_t *a = &acc[j];
+                tot_t *t = &tot[j];
+                t->a1 += hsum(a->s); t->a2 += hsum(a->q); t->nz += hsum(a->z);
+                t->lz += hsum(a->gz); t->l1 += hsum(a->g1); t->l2 += hsum(a->g2);
+                float lo = k[j][0], hi = lo;
+                for (int i = 0; i < W; i++) {
+                    lo = a->lo[i] < lo ? a->lo[i] : lo;
+                    hi = a->hi[i] > hi ? a->hi[i] : hi;
+                }
+                shift[c] = (double)k[j][0]; s1[c] = t->a1; s2[c] = t->a2;
+                mn[c] = lo; mx[c] = hi; nz[c] = t->nz;
+                if (sp.lrate) { lc[c] = t->lz; l1[c] = t->l1; l2[c] = t->l2; }
+            }
+            if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, &sp, hist);
+            if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);
         }
         return;
     }
     /* channels last: each position is a contiguous run of the channels [c0, c1), reduced in
-     * blocks of CB channels whose accumulators stay in L1; the logs in a second loop over the
-     * same run, while it is in L1 */
+     * blocks of CB channels whose accumulators stay in L1; the logs and histogram of sampled
+     * positions in second loops over the same run, while it is in L1 */
     for (int64_t b0 = c0; b0 < c1; b0 += CB) {
         const int64_t w = c1 - b0 < CB ? c1 - b0 : CB;
-        double k[CB], a1[CB], a2[CB], z[CB], g1[CB], g2[CB];
+        double k[CB], a1[CB], a2[CB], z[CB], g0[CB], g1[CB], g2[CB];
         float lo[CB], hi[CB];
         for (int64_t j = 0; j < w; j++) {
             float v = x[(b0 + j) * sc];
             k[j] = (double)v; lo[j] = v; hi[j] = v;
-            a1[j] = 0; a2[j] = 0; z[j] = 0; g1[j] = 0; g2[j] = 0;
+            a1[j] = 0; a2[j] = 0; z[j] = 0; g0[j] = 0; g1[j] = 0; g2[j] = 0;
         }
         for (int64_t n = 0; n < n_img; n++) {
             for (int64_t l = 0; l < L; l++) {
@@ -202,12 +311,19 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                     hi[j] = v > hi[j] ? v : hi[j];
                     z[j] += v != 0.0f ? 1.0 : 0.0;
                 }
-                if (logs) {
+                const int64_t block = n * nv + l / W;
+                if (sp.lrate && cycle(block, lphase, sp.lrate) == 0) {
                     for (int64_t j = 0; j < w; j++) {
                         float v = r[j];
-                        double g = v != 0.0f ? log_abs(v) : 0.0;
-                        g1[j] += g; g2[j] += g * g;
+                        double q = v != 0.0f ? 1.0 : 0.0;
+                        double g = log_abs(v) * q;
+                        g0[j] += q; g1[j] += g; g2[j] += g * g;
                     }
+                }
+                if (sp.hrate && cycle(block, hphase, sp.hrate) == 0) {
+                    double *hb = hist + b0 * sp.bins;
+                    for (int64_t j = 0; j < w; j++)
+                        hb[j * sp.bins + bin_of(r[j], low, cut, sp.bins)] += 1.0;
                 }
             }
         }
@@ -215,8 +331,10 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
             int64_t c = b0 + j;
             shift[c] = k[j]; s1[c] = a1[j]; s2[c] = a2[j]; mn[c] = lo[j]; mx[c] = hi[j];
             nz[c] = z[j];
-            if (logs) { lc[c] = z[j]; l1[c] = g1[j]; l2[c] = g2[j]; }
+            if (sp.lrate) { lc[c] = g0[j]; l1[c] = g1[j]; l2[c] = g2[j]; }
         }
+        if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, &sp, hist);
+        if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);
     }
 }
 
@@ -225,19 +343,19 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
 void st_sample_logs(const float *x, int64_t C, int64_t sc, const int64_t *off, int64_t k,
                     int64_t c0, int64_t c1, double *out) {
     double *lc = out + 6 * C, *l1 = out + 7 * C, *l2 = out + 8 * C;
-    if (sc != 1) { /* channel rows: gather 8 positions into a vector, float32 logs */
+    if (sc != 1) { /* channel rows: gather W positions into a vector, float32 logs */
         const vf zero = {0};
-        const vf one = {1, 1, 1, 1, 1, 1, 1, 1};
+        const vf one = zero + 1.0f;
         for (int64_t c = c0; c < c1; c++) {
             const float *xc = x + c * sc;
             double g0 = 0, g1 = 0, g2 = 0;
             int64_t i = 0;
-            while (k - i >= 8) {
-                int64_t end = i + ((k - i > BLK ? BLK : k - i) / 8) * 8;
+            while (k - i >= W) {
+                int64_t end = i + ((k - i > FOLD * W ? FOLD * W : k - i) / W) * W;
                 vf a0 = zero, a1 = zero, a2 = zero;
-                for (; i < end; i += 8) {
-                    vf v = {xc[off[i]], xc[off[i + 1]], xc[off[i + 2]], xc[off[i + 3]],
-                            xc[off[i + 4]], xc[off[i + 5]], xc[off[i + 6]], xc[off[i + 7]]};
+                for (; i < end; i += W) {
+                    vf v;
+                    for (int j = 0; j < W; j++) v[j] = xc[off[i + j]];
                     vi nzm = v != zero;
                     vf g = (vf)((vi)vlog_abs(v) & nzm);
                     a0 += (vf)((vi)one & nzm); a1 += g; a2 += g * g;
@@ -269,24 +387,27 @@ void st_sample_logs(const float *x, int64_t C, int64_t sc, const int64_t *off, i
     }
 }
 
-/* Histogram counts over k positions (element offsets as in st_sample_logs), added to hist
- * (C rows of `bins` doubles). The bin of v is low[h] + (v >= cut[h]) with h the upper 16 bits
- * of v plus 32768 (see _float32_bin_table in running.py). */
-void st_sample_hist(const float *x, int64_t C, int64_t sc, const int64_t *off, int64_t k,
-                    int64_t c0, int64_t c1, const int32_t *low, const float *cut, int64_t bins,
-                    double *hist) {
-    (void)C;
-    for (int64_t c = c0; c < c1; c++) {
-        const float *xc = x + c * sc;
-        double *hc = hist + c * bins;
-        for (int64_t i = 0; i < k; i++) {
-            float v = xc[off[i]];
-            int32_t bits;
-            memcpy(&bits, &v, 4);
-            int32_t h = (bits >> 16) + 32768;
-            int32_t b = low[h] + (v >= cut[h] ? 1 : 0);
-            b = b < bins ? b : (int32_t)bins - 1; /* the +inf cell (cut +inf there) */
-            hc[b] += 1.0;
-        }
-    }
+/* The two kernels over the channels [c0, c1) split between nt threads. With OpenMP they run on
+ * the process's OpenMP threads: those of torch, which ships the same libgomp (linked once per
+ * process), so the threads that just ran the layer take the statistics over at once, where
+ * threads of our own would compete with theirs for the cores while they spin-wait. */
+#define SPLIT(call)                                                          \
+    do {                                                                     \
+        _Pragma("omp parallel for num_threads(nt) schedule(static)")         \
+        for (int i = 0; i < nt; i++) {                                       \
+            const int64_t a = c0 + (c1 - c0) * i / nt, b = c0 + (c1 - c0) * (i + 1) / nt; \
+            call;                                                            \
+        }                                                                    \
+    } while (0)
+
+void st_moments_par(int nt, const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
+                    int64_t sc, int64_t sl, int64_t c0, int64_t c1, const int64_t *cfg,
+                    double *out, const int64_t *hoff, const int32_t *low, const float *cut,
+                    double *hist, const int64_t *coff, float *sub) {
+    SPLIT(st_moments(x, n_img, C, L, sn, sc, sl, a, b, cfg, out, hoff, low, cut, hist, coff, sub));
+}
+
+void st_sample_logs_par(int nt, const float *x, int64_t C, int64_t sc, const int64_t *off,
+                        int64_t k, int64_t c0, int64_t c1, double *out) {
+    SPLIT(st_sample_logs(x, C, sc, off, k, a, b, out));
 }

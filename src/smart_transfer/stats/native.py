@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,16 @@ FLAGS = (
     "-fPIC",
     "-shared",
 )
+# Threads: OpenMP, whose runtime (libgomp) torch ships and loads, so the kernels share torch's
+# threads; built without it (one thread) where the compiler has no OpenMP.
+OPENMP = ("-fopenmp",)
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _lock = threading.Lock()
 _lib: Any = None
 _tried = False
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_openmp = False  # whether the loaded library splits its work between OpenMP threads
 
 
 def cache_dir() -> Path:
@@ -86,14 +87,14 @@ def _cpu_key() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(cc: str) -> Path:
+def _build(cc: str, openmp: bool = True) -> Path:
     src = SOURCE.read_bytes()
     version = subprocess.run(
         [cc, "--version"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
     key = hashlib.sha256(
         b"\0".join(
-            [src, " ".join(FLAGS).encode(), version.encode(), _cpu_key().encode(),
+            [src, " ".join(FLAGS + (OPENMP if openmp else ())).encode(), version.encode(), _cpu_key().encode(),
              platform.machine().encode()]
         )
     ).hexdigest()[:16]
@@ -106,7 +107,7 @@ def _build(cc: str) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            [cc, *FLAGS, *(OPENMP if openmp else ()), "-o", tmp, str(SOURCE), "-lm"],
             capture_output=True, text=True, timeout=300, check=False,
         )
         if done.returncode != 0:
@@ -133,8 +134,12 @@ def _load() -> Any:
             stacklevel=3,
         )
         return None
+    global _openmp
     try:
-        lib = ctypes.CDLL(str(_build(cc)))
+        try:
+            lib, _openmp = ctypes.CDLL(str(_build(cc, openmp=True))), True
+        except OSError:  # no OpenMP in this compiler: one thread
+            lib, _openmp = ctypes.CDLL(str(_build(cc, openmp=False))), False
     except (OSError, subprocess.SubprocessError) as e:
         warnings.warn(
             f"smart_transfer: could not build the fused statistics with {cc} ({e}); profiling on "
@@ -143,10 +148,9 @@ def _load() -> Any:
             stacklevel=3,
         )
         return None
-    lib.st_moments.argtypes = [_PTR] + [_I64] * 8 + [ctypes.c_int, _PTR]
-    lib.st_sample_logs.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR]
-    lib.st_sample_hist.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR]
-    for f in (lib.st_moments, lib.st_sample_logs, lib.st_sample_hist):
+    lib.st_moments_par.argtypes = [ctypes.c_int, _PTR] + [_I64] * 8 + [_PTR] * 8
+    lib.st_sample_logs_par.argtypes = [ctypes.c_int, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR]
+    for f in (lib.st_moments_par, lib.st_sample_logs_par):
         f.restype = None
     return lib
 
@@ -162,27 +166,17 @@ def kernels() -> Any:
     return _lib
 
 
-def _run(fn: Any, channels: int, work: int, args_for: Any) -> None:
-    """Call ``fn(*args_for(c0, c1))`` over channel ranges, on torch's number of threads.
+def _run(fn: Any, channels: int, work: int, args: tuple[Any, ...]) -> None:
+    """Call the kernel ``fn`` (a ``*_par`` entry point) over all channels, split between
+    torch's number of threads (one for small batches, where handing work over costs more).
 
-    ctypes releases the GIL during the call, so the ranges run in parallel. Small batches run
-    in the calling thread (handing work to another thread costs about 50 microseconds).
+    The kernels run on the process's OpenMP threads (see ``SPLIT`` in ``_kernels.c``); ctypes
+    releases the GIL during the call.
     """
-    global _pool, _pool_size
     threads = max(1, min(torch.get_num_threads(), channels))
-    if threads == 1 or work < (1 << 16):
-        fn(*args_for(0, channels))
-        return
-    if _pool is None or _pool_size != threads:
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="st-stats")
-        _pool_size = threads
-    edges = [channels * i // threads for i in range(threads + 1)]
-    futures = [
-        _pool.submit(fn, *args_for(edges[i], edges[i + 1])) for i in range(1, threads)
-    ]
-    fn(*args_for(edges[0], edges[1]))
-    for f in futures:
-        f.result()
+    if work < (1 << 16) or not _openmp:
+        threads = 1
+    fn(threads, *args)
 
 
 def supported(x: Tensor) -> bool:
@@ -206,61 +200,83 @@ def _layout(x: Tensor) -> tuple[int, int, int, int, int, int]:
     return n, c, length, sn, sc, sl
 
 
-# Channel rows shorter than this are reduced per (channel, position) column across the images
-# (vectorised over the columns) and the columns then combined; a loop along rows of a few
-# values runs far below the vector units' speed.
-SHORT_ROW = 17
-
-
-def moments(x: Tensor, logs: bool) -> tuple[Tensor, Tensor, Tensor]:
+def moments(
+    x: Tensor,
+    logs: int,
+    log_phase: int = 0,
+    hist: tuple[int, int, Tensor | None, Tensor, Tensor, Tensor] | None = None,
+    cov: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(mean, m2, out)`` of an (N, C, L) batch: per-channel means and sums of squared
     deviations (float64), and the kernels' (9, C) float64 buffer whose rows 3-8 hold min, max,
-    the number of non-zeros and (with ``logs``) the count, sum and sum of squares of log|x| over
-    the non-zero values (rows 6-8 are where :func:`sample_logs` writes otherwise)."""
+    the number of non-zeros and the count, sum and sum of squares of log|x| over the non-zero
+    sampled values (rows 6-8 are where :func:`sample_logs` writes otherwise).
+
+    ``logs``: 0 no logs, 1 (or True) the logs of every value, ``R > 1`` those of the positions
+    in every R-th block of :data:`BLOCK` positions (see :func:`block_positions`), from the
+    block ``log_phase`` on. In the same pass, while each channel is in cache:
+    ``hist=(rate, phase, offsets, low, cut, counts)`` adds the histogram counts of the
+    positions in every ``rate``-th block, or (``rate`` 0) of those at the element ``offsets``
+    (:func:`offsets`), to ``counts`` ((C, bins) float64; ``low``/``cut``: the bin tables, +inf
+    (never NaN) in ``cut`` where a cell holds no edge); ``cov=(offsets, sub)`` copies the values
+    at those positions into ``sub`` ((k, C) float32).
+    """
     n, c, length, sn, sc, sl = _layout(x)
-    if sl == 1 and 1 < length < SHORT_ROW and sc == length:
-        cols = _moments(x, n, c * length, 1, sn, 1, c * length + 1, logs)
-        return _combine_columns(cols.view(9, c, length), n, logs)
-    out = _moments(x, n, c, length, sn, sc, sl, logs)
+    lib = kernels()
+    out = torch.zeros(9, c, dtype=torch.float64)
+    cfg = [int(logs), int(log_phase), 0, 0, 0, 0, 0]
+    hoff = lptr = cptr = hptr = 0
+    if hist is not None:
+        rate, phase, h_off, low, cut, counts = hist
+        assert counts.is_contiguous() and counts.dtype == torch.float64
+        cfg[2], cfg[3], cfg[6] = int(rate), int(phase), counts.shape[1]
+        if h_off is not None:
+            hoff, cfg[4] = h_off.data_ptr(), h_off.numel()
+        lptr, cptr, hptr = low.data_ptr(), cut.data_ptr(), counts.data_ptr()
+    coff = sptr = 0
+    if cov is not None:
+        c_off, sub = cov
+        assert sub.is_contiguous() and sub.shape == (c_off.numel(), c)
+        coff, cfg[5], sptr = c_off.data_ptr(), c_off.numel(), sub.data_ptr()
+    cfg_t = torch.tensor(cfg, dtype=torch.int64)
+    ptr, optr, gptr = x.data_ptr(), out.data_ptr(), cfg_t.data_ptr()
+    _run(
+        lib.st_moments_par,
+        c,
+        n * c * length,
+        (ptr, n, c, length, sn, sc, sl, 0, c, gptr, optr, hoff, lptr, cptr, hptr, coff, sptr),
+    )
     total = n * length
     shift, s1, s2 = out[0], out[1], out[2]
     return shift + s1 / total, (s2 - s1 * s1 / total).clamp_min_(0), out
 
 
-def _moments(
-    x: Tensor, n: int, c: int, length: int, sn: int, sc: int, sl: int, logs: bool
-) -> Tensor:
-    lib = kernels()
-    out = torch.empty(9, c, dtype=torch.float64)
-    ptr, optr = x.data_ptr(), out.data_ptr()
-    _run(
-        lib.st_moments,
-        c,
-        n * c * length,
-        lambda c0, c1: (ptr, n, c, length, sn, sc, sl, c0, c1, int(logs), optr),
-    )
-    return out
+# Positions per sampling block (the kernels' vector width).
+BLOCK = 16
 
 
-def _combine_columns(cols: Tensor, n: int, logs: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`moments` from per-(channel, position) columns of ``n`` values each.
+def block_mask(num: int, length: int, rate: int, phase: int) -> Tensor:
+    """(num, ceil(length / BLOCK)) bool: the sampled blocks of an (N, C, L) batch, block
+    ``n * ceil(L / BLOCK) + l // BLOCK`` holding positions ``n * L + l``; sampled when
+    ``(block + phase) % rate == 0``."""
+    nv = -(-length // BLOCK)
+    blocks = torch.arange(num * nv, dtype=torch.int64).view(num, nv)
+    return (blocks + phase).remainder_(rate) == 0
 
-    Each column has its own shift; the columns are combined exactly:
-    ``M2 = sum_j M2_j + n * sum_j (m_j - m)^2`` (Chan et al.).
-    """
-    shift, s1, s2, mn, mx, nz, lc, l1, l2 = cols.unbind(0)  # each (C, L)
-    col_mean = shift + s1 / n
-    col_m2 = (s2 - s1 * s1 / n).clamp_min_(0)
-    mean = col_mean.mean(1)
-    dev = col_mean - mean.unsqueeze(1)
-    m2 = col_m2.sum(1) + n * (dev * dev).sum(1)
-    out = torch.empty(9, shift.shape[0], dtype=torch.float64)
-    out[3] = mn.amin(1)
-    out[4] = mx.amax(1)
-    out[5] = nz.sum(1)
-    if logs:
-        out[6], out[7], out[8] = lc.sum(1), l1.sum(1), l2.sum(1)
-    return mean, m2, out
+
+def block_positions(num: int, length: int, rate: int, phase: int) -> Tensor:
+    """Flattened positions ``n * L + l`` of the sampled blocks (:func:`block_mask`), ascending."""
+    mask = block_mask(num, length, rate, phase)
+    per_pos = mask.repeat_interleave(BLOCK, dim=1)[:, :length]
+    return per_pos.reshape(-1).nonzero().squeeze(1)
+
+
+def block_count(num: int, length: int, rate: int, phase: int) -> int:
+    """How many positions :func:`block_positions` gives, without listing them."""
+    nv = -(-length // BLOCK)
+    widths = torch.full((nv,), BLOCK, dtype=torch.int64)
+    widths[-1] = length - BLOCK * (nv - 1)
+    return int((block_mask(num, length, rate, phase) * widths).sum())
 
 
 def offsets(x: Tensor, pos: Tensor) -> Tensor:
@@ -279,21 +295,4 @@ def sample_logs(x: Tensor, off: Tensor, out: Tensor) -> None:
     lib = kernels()
     c, sc = x.shape[1], x.stride(1)
     ptr, optr_, optr, k = x.data_ptr(), off.data_ptr(), out.data_ptr(), off.numel()
-    _run(lib.st_sample_logs, c, k * c, lambda c0, c1: (ptr, c, sc, optr_, k, c0, c1, optr))
-
-
-def sample_hist(x: Tensor, off: Tensor, low: Tensor, cut: Tensor, hist: Tensor) -> None:
-    """Add the histogram counts of the positions at element offsets ``off`` to ``hist``
-    ((C, bins) float64). ``low``/``cut``: the bin tables, +inf (never NaN) in ``cut`` where a
-    cell holds no edge."""
-    lib = kernels()
-    c, sc = x.shape[1], x.stride(1)
-    bins = hist.shape[1]
-    ptr, optr_, k = x.data_ptr(), off.data_ptr(), off.numel()
-    lptr, cptr, hptr = low.data_ptr(), cut.data_ptr(), hist.data_ptr()
-    _run(
-        lib.st_sample_hist,
-        c,
-        k * c,
-        lambda c0, c1: (ptr, c, sc, optr_, k, c0, c1, lptr, cptr, bins, hptr),
-    )
+    _run(lib.st_sample_logs_par, c, k * c, (ptr, c, sc, optr_, k, 0, c, optr))

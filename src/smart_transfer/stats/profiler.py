@@ -34,6 +34,7 @@ from .running import (
     DEFAULT_SAMPLE_PER_BATCH,
     RunningStats,
     _Scratch,
+    check_sample,
     hist_edges,
 )
 
@@ -176,10 +177,10 @@ def profile(
     hist_bins: int | None = DEFAULT_HIST_BINS,
     hist_scale: float = DEFAULT_HIST_SCALE,
     hist_max: float = DEFAULT_HIST_MAX,
-    sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
+    sample_per_batch: int | float | None = DEFAULT_SAMPLE_PER_BATCH,
     covariance: bool = True,
     cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
-    hist_sample_per_batch: int | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
+    hist_sample_per_batch: int | float | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
     seed: int = 0,
     distributed: bool | None = None,
 ) -> ActivationProfile:
@@ -202,12 +203,16 @@ def profile(
             batches are moved there.
         hist_bins / hist_scale / hist_max: the fixed histogram bins, uniform in
             ``asinh(x / hist_scale)`` up to ``+-hist_max`` (``hist_bins=0``: no histogram).
-        sample_per_batch: at most this many positions per batch (all channels at the same
-            positions, a stratified random sample drawing every position with the same
-            probability) feed the log moments; None uses every value. Count, mean, variance,
-            min/max and zero fraction always use every value.
-        hist_sample_per_batch: at most this many of those positions feed the histogram
-            (None: all of them).
+        sample_per_batch: the positions of each batch (all channels at the same positions)
+            behind the log moments: a fraction in (0, 1] (default 0.25) takes every
+            ``round(1 / fraction)``-th block of 16 consecutive positions, from a random block
+            on, so that every position is drawn with the same probability and the values are
+            read where the pass over the batch already has them; an int takes at most that many
+            positions as a stratified random sample; None uses every value. Count, mean,
+            variance, min/max and zero fraction always use every value.
+        hist_sample_per_batch: the positions behind the histogram, in the same forms
+            (default 1/32 of the blocks); an int takes at most that many of the log moments'
+            positions when those are an int sample too, else of the batch (None: all of them).
         covariance: also accumulate the (C, C) channel covariance of each layer.
         cov_sample_per_batch: at most this many positions per batch (a stratified random
             sample, weighted so that the estimate is unbiased) feed the off-diagonal covariance
@@ -222,9 +227,9 @@ def profile(
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_loader(loader, "loader")
     _check_int(max_batches, "max_batches")
-    _check_int(sample_per_batch, "sample_per_batch")
-    _check_int(cov_sample_per_batch, "cov_sample_per_batch")
-    _check_int(hist_sample_per_batch, "hist_sample_per_batch")
+    check_sample("sample_per_batch", sample_per_batch)
+    check_sample("cov_sample_per_batch", cov_sample_per_batch, fraction=False)
+    check_sample("hist_sample_per_batch", hist_sample_per_batch)
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
     names = select_layers(model, layers, types, exclude)

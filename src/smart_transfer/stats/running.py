@@ -53,9 +53,10 @@ F64 = torch.float64
 DEFAULT_HIST_BINS = 128
 DEFAULT_HIST_SCALE = 1e-2
 DEFAULT_HIST_MAX = 1e4
-DEFAULT_SAMPLE_PER_BATCH = 2048
-# Positions per batch behind the histogram (every m-th position of the log-moment sample).
-DEFAULT_HIST_SAMPLE_PER_BATCH = 512
+# The log moments: a quarter of the positions of every batch, in blocks of 16 (see
+# block_positions in native.py); the histogram: one block in 32.
+DEFAULT_SAMPLE_PER_BATCH: int | float | None = 0.25
+DEFAULT_HIST_SAMPLE_PER_BATCH: int | float | None = 1 / 32
 # Positions per batch behind the off-diagonal covariance entries (see the module docstring).
 DEFAULT_COV_SAMPLE_PER_BATCH = 128
 
@@ -285,6 +286,8 @@ SMALL_MAP = 64
 # Batches whose sampled (C, C) products are summed in the activation dtype before they are
 # added to the float64 totals (fewer passes over a matrix that can be as large as a batch).
 COV_FLUSH_BATCHES = 16
+# Batches whose covariance sample rows go into one (C, C) product.
+COV_GEMM_BATCHES = 4
 # Raw (uncentred) sums of squares are used where they exceed the centred ones at most this
 # many times: float32 rounding then costs at most ~1e-5 of the variance.
 RAW_MOMENT_LIMIT = 32.0
@@ -371,6 +374,42 @@ def _mirror_blocks_(gram: Tensor) -> None:
             gram[e[j] : e[j + 1], e[i] : e[i + 1]].copy_(gram[e[i] : e[i + 1], e[j] : e[j + 1]].T)
 
 
+def check_sample(what: str, value: object, fraction: bool = True) -> int | None:
+    """Validate a sample setting: a positive int (positions per batch), None (every value) or,
+    where ``fraction``, a float in (0, 1]: that share of each batch's positions in blocks,
+    every ``round(1 / value)``-th block of 16 positions. Returns that block rate (1: every
+    block), or None for an int / None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return None
+    if fraction and isinstance(value, float) and 0.0 < value <= 1.0:
+        return max(1, round(1.0 / value))
+    allowed = "a positive int (positions per batch), a fraction in (0, 1]" if fraction else (
+        "a positive int"
+    )
+    raise ConfigError(f"{what} must be {allowed} or None (all values), got {value!r}")
+
+
+@dataclass
+class _Draw:
+    """Where one batch's log moments and histogram come from (see :meth:`RunningStats._draw`).
+
+    ``log_rate``: 1 every position, ``R > 1`` every R-th block from ``log_phase`` on, 0 the
+    positions ``log_pos``. The histogram: every ``hist_step``-th position of the log sample
+    when set, else the positions ``hist_pos`` when set, else every ``hist_rate``-th block (1:
+    every position) from ``hist_phase`` on.
+    """
+
+    log_rate: int = 1
+    log_phase: int = 0
+    log_pos: Tensor | None = None
+    hist_rate: int = 1
+    hist_phase: int = 0
+    hist_pos: Tensor | None = None
+    hist_step: int | None = None
+
+
 class RunningStats:
     """Accumulates :class:`ChannelStats` of one layer over batches of activations.
 
@@ -393,25 +432,17 @@ class RunningStats:
         hist_scale: float = DEFAULT_HIST_SCALE,
         hist_max: float = DEFAULT_HIST_MAX,
         covariance: bool = True,
-        sample_per_batch: int | None = DEFAULT_SAMPLE_PER_BATCH,
+        sample_per_batch: int | float | None = DEFAULT_SAMPLE_PER_BATCH,
         cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
-        hist_sample_per_batch: int | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
+        hist_sample_per_batch: int | float | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         scratch: _Scratch | None = None,
         native: bool = True,
     ) -> None:
-        for what, value in (
-            ("sample_per_batch", sample_per_batch),
-            ("cov_sample_per_batch", cov_sample_per_batch),
-            ("hist_sample_per_batch", hist_sample_per_batch),
-        ):
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise ConfigError(
-                    f"{what} must be a positive int or None (all values), got {value!r}"
-                )
+        check_sample("cov_sample_per_batch", cov_sample_per_batch, fraction=False)
+        self._log_rate = check_sample("sample_per_batch", sample_per_batch)
+        self._hist_rate = check_sample("hist_sample_per_batch", hist_sample_per_batch)
         c = int(num_channels)
         dev = torch.device(device)
         self.num_channels = c
@@ -441,6 +472,8 @@ class RunningStats:
         self._cov_acc: Tensor | None = None
         self._cov_acc64: Tensor | None = None
         self._cov_pending = 0
+        self._cov_rows: Tensor | None = None  # sample rows of the last batches, not yet multiplied
+        self._cov_used = 0
         z = torch.zeros(c, dtype=F64, device=dev)
         self._totals = ChannelStats(
             count=0.0,
@@ -495,10 +528,14 @@ class RunningStats:
         self._sample_stats(rows, n, batch)
         return self._finish(batch, rows, n, exact_cov)
 
-    def _finish(self, batch: ChannelStats, x: Tensor, n: int, exact_cov: bool) -> Tensor:
-        """Add the batch's co-moment, fold the batch into the totals, return the finite flag."""
+    def _finish(
+        self, batch: ChannelStats, x: Tensor, n: int, exact_cov: bool, sub: Tensor | None = None
+    ) -> Tensor:
+        """Add the batch's co-moment, fold the batch into the totals, return the finite flag.
+
+        ``sub``: the covariance sample's values when they were already gathered."""
         if self.covariance:
-            self._add_comoment(x, n, batch, exact_cov)
+            self._add_comoment(x, n, batch, exact_cov, sub)
             self._totals.cov_count.add_(float(min(n, self.cov_sample_per_batch or n)))  # type: ignore[union-attr]
             batch.comoment = None
         self._accumulate(batch)
@@ -528,20 +565,39 @@ class RunningStats:
 
     def _update_native(self, v: Tensor) -> Tensor:
         """:meth:`update` of an (N, C, L) view with every per-value statistic from the fused C
-        kernels.
+        kernels: one pass per channel for the moments, the logs, the histogram of its sampled
+        positions and the values of the covariance sample.
 
         The same statistics from the same positions as the eager path (the random draws come in
         the same order), so the two agree up to float rounding.
         """
-        num, _c, length = v.shape
+        num, c, length = v.shape
         n = num * length
-        k = self.sample_per_batch
-        every = k is None or 2 * k >= n
-        mean, m2, out = _native.moments(v, logs=every)
-        off = None
-        if not every:
-            self.subsampled = True
-            off = _native.offsets(v, self._stratified(n, int(k), torch.device("cpu")))  # type: ignore[arg-type]
+        cpu = torch.device("cpu")
+        d = self._draw(num, length)
+        off = None if d.log_pos is None else _native.offsets(v, d.log_pos)
+        hist = None
+        if self._inner_edges is not None:
+            low, cut = _native_bin_table(*self._hist_settings)  # type: ignore[misc]
+            assert self._totals.hist is not None and self._totals.hist.is_contiguous()
+            if d.hist_step is not None:
+                hoff = off[:: d.hist_step].contiguous()  # type: ignore[index]
+                hist, count = (0, 0, hoff, low, cut, self._totals.hist), hoff.numel()
+            elif d.hist_pos is not None:
+                hoff = _native.offsets(v, d.hist_pos)
+                hist, count = (0, 0, hoff, low, cut, self._totals.hist), hoff.numel()
+            else:
+                hist = (d.hist_rate, d.hist_phase, None, low, cut, self._totals.hist)
+                count = _native.block_count(num, length, d.hist_rate, d.hist_phase)
+            self._totals.hist_count.add_(float(count))  # type: ignore[union-attr]
+        cov = None
+        if self.covariance:  # a sample: an exact covariance never comes this way
+            kc = int(self.cov_sample_per_batch)  # type: ignore[arg-type]
+            pos = self._stratified(n, kc, cpu)
+            sub = self._scratch.get(kc * c, torch.float32, cpu, "cov_gather").view(kc, c)
+            cov = (_native.offsets(v, pos), sub)
+        mean, m2, out = _native.moments(v, d.log_rate, d.log_phase, hist=hist, cov=cov)
+        if off is not None:
             _native.sample_logs(v, off, out)
         mins, maxs, nonzero, cnt, l1, l2 = out[3:].unbind(0)
         lmean = l1 / cnt.clamp_min(1)
@@ -550,28 +606,46 @@ class RunningStats:
             count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero,
             log_count=cnt, log_mean=lmean, log_m2=lm2,
         )
-        if self._inner_edges is not None:
-            kh = self.hist_sample_per_batch
-            m = n if off is None else off.numel()
-            if kh is not None and 2 * kh < m:
-                self.subsampled = True
-                hoff = (
-                    _native.offsets(v, self._stratified(n, kh, torch.device("cpu")))
-                    if off is None
-                    else off[:: -(-m // kh)].contiguous()  # every m-th of the log sample
-                )
-            else:
-                hoff = off if off is not None else _native.offsets(v, torch.arange(n))
-            low, cut = _native_bin_table(*self._hist_settings)  # type: ignore[misc]
-            hist = self._totals.hist
-            assert hist is not None and hist.is_contiguous()
-            _native.sample_hist(v, hoff, low, cut, hist)
-            self._totals.hist_count.add_(float(hoff.numel()))  # type: ignore[union-attr]
-        return self._finish(batch, v, n, False)
+        return self._finish(batch, v, n, False, None if cov is None else cov[1])
 
     def _accumulate(self, b: ChannelStats) -> None:
         """Fold one batch into the running totals, in place."""
         _merge_into_(self._totals, b)
+
+    def _phase(self, rate: int) -> int:
+        return int(torch.randint(rate, (1,), generator=self.generator))
+
+    def _draw(self, num: int, length: int) -> _Draw:
+        """The positions of one (N, C, L) batch behind the log moments and the histogram,
+        drawn in a fixed order (logs, then histogram; the covariance after both), so that the
+        eager and fused statistics see the same ones."""
+        n = num * length
+        k = self.sample_per_batch
+        d = _Draw()
+        if self._log_rate is not None and self._log_rate > 1:
+            self.subsampled = True
+            d.log_rate, d.log_phase = self._log_rate, self._phase(self._log_rate)
+        elif self._log_rate is None and k is not None and 2 * int(k) < n:
+            self.subsampled = True
+            d.log_rate, d.log_pos = 0, self._stratified(n, int(k), torch.device("cpu"))
+        if self._inner_edges is None:
+            return d
+        if self._hist_rate is not None:
+            if self._hist_rate > 1:
+                self.subsampled = True
+                d.hist_rate, d.hist_phase = self._hist_rate, self._phase(self._hist_rate)
+            return d
+        kh = self.hist_sample_per_batch
+        m = n if d.log_pos is None else d.log_pos.numel()
+        if kh is not None and 2 * int(kh) < m:
+            self.subsampled = True
+            if d.log_pos is None:
+                d.hist_pos = self._stratified(n, int(kh), torch.device("cpu"))
+            else:  # every m-th position of an equal-probability sample is one as well
+                d.hist_step = -(-m // int(kh))
+        elif d.log_pos is not None:
+            d.hist_step = 1  # the whole log sample
+        return d
 
     def _stratified(self, n: int, k: int, device: torch.device) -> Tensor:
         """``k`` of ``n`` positions: one uniformly from each of ``k`` near-equal stretches.
@@ -593,13 +667,16 @@ class RunningStats:
         pos = lo.addcmul(u[:k], width).floor_().add_((u[k] * n).floor()).long()
         return pos.remainder_(n).to(device)
 
-    def _add_comoment(self, x: Tensor, n: int, batch: ChannelStats, exact: bool) -> None:
+    def _add_comoment(
+        self, x: Tensor, n: int, batch: ChannelStats, exact: bool, sub: Tensor | None = None
+    ) -> None:
         """Add the batch's (C, C) co-moment about the reference to the running totals.
 
         ``exact``: ``batch.comoment`` holds the co-moment about the batch mean over every
         position. Otherwise an unbiased estimate comes from a sample of
         ``cov_sample_per_batch`` positions, each drawn with probability k / n and weighted by
-        n / k; the diagonal is later replaced by the exact sums of squares.
+        n / k; the diagonal is later replaced by the exact sums of squares. ``sub``: the sampled
+        positions' values, (k, C), when the caller drew and gathered them.
         """
         c, dev = self.num_channels, x.device
         if self._cov_ref is None:
@@ -613,20 +690,35 @@ class RunningStats:
             return
         k = int(self.cov_sample_per_batch or n)
         self.cov_subsampled = True
-        sub = _gather_positions(x, self._stratified(n, k, dev))  # (k, C)
+        if sub is None:
+            sub = _gather_positions(x, self._stratified(n, k, dev))  # (k, C)
         dt = sub.dtype
-        d = self._scratch.get(k * c, dt, dev, "cov_sample").view(k, c)
-        torch.sub(sub, self._cov_ref.to(dt), out=d).mul_(math.sqrt(n / k))
         if self._cov_acc is None or self._cov_acc.dtype != dt:
             self._flush_comoment()
             self._cov_acc = torch.zeros(c, c, dtype=dt, device=dev)
-        _gram_add_(self._cov_acc, d.T, first=False)  # upper blocks; mirrored when finished
+            self._cov_rows = torch.empty(COV_GEMM_BATCHES * k, c, dtype=dt, device=dev)
+        assert self._cov_rows is not None
+        if self._cov_used + k > self._cov_rows.shape[0]:
+            self._gemm_rows()
+        d = self._cov_rows[self._cov_used : self._cov_used + k]
+        torch.sub(sub, self._cov_ref.to(dt), out=d).mul_(math.sqrt(n / k))
+        self._cov_used += k
         self._cov_pending += 1
         if self._cov_pending >= COV_FLUSH_BATCHES:
             self._flush_comoment()
 
+    def _gemm_rows(self) -> None:
+        """Add the buffered sample rows' product to the float32 co-moment (upper blocks;
+        mirrored when finished): one product over several batches' rows runs several times
+        faster than one per batch, whose (C, C) result would be read and written each time."""
+        if self._cov_used:
+            assert self._cov_acc is not None and self._cov_rows is not None
+            _gram_add_(self._cov_acc, self._cov_rows[: self._cov_used].T, first=False)
+            self._cov_used = 0
+
     def _flush_comoment(self) -> None:
         if self._cov_acc is not None and self._cov_pending:
+            self._gemm_rows()
             self._cov_acc64.add_(self._cov_acc)  # type: ignore[union-attr]
             self._cov_acc.zero_()
         self._cov_pending = 0
@@ -766,20 +858,21 @@ class RunningStats:
     def _sample_stats(self, x: Tensor, n: int, out: ChannelStats) -> None:
         """Log moments and histogram counts on stratified subsamples of positions.
 
-        The log moments use ``sample_per_batch`` positions, the histogram every m-th of them
-        (``hist_sample_per_batch``). A batch with at most twice as many positions as the
-        sample is used whole, in its own layout: gathering scattered positions costs more per
-        value than the statistics themselves.
+        The positions come from :meth:`_draw` (the same draws as the fused statistics). A
+        batch with at most twice as many positions as an int sample is used whole, in its own
+        layout: gathering scattered positions costs more per value than the statistics
+        themselves.
         """
-        k = self.sample_per_batch
         c = self.num_channels
-        if k is None or 2 * k >= n:
+        num, length = (x.shape[0], x.shape[2]) if x.ndim == 3 else (1, x.shape[0])
+        draw = self._draw(num, length)
+        if draw.log_rate == 1:
             v = x  # (N, C, L) or (M, C): every position
-            m = n
         else:
-            self.subsampled = True
-            v = _gather_positions(x, self._stratified(n, k, x.device))  # (k, C)
-            m = k
+            pos = draw.log_pos if draw.log_pos is not None else _native.block_positions(
+                num, length, draw.log_rate, draw.log_phase)
+            v = _gather_positions(x, pos.to(x.device))  # (k, C)
+        m = n if v is x else v.shape[0]
         dims: tuple[int, ...] = (0, 2) if v.ndim == 3 else (0,)
         shape, size, dt, dev = v.shape, v.numel(), v.dtype, v.device
 
@@ -806,14 +899,15 @@ class RunningStats:
             m2[idx] = d.mul_(d).sum(dims, dtype=F64)
         out.log_count, out.log_mean, out.log_m2 = cnt, lmean, m2
         if self._inner_edges is not None:
-            kh = self.hist_sample_per_batch
-            hv = v
-            if kh is not None and 2 * kh < m:
-                self.subsampled = True
-                if v is x:
-                    hv = _gather_positions(x, self._stratified(n, kh, x.device))
-                else:  # every m-th position of an equal-probability sample is one as well
-                    hv = v[:: -(-m // kh)].contiguous()
+            if draw.hist_step is not None:  # every m-th of the log sample
+                hv = v[:: draw.hist_step]
+            elif draw.hist_pos is not None:
+                hv = _gather_positions(x, draw.hist_pos.to(x.device))
+            elif draw.hist_rate > 1:
+                hv = _gather_positions(x, _native.block_positions(
+                    num, length, draw.hist_rate, draw.hist_phase).to(x.device))
+            else:
+                hv = x
             hv = hv.contiguous()
 
             def hbuf(name: str, dtype: torch.dtype = dt) -> Tensor:
