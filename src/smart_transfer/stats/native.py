@@ -148,7 +148,8 @@ def _load() -> Any:
             stacklevel=3,
         )
         return None
-    lib.st_moments_par.argtypes = [ctypes.c_int, _PTR] + [_I64] * 8 + [_PTR] * 8
+    moments_args: list[Any] = [ctypes.c_int, _PTR] + [_I64] * 8 + [_PTR] * 8
+    lib.st_moments_par.argtypes = moments_args
     lib.st_sample_logs_par.argtypes = [ctypes.c_int, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR]
     for f in (lib.st_moments_par, lib.st_sample_logs_par):
         f.restype = None

@@ -177,10 +177,10 @@ def profile(
     hist_bins: int | None = DEFAULT_HIST_BINS,
     hist_scale: float = DEFAULT_HIST_SCALE,
     hist_max: float = DEFAULT_HIST_MAX,
-    sample_per_batch: int | float | None = DEFAULT_SAMPLE_PER_BATCH,
+    sample_per_batch: float | None = DEFAULT_SAMPLE_PER_BATCH,
     covariance: bool = True,
     cov_sample_per_batch: int | None = DEFAULT_COV_SAMPLE_PER_BATCH,
-    hist_sample_per_batch: int | float | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
+    hist_sample_per_batch: float | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
     seed: int = 0,
     distributed: bool | None = None,
 ) -> ActivationProfile:
