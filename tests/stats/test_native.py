@@ -108,10 +108,15 @@ def test_sampled_statistics_use_the_same_positions():
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_block_samples_are_the_same_in_both_paths(name):
+def test_block_samples_are_the_same_in_both_paths(name, monkeypatch):
     """The default samples (every 4th block of 16 positions for the logs, every 3rd here for
     the histogram) are the same positions in the kernels and in the eager path, and a
     numpy computation over exactly those positions gives the same numbers."""
+    from smart_transfer.stats import running
+
+    # these batches are small: sample them at the full rates all the same
+    monkeypatch.setattr(running, "MIN_LOG_POSITIONS", 1)
+    monkeypatch.setattr(running, "MIN_HIST_POSITIONS", 1)
     batches = LAYOUTS[name]()
     fused, eager = _both(batches, sample_per_batch=0.25, hist_sample_per_batch=1 / 3,
                          cov_sample_per_batch=16)
@@ -148,6 +153,28 @@ def test_block_sample_draws_every_position_equally():
             assert len(pos) == native.block_count(num, length, rate, phase)
             hits[pos] += 1
         assert torch.equal(hits, torch.ones(num * length))
+
+
+def test_small_batches_keep_every_position_of_a_block_sample():
+    """A block sample keeps at least MIN_*_POSITIONS positions: a 3x3 map's batch is used whole
+    (there a block is a whole image), a large one is thinned to the requested rate."""
+    from smart_transfer.stats import running
+
+    small = _relu_zeros(64, 4, 3, 3)
+    rs = RunningStats(4, sample_per_batch=0.25, hist_sample_per_batch=1 / 32,
+                      cov_sample_per_batch=16)
+    rs.update(small)
+    assert not rs.subsampled
+    assert rs.stats.hist_count.tolist() == [64 * 9] * 4
+    big = _relu_zeros(64, 2, 48, 48)
+    rs = RunningStats(2, sample_per_batch=0.25, hist_sample_per_batch=1 / 32,
+                      cov_sample_per_batch=16, generator=torch.Generator().manual_seed(0))
+    rs.update(big)
+    assert rs.subsampled
+    n = 64 * 48 * 48
+    assert abs(float(rs.stats.hist_count[0]) - n / 32) <= 16
+    assert running.MIN_HIST_POSITIONS <= float(rs.stats.hist_count[0])
+    assert abs(float(rs.stats.log_count[0]) / float(n - rs.stats.zeros[0]) - 0.25) < 0.01
 
 
 def test_sample_settings_are_checked():

@@ -391,6 +391,20 @@ def check_sample(what: str, value: object, fraction: bool = True) -> int | None:
     raise ConfigError(f"{what} must be {allowed} or None (all values), got {value!r}")
 
 
+# A block sample keeps at least this many positions of a batch (all of a smaller one): in
+# small feature maps a block spans a whole image, and a few images would be a poor sample.
+MIN_LOG_POSITIONS = 4096
+MIN_HIST_POSITIONS = 1024
+
+
+def _block_rate(rate: int | None, n: int, keep: int) -> int:
+    """The block rate used for a batch of ``n`` positions: ``rate`` at most, and at least
+    ``keep`` positions kept (rate 1: every position). 0 for an int / None setting."""
+    if rate is None:
+        return 0
+    return max(1, min(rate, n // keep))
+
+
 @dataclass
 class _Draw:
     """Where one batch's log moments and histogram come from (see :meth:`RunningStats._draw`).
@@ -622,18 +636,20 @@ class RunningStats:
         n = num * length
         k = self.sample_per_batch
         d = _Draw()
-        if self._log_rate is not None and self._log_rate > 1:
+        log_rate = _block_rate(self._log_rate, n, MIN_LOG_POSITIONS)
+        if log_rate > 1:
             self.subsampled = True
-            d.log_rate, d.log_phase = self._log_rate, self._phase(self._log_rate)
-        elif self._log_rate is None and k is not None and 2 * int(k) < n:
+            d.log_rate, d.log_phase = log_rate, self._phase(log_rate)
+        elif self._log_rate is None and k is not None and 2 * int(k) < n:  # int: positions
             self.subsampled = True
             d.log_rate, d.log_pos = 0, self._stratified(n, int(k), torch.device("cpu"))
         if self._inner_edges is None:
             return d
         if self._hist_rate is not None:
-            if self._hist_rate > 1:
+            hist_rate = _block_rate(self._hist_rate, n, MIN_HIST_POSITIONS)
+            if hist_rate > 1:
                 self.subsampled = True
-                d.hist_rate, d.hist_phase = self._hist_rate, self._phase(self._hist_rate)
+                d.hist_rate, d.hist_phase = hist_rate, self._phase(hist_rate)
             return d
         kh = self.hist_sample_per_batch
         m = n if d.log_pos is None else d.log_pos.numel()
