@@ -2,9 +2,9 @@
 
 On the CPU the eager statistics of :class:`~smart_transfer.stats.running.RunningStats` cost
 dozens of tensor operations per layer and batch; for mobile networks, whose own layers are
-cheap, that costs more than the forward pass. ``_kernels.c`` computes the moments, log
-moments and histogram counts of a layer in one pass per statistic group, several threads
-sharing the channels. It is compiled once with the system's C compiler (``$CC``, else ``cc``
+cheap, that costs more than the forward pass. ``_kernels.c`` computes the moments, the log
+moments and histogram counts of the sampled blocks and the covariance sample of a layer in one
+pass, torch's OpenMP threads sharing the channels. It is compiled once with the system's C compiler (``$CC``, else ``cc``
 or ``gcc``) into a cache folder and loaded with :mod:`ctypes`, so it needs no build step at
 install time.
 

@@ -17,11 +17,13 @@ Statistics and their cost per batch:
   weighted by the inverse inclusion probability, so the estimate is unbiased. A (C, C)
   product costs C times more per position than any per-channel statistic, and for the wide
   layers of mobile networks it would cost several times the network's own forward pass;
-* mean / variance of log|x| over non-zero values: a stratified random subsample of at most
-  ``sample_per_batch`` positions per batch (every channel at the same positions), because a
-  log costs far more per value than a sum; the fixed-bin histogram: at most
-  ``hist_sample_per_batch`` of those positions (a bin lookup costs more still, and the
-  histogram measures need fewer values for the same plans).
+* mean / variance of log|x| over non-zero values: by default a quarter of the positions of each
+  batch (every channel at the same positions), in blocks of 16 consecutive positions (every
+  4th block from a random one on; at least MIN_LOG_POSITIONS positions of a batch), because a
+  log costs far more per value than a sum and a block is read where the pass over the batch
+  already has it; the fixed-bin histogram: one block in 32 (at least MIN_HIST_POSITIONS
+  positions; a bin lookup costs more still, and the histogram measures need fewer values for
+  the same plans). An int setting takes that many stratified random positions instead.
 
 Every subsample draws each position with the same probability, so sample means are unbiased
 estimates of the batch's; the sample sizes are in each layer's ``log_count``, ``hist_count``
