@@ -596,11 +596,12 @@ class RunningStats:
         if self._inner_edges is not None:
             low, cut = _native_bin_table(*self._hist_settings)  # type: ignore[misc]
             assert self._totals.hist is not None and self._totals.hist.is_contiguous()
-            if d.hist_step is not None:
-                hoff = off[:: d.hist_step].contiguous()  # type: ignore[index]
-                hist, count = (0, 0, hoff, low, cut, self._totals.hist), hoff.numel()
-            elif d.hist_pos is not None:
-                hoff = _native.offsets(v, d.hist_pos)
+            if d.hist_step is not None or d.hist_pos is not None:  # positions, not blocks
+                hoff = (
+                    off[:: d.hist_step].contiguous()  # type: ignore[index]
+                    if d.hist_step is not None
+                    else _native.offsets(v, d.hist_pos)  # type: ignore[arg-type]
+                )
                 hist, count = (0, 0, hoff, low, cut, self._totals.hist), hoff.numel()
             else:
                 hist = (d.hist_rate, d.hist_phase, None, low, cut, self._totals.hist)
