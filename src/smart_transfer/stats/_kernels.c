@@ -32,8 +32,10 @@
 
 #define LN2 0.6931471805599453
 #define SQRT2 1.4142135623730951
-#define CB 256
+#define CB 1024
 #define RB 32
+/* Positions ahead whose channels the channels-last loop prefetches. */
+#define PF 4
 
 static inline double log_abs(float v) {
     double d = fabs((double)v); /* exact, and every float32 (subnormals too) is a normal double */
@@ -133,7 +135,7 @@ static inline int32_t bin_of(float v, const int32_t *low, const float *cut, int6
 }
 
 /* Running sums of one channel: float32 lanes (s, q: shifted sum and sum of squares; z: the
- * non-zero count; gz, g1, g2: count, sum and sum of squares of the sampled logs) and vector
+ * non-zero count; gz, g1, g2: count, sum and sum of squares of the sampled logs less the log shift) and vector
  * min/max, folded into float64 totals. */
 typedef struct { vf s, q, z, gz, g1, g2, lo, hi; } acc_t;
 typedef struct { double a1, a2, nz, lz, l1, l2; } tot_t;
@@ -155,7 +157,7 @@ typedef struct {
         lo = vmin(v_, lo); hi = vmax(v_, hi);                                     \
         z += (vf)((vi)one & nzm_);                                                \
         if (sp->lrate && lcy == 0) {                                              \
-            vf g_ = (vf)((vi)vlog_abs(v_) & nzm_);                                \
+            vf g_ = (vf)((vi)(vlog_abs(v_) - lk) & nzm_);                         \
             gz += (vf)((vi)one & nzm_); g1 += g_; g2 += g_ * g_;                  \
         }                                                                         \
         if (sp->lrate && ++lcy == sp->lrate) lcy = 0;                             \
@@ -172,9 +174,8 @@ typedef struct {
  * no histogram blocks). xend: one past the batch's last value; the row's last, partial vector is
  * read whole where that stays below it (the values after a row belong to the batch), else
  * copied. */
-static inline void channel_row(const float *r, int64_t L, vf k, acc_t *a, tot_t *t,
-                               int *steps, const float *xend, const samp_t *sp, int64_t lcy,
-                               int64_t hcy, double *hc) {
+static inline void channel_row(const float *r, int64_t L, vf k, vf lk, acc_t *a, tot_t *t,
+                               int *steps, const float *xend, const samp_t *sp, int64_t lcy) {
     const vf zero = {0};
     const vf one = zero + 1.0f;
     vi lanes;
@@ -191,11 +192,6 @@ static inline void channel_row(const float *r, int64_t L, vf k, acc_t *a, tot_t 
         vi m = lanes < (int32_t)rem;
         STEP(vsel(m, v, k), m);
     }
-    if (hc) /* the histogram's blocks, while the row is in L1 */
-        for (int64_t b = (sp->hrate - hcy) % sp->hrate; b * W < L; b += sp->hrate) {
-            const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
-            for (int64_t i = b * W; i < e; i++) hc[bin_of(r[i], sp->low, sp->cut, sp->bins)] += 1.0;
-        }
     a->s = s; a->q = q; a->z = z; a->gz = gz; a->g1 = g1; a->g2 = g2; a->lo = lo; a->hi = hi;
 }
 
@@ -224,6 +220,132 @@ static inline int64_t cycle(int64_t block, int64_t phase, int64_t rate) {
     return rate ? (block + phase) % rate : 1;
 }
 
+/* The log shift of a channel whose value shift is k: log|k| (0 for k == 0), as a float, so
+ * that the float32 lanes sum log|x| - lk (small where the logs spread little around a large
+ * mean, which raw sums of squares would lose to rounding). */
+static inline float log_shift(float k) { return k != 0.0f ? (float)log_abs(k) : 0.0f; }
+
+/* The log outputs of a channel from its sums of shifted logs: count, sum of log|x| and the
+ * sum of squared deviations from their mean. */
+static inline void log_out(double cnt, double s1, double s2, float lk, double *lc, double *l1,
+                           double *l2) {
+    double m2 = cnt > 0 ? s2 - s1 * s1 / cnt : 0.0;
+    *lc = cnt; *l1 = s1 + cnt * (double)lk; *l2 = m2 > 0 ? m2 : 0.0;
+}
+
+/* Channels in the middle with short rows (feature maps of 8x8 and smaller, see st_moments):
+ * the rows of one image's block of channels are one contiguous run (sc == L), reduced a vector
+ * at a time in lanes of their own (lane j: channel j / L, position j % L) that persist across
+ * the images and are added per channel at the end, so no lane is wasted on the end of a row.
+ * The logs of an image are all sampled or none (rows of at most W values are one block, and
+ * longer ones come here only with every block's logs or none); the histogram's blocks are
+ * picked one by one. */
+#define SPAN 512
+#define SHORT 64
+static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
+                       int64_t sc, int64_t c0, int64_t c1, const int64_t *cfg, double *out,
+                       const int64_t *hoff, const samp_t *sp, double *hist, const int64_t *coff,
+                       float *sub) {
+    double *shift = out, *s1 = out + C, *s2 = out + 2 * C, *mn = out + 3 * C, *mx = out + 4 * C;
+    double *nz = out + 5 * C, *lc = out + 6 * C, *l1 = out + 7 * C, *l2 = out + 8 * C;
+    const int64_t lphase = cfg[LPHASE], hphase = cfg[HPHASE], kh = cfg[KH], kc = cfg[KC];
+    const vf zero = {0};
+    const vf one = zero + 1.0f;
+    vi lanes;
+    for (int j = 0; j < W; j++) lanes[j] = j;
+    const vi all = lanes >= 0;
+    const float *xend = x + (n_img - 1) * sn + (C - 1) * sc + L;
+    const int64_t bw = SPAN / L, nv = (L + W - 1) / W;
+    float kf[SPAN + W], lkf[SPAN + W];
+    vf s[SPAN / W], q[SPAN / W], z[SPAN / W], gz[SPAN / W], g1[SPAN / W], g2[SPAN / W];
+    vf lo[SPAN / W], hi[SPAN / W];
+    double a1[SPAN], a2[SPAN], nzd[SPAN], lzd[SPAN], l1d[SPAN], l2d[SPAN];
+    for (int64_t b0 = c0; b0 < c1; b0 += bw) {
+        const int64_t w = c1 - b0 < bw ? c1 - b0 : bw, span = w * L;
+        const int64_t nvs = (span + W - 1) / W, rem = span - (nvs - 1) * W;
+        const vi last = lanes < (int32_t)rem;
+        for (int64_t j = 0; j < nvs * W; j++) {
+            kf[j] = j < span ? x[(b0 + j / L) * sc] : 0.0f;
+            lkf[j] = log_shift(kf[j]);
+        }
+        for (int64_t v = 0; v < nvs; v++) {
+            const vf kv = vload(kf + v * W);
+            lo[v] = kv; hi[v] = kv;
+            s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
+        }
+        for (int64_t j = 0; j < span; j++) {
+            a1[j] = 0; a2[j] = 0; nzd[j] = 0; lzd[j] = 0; l1d[j] = 0; l2d[j] = 0;
+        }
+        int steps = 0;
+        for (int64_t n = 0; n < n_img; n++) {
+            const float *r = x + n * sn + b0 * sc;
+            const int logs = sp->lrate && cycle(n * nv, lphase, sp->lrate) == 0;
+            for (int64_t v = 0; v < nvs; v++) {
+                const vf k = vload(kf + v * W);
+                vf val;
+                vi m = all;
+                if (v < nvs - 1 || r + v * W + W <= xend) {
+                    val = vload(r + v * W);
+                } else {
+                    val = k;
+                    memcpy(&val, r + v * W, (size_t)rem * sizeof(float));
+                }
+                if (v == nvs - 1) { m = last; val = vsel(m, val, k); }
+                vf d = val - k;
+                vi nzm = (val != zero) & m;
+                s[v] += d; q[v] += d * d;
+                lo[v] = vmin(val, lo[v]); hi[v] = vmax(val, hi[v]);
+                z[v] += (vf)((vi)one & nzm);
+                if (logs) {
+                    vf g = (vf)((vi)(vlog_abs(val) - vload(lkf + v * W)) & nzm);
+                    gz[v] += (vf)((vi)one & nzm); g1[v] += g; g2[v] += g * g;
+                }
+            }
+            /* the histogram's blocks, channel by channel within a position: consecutive
+             * counts go to different rows, so they do not wait on each other (the values of
+             * one channel often fall in the same bin) */
+            for (int64_t b = 0; sp->hrate && b < nv; b++) {
+                if (cycle(n * nv + b, hphase, sp->hrate) != 0) continue;
+                const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
+                for (int64_t l = b * W; l < e; l++) {
+                    double *hc = hist + b0 * sp->bins;
+                    for (int64_t j = 0; j < w; j++, hc += sp->bins)
+                        hc[bin_of(r[j * L + l], sp->low, sp->cut, sp->bins)] += 1.0;
+                }
+            }
+            if (++steps == FOLD || n == n_img - 1) {
+                for (int64_t v = 0; v < nvs; v++) {
+                    const int64_t m = v == nvs - 1 ? rem : W;
+                    for (int64_t i = 0; i < m; i++) {
+                        const int64_t j = v * W + i;
+                        a1[j] += s[v][i]; a2[j] += q[v][i]; nzd[j] += z[v][i];
+                        lzd[j] += gz[v][i]; l1d[j] += g1[v][i]; l2d[j] += g2[v][i];
+                    }
+                    s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
+                }
+                steps = 0;
+            }
+        }
+        for (int64_t j = 0; j < w; j++) {
+            const int64_t c = b0 + j;
+            double t1 = 0, t2 = 0, tz = 0, tl = 0, u1 = 0, u2 = 0;
+            float vlo = kf[j * L], vhi = vlo;
+            for (int64_t l = 0; l < L; l++) {
+                const int64_t i = j * L + l;
+                t1 += a1[i]; t2 += a2[i]; tz += nzd[i]; tl += lzd[i]; u1 += l1d[i]; u2 += l2d[i];
+                const float a = lo[i / W][i % W], b = hi[i / W][i % W];
+                vlo = a < vlo ? a : vlo;
+                vhi = b > vhi ? b : vhi;
+            }
+            shift[c] = (double)kf[j * L]; s1[c] = t1; s2[c] = t2; mn[c] = vlo; mx[c] = vhi;
+            nz[c] = tz;
+            if (sp->lrate) log_out(tl, u1, u2, lkf[j * L], lc + c, l1 + c, l2 + c);
+        }
+        if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, sp, hist);
+        if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);
+    }
+}
+
 /* out: 9 arrays of C doubles, one after the other: shift, s1, s2, min, max, nonzero,
  * log count, log sum, log sum of squares (the last three only with lrate > 0). cfg: see above;
  * hist: C rows of cfg[BINS] doubles the counts are added to; sub: kc rows of C floats. */
@@ -236,6 +358,10 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
     const samp_t sp = {cfg[LRATE], cfg[HRATE], cfg[BINS], low, cut};
     const int64_t lphase = cfg[LPHASE], hphase = cfg[HPHASE], kh = cfg[KH], kc = cfg[KC];
     const int64_t nv = (L + W - 1) / W; /* blocks per row */
+    if (sl == 1 && sc == L && (L <= W || (L <= SHORT && sp.lrate <= 1))) {
+        short_rows(x, n_img, C, L, sn, sc, c0, c1, cfg, out, hoff, &sp, hist, coff, sub);
+        return;
+    }
     if (sl == 1) { /* channels in the middle: every (n, c) is a contiguous run of L values */
         const float *xend = x + (n_img - 1) * sn + (C - 1) * sc + L;
         const vf zero = {0};
@@ -245,11 +371,12 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
         acc_t acc[RB];
         tot_t tot[RB];
         int steps[RB];
-        vf k[RB];
+        vf k[RB], lk[RB];
         for (int64_t b0 = c0; b0 < c1; b0 += bw) {
             const int64_t w = c1 - b0 < bw ? c1 - b0 : bw;
             for (int64_t j = 0; j < w; j++) {
                 k[j] = zero + x[(b0 + j) * sc];
+                lk[j] = zero + log_shift(x[(b0 + j) * sc]);
                 acc_t a = {zero, zero, zero, zero, zero, zero, k[j], k[j]};
                 tot_t t = {0, 0, 0, 0, 0, 0};
                 acc[j] = a;
@@ -262,11 +389,20 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                 const float *r = x + n * sn + b0 * sc;
                 const int64_t lcy = cycle(n * nv, lphase, sp.lrate);
                 const int64_t hcy = cycle(n * nv, hphase, sp.hrate);
-                for (int64_t j = 0; j < w; j++) {
-                    double *hc = sp.hrate ? hist + (b0 + j) * sp.bins : 0;
-                    channel_row(r + j * sc, L, k[j], &acc[j], &tot[j], &steps[j], xend, &sp,
-                                lcy, hcy, hc);
-                }
+                for (int64_t j = 0; j < w; j++)
+                    channel_row(r + j * sc, L, k[j], lk[j], &acc[j], &tot[j], &steps[j], xend, &sp,
+                                lcy);
+                if (sp.hrate) /* the histogram's blocks of this image, while its rows are in
+                    * L1; channel by channel within a position, so that consecutive counts go
+                    * to different rows and do not wait on each other */
+                    for (int64_t b = (sp.hrate - hcy) % sp.hrate; b * W < L; b += sp.hrate) {
+                        const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
+                        for (int64_t i = b * W; i < e; i++) {
+                            double *hc = hist + b0 * sp.bins;
+                            for (int64_t j = 0; j < w; j++, hc += sp.bins)
+                                hc[bin_of(r[j * sc + i], low, cut, sp.bins)] += 1.0;
+                        }
+                    }
             }
             for (int64_t j = 0; j < w; j++) {
                 const int64_t c = b0 + j;
@@ -281,7 +417,7 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                 }
                 shift[c] = (double)k[j][0]; s1[c] = t->a1; s2[c] = t->a2;
                 mn[c] = lo; mx[c] = hi; nz[c] = t->nz;
-                if (sp.lrate) { lc[c] = t->lz; l1[c] = t->l1; l2[c] = t->l2; }
+                if (sp.lrate) log_out(t->lz, t->l1, t->l2, lk[j][0], lc + c, l1 + c, l2 + c);
             }
             if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, &sp, hist);
             if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);
@@ -289,49 +425,87 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
         return;
     }
     /* channels last: each position is a contiguous run of the channels [c0, c1), reduced in
-     * blocks of CB channels whose accumulators stay in L1; the logs and histogram of sampled
-     * positions in second loops over the same run, while it is in L1 */
+     * blocks of CB channels, W channels a vector, whose float32 lanes (one channel each) stay
+     * in L1 and go into float64 every FOLD positions; the logs of sampled positions in the
+     * same vectors, the histogram of sampled positions in a second loop over the same run */
+    const vf zero = {0};
+    const vf one = zero + 1.0f;
+    vi lanes;
+    for (int j = 0; j < W; j++) lanes[j] = j;
     for (int64_t b0 = c0; b0 < c1; b0 += CB) {
         const int64_t w = c1 - b0 < CB ? c1 - b0 : CB;
-        double k[CB], a1[CB], a2[CB], z[CB], g0[CB], g1[CB], g2[CB];
-        float lo[CB], hi[CB];
+        const int64_t nvec = (w + W - 1) / W, rem = w - (nvec - 1) * W;
+        const vi last = lanes < (int32_t)rem;
+        vf k[CB / W], s[CB / W], q[CB / W], z[CB / W], gz[CB / W], g1[CB / W], g2[CB / W];
+        vf lo[CB / W], hi[CB / W], lk[CB / W];
+        double a1[CB], a2[CB], nzd[CB], lzd[CB], l1d[CB], l2d[CB];
         for (int64_t j = 0; j < w; j++) {
-            float v = x[(b0 + j) * sc];
-            k[j] = (double)v; lo[j] = v; hi[j] = v;
-            a1[j] = 0; a2[j] = 0; z[j] = 0; g0[j] = 0; g1[j] = 0; g2[j] = 0;
+            a1[j] = 0; a2[j] = 0; nzd[j] = 0; lzd[j] = 0; l1d[j] = 0; l2d[j] = 0;
         }
+        for (int64_t v = 0; v < nvec; v++) {
+            vf kv = zero;
+            const int64_t m = v == nvec - 1 ? rem : W;
+            memcpy(&kv, x + b0 + v * W, (size_t)m * sizeof(float));
+            k[v] = kv; lo[v] = kv; hi[v] = kv;
+            for (int i = 0; i < W; i++) lk[v][i] = log_shift(kv[i]);
+            s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
+        }
+        int steps = 0;
         for (int64_t n = 0; n < n_img; n++) {
+            int logs = 0, hs = 0;
             for (int64_t l = 0; l < L; l++) {
                 const float *restrict r = x + n * sn + l * sl + b0;
-                for (int64_t j = 0; j < w; j++) {
-                    float v = r[j];
-                    double d = (double)v - k[j];
-                    a1[j] += d; a2[j] += d * d;
-                    lo[j] = v < lo[j] ? v : lo[j];
-                    hi[j] = v > hi[j] ? v : hi[j];
-                    z[j] += v != 0.0f ? 1.0 : 0.0;
+                if (l % W == 0) { /* a new block of positions: its place in the cycles */
+                    const int64_t block = n * nv + l / W;
+                    logs = sp.lrate && cycle(block, lphase, sp.lrate) == 0;
+                    hs = sp.hrate && cycle(block, hphase, sp.hrate) == 0;
                 }
-                const int64_t block = n * nv + l / W;
-                if (sp.lrate && cycle(block, lphase, sp.lrate) == 0) {
-                    for (int64_t j = 0; j < w; j++) {
-                        float v = r[j];
-                        double q = v != 0.0f ? 1.0 : 0.0;
-                        double g = log_abs(v) * q;
-                        g0[j] += q; g1[j] += g; g2[j] += g * g;
+                for (int64_t v = 0; v < nvec; v++) {
+                    vf val;
+                    vi m = lanes >= 0;
+                    if (v < nvec - 1) {
+                        __builtin_prefetch(r + PF * sl + v * W);
+                        val = vload(r + v * W);
+                    } else {
+                        val = k[v];
+                        memcpy(&val, r + v * W, (size_t)rem * sizeof(float));
+                        m = last;
+                        val = vsel(m, val, k[v]);
+                    }
+                    vf d = val - k[v];
+                    vi nzm = (val != zero) & m;
+                    s[v] += d; q[v] += d * d;
+                    lo[v] = vmin(val, lo[v]); hi[v] = vmax(val, hi[v]);
+                    z[v] += (vf)((vi)one & nzm);
+                    if (logs) {
+                        vf g = (vf)((vi)(vlog_abs(val) - lk[v]) & nzm);
+                        gz[v] += (vf)((vi)one & nzm); g1[v] += g; g2[v] += g * g;
                     }
                 }
-                if (sp.hrate && cycle(block, hphase, sp.hrate) == 0) {
+                if (hs) {
                     double *hb = hist + b0 * sp.bins;
                     for (int64_t j = 0; j < w; j++)
                         hb[j * sp.bins + bin_of(r[j], low, cut, sp.bins)] += 1.0;
                 }
+                if (++steps == FOLD || (n == n_img - 1 && l == L - 1)) {
+                    for (int64_t v = 0; v < nvec; v++) {
+                        const int64_t m = v == nvec - 1 ? rem : W;
+                        for (int64_t i = 0; i < m; i++) {
+                            const int64_t j = v * W + i;
+                            a1[j] += s[v][i]; a2[j] += q[v][i]; nzd[j] += z[v][i];
+                            lzd[j] += gz[v][i]; l1d[j] += g1[v][i]; l2d[j] += g2[v][i];
+                        }
+                        s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
+                    }
+                    steps = 0;
+                }
             }
         }
         for (int64_t j = 0; j < w; j++) {
-            int64_t c = b0 + j;
-            shift[c] = k[j]; s1[c] = a1[j]; s2[c] = a2[j]; mn[c] = lo[j]; mx[c] = hi[j];
-            nz[c] = z[j];
-            if (sp.lrate) { lc[c] = g0[j]; l1[c] = g1[j]; l2[c] = g2[j]; }
+            const int64_t c = b0 + j, v = j / W, i = j % W;
+            shift[c] = (double)k[v][i]; s1[c] = a1[j]; s2[c] = a2[j];
+            mn[c] = lo[v][i]; mx[c] = hi[v][i]; nz[c] = nzd[j];
+            if (sp.lrate) log_out(lzd[j], l1d[j], l2d[j], lk[v][i], lc + c, l1 + c, l2 + c);
         }
         if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, &sp, hist);
         if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);
@@ -366,7 +540,7 @@ void st_sample_logs(const float *x, int64_t C, int64_t sc, const int64_t *off, i
                 float v = xc[off[i]];
                 if (v != 0.0f) { double g = log_abs(v); g0 += 1; g1 += g; g2 += g * g; }
             }
-            lc[c] = g0; l1[c] = g1; l2[c] = g2;
+            log_out(g0, g1, g2, 0.0f, lc + c, l1 + c, l2 + c);
         }
         return;
     }
@@ -383,7 +557,8 @@ void st_sample_logs(const float *x, int64_t C, int64_t sc, const int64_t *off, i
                 g0[j] += q; g1[j] += g; g2[j] += g * g;
             }
         }
-        for (int64_t j = 0; j < w; j++) { lc[b0 + j] = g0[j]; l1[b0 + j] = g1[j]; l2[b0 + j] = g2[j]; }
+        for (int64_t j = 0; j < w; j++)
+            log_out(g0[j], g1[j], g2[j], 0.0f, lc + b0 + j, l1 + b0 + j, l2 + b0 + j);
     }
 }
 

@@ -210,8 +210,9 @@ def moments(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(mean, m2, out)`` of an (N, C, L) batch: per-channel means and sums of squared
     deviations (float64), and the kernels' (9, C) float64 buffer whose rows 3-8 hold min, max,
-    the number of non-zeros and the count, sum and sum of squares of log|x| over the non-zero
-    sampled values (rows 6-8 are where :func:`sample_logs` writes otherwise).
+    the number of non-zeros and the count, sum and sum of squared deviations from their mean of
+    log|x| over the non-zero sampled values (rows 6-8 are where :func:`sample_logs` writes
+    otherwise).
 
     ``logs``: 0 no logs, 1 (or True) the logs of every value, ``R > 1`` those of the positions
     in every R-th block of :data:`BLOCK` positions (see :func:`block_positions`), from the
@@ -291,8 +292,8 @@ def offsets(x: Tensor, pos: Tensor) -> Tensor:
 
 
 def sample_logs(x: Tensor, off: Tensor, out: Tensor) -> None:
-    """Write the log count, sum and sum of squares over the positions at element offsets
-    ``off`` (:func:`offsets`) into ``out[6:9]``."""
+    """Write the log count, sum and sum of squared deviations over the positions at element
+    offsets ``off`` (:func:`offsets`) into ``out[6:9]``."""
     lib = kernels()
     c, sc = x.shape[1], x.stride(1)
     ptr, optr_, optr, k = x.data_ptr(), off.data_ptr(), out.data_ptr(), off.numel()

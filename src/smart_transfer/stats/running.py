@@ -618,7 +618,7 @@ class RunningStats:
             _native.sample_logs(v, off, out)
         mins, maxs, nonzero, cnt, l1, l2 = out[3:].unbind(0)
         lmean = l1 / cnt.clamp_min(1)
-        lm2 = (l2 - l1 * lmean).clamp_min_(0).masked_fill_(cnt <= 1, 0.0)
+        lm2 = l2.masked_fill(cnt <= 1, 0.0)  # the kernels' centred sums
         batch = ChannelStats(
             count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero,
             log_count=cnt, log_mean=lmean, log_m2=lm2,
