@@ -13,17 +13,19 @@
  * in cache, the histogram counts of the positions at the element offsets hoff (of channel 0)
  * and a copy of the values at the offsets coff (the covariance sample, one row of C per
  * position). Channel rows are reduced in float32 vector lanes that persist across the rows of a
- * channel (a row needs no reduction of its own, so short rows of small feature maps run at the
- * vector units' speed too) and are added into float64 every FOLD vector steps; channel vectors
- * in float64. st_sample_logs: the same log sums over positions given by their offsets.
+ * channel (a row needs no reduction of its own) and are added into float64 every FOLD vector
+ * steps; rows of at most W values (short_rows) in lanes of their own across a block of
+ * channels; channel vectors (channels last) W channels a vector, the same way. The logs are
+ * summed about a shift too (log|k|), and come out as count, sum and centred sum of squares.
+ * st_sample_logs: the same log sums over positions given by their offsets.
  *
  * Compiled with finite-math flags (see native.py) so that min/max and the sums vectorise: no
  * comparison here may depend on NaN semantics. A NaN or infinite value still propagates into
  * the sums, which is how the caller detects it; the histogram tables mark "no edge in this
  * cell" with +inf, never NaN.
  *
- * log|x|: in float32 vector lanes where values come a vector at a time (vlog_abs), else in
- * float64 (log_abs); both from the value's bits (exponent + a polynomial for the mantissa), so
+ * log|x|: in float32 vector lanes (vlog_abs), or in float64 (log_abs) for the sampled positions
+ * of channels-last batches given by offsets; both from the value's bits (exponent + a polynomial for the mantissa), so
  * that the loops vectorise; zeros are masked out.
  */
 #include <stdint.h>
@@ -169,9 +171,8 @@ typedef struct {
         }                                                                         \
     } while (0)
 
-/* One row of L contiguous values of a channel with shift k into its accumulators; lcy / hcy:
- * the row's first block's place in the sampling cycles; hc: the channel's histogram row (NULL:
- * no histogram blocks). xend: one past the batch's last value; the row's last, partial vector is
+/* One row of L contiguous values of a channel with shifts k, lk into its accumulators; lcy: the
+ * row's first block's place in the log cycle. xend: one past the batch's last value; the row's last, partial vector is
  * read whole where that stays below it (the values after a row belong to the batch), else
  * copied. */
 static inline void channel_row(const float *r, int64_t L, vf k, vf lk, acc_t *a, tot_t *t,
