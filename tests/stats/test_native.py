@@ -160,6 +160,15 @@ def test_block_sample_draws_every_position_equally():
         assert torch.equal(hits, torch.ones(num * length))
 
 
+def test_block_count_is_the_number_of_block_positions():
+    for num in (1, 3, 64):
+        for length in (1, 9, 16, 17, 36, 144):
+            for rate in (1, 2, 3, 4, 7, 32):
+                for phase in {0, 1, rate - 1}:
+                    want = len(native.block_positions(num, length, rate, phase))
+                    assert native.block_count(num, length, rate, phase) == want, (num, length, rate, phase)
+
+
 def test_small_batches_keep_every_position_of_a_block_sample():
     """A block sample keeps at least MIN_*_POSITIONS positions: a 3x3 map's batch is used whole
     (there a block is a whole image), a large one is thinned to the requested rate."""

@@ -240,8 +240,8 @@ def moments(
         c_off, sub = cov
         assert sub.is_contiguous() and sub.shape == (c_off.numel(), c)
         coff, cfg[5], sptr = c_off.data_ptr(), c_off.numel(), sub.data_ptr()
-    cfg_t = torch.tensor(cfg, dtype=torch.int64)
-    ptr, optr, gptr = x.data_ptr(), out.data_ptr(), cfg_t.data_ptr()
+    cfg_c = (ctypes.c_int64 * len(cfg))(*cfg)
+    ptr, optr, gptr = x.data_ptr(), out.data_ptr(), ctypes.addressof(cfg_c)
     _run(
         lib.st_moments_par,
         c,
@@ -276,9 +276,12 @@ def block_positions(num: int, length: int, rate: int, phase: int) -> Tensor:
 def block_count(num: int, length: int, rate: int, phase: int) -> int:
     """How many positions :func:`block_positions` gives, without listing them."""
     nv = -(-length // BLOCK)
-    widths = torch.full((nv,), BLOCK, dtype=torch.int64)
-    widths[-1] = length - BLOCK * (nv - 1)
-    return int((block_mask(num, length, rate, phase) * widths).sum())
+    first = (-phase) % rate  # the first sampled block
+    blocks = 0 if first >= num * nv else (num * nv - 1 - first) // rate + 1
+    # each image's last block is short by BLOCK - (its width)
+    short = BLOCK * nv - length
+    last = sum(1 for n in range(num) if (n * nv + nv - 1 + phase) % rate == 0) if short else 0
+    return BLOCK * blocks - short * last
 
 
 def offsets(x: Tensor, pos: Tensor) -> Tensor:
