@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from smart_transfer.stats import native, running
@@ -13,13 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_breakdown.p
 
 
 def test_one_round_writes_every_part_and_restores_the_timed_functions(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_breakdown", SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("bench_breakdown", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # it puts benchmarks/ on sys.path for bench_profile
     before = (native.moments, native.sample_logs, running.RunningStats.update,
               running.RunningStats.to_layer_profile)
     argv = ["--model", "smallvgg_bn_64px", "--batch", "4", "--batches", "1", "--repeats", "1",

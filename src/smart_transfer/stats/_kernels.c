@@ -34,7 +34,7 @@
 
 #define LN2 0.6931471805599453
 #define SQRT2 1.4142135623730951
-#define CB 1024
+#define CB 1024 /* at most LANES */
 #define RB 32
 /* Positions ahead whose channels the channels-last loop prefetches. */
 #define PF 4
@@ -234,6 +234,91 @@ static inline void log_out(double cnt, double s1, double s2, float lk, double *l
     *lc = cnt; *l1 = s1 + cnt * (double)lk; *l2 = m2 > 0 ? m2 : 0.0;
 }
 
+/* Float32 lanes that persist across the images of a block of short rows (lane j: position
+ * j % L of channel j / L) or across the positions of a block of channels-last channels (lane j:
+ * channel j), each with its shift k and log shift lk, added into float64 totals per lane every
+ * FOLD steps (lanes_step). */
+#define LANES 1024
+typedef struct {
+    vf k[LANES / W], lk[LANES / W], s[LANES / W], q[LANES / W], z[LANES / W];
+    vf gz[LANES / W], g1[LANES / W], g2[LANES / W], lo[LANES / W], hi[LANES / W];
+    double a1[LANES], a2[LANES], nz[LANES], lz[LANES], l1[LANES], l2[LANES];
+    int64_t nvec, rem; /* vectors in use, and lanes in use in the last one */
+    vi last;           /* those lanes */
+    int steps;
+} lanes_t;
+
+/* Start n <= LANES lanes with the shifts kf (n floats, in an array with room for whole
+ * vectors: the rest is set to 0). */
+static void lanes_start(lanes_t *a, float *kf, int64_t n) {
+    const vf zero = {0};
+    vi lanes;
+    for (int j = 0; j < W; j++) lanes[j] = j;
+    a->nvec = (n + W - 1) / W;
+    a->rem = n - (a->nvec - 1) * W;
+    a->last = lanes < (int32_t)a->rem;
+    for (int64_t j = n; j < a->nvec * W; j++) kf[j] = 0.0f;
+    for (int64_t v = 0; v < a->nvec; v++) {
+        const vf kv = vload(kf + v * W);
+        a->k[v] = kv; a->lo[v] = kv; a->hi[v] = kv;
+        for (int i = 0; i < W; i++) a->lk[v][i] = log_shift(kv[i]);
+        a->s[v] = zero; a->q[v] = zero; a->z[v] = zero;
+        a->gz[v] = zero; a->g1[v] = zero; a->g2[v] = zero;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        a->a1[j] = 0; a->a2[j] = 0; a->nz[j] = 0; a->lz[j] = 0; a->l1[j] = 0; a->l2[j] = 0;
+    }
+    a->steps = 0;
+}
+
+/* Vector v of the lanes' next values, starting at r (the logs too where `logs`). The last
+ * vector is read whole where that stays below xend (one past the batch's last value), else
+ * copied; its lanes not in use hold the shift (they add nothing, and min/max stay right). */
+static inline void lanes_add(lanes_t *restrict a, int64_t v, const float *restrict r,
+                             const float *xend, int logs) {
+    const vf zero = {0};
+    const vf one = zero + 1.0f;
+    const vf k = a->k[v];
+    vf val;
+    vi m = ~(vi)zero; /* every lane */
+    if (v < a->nvec - 1) {
+        val = vload(r);
+    } else {
+        val = k;
+        if (r + W <= xend) val = vload(r);
+        else memcpy(&val, r, (size_t)a->rem * sizeof(float));
+        m = a->last;
+        val = vsel(m, val, k);
+    }
+    vf d = val - k;
+    vi nzm = (val != zero) & m;
+    a->s[v] += d; a->q[v] += d * d;
+    a->lo[v] = vmin(val, a->lo[v]); a->hi[v] = vmax(val, a->hi[v]);
+    a->z[v] += (vf)((vi)one & nzm);
+    if (logs) {
+        vf g = (vf)((vi)(vlog_abs(val) - a->lk[v]) & nzm);
+        a->gz[v] += (vf)((vi)one & nzm); a->g1[v] += g; a->g2[v] += g * g;
+    }
+}
+
+/* The end of a step (one value added to every lane): into float64 every FOLD steps and at
+ * the last one. */
+static inline void lanes_step(lanes_t *restrict a, int last_step) {
+    if (++a->steps < FOLD && !last_step) return;
+    const vf zero = {0};
+    for (int64_t v = 0; v < a->nvec; v++) {
+        const int64_t m = v == a->nvec - 1 ? a->rem : W;
+        for (int64_t i = 0; i < m; i++) {
+            const int64_t j = v * W + i;
+            a->a1[j] += a->s[v][i]; a->a2[j] += a->q[v][i]; a->nz[j] += a->z[v][i];
+            a->lz[j] += a->gz[v][i]; a->l1[j] += a->g1[v][i]; a->l2[j] += a->g2[v][i];
+        }
+        a->s[v] = zero; a->q[v] = zero; a->z[v] = zero;
+        a->gz[v] = zero; a->g1[v] = zero; a->g2[v] = zero;
+    }
+    a->steps = 0;
+}
+
 /* Channels in the middle with short rows (feature maps of 8x8 and smaller, see st_moments):
  * the rows of one image's block of channels are one contiguous run (sc == L), reduced a vector
  * at a time in lanes of their own (lane j: channel j / L, position j % L) that persist across
@@ -241,7 +326,7 @@ static inline void log_out(double cnt, double s1, double s2, float lk, double *l
  * The logs of an image are all sampled or none (rows of at most W values are one block, and
  * longer ones come here only with every block's logs or none); the histogram's blocks are
  * picked one by one. */
-#define SPAN 512
+#define SPAN 512 /* at most LANES */
 #define SHORT 64
 static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                        int64_t sc, int64_t c0, int64_t c1, const int64_t *cfg, double *out,
@@ -250,58 +335,18 @@ static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int6
     double *shift = out, *s1 = out + C, *s2 = out + 2 * C, *mn = out + 3 * C, *mx = out + 4 * C;
     double *nz = out + 5 * C, *lc = out + 6 * C, *l1 = out + 7 * C, *l2 = out + 8 * C;
     const int64_t lphase = cfg[LPHASE], hphase = cfg[HPHASE], kh = cfg[KH], kc = cfg[KC];
-    const vf zero = {0};
-    const vf one = zero + 1.0f;
-    vi lanes;
-    for (int j = 0; j < W; j++) lanes[j] = j;
-    const vi all = lanes >= 0;
     const float *xend = x + (n_img - 1) * sn + (C - 1) * sc + L;
     const int64_t bw = SPAN / L, nv = (L + W - 1) / W;
-    float kf[SPAN + W], lkf[SPAN + W];
-    vf s[SPAN / W], q[SPAN / W], z[SPAN / W], gz[SPAN / W], g1[SPAN / W], g2[SPAN / W];
-    vf lo[SPAN / W], hi[SPAN / W];
-    double a1[SPAN], a2[SPAN], nzd[SPAN], lzd[SPAN], l1d[SPAN], l2d[SPAN];
+    float kf[SPAN + W];
+    lanes_t a;
     for (int64_t b0 = c0; b0 < c1; b0 += bw) {
         const int64_t w = c1 - b0 < bw ? c1 - b0 : bw, span = w * L;
-        const int64_t nvs = (span + W - 1) / W, rem = span - (nvs - 1) * W;
-        const vi last = lanes < (int32_t)rem;
-        for (int64_t j = 0; j < nvs * W; j++) {
-            kf[j] = j < span ? x[(b0 + j / L) * sc] : 0.0f;
-            lkf[j] = log_shift(kf[j]);
-        }
-        for (int64_t v = 0; v < nvs; v++) {
-            const vf kv = vload(kf + v * W);
-            lo[v] = kv; hi[v] = kv;
-            s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
-        }
-        for (int64_t j = 0; j < span; j++) {
-            a1[j] = 0; a2[j] = 0; nzd[j] = 0; lzd[j] = 0; l1d[j] = 0; l2d[j] = 0;
-        }
-        int steps = 0;
+        for (int64_t j = 0; j < span; j++) kf[j] = x[(b0 + j / L) * sc];
+        lanes_start(&a, kf, span);
         for (int64_t n = 0; n < n_img; n++) {
             const float *r = x + n * sn + b0 * sc;
             const int logs = sp->lrate && cycle(n * nv, lphase, sp->lrate) == 0;
-            for (int64_t v = 0; v < nvs; v++) {
-                const vf k = vload(kf + v * W);
-                vf val;
-                vi m = all;
-                if (v < nvs - 1 || r + v * W + W <= xend) {
-                    val = vload(r + v * W);
-                } else {
-                    val = k;
-                    memcpy(&val, r + v * W, (size_t)rem * sizeof(float));
-                }
-                if (v == nvs - 1) { m = last; val = vsel(m, val, k); }
-                vf d = val - k;
-                vi nzm = (val != zero) & m;
-                s[v] += d; q[v] += d * d;
-                lo[v] = vmin(val, lo[v]); hi[v] = vmax(val, hi[v]);
-                z[v] += (vf)((vi)one & nzm);
-                if (logs) {
-                    vf g = (vf)((vi)(vlog_abs(val) - vload(lkf + v * W)) & nzm);
-                    gz[v] += (vf)((vi)one & nzm); g1[v] += g; g2[v] += g * g;
-                }
-            }
+            for (int64_t v = 0; v < a.nvec; v++) lanes_add(&a, v, r + v * W, xend, logs);
             /* the histogram's blocks, channel by channel within a position: consecutive
              * counts go to different rows, so they do not wait on each other (the values of
              * one channel often fall in the same bin) */
@@ -314,33 +359,21 @@ static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int6
                         hc[bin_of(r[j * L + l], sp->low, sp->cut, sp->bins)] += 1.0;
                 }
             }
-            if (++steps == FOLD || n == n_img - 1) {
-                for (int64_t v = 0; v < nvs; v++) {
-                    const int64_t m = v == nvs - 1 ? rem : W;
-                    for (int64_t i = 0; i < m; i++) {
-                        const int64_t j = v * W + i;
-                        a1[j] += s[v][i]; a2[j] += q[v][i]; nzd[j] += z[v][i];
-                        lzd[j] += gz[v][i]; l1d[j] += g1[v][i]; l2d[j] += g2[v][i];
-                    }
-                    s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
-                }
-                steps = 0;
-            }
+            lanes_step(&a, n == n_img - 1);
         }
-        for (int64_t j = 0; j < w; j++) {
+        for (int64_t j = 0; j < w; j++) { /* a channel's L lanes */
             const int64_t c = b0 + j;
             double t1 = 0, t2 = 0, tz = 0, tl = 0, u1 = 0, u2 = 0;
             float vlo = kf[j * L], vhi = vlo;
             for (int64_t l = 0; l < L; l++) {
-                const int64_t i = j * L + l;
-                t1 += a1[i]; t2 += a2[i]; tz += nzd[i]; tl += lzd[i]; u1 += l1d[i]; u2 += l2d[i];
-                const float a = lo[i / W][i % W], b = hi[i / W][i % W];
-                vlo = a < vlo ? a : vlo;
-                vhi = b > vhi ? b : vhi;
+                const int64_t i = j * L + l, v = i / W;
+                t1 += a.a1[i]; t2 += a.a2[i]; tz += a.nz[i]; tl += a.lz[i]; u1 += a.l1[i]; u2 += a.l2[i];
+                vlo = a.lo[v][i % W] < vlo ? a.lo[v][i % W] : vlo;
+                vhi = a.hi[v][i % W] > vhi ? a.hi[v][i % W] : vhi;
             }
             shift[c] = (double)kf[j * L]; s1[c] = t1; s2[c] = t2; mn[c] = vlo; mx[c] = vhi;
             nz[c] = tz;
-            if (sp->lrate) log_out(tl, u1, u2, lkf[j * L], lc + c, l1 + c, l2 + c);
+            if (sp->lrate) log_out(tl, u1, u2, a.lk[(j * L) / W][(j * L) % W], lc + c, l1 + c, l2 + c);
         }
         if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, sp, hist);
         if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);
@@ -429,29 +462,13 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
      * blocks of CB channels, W channels a vector, whose float32 lanes (one channel each) stay
      * in L1 and go into float64 every FOLD positions; the logs of sampled positions in the
      * same vectors, the histogram of sampled positions in a second loop over the same run */
-    const vf zero = {0};
-    const vf one = zero + 1.0f;
-    vi lanes;
-    for (int j = 0; j < W; j++) lanes[j] = j;
+    const float *xend = x + (n_img - 1) * sn + (L - 1) * sl + C;
+    float kf[CB];
+    lanes_t a;
     for (int64_t b0 = c0; b0 < c1; b0 += CB) {
         const int64_t w = c1 - b0 < CB ? c1 - b0 : CB;
-        const int64_t nvec = (w + W - 1) / W, rem = w - (nvec - 1) * W;
-        const vi last = lanes < (int32_t)rem;
-        vf k[CB / W], s[CB / W], q[CB / W], z[CB / W], gz[CB / W], g1[CB / W], g2[CB / W];
-        vf lo[CB / W], hi[CB / W], lk[CB / W];
-        double a1[CB], a2[CB], nzd[CB], lzd[CB], l1d[CB], l2d[CB];
-        for (int64_t j = 0; j < w; j++) {
-            a1[j] = 0; a2[j] = 0; nzd[j] = 0; lzd[j] = 0; l1d[j] = 0; l2d[j] = 0;
-        }
-        for (int64_t v = 0; v < nvec; v++) {
-            vf kv = zero;
-            const int64_t m = v == nvec - 1 ? rem : W;
-            memcpy(&kv, x + b0 + v * W, (size_t)m * sizeof(float));
-            k[v] = kv; lo[v] = kv; hi[v] = kv;
-            for (int i = 0; i < W; i++) lk[v][i] = log_shift(kv[i]);
-            s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
-        }
-        int steps = 0;
+        memcpy(kf, x + b0, (size_t)w * sizeof(float));
+        lanes_start(&a, kf, w);
         for (int64_t n = 0; n < n_img; n++) {
             int logs = 0, hs = 0;
             for (int64_t l = 0; l < L; l++) {
@@ -461,52 +478,23 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                     logs = sp.lrate && cycle(block, lphase, sp.lrate) == 0;
                     hs = sp.hrate && cycle(block, hphase, sp.hrate) == 0;
                 }
-                for (int64_t v = 0; v < nvec; v++) {
-                    vf val;
-                    vi m = lanes >= 0;
-                    if (v < nvec - 1) {
-                        __builtin_prefetch(r + PF * sl + v * W);
-                        val = vload(r + v * W);
-                    } else {
-                        val = k[v];
-                        memcpy(&val, r + v * W, (size_t)rem * sizeof(float));
-                        m = last;
-                        val = vsel(m, val, k[v]);
-                    }
-                    vf d = val - k[v];
-                    vi nzm = (val != zero) & m;
-                    s[v] += d; q[v] += d * d;
-                    lo[v] = vmin(val, lo[v]); hi[v] = vmax(val, hi[v]);
-                    z[v] += (vf)((vi)one & nzm);
-                    if (logs) {
-                        vf g = (vf)((vi)(vlog_abs(val) - lk[v]) & nzm);
-                        gz[v] += (vf)((vi)one & nzm); g1[v] += g; g2[v] += g * g;
-                    }
+                for (int64_t v = 0; v < a.nvec; v++) {
+                    __builtin_prefetch(r + PF * sl + v * W);
+                    lanes_add(&a, v, r + v * W, xend, logs);
                 }
                 if (hs) {
                     double *hb = hist + b0 * sp.bins;
                     for (int64_t j = 0; j < w; j++)
                         hb[j * sp.bins + bin_of(r[j], low, cut, sp.bins)] += 1.0;
                 }
-                if (++steps == FOLD || (n == n_img - 1 && l == L - 1)) {
-                    for (int64_t v = 0; v < nvec; v++) {
-                        const int64_t m = v == nvec - 1 ? rem : W;
-                        for (int64_t i = 0; i < m; i++) {
-                            const int64_t j = v * W + i;
-                            a1[j] += s[v][i]; a2[j] += q[v][i]; nzd[j] += z[v][i];
-                            lzd[j] += gz[v][i]; l1d[j] += g1[v][i]; l2d[j] += g2[v][i];
-                        }
-                        s[v] = zero; q[v] = zero; z[v] = zero; gz[v] = zero; g1[v] = zero; g2[v] = zero;
-                    }
-                    steps = 0;
-                }
+                lanes_step(&a, n == n_img - 1 && l == L - 1);
             }
         }
         for (int64_t j = 0; j < w; j++) {
             const int64_t c = b0 + j, v = j / W, i = j % W;
-            shift[c] = (double)k[v][i]; s1[c] = a1[j]; s2[c] = a2[j];
-            mn[c] = lo[v][i]; mx[c] = hi[v][i]; nz[c] = nzd[j];
-            if (sp.lrate) log_out(lzd[j], l1d[j], l2d[j], lk[v][i], lc + c, l1 + c, l2 + c);
+            shift[c] = (double)kf[j]; s1[c] = a.a1[j]; s2[c] = a.a2[j];
+            mn[c] = a.lo[v][i]; mx[c] = a.hi[v][i]; nz[c] = a.nz[j];
+            if (sp.lrate) log_out(a.lz[j], a.l1[j], a.l2[j], a.lk[v][i], lc + c, l1 + c, l2 + c);
         }
         if (kh) hist_range(x, sc, hoff, kh, b0, b0 + w, &sp, hist);
         if (kc) gather_range(x, C, sc, coff, kc, b0, b0 + w, sub);

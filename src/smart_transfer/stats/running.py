@@ -983,11 +983,7 @@ class RunningStats:
         self, name: str, kind: str, params: dict[str, tuple[int, ...]]
     ) -> LayerProfile:
         """Finished statistics on the CPU as a :class:`LayerProfile`."""
-        out = dataclasses.replace(self._totals)
-        if self.covariance:  # divided by the count in the same pass that centres it
-            n = self._totals.count
-            out.comoment = self._comoment(1.0 / n if n > 0 else 1.0)
-        return to_layer_profile(out, name, kind, params, self.edges, _owned=True, _divided=True)
+        return to_layer_profile(self.stats, name, kind, params, self.edges, _owned=True)
 
     @property
     def count(self) -> float:
@@ -998,19 +994,15 @@ class RunningStats:
     def stats(self) -> ChannelStats:
         """The statistics so far, with the co-moment about the mean (a new object each time)."""
         out = dataclasses.replace(self._totals)
-        if self.covariance:
-            out.comoment = self._comoment(1.0)
-        return out
-
-    def _comoment(self, scale: float) -> Tensor:
-        """A new (C, C) float64 tensor: ``scale`` times the co-moment about the mean so far.
-
-        Two passes over the matrix and a third of one: the float64 totals plus the float32
-        products not yet added to them (the state is left as it is), the lower blocks mirrored,
-        then centred and scaled at once; the diagonal is the exact sum of squares."""
+        if not self.covariance:
+            return out
         c = self.num_channels
         if self._cov_ref is None:
-            return torch.zeros(c, c, dtype=F64, device=self.device)
+            out.comoment = torch.zeros(c, c, dtype=F64, device=self.device)
+            return out
+        # Two passes over the matrix and a third of one: the float64 totals plus the float32
+        # products not yet added to them (the state is left as it is), the lower blocks
+        # mirrored, then centred; the diagonal is the exact sum of squares.
         self._gemm_rows()
         assert self._cov_acc64 is not None
         acc = (
@@ -1020,9 +1012,10 @@ class RunningStats:
         )
         _mirror_blocks_(acc)
         delta = self._totals.mean - self._cov_ref
-        acc.addr_(delta, delta, beta=scale, alpha=-self._totals.count * scale)
-        acc.diagonal().copy_(self._totals.m2 * scale)
-        return acc
+        acc.addr_(delta, delta, alpha=-self._totals.count)
+        acc.diagonal().copy_(self._totals.m2)
+        out.comoment = acc
+        return out
 
 
 def _cpu(t: Tensor | None) -> Tensor | None:
@@ -1037,13 +1030,11 @@ def to_layer_profile(
     edges: Tensor | None = None,
     *,
     _owned: bool = False,
-    _divided: bool = False,
 ) -> LayerProfile:
     """Divide the sums by their counts: population variance/covariance, zero fraction.
 
     ``_owned``: ``s.comoment`` is a fresh tensor that may be divided in place (for wide layers
-    a (C, C) copy costs as much as a batch's statistics); ``_divided``: it is the covariance
-    already (divided by the count)."""
+    a (C, C) copy costs as much as a batch's statistics)."""
     c = s.num_channels
     n = s.count
     denom = n if n > 0 else 1.0  # an empty accumulator reports zeros, not NaN
@@ -1060,8 +1051,7 @@ def to_layer_profile(
         # Exactly symmetric already: co-moments are built from mirrored blocks and outer
         # products delta * delta^T, whose (i, j) and (j, i) entries are the same product.
         cov = s.comoment.to("cpu", F64)
-        if not _divided:
-            cov = cov.div_(denom) if _owned or cov is not s.comoment else cov / denom
+        cov = cov.div_(denom) if _owned or cov is not s.comoment else cov / denom
         if s.min is not None and s.max is not None:
             const = (s.min == s.max).cpu()
             if bool(const.any()):
