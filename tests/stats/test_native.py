@@ -282,3 +282,31 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
         import ctypes
 
         ctypes.CDLL(str(lib))
+
+
+@pytest.mark.parametrize("c", [50, 250, 450])  # one, two and three row blocks
+@pytest.mark.parametrize("with_totals", [False, True])
+def test_cov_finish_against_numpy(c, with_totals):
+    """The one-pass finish of the covariance: (products + float64 totals - n delta delta^T)
+    times the scale, from the upper triangle (the blocks the products fill), mirrored below."""
+    from smart_transfer.stats import running
+
+    g = torch.Generator().manual_seed(c)
+    rows = torch.randn(c, 30, generator=g)
+    a32 = torch.full((c, c), float("nan"))  # below-diagonal blocks must never be read
+    running._gram_add_(a32, rows, first=True)
+    ref = rows.double().numpy() @ rows.double().numpy().T
+    a64 = None
+    if with_totals:
+        more = torch.randn(c, 20, dtype=torch.float64, generator=g)
+        a64 = torch.full((c, c), float("nan"), dtype=torch.float64)
+        running._gram_add_(a64, more, first=True)
+        ref = ref + more.numpy() @ more.numpy().T
+    if len(running._gram_blocks(c)) == 2:  # one block: the whole product was written
+        assert not bool(a32.isnan().any())
+    delta = torch.randn(c, dtype=torch.float64, generator=g) * 0.3
+    n, scale = 50.0, 1 / 50
+    out = native.cov_finish(a32, a64, delta, n, scale)
+    want = (ref - n * np.outer(delta.numpy(), delta.numpy())) * scale
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert bool((out == out.T).all())  # exactly symmetric

@@ -31,6 +31,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define LN2 0.6931471805599453
 #define SQRT2 1.4142135623730951
@@ -196,6 +199,44 @@ static inline void channel_row(const float *r, int64_t L, vf k, vf lk, acc_t *a,
     a->s = s; a->q = q; a->z = z; a->gz = gz; a->g1 = g1; a->g2 = g2; a->lo = lo; a->hi = hi;
 }
 
+/* Histogram counts of the values r[j * stride], j < w, one per channel: value j goes to the
+ * row hc + j * bins. With AVX-512 and contiguous values (channels last), 16 channels at a
+ * time: their table entries and counts gathered, the counts scattered back (16 different rows,
+ * so no two lanes collide); measured 12% faster for a (64, 196, 768) batch's statistics. For
+ * strided values (channels in the middle) the gathers were 2-10% slower than one value at a
+ * time, so those stay scalar. */
+static inline void hist_strided(const float *r, int64_t stride, int64_t w, double *hc,
+                                const samp_t *sp) {
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    if (stride == 1 && w * sp->bins <= INT32_MAX / 2) {
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                               14, 15);
+        const __m512i row = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int32_t)sp->bins));
+        const __m512i top = _mm512_set1_epi32((int32_t)sp->bins - 1);
+        const __m512i half = _mm512_set1_epi32(32768);
+        const __m512d one = _mm512_set1_pd(1.0);
+        for (; j + W <= w; j += W) {
+            __m512 v = _mm512_loadu_ps(r + j);
+            __m512i key = _mm512_add_epi32(_mm512_srai_epi32(_mm512_castps_si512(v), 16), half);
+            __m512i b = _mm512_i32gather_epi32(key, sp->low, 4);
+            __m512 cut = _mm512_i32gather_ps(key, sp->cut, 4);
+            __mmask16 ge = _mm512_cmp_ps_mask(v, cut, _CMP_GE_OQ);
+            b = _mm512_mask_add_epi32(b, ge, b, _mm512_set1_epi32(1));
+            b = _mm512_min_epi32(b, top);
+            __m512i at = _mm512_add_epi32(row, b);
+            double *hj = hc + j * sp->bins;
+            __m256i lo = _mm512_castsi512_si256(at), hi = _mm512_extracti64x4_epi64(at, 1);
+            __m512d c0 = _mm512_add_pd(_mm512_i32gather_pd(lo, hj, 8), one);
+            __m512d c1 = _mm512_add_pd(_mm512_i32gather_pd(hi, hj, 8), one);
+            _mm512_i32scatter_pd(hj, lo, c0, 8);
+            _mm512_i32scatter_pd(hj, hi, c1, 8);
+        }
+    }
+#endif
+    for (; j < w; j++) hc[j * sp->bins + bin_of(r[j * stride], sp->low, sp->cut, sp->bins)] += 1.0;
+}
+
 /* Histogram counts of channels [c0, c1) at the kh positions hoff, added to hist (C rows of
  * `bins` doubles). The bin of v is low[h] + (v >= cut[h]) with h the upper 16 bits of v plus
  * 32768 (see _float32_bin_table in running.py). */
@@ -353,11 +394,8 @@ static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int6
             for (int64_t b = 0; sp->hrate && b < nv; b++) {
                 if (cycle(n * nv + b, hphase, sp->hrate) != 0) continue;
                 const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
-                for (int64_t l = b * W; l < e; l++) {
-                    double *hc = hist + b0 * sp->bins;
-                    for (int64_t j = 0; j < w; j++, hc += sp->bins)
-                        hc[bin_of(r[j * L + l], sp->low, sp->cut, sp->bins)] += 1.0;
-                }
+                for (int64_t l = b * W; l < e; l++)
+                    hist_strided(r + l, L, w, hist + b0 * sp->bins, sp);
             }
             lanes_step(&a, n == n_img - 1);
         }
@@ -431,11 +469,8 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                     * to different rows and do not wait on each other */
                     for (int64_t b = (sp.hrate - hcy) % sp.hrate; b * W < L; b += sp.hrate) {
                         const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
-                        for (int64_t i = b * W; i < e; i++) {
-                            double *hc = hist + b0 * sp.bins;
-                            for (int64_t j = 0; j < w; j++, hc += sp.bins)
-                                hc[bin_of(r[j * sc + i], low, cut, sp.bins)] += 1.0;
-                        }
+                        for (int64_t i = b * W; i < e; i++)
+                            hist_strided(r + i, sc, w, hist + b0 * sp.bins, &sp);
                     }
             }
             for (int64_t j = 0; j < w; j++) {
@@ -482,11 +517,7 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                     __builtin_prefetch(r + PF * sl + v * W);
                     lanes_add(&a, v, r + v * W, xend, logs);
                 }
-                if (hs) {
-                    double *hb = hist + b0 * sp.bins;
-                    for (int64_t j = 0; j < w; j++)
-                        hb[j * sp.bins + bin_of(r[j], low, cut, sp.bins)] += 1.0;
-                }
+                if (hs) hist_strided(r, 1, w, hist + b0 * sp.bins, &sp);
                 lanes_step(&a, n == n_img - 1 && l == L - 1);
             }
         }
@@ -574,4 +605,82 @@ void st_moments_par(int nt, const float *x, int64_t n_img, int64_t C, int64_t L,
 void st_sample_logs_par(int nt, const float *x, int64_t C, int64_t sc, const int64_t *off,
                         int64_t k, int64_t c0, int64_t c1, double *out) {
     SPLIT(st_sample_logs(x, C, sc, off, k, a, b, out));
+}
+
+/* One finite double: its exponent bits are not all ones (isfinite would be folded away by the
+ * finite-math flags this file is compiled with). */
+static inline int finite_bits(double v) {
+    uint64_t b;
+    memcpy(&b, &v, 8);
+    return ((b >> 52) & 0x7FF) != 0x7FF;
+}
+
+/* Fold one batch's kernel output into a layer's float64 running totals (Chan et al.'s pairwise
+ * update, the same formulas as running.py's _merge_into_), in one call instead of some thirty
+ * torch operations per layer and batch. out: the 9 x C rows of st_moments (and
+ * st_sample_logs); n_b: the batch's values per channel, n_a: the totals' count so far. tot: 8
+ * pointers to C doubles: mean, m2, min, max, zeros, log count, log mean, log m2 (the last
+ * three NULL without logs). Row 0 of out becomes the batch means. Returns 0 when a batch mean
+ * is NaN or infinite (a NaN or Inf among the values). */
+int st_merge(int64_t C, double n_b, double n_a, double *out, double *const *tot) {
+    double *mean = tot[0], *m2 = tot[1], *mn = tot[2], *mx = tot[3], *zs = tot[4];
+    double *lcn = tot[5], *lmu = tot[6], *lm2 = tot[7];
+    const double n = n_a + n_b, wb = n_b / n, wab = n_a * n_b / n;
+    int ok = 1;
+    for (int64_t c = 0; c < C; c++) {
+        const double s1 = out[C + c], s2 = out[2 * C + c];
+        const double mb = out[c] + s1 / n_b;
+        double q = s2 - s1 * s1 / n_b;
+        q = q > 0 ? q : 0;
+        ok &= finite_bits(mb);
+        out[c] = mb;
+        const double d = mb - mean[c];
+        mean[c] += d * wb;
+        m2[c] += q + d * d * wab;
+        const double lo = out[3 * C + c], hi = out[4 * C + c];
+        mn[c] = lo < mn[c] ? lo : mn[c];
+        mx[c] = hi > mx[c] ? hi : mx[c];
+        zs[c] += n_b - out[5 * C + c];
+        if (lcn) {
+            const double ka = lcn[c], kb = out[6 * C + c], k = ka + kb;
+            const double safe = k > 1 ? k : 1;
+            const double lb = out[7 * C + c] / (kb > 1 ? kb : 1);
+            const double l2 = kb > 1 ? out[8 * C + c] : 0.0;
+            const double dl = lb - lmu[c];
+            lmu[c] += dl * (kb / safe);
+            lm2[c] += l2 + dl * dl * (ka * kb / safe);
+            lcn[c] = k;
+        }
+    }
+    return ok;
+}
+
+/* The finished (C, C) float64 co-moment of a layer, in one pass instead of four: out = (a32 +
+ * a64 - n delta delta^T) * scale, i.e. the float32 products not yet folded plus the float64
+ * totals (a64 may be NULL), centred on the mean and scaled. Entries come from the upper
+ * triangle (the product's blocks on and above the diagonal, see _gram_add_ in running.py) and
+ * are mirrored below it, so the result is exactly symmetric. alpha = -n * scale. */
+void st_cov_finish(int nt, int64_t C, const float *a32, const double *a64, const double *delta,
+                   double alpha, double scale, double *out) {
+    _Pragma("omp parallel for num_threads(nt) schedule(dynamic, 16)")
+    for (int64_t i = 0; i < C; i++) {
+        const float *ar = a32 + i * C;
+        const double *br = a64 ? a64 + i * C : NULL;
+        double *o = out + i * C;
+        const double di = delta[i] * alpha;
+        if (br)
+            for (int64_t j = i; j < C; j++) o[j] = ((double)ar[j] + br[j]) * scale + di * delta[j];
+        else
+            for (int64_t j = i; j < C; j++) o[j] = (double)ar[j] * scale + di * delta[j];
+    }
+    /* below the diagonal: the transpose, in tiles of 32 x 32 */
+    _Pragma("omp parallel for num_threads(nt) schedule(dynamic, 1)")
+    for (int64_t t = 0; t < (C + 31) / 32; t++) {
+        const int64_t i0 = t * 32, i1 = i0 + 32 < C ? i0 + 32 : C;
+        for (int64_t j0 = 0; j0 < i1; j0 += 32)
+            for (int64_t i = i0; i < i1; i++) {
+                const int64_t lim = j0 + 32 < i ? j0 + 32 : i;
+                for (int64_t j = j0; j < lim; j++) out[i * C + j] = out[j * C + i];
+            }
+    }
 }

@@ -153,6 +153,11 @@ def _load() -> Any:
     lib.st_sample_logs_par.argtypes = [ctypes.c_int, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR]
     for f in (lib.st_moments_par, lib.st_sample_logs_par):
         f.restype = None
+    lib.st_merge.argtypes = [_I64, ctypes.c_double, ctypes.c_double, _PTR, _PTR]
+    lib.st_merge.restype = ctypes.c_int
+    lib.st_cov_finish.argtypes = [ctypes.c_int, _I64, _PTR, _PTR, _PTR, ctypes.c_double,
+                                  ctypes.c_double, _PTR]
+    lib.st_cov_finish.restype = None
     return lib
 
 
@@ -253,6 +258,19 @@ def moments(
     return shift + s1 / total, (s2 - s1 * s1 / total).clamp_min_(0), out
 
 
+def merge(out: Tensor, count: float, total: float, totals: tuple[Tensor | None, ...]) -> bool:
+    """Fold the kernels' ``out`` ((9, C), :func:`moments`) of a batch of ``count`` values per
+    channel into float64 running totals of ``total`` values so far, in place: ``totals`` =
+    (mean, m2, min, max, zeros, log count, log mean, log m2), contiguous (C,) float64 CPU
+    tensors (the last three None without logs). The same formulas as running.py's eager merge;
+    row 0 of ``out`` becomes the batch means. False when one of them is NaN or infinite."""
+    c = out.shape[1]
+    for t in totals:
+        assert t is None or (t.is_contiguous() and t.dtype == torch.float64 and t.numel() == c)
+    ptrs = (_PTR * 8)(*(0 if t is None else t.data_ptr() for t in totals))
+    return bool(kernels().st_merge(c, float(count), float(total), out.data_ptr(), ptrs))
+
+
 # Positions per sampling block (the kernels' vector width).
 BLOCK = 16
 
@@ -301,3 +319,20 @@ def sample_logs(x: Tensor, off: Tensor, out: Tensor) -> None:
     c, sc = x.shape[1], x.stride(1)
     ptr, optr_, optr, k = x.data_ptr(), off.data_ptr(), out.data_ptr(), off.numel()
     _run(lib.st_sample_logs_par, c, k * c, (ptr, c, sc, optr_, k, 0, c, optr))
+
+
+def cov_finish(a32: Tensor, a64: Tensor | None, delta: Tensor, count: float, scale: float) -> Tensor:
+    """``(a32 + a64 - count * delta delta^T) * scale`` as a new (C, C) float64 tensor, read
+    from the upper triangle and mirrored below it (exactly symmetric); ``a32`` float32, ``a64``
+    float64 or None, ``delta`` (C,) float64, all contiguous on the CPU. The diagonal is the
+    caller's to set."""
+    c = a32.shape[0]
+    assert a32.dtype == torch.float32 and a32.is_contiguous() and delta.is_contiguous()
+    assert a64 is None or (a64.dtype == torch.float64 and a64.is_contiguous())
+    out = torch.empty(c, c, dtype=torch.float64)
+    threads = max(1, min(torch.get_num_threads(), c)) if _openmp and c * c >= (1 << 16) else 1
+    kernels().st_cov_finish(
+        threads, c, a32.data_ptr(), 0 if a64 is None else a64.data_ptr(), delta.data_ptr(),
+        -float(count) * scale, float(scale), out.data_ptr(),
+    )
+    return out

@@ -614,17 +614,20 @@ class RunningStats:
             pos = self._stratified(n, kc, cpu)
             sub = self._scratch.get(kc * c, torch.float32, cpu, "cov_gather").view(kc, c)
             cov = (_native.offsets(v, pos), sub)
-        mean, m2, out = _native.moments(v, d.log_rate, d.log_phase, hist=hist, cov=cov)
+        _, _, out = _native.moments(v, d.log_rate, d.log_phase, hist=hist, cov=cov)
         if off is not None:
             _native.sample_logs(v, off, out)
-        mins, maxs, nonzero, cnt, l1, l2 = out[3:].unbind(0)
-        lmean = l1 / cnt.clamp_min(1)
-        lm2 = l2.masked_fill(cnt <= 1, 0.0)  # the kernels' centred sums
-        batch = ChannelStats(
-            count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero,
-            log_count=cnt, log_mean=lmean, log_m2=lm2,
+        t = self._totals
+        finite = _native.merge(  # into the totals in one call; out[0]: the batch means
+            out, n, t.count,
+            (t.mean, t.m2, t.min, t.max, t.zeros, t.log_count, t.log_mean, t.log_m2),
         )
-        return self._finish(batch, v, n, False, None if cov is None else cov[1])
+        if cov is not None:
+            self._add_sampled_comoment(n, out[0], cov[1])
+            t.cov_count.add_(float(min(n, kc)))  # type: ignore[union-attr]
+        t.count += n
+        self.batches += 1
+        return torch.tensor(finite)
 
     def _accumulate(self, b: ChannelStats) -> None:
         """Fold one batch into the running totals, in place."""
@@ -701,17 +704,26 @@ class RunningStats:
         c, dev = self.num_channels, x.device
         if self._cov_ref is None:
             self._cov_ref = batch.mean.clone()
-            self._cov_acc64 = torch.zeros(c, c, dtype=F64, device=dev)
         if exact:
             gram = batch.comoment
             assert gram is not None
             delta = batch.mean - self._cov_ref
-            self._cov_acc64.add_(gram).addr_(delta, delta, alpha=batch.count)  # type: ignore[union-attr]
+            if self._cov_acc64 is None:
+                self._cov_acc64 = torch.zeros(c, c, dtype=F64, device=dev)
+            self._cov_acc64.add_(gram).addr_(delta, delta, alpha=batch.count)
             return
-        k = int(self.cov_sample_per_batch or n)
-        self.cov_subsampled = True
         if sub is None:
+            k = int(self.cov_sample_per_batch or n)
             sub = _gather_positions(x, self._stratified(n, k, dev))  # (k, C)
+        self._add_sampled_comoment(n, batch.mean, sub)
+
+    def _add_sampled_comoment(self, n: int, mean: Tensor, sub: Tensor) -> None:
+        """Add the product of ``sub``'s k sampled positions of a batch of ``n`` (whose channel
+        means are ``mean``), weighted by n / k (see :meth:`_add_comoment`)."""
+        c, dev, k = self.num_channels, sub.device, sub.shape[0]
+        if self._cov_ref is None:
+            self._cov_ref = mean.clone()
+        self.cov_subsampled = True
         dt = sub.dtype
         if self._cov_acc is None or self._cov_acc.dtype != dt:
             self._flush_comoment()
@@ -741,7 +753,10 @@ class RunningStats:
     def _flush_comoment(self) -> None:
         if self._cov_acc is not None and self._cov_pending:
             self._gemm_rows()
-            self._cov_acc64.add_(self._cov_acc)  # type: ignore[union-attr]
+            if self._cov_acc64 is None:  # created here, not zeroed up front: a pass saved
+                self._cov_acc64 = self._cov_acc.to(F64)
+            else:
+                self._cov_acc64.add_(self._cov_acc)
             self._cov_acc.zero_()
         self._cov_pending = 0
 
@@ -983,7 +998,9 @@ class RunningStats:
         self, name: str, kind: str, params: dict[str, tuple[int, ...]]
     ) -> LayerProfile:
         """Finished statistics on the CPU as a :class:`LayerProfile`."""
-        return to_layer_profile(self.stats, name, kind, params, self.edges, _owned=True)
+        n = self._totals.count
+        s = self._finished(1.0 / n if n > 0 else 1.0)
+        return to_layer_profile(s, name, kind, params, self.edges, _owned=True, _cov_scaled=True)
 
     @property
     def count(self) -> float:
@@ -993,6 +1010,10 @@ class RunningStats:
     @property
     def stats(self) -> ChannelStats:
         """The statistics so far, with the co-moment about the mean (a new object each time)."""
+        return self._finished(1.0)
+
+    def _finished(self, scale: float) -> ChannelStats:
+        """:attr:`stats` with the co-moment times ``scale`` (``1 / count``: the covariance)."""
         out = dataclasses.replace(self._totals)
         if not self.covariance:
             return out
@@ -1002,18 +1023,28 @@ class RunningStats:
             return out
         # Two passes over the matrix and a third of one: the float64 totals plus the float32
         # products not yet added to them (the state is left as it is), the lower blocks
-        # mirrored, then centred; the diagonal is the exact sum of squares.
+        # mirrored, then centred and scaled in one; the diagonal is the exact sum of squares.
         self._gemm_rows()
-        assert self._cov_acc64 is not None
-        acc = (
-            self._cov_acc.to(F64).add_(self._cov_acc64)  # measured 6x faster than a64 + a32
-            if self._cov_acc is not None
-            else self._cov_acc64.clone()
-        )
-        _mirror_blocks_(acc)
+        a32, a64 = (self._cov_acc if self._cov_pending else None), self._cov_acc64
         delta = self._totals.mean - self._cov_ref
-        acc.addr_(delta, delta, alpha=-self._totals.count)
-        acc.diagonal().copy_(self._totals.m2)
+        if (
+            a32 is not None and a32.dtype == torch.float32 and a32.device.type == "cpu"
+            and _native.kernels() is not None
+        ):  # the same in one pass (native.cov_finish)
+            acc = _native.cov_finish(a32, a64, delta, self._totals.count, scale)
+            acc.diagonal().copy_(self._totals.m2 * scale)
+            out.comoment = acc
+            return out
+        if a32 is not None:
+            acc = a32.to(F64)
+            if a64 is not None:
+                acc.add_(a64)  # measured 6x faster than a64 + a32
+        else:
+            assert a64 is not None
+            acc = a64.clone()
+        _mirror_blocks_(acc)
+        acc.addr_(delta, delta, beta=scale, alpha=-self._totals.count * scale)
+        acc.diagonal().copy_(self._totals.m2 * scale)
         out.comoment = acc
         return out
 
@@ -1030,11 +1061,13 @@ def to_layer_profile(
     edges: Tensor | None = None,
     *,
     _owned: bool = False,
+    _cov_scaled: bool = False,
 ) -> LayerProfile:
     """Divide the sums by their counts: population variance/covariance, zero fraction.
 
     ``_owned``: ``s.comoment`` is a fresh tensor that may be divided in place (for wide layers
-    a (C, C) copy costs as much as a batch's statistics)."""
+    a (C, C) copy costs as much as a batch's statistics); ``_cov_scaled``: it is already
+    divided by the count (and owned)."""
     c = s.num_channels
     n = s.count
     denom = n if n > 0 else 1.0  # an empty accumulator reports zeros, not NaN
@@ -1051,7 +1084,8 @@ def to_layer_profile(
         # Exactly symmetric already: co-moments are built from mirrored blocks and outer
         # products delta * delta^T, whose (i, j) and (j, i) entries are the same product.
         cov = s.comoment.to("cpu", F64)
-        cov = cov.div_(denom) if _owned or cov is not s.comoment else cov / denom
+        if not _cov_scaled:
+            cov = cov.div_(denom) if _owned or cov is not s.comoment else cov / denom
         if s.min is not None and s.max is not None:
             const = (s.min == s.max).cpu()
             if bool(const.any()):
