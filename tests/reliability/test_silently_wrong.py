@@ -179,6 +179,28 @@ def test_profiles_of_different_models_or_in_the_wrong_order_are_refused():
     ]
 
 
+def test_fingerprint_sees_one_changed_weight_and_skips_other_hashes():
+    from smart_transfer.stats.fingerprint import check_same_model, model_fingerprint
+
+    model = tiny_model(seed=0)
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before  # deterministic (threads hash in any order)
+    with torch.no_grad():
+        p = next(model.parameters())
+        p.view(-1)[-1] += 1e-6
+    after = model_fingerprint(model)
+    assert after["architecture"] == before["architecture"]
+    assert after["weights"] != before["weights"]
+    with pytest.raises(IncompatibleError, match="different weights"):
+        check_same_model({"fingerprint": before}, {"fingerprint": after})
+    # a fingerprint hashed another way (an older version's) is compared by architecture only
+    old = {k: v for k, v in before.items() if k != "weights_hash"}
+    check_same_model({"fingerprint": old}, {"fingerprint": after})
+    other = dict(old, architecture="0" * 16)
+    with pytest.raises(IncompatibleError, match="different networks"):
+        check_same_model({"fingerprint": other}, {"fingerprint": after})
+
+
 # ------------------------------------------------------------------ ignored options, bad numbers
 
 

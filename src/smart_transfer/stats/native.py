@@ -212,12 +212,12 @@ def moments(
     log_phase: int = 0,
     hist: tuple[int, int, Tensor | None, Tensor, Tensor, Tensor] | None = None,
     cov: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mean, m2, out)`` of an (N, C, L) batch: per-channel means and sums of squared
-    deviations (float64), and the kernels' (9, C) float64 buffer whose rows 3-8 hold min, max,
-    the number of non-zeros and the count, sum and sum of squared deviations from their mean of
+) -> Tensor:
+    """The kernels' (9, C) float64 sums of an (N, C, L) batch, one row each: the channel's shift
+    (its first value), the sum and sum of squares of the values less the shift, min, max, the
+    number of non-zeros and the count, sum and sum of squared deviations from their mean of
     log|x| over the non-zero sampled values (rows 6-8 are where :func:`sample_logs` writes
-    otherwise).
+    otherwise). :func:`merge` folds them into running totals.
 
     ``logs``: 0 no logs, 1 (or True) the logs of every value, ``R > 1`` those of the positions
     in every R-th block of :data:`BLOCK` positions (see :func:`block_positions`), from the
@@ -253,9 +253,7 @@ def moments(
         n * c * length,
         (ptr, n, c, length, sn, sc, sl, 0, c, gptr, optr, hoff, lptr, cptr, hptr, coff, sptr),
     )
-    total = n * length
-    shift, s1, s2 = out[0], out[1], out[2]
-    return shift + s1 / total, (s2 - s1 * s1 / total).clamp_min_(0), out
+    return out
 
 
 def merge(out: Tensor, count: float, total: float, totals: tuple[Tensor | None, ...]) -> bool:

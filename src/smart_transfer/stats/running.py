@@ -614,7 +614,7 @@ class RunningStats:
             pos = self._stratified(n, kc, cpu)
             sub = self._scratch.get(kc * c, torch.float32, cpu, "cov_gather").view(kc, c)
             cov = (_native.offsets(v, pos), sub)
-        _, _, out = _native.moments(v, d.log_rate, d.log_phase, hist=hist, cov=cov)
+        out = _native.moments(v, d.log_rate, d.log_phase, hist=hist, cov=cov)
         if off is not None:
             _native.sample_logs(v, off, out)
         t = self._totals
