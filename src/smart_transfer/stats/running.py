@@ -1021,29 +1021,28 @@ class RunningStats:
         if self._cov_ref is None:
             out.comoment = torch.zeros(c, c, dtype=F64, device=self.device)
             return out
-        # Two passes over the matrix and a third of one: the float64 totals plus the float32
-        # products not yet added to them (the state is left as it is), the lower blocks
-        # mirrored, then centred and scaled in one; the diagonal is the exact sum of squares.
+        # The float64 totals plus the float32 products not yet added to them (the state is
+        # left as it is), centred and scaled, the blocks below the diagonal mirrored: one pass
+        # in the C kernels (native.cov_finish), else two and a third in torch; the diagonal is
+        # the exact sum of squares.
         self._gemm_rows()
         a32, a64 = (self._cov_acc if self._cov_pending else None), self._cov_acc64
         delta = self._totals.mean - self._cov_ref
         if (
             a32 is not None and a32.dtype == torch.float32 and a32.device.type == "cpu"
             and _native.kernels() is not None
-        ):  # the same in one pass (native.cov_finish)
+        ):
             acc = _native.cov_finish(a32, a64, delta, self._totals.count, scale)
-            acc.diagonal().copy_(self._totals.m2 * scale)
-            out.comoment = acc
-            return out
-        if a32 is not None:
-            acc = a32.to(F64)
-            if a64 is not None:
-                acc.add_(a64)  # measured 6x faster than a64 + a32
         else:
-            assert a64 is not None
-            acc = a64.clone()
-        _mirror_blocks_(acc)
-        acc.addr_(delta, delta, beta=scale, alpha=-self._totals.count * scale)
+            if a32 is not None:
+                acc = a32.to(F64)
+                if a64 is not None:
+                    acc.add_(a64)  # measured 6x faster than a64 + a32
+            else:
+                assert a64 is not None
+                acc = a64.clone()
+            _mirror_blocks_(acc)
+            acc.addr_(delta, delta, beta=scale, alpha=-self._totals.count * scale)
         acc.diagonal().copy_(self._totals.m2 * scale)
         out.comoment = acc
         return out
