@@ -129,13 +129,17 @@ def following_norms(model: nn.Module) -> dict[str, str]:
 
 
 def channel_params(
-    model: nn.Module, layer: str, norms: dict[str, str] | None = None
+    model: nn.Module,
+    layer: str,
+    norms: dict[str, str] | None = None,
+    modules: dict[str, nn.Module] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Parameters whose dim 0 indexes ``layer``'s output channels: name -> shape.
 
-    Names are as in ``model.named_parameters()``.
+    Names are as in ``model.named_parameters()``. ``norms`` / ``modules``: the model's
+    :func:`following_norms` and ``dict(named_modules())``, when the caller has them.
     """
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules()) if modules is None else modules
     norms = following_norms(model) if norms is None else norms
     out: dict[str, tuple[int, ...]] = {}
     for mod_name in [layer] + ([norms[layer]] if layer in norms else []):
@@ -146,5 +150,5 @@ def channel_params(
 
 
 def layer_param_map(model: nn.Module, layers: Iterable[str]) -> dict[str, dict[str, tuple[int, ...]]]:
-    norms = following_norms(model)
-    return {name: channel_params(model, name, norms) for name in layers}
+    norms, modules = following_norms(model), dict(model.named_modules())
+    return {name: channel_params(model, name, norms, modules) for name in layers}

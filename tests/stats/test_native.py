@@ -38,6 +38,8 @@ LAYOUTS = {
     "rows of 16": lambda: [_relu_zeros(6, 5, 4, 4, seed=s) for s in range(2)],
     "long rows": lambda: [_relu_zeros(6, 5, 40, 40, seed=s) for s in range(2)],
     "short rows": lambda: [_relu_zeros(40, 7, 3, 3, seed=s) for s in range(2)],
+    # rows of 36: short, but three blocks of positions a row
+    "short rows of 3 blocks": lambda: [_relu_zeros(20, 9, 6, 6, seed=s) for s in range(2)],
     "channels last": lambda: [
         _relu_zeros(6, 5, 12, 12, seed=s).contiguous(memory_format=torch.channels_last)
         for s in range(2)

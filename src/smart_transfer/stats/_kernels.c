@@ -237,6 +237,34 @@ static inline void hist_strided(const float *r, int64_t stride, int64_t w, doubl
     for (; j < w; j++) hc[j * sp->bins + bin_of(r[j * stride], sp->low, sp->cut, sp->bins)] += 1.0;
 }
 
+/* The bins of the m contiguous values r[0..m), into b: a loop the compiler vectorises, its table
+ * lookups becoming gathers (the counts are added apart, see hist_block). */
+static inline void bins_of(const float *restrict r, int64_t m, int32_t *restrict b,
+                           const samp_t *sp) {
+    const int32_t *low = sp->low;
+    const float *cut = sp->cut;
+    const int32_t top = (int32_t)sp->bins - 1;
+    for (int64_t t = 0; t < m; t++) {
+        int32_t bits;
+        memcpy(&bits, r + t, 4);
+        const int32_t h = (bits >> 16) + 32768;
+        const int32_t k = low[h] + (r[t] >= cut[h] ? 1 : 0);
+        b[t] = k < top ? k : top;
+    }
+}
+
+/* Histogram counts of the positions [l0, l1) (at most W) of w channel rows r + j * sc: the bins
+ * of each row's run of values first (bins_of), then the counts, position by position across
+ * the channels, so that consecutive counts go to different rows and do not wait on each other.
+ * About twice as fast as finding and counting one value at a time. tmp: w * W ints. */
+static inline void hist_block(const float *r, int64_t sc, int64_t w, int64_t l0, int64_t l1,
+                              double *hc, const samp_t *sp, int32_t *tmp) {
+    const int64_t m = l1 - l0, bins = sp->bins;
+    for (int64_t j = 0; j < w; j++) bins_of(r + j * sc + l0, m, tmp + j * W, sp);
+    for (int64_t t = 0; t < m; t++)
+        for (int64_t j = 0; j < w; j++) hc[j * bins + tmp[j * W + t]] += 1.0;
+}
+
 /* Histogram counts of channels [c0, c1) at the kh positions hoff, added to hist (C rows of
  * `bins` doubles). The bin of v is low[h] + (v >= cut[h]) with h the upper 16 bits of v plus
  * 32768 (see _float32_bin_table in running.py). */
@@ -379,6 +407,7 @@ static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int6
     const float *xend = x + (n_img - 1) * sn + (C - 1) * sc + L;
     const int64_t bw = SPAN / L, nv = (L + W - 1) / W;
     float kf[SPAN + W];
+    int32_t tmp[SPAN + W]; /* bins: span ints (one block a row), else w * W (w <= SPAN / W) */
     lanes_t a;
     for (int64_t b0 = c0; b0 < c1; b0 += bw) {
         const int64_t w = c1 - b0 < bw ? c1 - b0 : bw, span = w * L;
@@ -391,11 +420,17 @@ static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int6
             /* the histogram's blocks, channel by channel within a position: consecutive
              * counts go to different rows, so they do not wait on each other (the values of
              * one channel often fall in the same bin) */
-            for (int64_t b = 0; sp->hrate && b < nv; b++) {
+            if (sp->hrate && nv == 1 && cycle(n, hphase, sp->hrate) == 0) {
+                /* one block a row: the bins of the whole run of rows at once */
+                double *hc = hist + b0 * sp->bins;
+                bins_of(r, span, tmp, sp);
+                for (int64_t l = 0; l < L; l++)
+                    for (int64_t j = 0; j < w; j++) hc[j * sp->bins + tmp[j * L + l]] += 1.0;
+            }
+            for (int64_t b = 0; sp->hrate && nv > 1 && b < nv; b++) {
                 if (cycle(n * nv + b, hphase, sp->hrate) != 0) continue;
                 const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
-                for (int64_t l = b * W; l < e; l++)
-                    hist_strided(r + l, L, w, hist + b0 * sp->bins, sp);
+                hist_block(r, L, w, b * W, e, hist + b0 * sp->bins, sp, tmp);
             }
             lanes_step(&a, n == n_img - 1);
         }
@@ -441,6 +476,7 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
         int64_t bw = (1024 + L - 1) / L;
         bw = bw < 1 ? 1 : (bw > RB ? RB : bw);
         acc_t acc[RB];
+        int32_t tmp[RB * W];
         tot_t tot[RB];
         int steps[RB];
         vf k[RB], lk[RB];
@@ -469,8 +505,7 @@ void st_moments(const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                     * to different rows and do not wait on each other */
                     for (int64_t b = (sp.hrate - hcy) % sp.hrate; b * W < L; b += sp.hrate) {
                         const int64_t e = (b + 1) * W < L ? (b + 1) * W : L;
-                        for (int64_t i = b * W; i < e; i++)
-                            hist_strided(r + i, sc, w, hist + b0 * sp.bins, &sp);
+                        hist_block(r, sc, w, b * W, e, hist + b0 * sp.bins, &sp, tmp);
                     }
             }
             for (int64_t j = 0; j < w; j++) {
