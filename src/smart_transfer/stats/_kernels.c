@@ -424,8 +424,8 @@ static void short_rows(const float *x, int64_t n_img, int64_t C, int64_t L, int6
                 /* one block a row: the bins of the whole run of rows at once */
                 double *hc = hist + b0 * sp->bins;
                 bins_of(r, span, tmp, sp);
-                for (int64_t l = 0; l < L; l++)
-                    for (int64_t j = 0; j < w; j++) hc[j * sp->bins + tmp[j * L + l]] += 1.0;
+                for (int64_t j = 0; j < w; j++) /* a row at a time: measured faster here */
+                    for (int64_t l = 0; l < L; l++) hc[j * sp->bins + tmp[j * L + l]] += 1.0;
             }
             for (int64_t b = 0; sp->hrate && nv > 1 && b < nv; b++) {
                 if (cycle(n * nv + b, hphase, sp->hrate) != 0) continue;

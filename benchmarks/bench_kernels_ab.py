@@ -1,0 +1,124 @@
+"""The fused statistics of this checkout's ``_kernels.c`` against another revision's, side by side.
+
+Both libraries are built (into the usual kernel cache) and loaded in one process; each shape
+is timed in rounds that alternate which library goes first, every statistic on (moments, the
+logs and the histogram of every value), and the two must give the same sums and histogram
+counts. Nanoseconds per activation value, medians over the rounds of each round's best of
+``--calls`` calls, torch's threads.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_kernels_ab.py [--against HEAD~1] [--rounds 6]
+
+Prints a Markdown table; ``--out FILE`` also writes it (with the JSON beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smart_transfer._atomic import atomic_write_text
+from smart_transfer.stats import native, running
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = "src/smart_transfer/stats/_kernels.c"
+# (N, C, L): Lite0's 3x3, 6x6 and 12x12 maps at 96 px, a 48x48 map, and (N, C) rows
+SHAPES = [(64, 1152, 9), (64, 672, 36), (64, 240, 144), (64, 96, 2304), (64, 10368, 1)]
+
+
+def _library(source: Path) -> Any:
+    saved = native.SOURCE
+    native.SOURCE = source
+    try:
+        lib = native._load()
+    finally:
+        native.SOURCE = saved
+    if lib is None:
+        raise SystemExit(f"could not build the kernels of {source}")
+    return lib
+
+
+def _best(fn: Any, calls: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", default="HEAD~1", help="git revision whose kernels are the baseline")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (JSON beside it)")
+    args = ap.parse_args(argv)
+    text = subprocess.run(["git", "show", f"{args.against}:{KERNELS}"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        base_src = Path(tmp) / "_kernels.c"
+        base_src.write_text(text)
+        libs = {"baseline": _library(base_src), "this checkout": native.kernels()}
+    settings = (running.DEFAULT_HIST_BINS, running.DEFAULT_HIST_SCALE, running.DEFAULT_HIST_MAX)
+    low, cut = running._native_bin_table(*settings)  # type: ignore[misc]
+    bins = running.hist_edges(*settings).numel() - 1
+    rows: list[dict[str, Any]] = []
+    saved = native._lib
+    try:
+        for shape in SHAPES:
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+            times: dict[str, list[float]] = {k: [] for k in libs}
+            outs = {}
+            for r in range(args.rounds):
+                for name in (list(libs) if r % 2 == 0 else list(libs)[::-1]):
+                    native._lib = libs[name]
+                    counts = torch.zeros(shape[1], bins, dtype=torch.float64)
+                    outs[name] = (native.moments(x, 1, hist=(1, 0, None, low, cut, counts)), counts)
+                    secs = _best(functools.partial(native.moments, x, 1,
+                                                   hist=(1, 0, None, low, cut, counts)), args.calls)
+                    times[name].append(secs / x.numel() * 1e9)
+            (sa, ca), (sb, cb) = outs["baseline"], outs["this checkout"]
+            same = bool(torch.equal(sa, sb) and torch.equal(ca, cb))
+            base, new = (statistics.median(times[k]) for k in libs)
+            rows.append({"shape": list(shape), "baseline_ns": base, "new_ns": new,
+                         "speedup": base / new, "same_results": same, "rounds": times})
+            print(f"  {shape}: {base:.2f} -> {new:.2f} ns a value ({base / new:.2f}x), same: {same}",
+                  flush=True)
+    finally:
+        native._lib = saved
+    lines = [
+        f"# Fused statistics: `{args.against}` against this checkout",
+        "",
+        f"Command: `python benchmarks/bench_kernels_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+        (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+         f"{time.strftime('%Y-%m-%d %H:%M')}; every statistic of every value (moments, logs, histogram)."),
+        "",
+        "| batch (N, C, L) | baseline ns/value | this checkout ns/value | speed-up | same sums and counts |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {tuple(row['shape'])} | {row['baseline_ns']:.2f} | {row['new_ns']:.2f} | "
+                     f"{row['speedup']:.2f}x | {'yes' if row['same_results'] else '**no**'} |")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if args.out is not None:
+        atomic_write_text(args.out, md)
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+    return 0 if all(r["same_results"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
