@@ -6,9 +6,14 @@ logs and the histogram of every value), and the two must give the same sums and 
 counts. Nanoseconds per activation value, medians over the rounds of each round's best of
 ``--calls`` calls, torch's threads.
 
+With ``--models``, also end to end: ``st.profile`` of each named S1 model (see
+bench_profile.py) with one library and then the other, in rounds that alternate the order,
+beside a plain forward of the same batches; seconds per profile, medians over the rounds.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_kernels_ab.py [--against HEAD~1] [--rounds 6]
+        [--models efficientnet_lite0_96px torchvision_resnet50_224px --model-rounds 3]
 
 Prints a Markdown table; ``--out FILE`` also writes it (with the JSON beside it).
 """
@@ -59,12 +64,55 @@ def _best(fn: Any, calls: int) -> float:
     return best
 
 
+def _end_to_end(libs: dict[str, Any], names: list[str], rounds: int) -> list[dict[str, Any]]:
+    """Seconds per ``st.profile`` of each model with each library, beside a plain forward."""
+    if not names:
+        return []
+    import smart_transfer as st
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_profile import _models
+
+    known = _models(64, quick=False)
+    out = []
+    for name in names:
+        if name not in known:
+            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(known)}")
+        factory, size, n_batches = known[name]
+        model = factory().eval()
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randn(64, 3, size, size, generator=gen) for _ in range(n_batches)]
+        for lib in libs.values():  # warm-up: oneDNN caches, allocator, each library once
+            native._lib = lib
+            st.profile(model, batches[:1], progress=False)
+        secs: dict[str, list[float]] = {"forward": [], **{k: [] for k in libs}}
+        for r in range(rounds):
+            with torch.no_grad():
+                t = time.perf_counter()
+                for x in batches:
+                    model(x)
+                secs["forward"].append(time.perf_counter() - t)
+            for key in (list(libs) if r % 2 == 0 else list(libs)[::-1]):
+                native._lib = libs[key]
+                t = time.perf_counter()
+                st.profile(model, batches, progress=False)
+                secs[key].append(time.perf_counter() - t)
+            print(f"  {name} round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in secs.items()),
+                  flush=True)
+        med = {k: statistics.median(v) for k, v in secs.items()}
+        out.append({"model": name, "forward_s": med["forward"], "baseline_s": med["baseline"],
+                    "new_s": med["this checkout"], "rounds": secs})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", default="HEAD~1", help="git revision whose kernels are the baseline")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (JSON beside it)")
+    ap.add_argument("--models", nargs="*", default=[], help="S1 models to profile end to end")
+    ap.add_argument("--model-rounds", type=int, default=3)
     args = ap.parse_args(argv)
     text = subprocess.run(["git", "show", f"{args.against}:{KERNELS}"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout
@@ -97,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                          "speedup": base / new, "same_results": same, "rounds": times})
             print(f"  {shape}: {base:.2f} -> {new:.2f} ns a value ({base / new:.2f}x), same: {same}",
                   flush=True)
+        models = _end_to_end(libs, args.models, args.model_rounds)
     finally:
         native._lib = saved
     lines = [
@@ -112,11 +161,23 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         lines.append(f"| {tuple(row['shape'])} | {row['baseline_ns']:.2f} | {row['new_ns']:.2f} | "
                      f"{row['speedup']:.2f}x | {'yes' if row['same_results'] else '**no**'} |")
+    if models:
+        lines += [
+            "",
+            f"End to end: `st.profile` with the default statistics, medians of {args.model_rounds} rounds.",
+            "",
+            "| model | forward s | profile s, baseline | profile s, this checkout | baseline / this checkout |",
+            "|---|---|---|---|---|",
+        ]
+        for m in models:
+            lines.append(f"| {m['model']} | {m['forward_s']:.2f} | {m['baseline_s']:.2f} | {m['new_s']:.2f} | "
+                         f"{m['baseline_s'] / m['new_s']:.2f}x |")
     md = "\n".join(lines) + "\n"
     print(md)
     if args.out is not None:
         atomic_write_text(args.out, md)
-        atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(args.out.with_suffix(".json"),
+                          json.dumps({"kernels": rows, "models": models}, indent=1) + "\n")
     return 0 if all(r["same_results"] for r in rows) else 1
 
 
