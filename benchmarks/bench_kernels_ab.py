@@ -64,14 +64,17 @@ def _best(fn: Any, calls: int) -> float:
     return best
 
 
+def _order(libs: dict[str, Any], r: int) -> list[str]:
+    """The libraries' order in round ``r``: each goes first every other round."""
+    return list(libs) if r % 2 == 0 else list(libs)[::-1]
+
+
 def _end_to_end(libs: dict[str, Any], names: list[str], rounds: int) -> list[dict[str, Any]]:
     """Seconds per ``st.profile`` of each model with each library, beside a plain forward."""
     if not names:
         return []
-    import smart_transfer as st
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_profile import _models
+    from bench_profile import _models, _time_forward, _time_profile
 
     known = _models(64, quick=False)
     out = []
@@ -84,19 +87,13 @@ def _end_to_end(libs: dict[str, Any], names: list[str], rounds: int) -> list[dic
         batches = [torch.randn(64, 3, size, size, generator=gen) for _ in range(n_batches)]
         for lib in libs.values():  # warm-up: oneDNN caches, allocator, each library once
             native._lib = lib
-            st.profile(model, batches[:1], progress=False)
+            _time_profile(model, batches[:1])
         secs: dict[str, list[float]] = {"forward": [], **{k: [] for k in libs}}
         for r in range(rounds):
-            with torch.no_grad():
-                t = time.perf_counter()
-                for x in batches:
-                    model(x)
-                secs["forward"].append(time.perf_counter() - t)
-            for key in (list(libs) if r % 2 == 0 else list(libs)[::-1]):
+            secs["forward"].append(_time_forward(model, batches)[0])
+            for key in _order(libs, r):
                 native._lib = libs[key]
-                t = time.perf_counter()
-                st.profile(model, batches, progress=False)
-                secs[key].append(time.perf_counter() - t)
+                secs[key].append(_time_profile(model, batches)[0])
             print(f"  {name} round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in secs.items()),
                   flush=True)
         med = {k: statistics.median(v) for k, v in secs.items()}
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {k: [] for k in libs}
             outs = {}
             for r in range(args.rounds):
-                for name in (list(libs) if r % 2 == 0 else list(libs)[::-1]):
+                for name in _order(libs, r):
                     native._lib = libs[name]
                     counts = torch.zeros(shape[1], bins, dtype=torch.float64)
                     outs[name] = (native.moments(x, 1, hist=(1, 0, None, low, cut, counts)), counts)
