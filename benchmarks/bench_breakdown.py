@@ -36,6 +36,7 @@ from smart_transfer._atomic import atomic_write_text
 from smart_transfer.stats import native, running
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
 from bench_profile import RESULTS, _models
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -112,6 +113,7 @@ def _markdown(res: dict[str, Any]) -> str:
         f"# Where the time of profiling goes: {res['model']}",
         "",
         f"Command: `{res['command']}`  ",
+        _machine.header_line(res.get("cpu")),
         (
             f"torch {res['torch']}, {res['threads']} threads, {res['date']}; batch "
             f"{res['batch_size']}, {nb} batches, {len(res['seconds']['forward'])} rounds; load "
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "model": args.model, "image_size": size, "batch_size": args.batch,
         "batches": args.batches, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _machine.cpu(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": list(os.getloadavg()),
         "seconds": {k: [] for k in ("forward", *VARIANTS, *TIMED)},
     }

@@ -41,6 +41,9 @@ import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -117,6 +120,7 @@ def _markdown(res: dict[str, Any]) -> str:
         "# S4: profiling under torch.distributed",
         "",
         f"Command: `{res['command']}`  ",
+        _machine.header_line(res.get("cpu")),
         (f"torch {res['torch']}, {res['cpus']} CPUs, {res['date']}; load average (1 min) {res['load_start']:.2f} "
         f"at start, {res['load_end']:.2f} at end."),
         "",
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     res: dict[str, Any] = {
         "command": "python benchmarks/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "torch": torch.__version__, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__, "cpus": os.cpu_count(), "cpu": _machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_start": os.getloadavg()[0], "images": args.images, "batch": args.batch, "size": args.size,
         "repeats": [],
     }

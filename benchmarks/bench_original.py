@@ -53,6 +53,9 @@ import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
+
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 4.0
 
@@ -148,6 +151,7 @@ def _markdown(res: dict[str, Any]) -> str:
         "# smart-transfer against the original method's algorithm",
         "",
         f"Command: `{res['command']}`  ",
+        _machine.header_line(res.get("cpu")),
         (f"torch {res['torch']}, {res['cpus']} CPUs, {res['threads']} torch threads, {res['date']}; "
         f"load average (1 min) {res['load_start']:.2f} at start, {res['load_end']:.2f} at end."),
         "",
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "command": "python benchmarks/bench_original.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-        "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "platform": platform.platform(), "cpu": _machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_start": os.getloadavg()[0], "size": args.size, "batch": args.batch, "rows": [], "repeats": [],
     }
     for images in sorted(set(args.also) | {args.images}):

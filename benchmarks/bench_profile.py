@@ -41,6 +41,9 @@ from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
 from smart_transfer.stats import native
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
+
 TARGET_S1 = 0.8
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -267,10 +270,12 @@ def _markdown(res: dict[str, Any]) -> str:
         "# Profiling speed and memory (S1, S2)",
         "",
         f"Command: `{res['command']}`  ",
+        _machine.header_line(res.get("cpu")),
         (
             f"torch {res['torch']}, {res['cpu_count']} CPUs, {res['threads']} torch threads, "
             f"{res['platform']}, {res['date']}"
         ),
+
         "",
         (
             f"Memory format: {'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} "
@@ -379,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last": args.channels_last,
         "fused_statistics": native.kernels() is not None,
         "platform": platform.platform(),
+        "cpu": _machine.cpu(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_start": list(os.getloadavg()),
         "s1": {},
