@@ -193,6 +193,34 @@ def test_small_batches_keep_every_position_of_a_block_sample():
     assert abs(float(rs.stats.log_count[0]) / float(n - rs.stats.zeros[0]) - 0.25) < 0.01
 
 
+def test_default_histogram_sample_is_1024_random_positions_a_batch():
+    """The default histogram reads 1,024 stratified random positions of a large batch (all
+    channels at the same positions, a different draw each batch) and every position of a batch
+    of at most 2,048; the fused and the eager statistics count the same values."""
+    from smart_transfer.stats import running
+
+    assert running.DEFAULT_HIST_SAMPLE_PER_BATCH == 1024
+    big = _relu_zeros(64, 3, 16, 16)  # 16,384 positions a batch
+    counts = {}
+    for native_on in (True, False):
+        rs = RunningStats(3, generator=torch.Generator().manual_seed(5), native=native_on)
+        rs.update(big)
+        rs.update(big)
+        assert rs.stats.hist_count.tolist() == [2048.0] * 3
+        assert rs.stats.hist.sum(1).tolist() == [2048.0] * 3
+        counts[native_on] = rs.stats.hist
+    assert torch.equal(counts[True], counts[False])
+    small = _relu_zeros(64, 3, 5, 5)  # 1,600 positions: used whole
+    rs = RunningStats(3)
+    rs.update(small)
+    assert rs.stats.hist_count.tolist() == [1600.0] * 3
+    inner = running.hist_edges().numpy()[1:-1]
+    for c in range(3):  # numpy's bins of every value: edges[i] <= v < edges[i + 1]
+        idx = np.searchsorted(inner, small[:, c].reshape(-1).double().numpy(), side="right")
+        want = np.bincount(idx, minlength=inner.size + 1)
+        np.testing.assert_array_equal(rs.stats.hist[c].numpy(), want)
+
+
 def test_sample_settings_are_checked():
     from smart_transfer.errors import ConfigError
 

@@ -211,8 +211,10 @@ def profile(
             positions as a stratified random sample; None uses every value. Count, mean,
             variance, min/max and zero fraction always use every value.
         hist_sample_per_batch: the positions behind the histogram, in the same forms
-            (default 1/32 of the blocks); an int takes at most that many of the log moments'
-            positions when those are an int sample too, else of the batch (None: all of them).
+            (default 1024: that many stratified random positions of each batch, every position
+            of a batch of at most 2048); an int takes at most that many of the log moments'
+            positions when those are an int sample too, else of the batch; a fraction that
+            share of the blocks (None: every position).
         covariance: also accumulate the (C, C) channel covariance of each layer.
         cov_sample_per_batch: at most this many positions per batch (a stratified random
             sample, weighted so that the estimate is unbiased) feed the off-diagonal covariance

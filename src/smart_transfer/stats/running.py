@@ -21,9 +21,12 @@ Statistics and their cost per batch:
   batch (every channel at the same positions), in blocks of 16 consecutive positions (every
   4th block from a random one on; at least MIN_LOG_POSITIONS positions of a batch), because a
   log costs far more per value than a sum and a block is read where the pass over the batch
-  already has it; the fixed-bin histogram: one block in 32 (at least MIN_HIST_POSITIONS
-  positions; a bin lookup costs more still, and the histogram measures need fewer values for
-  the same plans). An int setting takes that many stratified random positions instead.
+  already has it; the fixed-bin histogram: 1,024 stratified random positions of each batch
+  (every position of a batch of at most 2,048). Scattered positions carry more information
+  per value than blocks of neighbours, so at the same cost the histogram plans agree more
+  closely with exact ones than one block in 32 did (benchmarks/bench_sampling.py). A fraction
+  setting takes that share of the blocks instead (at least MIN_LOG_POSITIONS /
+  MIN_HIST_POSITIONS positions of a batch), an int that many stratified random positions.
 
 Every subsample draws each position with the same probability, so sample means are unbiased
 estimates of the batch's; the sample sizes are in each layer's ``log_count``, ``hist_count``
@@ -56,9 +59,9 @@ DEFAULT_HIST_BINS = 128
 DEFAULT_HIST_SCALE = 1e-2
 DEFAULT_HIST_MAX = 1e4
 # The log moments: a quarter of the positions of every batch, in blocks of 16 (see
-# block_positions in native.py); the histogram: one block in 32.
+# block_positions in native.py); the histogram: 1,024 stratified random positions a batch.
 DEFAULT_SAMPLE_PER_BATCH: int | float | None = 0.25
-DEFAULT_HIST_SAMPLE_PER_BATCH: int | float | None = 1 / 32
+DEFAULT_HIST_SAMPLE_PER_BATCH: int | float | None = 1024
 # Positions per batch behind the off-diagonal covariance entries (see the module docstring).
 DEFAULT_COV_SAMPLE_PER_BATCH = 128
 
