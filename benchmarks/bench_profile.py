@@ -275,7 +275,6 @@ def _markdown(res: dict[str, Any]) -> str:
             f"torch {res['torch']}, {res['cpu_count']} CPUs, {res['threads']} torch threads, "
             f"{res['platform']}, {res['date']}"
         ),
-
         "",
         (
             f"Memory format: {'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} "

@@ -41,30 +41,36 @@ EXACT = {"sample_per_batch": None, "hist_sample_per_batch": None, "cov_sample_pe
 MEASURES = ("js", "ks", "wasserstein", "lognormal_kl", "gaussian_kl", "gram")
 
 
-def fashion_pair(
-    model: torch.nn.Module, kw: dict[str, Any], images: int = 512, size: int = 96
-) -> list[Any]:
-    """Profiles of D_pre (classes 5-9) and D_new (classes 0-4) with the settings ``kw``."""
+def fashion_batches(
+    model: torch.nn.Module, images: int = 512, size: int = 96
+) -> list[list[torch.Tensor]]:
+    """The evaluation-transformed batches of 64 of D_pre (classes 5-9) and D_new (classes
+    0-4), made once and profiled with every setting."""
     ds = st.data.fashion_mnist("train", download=False)
     tf = st.data.transforms_for(model, train=False, size=size)
-    profiles = []
+    out = []
     for first in (5, 0):
-        keep = torch.isin(ds.targets, torch.arange(first, first + 5))
-        idx = keep.nonzero().flatten()[:images]
-        chunks = idx.split(64)
-        profiles.append(st.profile(model, (tf(ds.images[c]) for c in chunks), progress=False, **kw))
-    return profiles
+        idx = torch.isin(ds.targets, torch.arange(first, first + 5)).nonzero().flatten()[:images]
+        out.append([tf(ds.images[c]) for c in idx.split(64)])
+    return out
 
 
-def agreement(exact: list[Any], sampled: list[Any], measure: str) -> dict[str, float]:
-    """Share of channels whose quantile=0.5 decision is the same: whole network, mean of the
-    layers, worst layer (%)."""
-    a = st.plan_freeze(st.compare(*exact, measure=measure), quantile=0.5)
-    b = st.plan_freeze(st.compare(*sampled, measure=measure), quantile=0.5)
+def exact_plans(
+    model: torch.nn.Module, data: list[list[torch.Tensor]], measures: list[str]
+) -> dict[str, Any]:
+    """quantile=0.5 plans from exact statistics (every value, every position), per measure."""
+    pre, new = (st.profile(model, d, progress=False, **EXACT) for d in data)
+    return {m: st.plan_freeze(st.compare(pre, new, measure=m), quantile=0.5) for m in measures}
+
+
+def agreement(exact: Any, pre: Any, new: Any, measure: str) -> dict[str, float]:
+    """Share of channels whose quantile=0.5 decision is the same as in the exact plan: whole
+    network, mean of the layers, worst layer (%)."""
+    b = st.plan_freeze(st.compare(pre, new, measure=measure), quantile=0.5)
     same = total = 0
     shares = []
-    for params in a.layers.values():
-        ma, mb = a.masks[params[0]], b.masks[params[0]]
+    for params in exact.layers.values():
+        ma, mb = exact.masks[params[0]], b.masks[params[0]]
         hits = int((ma == mb).sum())
         same, total = same + hits, total + ma.numel()
         shares.append(hits / ma.numel())
@@ -107,7 +113,7 @@ def _markdown(res: dict[str, Any]) -> str:
         _machine.header_line(res.get("cpu")),
         f"torch {res['torch']}, {res['threads']} threads, {res['date']}.",
         "",
-        (f"EfficientNet-Lite0 (ImageNet), {res.get('size', 96)} px, D_pre {res['images']} Fashion-MNIST "
+        (f"EfficientNet-Lite0 (ImageNet), {res['size']} px, D_pre {res['images']} Fashion-MNIST "
          f"images of classes 5-9, D_new {res['images']} of classes 0-4; quantile=0.5 plans against "
          "plans from exact statistics"
          + ("; timing: 4 random batches of 64 at 96 px" if res.get("speed") else "")
@@ -171,15 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "sampling.json", json.dumps(res, indent=2) + "\n")
         atomic_write_text(args.out / "sampling.md", _markdown(res))
 
-    exact = fashion_pair(model, EXACT, args.images, args.size)
+    data = fashion_batches(model, args.images, args.size)
+    exact = exact_plans(model, data, args.measures)
     for name, kw in variants.items():
         for seed in args.seeds:
-            sampled = fashion_pair(model, dict(kw, seed=seed), args.images, args.size)
-            res["variants"][name]["agreement"][str(seed)] = {
-                m: agreement(exact, sampled, m) for m in args.measures
-            }
-            print(name, "seed", seed, {m: round(v["network"], 2) for m, v in
-                                       res["variants"][name]["agreement"][str(seed)].items()}, flush=True)
+            pre, new = (st.profile(model, d, progress=False, **dict(kw, seed=seed)) for d in data)
+            rows = {m: agreement(exact[m], pre, new, m) for m in args.measures}
+            res["variants"][name]["agreement"][str(seed)] = rows
+            print(name, "seed", seed, {m: round(v["network"], 2) for m, v in rows.items()}, flush=True)
             record()
     if args.rounds:
         res["speed"] = speed(model, variants, args.rounds)

@@ -10,26 +10,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import _machine  # the benchmarks' own module, beside the scripts that import it
 
 
-def _mod():
-    return _machine
-
-
 def test_cpuinfo_reads_the_first_processor_only(tmp_path):
-    m = _mod()
     f = tmp_path / "cpuinfo"
     f.write_text(
         "processor\t: 0\nmodel name\t: Test CPU A\ncpu family\t: 6\nmodel\t\t: 167\n"
         "flags\t\t: fpu avx2 avx512f amx_tile\n\n"
         "processor\t: 1\nmodel name\t: Other CPU\n"
     )
-    info = m._cpuinfo(f)
+    info = _machine._cpuinfo(f)
     assert info["model name"] == "Test CPU A" and info["model"] == "167"
     assert "avx512f" in info["flags"].split()
-    assert m._cpuinfo(tmp_path / "missing") == {}
+    assert _machine._cpuinfo(tmp_path / "missing") == {}
 
 
 def test_caches_by_level_and_kind(tmp_path):
-    m = _mod()
     for i, (level, kind, size) in enumerate(
         [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"), (3, "Unified", "491520K")]
     ):
@@ -38,18 +32,17 @@ def test_caches_by_level_and_kind(tmp_path):
         (d / "level").write_text(f"{level}\n")
         (d / "type").write_text(f"{kind}\n")
         (d / "size").write_text(f"{size}\n")
-    assert m._caches(tmp_path) == {"L1d": "48K", "L1i": "32K", "L2": "2048K", "L3": "491520K"}
+    assert _machine._caches(tmp_path) == {"L1d": "48K", "L1i": "32K", "L2": "2048K", "L3": "491520K"}
 
 
 def test_describe_and_header_line():
-    m = _mod()
     c = {"model": "Test CPU", "family": "6", "model_number": "167",
          "caches": {"L1d": "48K", "L2": "2048K", "L3": "491520K"}, "isa": ["avx2", "amx_tile"]}
-    assert m.describe(c) == "Test CPU (family 6 model 167; L2 2048K, L3 491520K; avx2 amx_tile)"
-    assert m.header_line(c) == "CPU: " + m.describe(c) + "  "
-    assert m.header_line(None) == "CPU: not recorded  "
+    assert _machine.describe(c) == "Test CPU (family 6 model 167; L2 2048K, L3 491520K; avx2 amx_tile)"
+    assert _machine.header_line(c) == "CPU: " + _machine.describe(c) + "  "
+    assert _machine.header_line(None) == "CPU: not recorded  "
     bare = {"model": "x86_64", "family": None, "model_number": None, "caches": {}, "isa": []}
-    assert m.describe(bare) == "x86_64 (no AVX2)"
-    live = m.cpu()  # this machine: every key present, the ISA list a subset of the known ones
+    assert _machine.describe(bare) == "x86_64 (no AVX2)"
+    live = _machine.cpu()  # this machine: every key present, the ISA list a subset of the known ones
     assert set(live) == {"model", "family", "model_number", "caches", "isa"}
-    assert set(live["isa"]) <= set(m.ISA)
+    assert set(live["isa"]) <= set(_machine.ISA)
