@@ -4,9 +4,12 @@ Each round runs, on the same batches and in an order that rotates from round to 
 ``no_grad`` forward; ``st.profile`` with the default statistics (timing inside it the fused
 kernels, ``RunningStats.update`` and the finish of every layer); and ``st.profile`` with parts
 of the statistics switched off: no covariance; no covariance and no histogram; and no
-covariance, no histogram and the log moments of one position a batch. Differences of medians
-give the cost of each part; ``update`` minus the kernels is the per-layer Python and torch work
-around them. Wall time per batch, milliseconds.
+covariance, no histogram and the log moments of one position a batch; and two plain forwards
+with a hook on every layer the profile reads: one that does nothing, one that takes a single
+per-channel sum of every value (``torch.sum``): one read of every value, about the least a
+statistic of every value can cost.
+Differences of medians give the cost of each part; ``update`` minus the kernels is the per-layer
+Python and torch work around them. Wall time per batch, milliseconds.
 
 Usage::
 
@@ -33,6 +36,7 @@ import torch
 
 import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
+from smart_transfer.layers import select_layers
 from smart_transfer.stats import native, running
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 TIMED = ("kernels", "update", "finish")
+# plain forwards with a hook on every profiled layer: nothing in it, or one per-channel sum
+HOOKED = ("forward, empty hooks", "forward, a sum in every hook")
 
 
 class _Timers:
@@ -108,6 +114,9 @@ def _markdown(res: dict[str, Any]) -> str:
          - med["no covariance, no histogram, logs of 1 position"]),
         ("the rest: moments, hooks, glue (last variant - forward)",
          med["no covariance, no histogram, logs of 1 position"] - f),
+        ("forward with an empty hook on every profiled layer", med["forward, empty hooks"]),
+        ("forward with one per-channel sum of every value in each hook",
+         med["forward, a sum in every hook"]),
     ]
     lines = [
         f"# Where the time of profiling goes: {res['model']}",
@@ -128,7 +137,14 @@ def _markdown(res: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {name} | {ms:.0f} | {ms / f:.2f} |" for name, ms in parts]
-    lines += ["", f"S1 ratio of the medians (forward / default profile): **{f / d:.2f}**", ""]
+    floor = med["forward, a sum in every hook"]
+    lines += [
+        "",
+        f"S1 ratio of the medians (forward / default profile): **{f / d:.2f}**; the same ratio "
+        f"with nothing but a per-channel sum in every hook (the floor for any statistic of every "
+        f"value): {f / floor:.2f}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -157,6 +173,21 @@ def main(argv: list[str] | None = None) -> int:
             for x in batches:
                 model(x)
 
+    hooked = [m for n, m in model.named_modules() if n in set(select_layers(model))]
+
+    def hooked_forward(work: bool) -> None:
+        def hook(module: torch.nn.Module, inputs: Any, out: torch.Tensor) -> None:
+            if work:  # channels in dim 1 (conv outputs), last for linear outputs
+                dims = [d for d in range(out.ndim) if d != (1 if out.ndim > 2 else out.ndim - 1)]
+                out.sum(dim=dims)
+
+        handles = [m.register_forward_hook(hook) for m in hooked]
+        try:
+            forward()
+        finally:
+            for h in handles:
+                h.remove()
+
     forward()  # warm-up
     st.profile(model, batches[:1], progress=False)
     res: dict[str, Any] = {
@@ -164,17 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         "batches": args.batches, "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _machine.cpu(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": list(os.getloadavg()),
-        "seconds": {k: [] for k in ("forward", *VARIANTS, *TIMED)},
+        "seconds": {k: [] for k in ("forward", *VARIANTS, *TIMED, *HOOKED)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"breakdown_{args.model}"
     timers = _Timers()
-    steps = ["forward", *VARIANTS]
+    steps = ["forward", *VARIANTS, *HOOKED]
     for r in range(args.repeats):
         order = steps[r % len(steps):] + steps[: r % len(steps)]
         for what in order:
             if what == "forward":
                 res["seconds"]["forward"].append(_timed(forward))
+                continue
+            if what in HOOKED:
+                res["seconds"][what].append(_timed(lambda w=what: hooked_forward(w == HOOKED[1])))
                 continue
             if what == "default":
                 timers.on()

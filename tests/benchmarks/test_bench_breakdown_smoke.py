@@ -25,10 +25,12 @@ def test_one_round_writes_every_part_and_restores_the_timed_functions(tmp_path):
     assert after == before  # the timers are taken off again
     res = json.loads((tmp_path / "breakdown_smallvgg_bn_64px.json").read_text())
     secs = res["seconds"]
-    assert set(secs) == {"forward", *mod.VARIANTS, *mod.TIMED}
+    assert set(secs) == {"forward", *mod.VARIANTS, *mod.TIMED, *mod.HOOKED}
     assert all(len(v) == 1 and v[0] >= 0 for v in secs.values())
     assert secs["update"][0] > 0 and secs["finish"][0] > 0
     # the kernels run inside update, so they cannot take longer than it
     assert secs["kernels"][0] <= secs["update"][0]
     md = (tmp_path / "breakdown_smallvgg_bn_64px.md").read_text()
     assert "| covariance (default - no covariance) |" in md
+    assert "| forward with one per-channel sum of every value in each hook |" in md
+    assert "the floor for any statistic of every value" in md
