@@ -140,9 +140,11 @@ def _markdown(res: dict[str, Any]) -> str:
     floor = med["forward, a sum in every hook"]
     lines += [
         "",
-        f"S1 ratio of the medians (forward / default profile): **{f / d:.2f}**; the same ratio "
-        f"with nothing but a per-channel sum in every hook (the floor for any statistic of every "
-        f"value): {f / floor:.2f}",
+        (
+            f"S1 ratio of the medians (forward / default profile): **{f / d:.2f}**; the same "
+            f"ratio with nothing but a per-channel sum in every hook (the floor for any "
+            f"statistic of every value): {f / floor:.2f}"
+        ),
         "",
     ]
     return "\n".join(lines)
