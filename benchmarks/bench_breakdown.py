@@ -38,6 +38,7 @@ import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
 from smart_transfer.layers import select_layers
 from smart_transfer.stats import native, running
+from smart_transfer.stats.profiler import resolve_points
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _machine
@@ -175,15 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             for x in batches:
                 model(x)
 
-    hooked = [m for n, m in model.named_modules() if n in set(select_layers(model))]
+    # the modules st.profile hooks by default, with the dim that holds their channels
+    points, _ = resolve_points(model, select_layers(model), "output")
 
     def hooked_forward(work: bool) -> None:
-        def hook(module: torch.nn.Module, inputs: Any, out: torch.Tensor) -> None:
-            if work:  # channels in dim 1 (conv outputs), last for linear outputs
-                dims = [d for d in range(out.ndim) if d != (1 if out.ndim > 2 else out.ndim - 1)]
-                out.sum(dim=dims)
+        def hook(dim: int) -> Callable[..., None]:
+            def fn(module: torch.nn.Module, inputs: Any, out: torch.Tensor) -> None:
+                if work:
+                    out.sum(dim=[d for d in range(out.ndim) if d != dim % out.ndim])
 
-        handles = [m.register_forward_hook(hook) for m in hooked]
+            return fn
+
+        handles = [p.module.register_forward_hook(hook(p.channel_dim)) for p in points]
         try:
             forward()
         finally:
