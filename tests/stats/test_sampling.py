@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,16 +58,13 @@ def test_sampled_log_moments_are_unbiased():
     assert float(z.abs().max()) < 4.5, z
 
 
-def _fashion_profiles(kw: dict):
-    model = st.load_backbone("efficientnet_lite0").eval()
-    ds = st.data.fashion_mnist("train", download=False)
-    tf = st.data.transforms_for(model, train=False, size=96)
-    out = []
-    for classes in ([5, 6, 7, 8, 9], [0, 1, 2, 3, 4]):
-        idx = torch.nonzero(torch.isin(ds.targets, torch.tensor(classes))).flatten()[:512]
-        batches = (tf(ds.images[idx[i : i + 64]]) for i in range(0, 512, 64))
-        out.append(st.profile(model, batches, progress=False, **kw))
-    return out
+def _bench_sampling():
+    """benchmarks/bench_sampling.py, whose data, exact plans and agreement this test shares."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sampling.py"
+    spec = importlib.util.spec_from_file_location("bench_sampling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.slow
@@ -80,21 +80,16 @@ def test_default_sampling_changes_no_plan():
         st.load_backbone("efficientnet_lite0")
     except (st.DataError, st.MissingDependencyError) as e:
         pytest.skip(f"needs Fashion-MNIST and the EfficientNet-Lite0 weights ({e})")
-    exact = _fashion_profiles(
-        {"sample_per_batch": None, "hist_sample_per_batch": None, "cov_sample_per_batch": None}
-    )
-    default = _fashion_profiles({})
+    bench = _bench_sampling()
+    model = st.load_backbone("efficientnet_lite0").eval()
+    data = bench.fashion_batches(model, images=512, size=96)
+    measures = st.list_measures()
+    exact = bench.exact_plans(model, data, measures)
+    default = [st.profile(model, d, progress=False) for d in data]
     assert default[0].meta["subsampled"] and default[0].meta["cov_subsampled"]
-    agreement = {}
-    for measure in st.list_measures():
-        a = st.plan_freeze(st.compare(*exact, measure=measure), quantile=0.5)
-        b = st.plan_freeze(st.compare(*default, measure=measure), quantile=0.5)
-        same = total = 0
-        for params in a.layers.values():
-            w = params[0]
-            same += int((a.masks[w] == b.masks[w]).sum())
-            total += a.masks[w].numel()
-        agreement[measure] = same / total
+    agreement = {
+        m: bench.agreement(exact[m], *default, m)["network"] / 100 for m in measures
+    }
     print("plan agreement per measure:", agreement)
     for measure, value in agreement.items():
         need = 0.98 if measure in ("gaussian_kl", "lognormal_kl") else 0.95
