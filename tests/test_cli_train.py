@@ -105,3 +105,38 @@ def test_list_strategies_and_user_mistakes(capsys):
     assert "fashion-mnist" in capsys.readouterr().err
     assert main(["train", "--resume", "/nonexistent/run"]) == 2
     assert main(["train", "--data", "x"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_train_like_one(npz, tmp_path):
+    """`torchrun --nproc-per-node 2 -m smart_transfer.cli train` joins one gloo group: the two
+    ranks share every batch and end with the weights of one process, and only rank 0 writes."""
+    import os
+    import subprocess
+
+    from smart_transfer.training.checkpoint import load_weights
+
+    args = _train_args(npz, tmp_path / "one", "--strategy", "head-only", "--optimizer", "sgd",
+                       "--batch-size", "16", "--device", "cpu")
+    torch.set_num_threads(1)
+    assert main(args) == 0
+    ddp = [a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "smart_transfer.cli", *ddp]
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("head-only: validation accuracy") == 1  # rank 0 reports, rank 1 is quiet
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    hist = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert len(hist) == 3  # three epochs of gradient descent, logged once
+    single, two = load_weights(tmp_path / "one" / "model.safetensors"), load_weights(tmp_path / "two" / "model.safetensors")
+    assert set(two) == set(single)
+    for k, v in single.items():
+        torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-5, msg=k)
+
+    bad = [a if a != str(tmp_path / "two") else str(tmp_path / "three") for a in cmd] + ["--sync-bn"]
+    done = subprocess.run(bad, check=False, env=env, capture_output=True, text=True, timeout=600)  # SyncBatchNorm needs CUDA
+    assert done.returncode != 0 and "sync_bn needs CUDA" in done.stderr and "internal error" not in done.stderr
+    assert not (tmp_path / "three" / "config.json").exists()

@@ -312,6 +312,9 @@ def train(
     from .training.distributed import world as _world
 
     rank, world = _world()
+    if sync_bn and world > 1 and dev.type != "cuda":
+        raise ConfigError(f"sync_bn needs CUDA (SyncBatchNorm works on GPU modules only), and this run is on "
+                          f"{dev.type!r}; leave --sync-bn / sync_bn=True off, or train on CUDA devices")
 
     def make_model() -> nn.Module:
         m = replace_head(make(), num_classes)

@@ -251,6 +251,19 @@ _TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "seed", "l
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one run; launched by ``torchrun``, every rank joins the group it describes."""
+    from .training.distributed import launched_group
+
+    device = args.device
+    if args.resume and device is None:  # the device the run was made with
+        cfg_path = Path(args.resume) / "config.json"
+        if cfg_path.is_file():
+            device = json.loads(cfg_path.read_text(encoding="utf-8")).get("data", {}).get("cli", {}).get("device")
+    with launched_group(device) as (_, world):
+        return _train(args, world)
+
+
+def _train(args: argparse.Namespace, world: int) -> int:
     import smart_transfer as st
 
     from .errors import ConfigError
@@ -273,6 +286,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif (Path(args.out) / "config.json").exists():
         raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
     check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
+    if world > 1:  # every rank has checked the folder before rank 0 writes into it
+        import torch.distributed
+
+        torch.distributed.barrier()
     ds, idx_train, idx_val, info = _draw(args)
     info["cli"] = {k: getattr(args, k) for k in _TRAIN_KEYS}
     source = None if args.source in (None, "batchnorm") else args.source

@@ -12,6 +12,7 @@ from tiny_images import make_images
 
 import smart_transfer as st
 from smart_transfer.models.small import small_vgg
+from smart_transfer.training.distributed import launched_group
 
 
 def _net():
@@ -31,13 +32,14 @@ def _train(out=None):
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    # the variables torchrun sets; launched_group joins the group they describe
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    try:
+    with launched_group("cpu") as (r, n):
+        assert (r, n) == (rank, world)
         _train(out)  # every rank trains; only rank 0 writes the run folder
-    finally:
-        torch.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized()
 
 
 def _free_port():
