@@ -40,6 +40,7 @@ import torch.multiprocessing as mp
 import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
+from smart_transfer.training.distributed import launched_group
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _machine
@@ -65,8 +66,8 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, images: int, batch: int, size: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    with launched_group("cpu"):  # a gloo group; every rank waits for the others before it ends
         model = _model()
         shard = _batches(images, batch, size)[rank::world]
         st.profile(model, shard[:1], progress=False, distributed=False)  # warm-up
@@ -77,8 +78,6 @@ def _worker(rank: int, world: int, port: int, images: int, batch: int, size: int
         if rank == 0:
             prof.save(Path(out) / "dist.pt")
             (Path(out) / "dist.json").write_text(json.dumps({"seconds": seconds}))
-    finally:
-        dist.destroy_process_group()
 
 
 def one_process(images: int, batch: int, size: int, threads: int) -> tuple[float, Any]:

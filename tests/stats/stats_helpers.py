@@ -177,15 +177,12 @@ def dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Profile this rank's shard under a 2-process gloo group; save what every scenario gives."""
     import os
 
-    import torch.distributed as dist
-
     import smart_transfer as st
+    from smart_transfer.training.distributed import launched_group
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with launched_group("cpu"):  # a gloo group; every rank waits for the others before it ends
         model = tiny_vgg()
         batches = image_batches(4, batch=3, size=12, seed=5)
         kw = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}
@@ -209,5 +206,3 @@ def dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         # 4. distributed=False keeps the local profile
         prof = st.profile(model, batches[rank::world], distributed=False, **kw)
         prof.save(os.path.join(out_dir, f"local_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
