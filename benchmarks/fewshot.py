@@ -287,9 +287,10 @@ def parse_strategies(items: list[str]) -> list[tuple[str, str, dict]]:
         options: dict[str, Any] = {}
         for kv in filter(None, opts.split(",")):
             k, _, v = kv.partition("=")
-            options[k] = (
-                json.loads(v) if v[:1] in "0123456789-[{tf" or v in ("true", "false") else v
-            )
+            try:  # a JSON value (0.3, true, "adapt", [1, 2]), else the text itself (adapt)
+                options[k] = json.loads(v)
+            except ValueError:
+                options[k] = v
         out.append((name, variant, options))
     return out
 

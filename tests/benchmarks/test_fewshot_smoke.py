@@ -60,3 +60,14 @@ def test_tiny_run_writes_every_field_and_resumes(fmnist, tmp_path, monkeypatch, 
     if protocol == "p2":
         assert path.with_suffix(".png").is_file()
         assert "source_test_accuracy" in records[0]
+
+
+def test_strategy_options_parse_as_json_or_text():
+    parsed = _script().parse_strategies(
+        ["linear-probe", 'smart-kernel:bn:bn_stats=freeze,quantile=0.3,invert=true,measure="ks"', "auto::rule=simplest"]
+    )
+    assert parsed == [
+        ("linear-probe", "", {}),
+        ("smart-kernel", "bn", {"bn_stats": "freeze", "quantile": 0.3, "invert": True, "measure": "ks"}),
+        ("auto", "", {"rule": "simplest"}),
+    ]

@@ -21,6 +21,8 @@ _SMART_OPTIONS = {
                 "training images, then BatchNorm kept in eval mode, so training and evaluation "
                 "normalise alike), 'freeze' (frozen channels keep their source statistics) or "
                 "'update' (they follow the new data)",
+    "bn_prior": "with bn_stats='adapt': the source statistics count as this many images in the "
+                "re-estimate (Schneider et al. 2020; default 0, plain AdaBN)",
     "point": "where activations are profiled: 'output' (default), 'norm' or 'act' (needs source images)",
     "invert": "freeze the most shifted channels instead (an ablation; default False)",
     "init": "'pretrained' (default) or 'probe': start from a linear probe's head, as LP-FT does",
@@ -91,7 +93,8 @@ register(StrategyInfo(
     "as smart-kernel", {"plan": "the plan to randomise (a FreezePlan or plan.json; default: "
                                 "smart-kernel's plan with the same options)",
                         "mask_seed": "seed of the random channels (default: the run's seed)",
-                        **{k: _SMART_OPTIONS[k] for k in ("measure", "quantile", "threshold", "budget", "bn_stats", "head_lr_mult")}},
+                        **{k: _SMART_OPTIONS[k] for k in ("measure", "quantile", "threshold", "budget", "bn_stats", "bn_prior",
+                                                           "head_lr_mult")}},
     run_random_mask,
 ))
 _PROBE_OPTIONS = {

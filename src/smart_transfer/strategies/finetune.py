@@ -20,17 +20,18 @@ from .optim import make_optimizer, param_groups
 def train_model(
     ctx: Context, model: nn.Module, tag: str, plan: FreezePlan | None = None,
     head_lr_mult: float | None = None, layer_decay: float | None = None,
-    bn_stats: str = "freeze", train_mode: Any = None,
+    bn_stats: str = "freeze", train_mode: Any = None, bn_prior: float = 0.0,
 ) -> Outcome:
     """Fine-tune ``model`` (with ``plan`` applied, if any) with the context's recipe.
 
     ``bn_stats``: ``"freeze"`` / ``"update"`` are :func:`apply_plan`'s policies for frozen
     channels (BatchNorm layers otherwise train as usual); ``"adapt"`` re-estimates every
     BatchNorm's running statistics on the training images first (AdaBN) and then keeps all
-    BatchNorm layers in eval mode, so training and evaluation normalise alike."""
+    BatchNorm layers in eval mode, so training and evaluation normalise alike; ``bn_prior``
+    weights the source statistics in that estimate (see :func:`adapt_batchnorm`)."""
     handle = None
     if bn_stats == "adapt":
-        adapt_batchnorm(model, ctx)
+        adapt_batchnorm(model, ctx, prior=bn_prior)
         train_mode = _bn_eval_mode(train_mode)
     if plan is not None:
         handle = apply_plan(model, plan, bn_stats="update" if bn_stats == "adapt" else bn_stats)
@@ -49,10 +50,21 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, ctx: Context) -> None:
+def adapt_batchnorm(model: nn.Module, ctx: Context, prior: float = 0.0) -> None:
     """Replace every BatchNorm's running mean/var by those of the training images (AdaBN;
-    PyTorch's cumulative average weights every batch alike)."""
+    PyTorch's cumulative average weights every batch alike).
+
+    ``prior`` > 0 counts the source statistics as that many images (Schneider et al., 2020,
+    "Improving robustness against common corruptions by covariate shift adaptation"): with
+    ``n`` training images, mean and variance become ``w * source + (1 - w) * new`` with
+    ``w = prior / (prior + n)``. From few images, plain AdaBN can shrink a channel's variance
+    to almost nothing (a channel the new images barely excite); its eval-mode BatchNorm then
+    multiplies every change of that channel's weights by ``1 / std`` and fine-tuning them
+    diverges. The prior keeps every variance at least ``w`` times the source's."""
+    if prior < 0:
+        raise ConfigError(f"bn_prior must be >= 0 (the weight of the source statistics in images), got {prior!r}")
     bns = [m for m in model.modules() if isinstance(m, _BN)]
+    source = [(m.running_mean.clone(), m.running_var.clone()) if m.running_mean is not None else None for m in bns]
     saved = [(m.momentum, m.training) for m in bns]
     was = model.training
     model.eval()
@@ -60,14 +72,22 @@ def adapt_batchnorm(model: nn.Module, ctx: Context) -> None:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over all batches
         m.train()
+    n = 0
     try:
         for x, _ in ctx.train_eval:
             model(channels_last_batch(ctx.eval_tf(x.to(ctx.device))))
+            n += len(x)
     finally:
         for m, (momentum, training) in zip(bns, saved):
             m.momentum = momentum
             m.train(training)
         model.train(was)
+    if prior > 0 and n > 0:
+        w = prior / (prior + n)
+        for m, src in zip(bns, source):
+            if src is not None:
+                m.running_mean.mul_(1 - w).add_(src[0], alpha=w)
+                m.running_var.mul_(1 - w).add_(src[1], alpha=w)
 
 
 def _bn_eval_mode(inner: Any) -> Any:

@@ -77,7 +77,7 @@ def run_smart(
     threshold: float | None = None, quantile: float | None = None, budget: float | None = None,
     select: str = "fixed", quantiles: Sequence[float] = QUANTILES, bn_stats: str = "adapt",
     point: str = "output", invert: bool = False, head_lr_mult: float | None = None,
-    init: str = "pretrained",
+    init: str = "pretrained", bn_prior: float = 0.0,
 ) -> Outcome:
     """Freeze the channels (``scope="kernel"``) or layers (``"layer"``) that behave alike on
     D_pre and D_new, train the rest. ``select="val"`` trains one model per value of
@@ -97,12 +97,13 @@ def run_smart(
         tag = f"{name}/" + ",".join(f"{k}={v}" for k, v in rule.items())
         plan = make_plan(ctx, scope, measure, rule, invert, point)
         model = _start(ctx, tag, init)
-        out = train_model(ctx, model, tag, plan=plan, bn_stats=bn_stats, head_lr_mult=head_lr_mult)
+        out = train_model(ctx, model, tag, plan=plan, bn_stats=bn_stats, head_lr_mult=head_lr_mult,
+                          bn_prior=bn_prior)
         tried.append({**rule, "val_accuracy": out.val_accuracy, "frozen_fraction": plan.frozen_fraction})
         if best is None or out.val_accuracy > best.val_accuracy:
             best = out
             best.chosen = {"measure": measure, "scope": scope, "point": point, "bn_stats": bn_stats,
-                           "invert": invert, "init": init, **rule}
+                           "bn_prior": bn_prior, "invert": invert, "init": init, **rule}
     assert best is not None
     best.tried = tried
     pre, new = ctx.cache[("profiles", point)]
@@ -120,7 +121,7 @@ def _start(ctx: Context, tag: str, init: str) -> nn.Module:
 
 def run_random_mask(
     ctx: Context, plan: FreezePlan | str | Path | None = None, mask_seed: int | None = None,
-    bn_stats: str = "adapt", head_lr_mult: float | None = None, **smart_options: Any,
+    bn_stats: str = "adapt", head_lr_mult: float | None = None, bn_prior: float = 0.0, **smart_options: Any,
 ) -> Outcome:
     """The control: ``plan`` (default: the plan ``smart-kernel`` makes with ``smart_options``)
     with the same frozen count in every layer, channels drawn at random."""
@@ -138,6 +139,7 @@ def run_random_mask(
     seed = ctx.seed if mask_seed is None else int(mask_seed)
     rplan = plan.random_like(seed)
     model = ctx.fresh_model("random-mask")
-    out = train_model(ctx, model, "random-mask", plan=rplan, bn_stats=bn_stats, head_lr_mult=head_lr_mult)
-    out.chosen = {"mask_seed": seed, "of": plan.meta.get("selection")}
+    out = train_model(ctx, model, "random-mask", plan=rplan, bn_stats=bn_stats, head_lr_mult=head_lr_mult,
+                      bn_prior=bn_prior)
+    out.chosen = {"mask_seed": seed, "of": plan.meta.get("selection"), "bn_stats": bn_stats, "bn_prior": bn_prior}
     return out
