@@ -190,7 +190,7 @@ def test_cli_predict(setup, tmp_path, capsys, monkeypatch):
     for line, r in zip(lines[1:7], rows):
         shown, label = line.split()[:2]
         assert r["path"].endswith(shown.lstrip(".")) and label == r["predicted_class"]
-    assert lines[-1].startswith("predicted 6 image(s)") and lines[-1].endswith("predictions.csv")
+    assert lines[-1] == "predicted 6 image(s), classes ant, bee, cow -> predictions.csv"
 
     assert main(["predict", run, str(base / "photos"), "--out", "all.csv"]) == 0
     assert "... 16 more, see all.csv" in capsys.readouterr().out
@@ -213,3 +213,25 @@ def test_cli_predict(setup, tmp_path, capsys, monkeypatch):
     assert "not a run folder" in capsys.readouterr().err
     assert main(["predict", run, flat, "--top-k", "0"]) == 2
     assert "--top-k" in capsys.readouterr().err
+
+
+def test_mixed_shapes_keep_their_order_and_the_model_its_state():
+    """Without a fixed input size every image keeps its own shape: batches are split by shape,
+    rows still come back in input order; the model is left in the mode it was in."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    result = st.TrainResult(model=net, strategy="x", plan=None, val_accuracy=0.0, history=[],
+                            config={"num_classes": 2, "class_names": ["no", "yes"], "size": None},
+                            timings={})
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+              for h, w in [(9, 9), (12, 7), (9, 9), (5, 11), (12, 7), (9, 9), (8, 8)]]
+    net.train()
+    preds = st.predict(result, images, batch_size=3)
+    assert net.training  # handed back as it was
+    ref = torch.stack([_direct(result, x) for x in images])
+    torch.testing.assert_close(preds.probs, ref, atol=1e-6, rtol=0)
+    assert (ref[:, 0].max() - ref[:, 0].min()) > 1e-3 and preds.classes == ["no", "yes"]

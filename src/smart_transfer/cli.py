@@ -382,7 +382,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "unreadable files out") from None
     out = preds.to_csv(args.out)
     print(preds.table(more=f"see {out}"))
-    print(f"predicted {len(preds)} image(s) into {len(preds.classes)} classes -> {out}")
+    print(f"predicted {len(preds)} image(s), classes {', '.join(preds.classes)} -> {out}")
     return 0
 
 
