@@ -174,7 +174,9 @@ def resolve_images(specs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
-def check_out_of_data(out: PathLike, specs: Sequence[str | os.PathLike[str]], option: str = "--out") -> None:
+def check_out_of_data(
+    out: PathLike, specs: Sequence[str | os.PathLike[str]], option: str = "--out"
+) -> None:
     """Refuse an output file inside a folder given as images to predict (a data folder)."""
     here = _resolved(Path(out))
     for spec in specs:
@@ -182,7 +184,7 @@ def check_out_of_data(out: PathLike, specs: Sequence[str | os.PathLike[str]], op
         if folder.is_dir() and _resolved(folder) in here.parents:
             raise ConfigError(
                 f"{option}={str(out)!r} lies inside the image folder {str(spec)!r}, which is input "
-                f"data; pass another path to {option}, e.g. {option} predictions.csv in another folder"
+                f"data; pass {option} a path outside it"
             )
 
 
@@ -255,7 +257,7 @@ def _const(x: Any) -> Any:
     return x
 
 
-def _dataset_sources(ds: Any, indices: Iterable[int]) -> list[_Source]:
+def _dataset_sources(ds: Any, indices: Sequence[int]) -> list[_Source]:
     samples = getattr(ds, "samples", None)  # ImageFolder: (path, label) per item
     named = isinstance(samples, list) and len(samples) == len(ds)
 
@@ -269,7 +271,8 @@ def _dataset_sources(ds: Any, indices: Iterable[int]) -> list[_Source]:
             raise DataError(f"item {i} of the dataset has no image (keys {', '.join(_IMAGE_KEYS)})")
         return pil_to_tensor(item, f"item {i}") if _is_pil(item) else item
 
-    return [(str(samples[i][0]) if named else None, partial(load, i)) for i in indices]  # type: ignore[index]
+    paths = [str(samples[i][0]) if named else None for i in indices]  # type: ignore[index]
+    return [(p, partial(load, i)) for p, i in zip(paths, indices)]
 
 
 def _check_image(x: Any, channels: int, name: str) -> Tensor:

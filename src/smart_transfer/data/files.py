@@ -70,7 +70,9 @@ def images_in_folder(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS)
     return found
 
 
-def find_images(spec: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+def find_images(
+    spec: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
     """The image files ``spec`` names: a file, a folder (searched recursively) or a glob pattern.
 
     A file named directly is taken whatever its suffix (decoding will tell whether it is an
