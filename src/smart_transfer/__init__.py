@@ -19,6 +19,7 @@ _EXPORTS = {
     "predict": "api",
     "Predictions": "api",
     "advise": "api",
+    "export": "exporting",
     "TrainResult": "api",
     "list_strategies": "api",
     "Advice": "strategies.advice",

@@ -121,8 +121,10 @@ class TrainResult:
         })
         with atomic_open(out / "log.jsonl", "w", encoding="utf-8") as f:
             f.write("".join(json.dumps(h) + "\n" for h in self.history))
-        ckpt.save_weights(out / "model.safetensors", self.model.state_dict(),
-                          metadata={"strategy": self.strategy, "backbone": str(self.config.get("backbone"))})
+        from .exporting import weights_metadata
+
+        # architecture, class names and preprocessing travel with the weights (str -> str, JSON inside)
+        ckpt.save_weights(out / "model.safetensors", self.model.state_dict(), metadata=weights_metadata(self))
         if self.plan is not None:
             self.plan.save(out / "plan.json")
         if self.advice is not None:

@@ -454,6 +454,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporting import export, sidecar
+
+    path = export(args.run, args.out, format=args.format)
+    beside = path if args.format == "folder" else sidecar(path)
+    what = "config.json + model.safetensors" if args.format == "folder" else f"preprocessing in {beside}"
+    print(f"{args.format} -> {path} ({what}); input: the preprocessed (B, C, H, W) float batch, output: logits")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -606,6 +616,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run")
     rp.add_argument("--out", default=None, help="where the HTML goes (default DIR/report.html)")
     rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write a run's network as TorchScript, ONNX or a timm-style folder",
+                        formatter_class=examples,
+                        epilog="examples:\n  smart-transfer export runs/x --format onnx --out model.onnx\n"
+                               "  smart-transfer export runs/x --format folder --out exported/x\n"
+                               "the network takes the preprocessed (B, C, H, W) float batch and returns logits; "
+                               "the preprocessing goes beside it\n(model.onnx -> model.json) or in the folder's "
+                               "config.json")
+    ex.add_argument("run", help="the run folder (the --out of train)")
+    ex.add_argument("--format", choices=("torchscript", "onnx", "folder"), default="torchscript",
+                    help="torchscript (a .pt file), onnx, or folder (config.json + model.safetensors) "
+                         "(default torchscript)")
+    ex.add_argument("--out", required=True, help="the file to write (a folder for --format folder)")
+    ex.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("list", help="list measures, backbones or the layers of a backbone")
     ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"))
