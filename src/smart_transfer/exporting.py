@@ -89,8 +89,7 @@ def architecture(result: Any) -> str:
         return str(cfg["architecture"])
     name = str(result.config.get("backbone"))
     for prefix in ("timm:", "torchvision:"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
+        name = name.removeprefix(prefix)
     return name
 
 
@@ -222,7 +221,9 @@ def _write_torchscript(model: nn.Module, path: Path, config: dict[str, Any], exa
         _check_logits("TorchScript", compiled(example[:1]), want[:1])
     config = {**config, "smart_transfer": {**config["smart_transfer"], "compiled_with": f"torch.jit.{how}"}}
     buf = io.BytesIO()
-    torch.jit.save(compiled, buf, _extra_files={"config.json": json.dumps(config)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+        torch.jit.save(compiled, buf, _extra_files={"config.json": json.dumps(config)})
     with atomic_open(path, "wb") as f:
         f.write(buf.getvalue())
     return how
@@ -234,7 +235,7 @@ def _write_onnx(model: nn.Module, path: Path, config: dict[str, Any], example: T
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(graph, (example,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
+            torch.onnx.export(graph, (example,), buf, dynamo=False,  # type: ignore[arg-type]  # a file object works input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
         except ImportError as exc:
             raise MissingDependencyError(f"ONNX export needs the onnx package: pip install onnx ({exc})") from exc
@@ -259,7 +260,7 @@ def _with_onnx_metadata(blob: bytes, config: dict[str, Any]) -> bytes:
 def _check_onnx(blob: bytes, model: nn.Module, example: Tensor) -> None:
     """Run the exported graph in onnxruntime when it is installed: the logits must be the run's."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
     except ImportError:
         return
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])

@@ -175,7 +175,7 @@ class MBConvBlock(nn.Module):
 
     # constants for TorchScript: the branch a block does not take is not compiled (a block
     # without expansion has no ``_expand_conv``)
-    __constants__ = ["has_expand", "residual"]
+    __constants__ = ("has_expand", "residual")
 
     def __init__(
         self,
