@@ -143,8 +143,20 @@ def test_torchscript_and_onnx_run_outside_the_library(vgg_runs, photos, tmp_path
 @pytest.mark.slow
 def test_efficientnet_lite_and_probes_run_outside_the_library(lite_runs, photos, tmp_path):
     _run_outside(lite_runs, photos, tmp_path)
-    ts = json.loads(Path(lite_runs["lite-multi"]["paths"]["torchscript"]).with_suffix(".json").read_text())
-    assert ts["probe"]["in_features"] == lite_runs["lite-multi"]["result"].model.head.in_features
+    onnx = pytest.importorskip("onnx")
+    for name, run in lite_runs.items():
+        side = json.loads(Path(run["paths"]["torchscript"]).with_suffix(".json").read_text())
+        extra = {"config.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.load(run["paths"]["torchscript"], _extra_files=extra)
+        inside = json.loads(extra["config.json"])
+        assert inside["smart_transfer"].pop("compiled_with") == "torch.jit.script"  # scripted, not traced
+        meta = {p.key: p.value for p in onnx.load(run["paths"]["onnx"]).metadata_props}
+        assert inside == side == json.loads(meta["config.json"])
+        model = run["result"].model
+        if name == "lite-multi":  # the head on the concatenated features is part of the graph
+            assert side["probe"]["in_features"] == model.head.in_features == 4792
 
 
 def _preprocess(img: torch.Tensor, cfg: dict) -> torch.Tensor:

@@ -235,8 +235,10 @@ def _write_onnx(model: nn.Module, path: Path, config: dict[str, Any], example: T
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(graph, (example,), buf, dynamo=False,  # type: ignore[arg-type]  # a file object works input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+            torch.onnx.export(  # the TorchScript-based exporter; it writes to a file object too
+                graph, (example,), buf, dynamo=False, input_names=["input"],  # type: ignore[arg-type]
+                output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17)
         except ImportError as exc:
             raise MissingDependencyError(f"ONNX export needs the onnx package: pip install onnx ({exc})") from exc
     blob = _with_onnx_metadata(buf.getvalue(), config)
