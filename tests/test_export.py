@@ -327,3 +327,26 @@ def _head_in(net: torch.nn.Module) -> int:
     from smart_transfer.models import find_head
 
     return int(find_head(net)[1].in_features)
+
+
+def test_unscriptable_network_is_traced_and_says_why():
+    from smart_transfer.exporting import compile_model
+
+    class Unscriptable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            try:  # try/except is beyond TorchScript
+                y = self.conv(x)
+            except RuntimeError:
+                y = x
+            return y.mean((2, 3))
+
+    net = Unscriptable().eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled, how = compile_model(net, x)
+    assert how.startswith("torch.jit.trace (torch.jit.script failed: ")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x))

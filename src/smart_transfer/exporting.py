@@ -104,9 +104,12 @@ def describe(result: Any) -> dict[str, Any]:
     probe = None
     if kind.get("kind") in ("probe", "concat"):
         layers = kind["layers"] if kind["kind"] == "concat" else [kind["layer"]]
-        probe = {"layers": list(layers), "in_features": int(kind["in_features"]), "pool": "mean over positions",
-                 "head": PROBE_HEAD, "note": "logits = probe_head(concat(pool(output of each layer))); "
-                 "'penultimate' is the input of the backbone's classifier, which the probe does not use"}
+        probe = {"layers": list(layers), "in_features": int(kind["in_features"]),
+                 "pool": "mean over positions: (B, C, H, W) -> (B, C); tokens (B, T, C) -> (B, C)",
+                 "head": PROBE_HEAD,
+                 "note": "logits = probe_head(cat([pool(output of layer) for layer in layers], 1)); "
+                         "'penultimate' is the input of the backbone's classifier, whose own weights "
+                         "the probe does not use"}
     return {
         "architecture": architecture(result),
         "num_classes": int(result.config["num_classes"]),
@@ -185,16 +188,20 @@ def _graph(model: nn.Module) -> nn.Module:
 
 
 def compile_model(model: nn.Module, example: Tensor) -> tuple[torch.jit.ScriptModule, str]:
-    """``torch.jit.script`` (shapes stay free), else ``torch.jit.trace`` on ``example`` (the
-    graph then holds this input size), and which one was used."""
+    """``torch.jit.script`` (control flow kept, shapes free), else ``torch.jit.trace`` on
+    ``example`` (the recorded operations of that one input: its size is then fixed), and how
+    (``"torch.jit.trace (...)"`` names what stopped the script)."""
     graph = _graph(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch >= 2.10 calls TorchScript deprecated; it still runs everywhere
         try:
-            return torch.jit.script(graph), "script"
-        except Exception:  # noqa: BLE001  (TorchScript raises several error types for unsupported code)
+            return torch.jit.script(graph), "torch.jit.script"
+        except Exception as exc:  # noqa: BLE001  (TorchScript raises several error types for unsupported code)
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            why = lines[0] if lines else type(exc).__name__
             with torch.no_grad():
-                return torch.jit.trace(graph, example, check_trace=True), "trace"
+                traced = torch.jit.trace(graph, example, check_trace=True)
+            return traced, f"torch.jit.trace (torch.jit.script failed: {why})"
 
 
 def _check_logits(what: str, got: Tensor | Any, want: Tensor) -> None:
@@ -214,12 +221,13 @@ def _example(prep: dict[str, Any], batch: int = 2) -> Tensor:
 
 
 def _write_torchscript(model: nn.Module, path: Path, config: dict[str, Any], example: Tensor) -> str:
+    """The compiled network, its config inside the file (``compiled_with`` added)."""
     compiled, how = compile_model(model, example)
     with torch.no_grad():
         want = model(example)
         _check_logits("TorchScript", compiled(example), want)
         _check_logits("TorchScript", compiled(example[:1]), want[:1])
-    config = {**config, "smart_transfer": {**config["smart_transfer"], "compiled_with": f"torch.jit.{how}"}}
+    config = {**config, "smart_transfer": {**config["smart_transfer"], "compiled_with": how}}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
@@ -277,6 +285,7 @@ def _write_folder(result: Any, model: nn.Module, folder: Path, config: dict[str,
 
     folder.mkdir(parents=True, exist_ok=True)
     meta = weights_metadata(result)
+    del meta["model"]  # the run's wrapper: the folder holds plain key names (and "probe" says the rest)
     meta["pretrained_cfg"] = json.dumps(config["pretrained_cfg"])
     if config["probe"] is not None:
         meta["probe"] = json.dumps(config["probe"])
