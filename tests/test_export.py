@@ -280,6 +280,9 @@ def test_cli_export_writes_and_refuses(vgg_runs, tmp_path, capsys):
 
 
 def test_python_export_refuses_unknown_format(vgg_runs, tmp_path):
+    import smart_transfer.exporting
+
+    assert st.export is smart_transfer.exporting.export  # importing the module leaves st.export the function
     with pytest.raises(ConfigError, match="torchscript, onnx, folder"):
         st.export(vgg_runs["vgg-full"]["result"], tmp_path / "m.bin", format="pickle")
     assert not list(tmp_path.iterdir())
