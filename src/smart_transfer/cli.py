@@ -64,6 +64,17 @@ def _per_class(text: str) -> int | None:
     return n
 
 
+def _size(text: str) -> int:
+    """``--size``: a positive number of pixels."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--size takes a positive number of pixels, got {text!r}")
+    return n
+
+
 def _deprecated_image_size(args: argparse.Namespace) -> None:
     """``--image-size`` is an alias of ``--size`` (images are read at the network's geometry)."""
     if getattr(args, "image_size", None) is None:
@@ -499,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "leave it out and say so in the summary (skip) (default raise)")
         q.add_argument("--device", default=None,
                        help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
-        q.add_argument("--image-size", type=int, default=None, help="deprecated alias of --size")
+        q.add_argument("--image-size", type=_size, default=None, help="deprecated alias of --size")
 
     def plan_args(q: argparse.ArgumentParser) -> None:
         g = q.add_mutually_exclusive_group()
@@ -530,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--source", choices=("data", "batchnorm"), default="data")
     pr.add_argument("--data", default="fashion-mnist", help=DATA_HELP + " (default fashion-mnist)")
     pr.add_argument("--split", default="train", help="Fashion-MNIST's split: train or test (default train)")
-    pr.add_argument("--size", type=int, default=None, help=SIZE_HELP)
+    pr.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
     io_args(pr)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--max-batches", type=int, default=None)
@@ -561,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of every class of --data held out as the test split, drawn first (default 0.2 "
                             "for a folder/CSV/.npz without --test-data; Fashion-MNIST uses its test split)")
         q.add_argument("--seed", type=int, default=0, help="seed of the draw and of training (default 0)")
-        q.add_argument("--size", type=int, default=None, help=SIZE_HELP)
+        q.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
         q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
         io_args(q)
 
@@ -613,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--backbone", default="efficientnet_lite0")
     pl.add_argument("--data", required=True, help=DATA_HELP)
     pl.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or an image folder")
-    pl.add_argument("--size", type=int, default=None, help=SIZE_HELP)
+    pl.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
     io_args(pl)
     pl.add_argument("--batch-size", type=int, default=64)
     pl.add_argument("--max-batches", type=int, default=None)

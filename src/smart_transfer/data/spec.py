@@ -15,7 +15,8 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 
 
 def is_fashion(spec: Any) -> bool:
-    return str(spec).lower() in FASHION
+    """The dataset name, as written (a near miss gets a 'did you mean' from :func:`open_data`)."""
+    return str(spec) in FASHION
 
 
 def describe(spec: Any) -> str:
@@ -52,11 +53,11 @@ def open_data(
         if ds is not None:
             return ds.check() if check else ds
     if difflib.get_close_matches(str(spec).lower(), FASHION, n=1, cutoff=0.6):
-        raise DataError(f"unknown data {spec!r}; did you mean 'fashion-mnist'?")
+        raise DataError(f"unknown data {spec!r}; did you mean the dataset 'fashion-mnist'?")
     if path.exists():
         raise DataError(f"{spec!r} is neither a folder of class subfolders, a CSV/TSV of path,label "
                         "nor an .npz file")
     raise DataError(
-        f"no data at {spec!r}: pass 'fashion-mnist', a folder with one subfolder of images per "
+        f"no data at {spec!r}: it does not exist (check the path); pass 'fashion-mnist', a folder with one subfolder of images per "
         "class, a CSV of path,label rows, or an .npz file with images and labels"
     )
