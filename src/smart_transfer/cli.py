@@ -369,9 +369,12 @@ def _train(args: argparse.Namespace, world: int) -> int:
         import torch.distributed
 
         torch.distributed.barrier()
+    from .data.spec import describe
+
     ds, idx_train, val_ds, idx_val, manifest = _draw(args, args.resume)
     info = {"spec": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
-            "test_fraction": args.test_fraction, "test_data": args.test_data, "seed": args.seed,
+            "test_fraction": args.test_fraction, "seed": args.seed,
+            "test_data": None if args.test_data is None else describe(args.test_data),
             "cli": {k: getattr(args, k) for k in _TRAIN_KEYS}}
     source = None if args.source in (None, "batchnorm") else args.source
     try:
@@ -417,6 +420,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         manifest = _run_manifest(result)
         test = None if manifest is not None and describe(args.data) == manifest.root else args.data
+    if test is None:  # trained with --test-data: that is its test set
+        test = result.config.get("data", {}).get("test_data")
     metrics = st.evaluate(result, test, overwrite=args.overwrite, device=dev, on_error=args.on_error,
                           progress=True)
     print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({metrics['test_data']}) "
