@@ -641,12 +641,11 @@ def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, 
         if hasattr(ds, "with_geometry") and geometry.get("size") is not None:
             ds = ds.with_geometry(**geometry)
         what = f"{type(ds).__name__} ({len(idx)} images)"
-    ds = _by_name(ds, classes)
     files = None
     if hasattr(ds, "relative") and hasattr(ds, "samples"):
         _refuse_leak(ds, idx, manifest)
         files = [ds.relative(ds.samples[i][0]) for i in idx.tolist()]
-    return ds, idx, what, files
+    return _by_name(ds, classes), idx, what, files
 
 
 def _by_name(ds: Any, classes: list[str]) -> Any:

@@ -85,6 +85,12 @@ class Relabelled(Dataset):
         image, label = self.ds[index][:2]
         return image, self.mapping[int(label)]
 
+    def __getattr__(self, name: str) -> Any:
+        # what a summary reads (what was left out, and where) comes from the wrapped dataset
+        if name in ("skip_reasons", "empty_folders", "ignored_files", "relative", "root"):
+            return getattr(self.__dict__["ds"], name)
+        raise AttributeError(name)
+
 
 def as_dataset(data: Any, what: str = "data", classes: Sequence[str] | None = None) -> Dataset:
     """``data`` as a map-style dataset with ``targets`` and ``classes`` (see the module docstring).
