@@ -16,7 +16,7 @@ import smart_transfer as st
 from smart_transfer.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
-from odd_photos import make_odd_folder  # noqa: E402
+from odd_photos import make_odd_folder
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,33 @@ def test_efficientnet_lite0_at_32px_with_image_size_alias(trained, tmp_path, cap
     assert own["crop_pct"] == 0.875
     assert main(["evaluate", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["test_images"] == 9
+
+
+def test_resume_honours_device_and_plan_profile_read_the_folder(trained, tmp_path, capsys):
+    photos, out = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
+    assert "manifest.json of" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["device"] == "cpu"
+    for cmd in (["plan", "--out", str(tmp_path / "plan.json")], ["profile", "--out", str(tmp_path / "p.pt")]):
+        assert main([*cmd, "--backbone", "small_vgg", "--data", str(photos), "--size", "16", "--on-error", "skip",
+                     "--max-batches", "1", "--no-progress", "--device", "cpu"]) == 0
+        printed = capsys.readouterr().out
+        assert "cat 10, dog 10, owl 10" in printed and "1 unreadable (dog/broken.jpg)" in printed
+
+
+def test_a_csv_of_paths_and_labels(trained, tmp_path, capsys):
+    photos, _ = trained
+    rows = [f"{p.relative_to(photos.parent).as_posix()},{p.parent.name}" for p in sorted(photos.rglob("*.png"))]
+    (photos.parent / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "c"
+    assert main(["train", "--backbone", "small_vgg", "--data", str(photos.parent / "list.csv"), "--size", "16",
+                 "--epochs", "1", "--strategy", "head-only", "--no-progress", "--out", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["kind"] == "csv" and man["root"] == str(photos.parent.resolve())
+    assert sorted(e["path"] for e in man["images"]) == sorted(r.split(",")[0] for r in rows)
+    assert main(["evaluate", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_files"] == [
+        e["path"] for e in man["images"] if e["split"] == "test"]

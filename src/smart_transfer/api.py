@@ -443,7 +443,7 @@ def train(
         "source": "batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
         "transform": "backbone" if transform is None else "custom", "device": str(dev),
         "world_size": world, "sync_bn": sync_bn, "data": {**(data_info or {}), **_data_record(manifest)},
-        "geometry": {"size": None if getattr(eval_tf, "size", None) is None else list(eval_tf.size),
+        "geometry": {"size": None if getattr(eval_tf, "size", None) is None else list(eval_tf.size or ()),
                      "crop_pct": getattr(eval_tf, "crop_pct", None),
                      "interpolation": getattr(eval_tf, "interpolation", None)},
         "torch": torch.__version__, "python": platform.python_version(), "strategies": list_strategies(),
@@ -615,7 +615,7 @@ def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, 
     manifest = _run_manifest(result)
     classes = [str(c) for c in result.config.get("class_names") or []]
     geo = result.config.get("geometry") or {}
-    geometry = {k: geo.get(k) for k in ("size", "crop_pct", "interpolation") if geo.get(k) is not None}
+    geometry: dict[str, Any] = {k: geo.get(k) for k in ("size", "crop_pct", "interpolation") if geo.get(k) is not None}
     if isinstance(test_data, (str, os.PathLike)) and manifest is not None and manifest.kind == "npz" and \
             describe(os.fspath(test_data)) == manifest.root:
         raise DataError(f"{os.fspath(test_data)} is the file this run trained and validated on, so the test would "

@@ -296,6 +296,7 @@ def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any
     from .data.spec import describe, is_fashion, open_data
 
     quiet = _rank() != 0
+    manifest: Manifest | None
     if resume is not None and (Path(resume) / "manifest.json").is_file():
         manifest = Manifest.load(Path(resume) / "manifest.json")
         manifest.check_unchanged("the run cannot resume on the images it started with",

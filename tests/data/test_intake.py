@@ -21,7 +21,7 @@ from smart_transfer.data.transforms import eval_geometry
 from smart_transfer.errors import ConfigError, DataError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from odd_photos import make_odd_folder  # noqa: E402
+from odd_photos import make_odd_folder
 
 
 @pytest.fixture

@@ -189,8 +189,7 @@ def to_image_tensor(image: Any, mode: str | None = "RGB") -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.unsqueeze(0) if image.dim() == 2 else image
     if isinstance(image, (np.ndarray, list)):
-        a = np.asarray(image)
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(image)))
         if t.dim() == 2:
             return t.unsqueeze(0)
         return t.permute(2, 0, 1).contiguous() if t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3) else t

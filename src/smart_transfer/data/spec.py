@@ -39,6 +39,7 @@ def open_data(
     if is_fashion(spec):
         return fashion_mnist(split)
     path = Path(str(spec)).expanduser()
+    ds: Any
     opts = {"size": size, "crop_pct": crop_pct, "interpolation": interpolation}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # what is left out is said by the summary
