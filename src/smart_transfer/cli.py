@@ -308,6 +308,12 @@ def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any
                   + ", ".join(f"{k} {v}" for k, v in manifest.counts().items()))
         return ds, idx_train, val_ds, idx_val, manifest
     ds = open_data(args.data, "train", on_error=args.on_error, check=True)
+    if resume is not None:  # a run from before manifests: its recorded positions
+        import torch
+
+        old = json.loads((Path(resume) / "config.json").read_text(encoding="utf-8")).get("data", {})
+        if "train_indices" in old:
+            return (ds, torch.tensor(old["train_indices"]), ds, torch.tensor(old["val_indices"]), None)
     test_data = getattr(args, "test_data", None)
     fraction = args.test_fraction
     if fraction is None:
