@@ -213,3 +213,22 @@ def test_a_csv_of_paths_and_labels(trained, tmp_path, capsys):
     assert main(["evaluate", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["test_files"] == [
         e["path"] for e in man["images"] if e["split"] == "test"]
+
+
+def test_train_on_every_image_and_test_on_a_separate_folder(trained, tmp_path, capsys):
+    photos, _ = trained
+    test_dir = tmp_path / "held"
+    for c in ("cat", "dog", "owl"):
+        (test_dir / c).mkdir(parents=True)
+        for f in sorted((photos / c).glob("*.png"))[:2]:
+            shutil.copyfile(f, test_dir / c / f"t{f.name}")
+    out = tmp_path / "r"
+    capsys.readouterr()
+    assert main(["train", "--backbone", "small_vgg", "--data", str(photos), "--per-class", "all", "--test-data",
+                 str(test_dir), "--size", "16", "--epochs", "1", "--strategy", "head-only", "--on-error", "skip",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert "split: train 24, val 6, test 0 (test images: " in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0  # the --test-data the run was trained with
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_images"] == 6 and m["test_files"] == sorted(
+        p.relative_to(test_dir).as_posix() for p in test_dir.rglob("*.png"))

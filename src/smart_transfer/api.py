@@ -393,6 +393,7 @@ def train(
     from .models import replace_head
 
     template = make()
+    geo_tf = transforms_for(template, train=False, size=size)  # the backbone's evaluation geometry
     if transform is None:
         train_tf, eval_tf = transforms_for(template, train=True, size=size), transforms_for(template, train=False, size=size)
     elif isinstance(transform, (tuple, list)) and len(transform) == 2:
@@ -402,7 +403,7 @@ def train(
     else:
         raise ConfigError("transform must be a callable or a (train, eval) pair of callables")
     del template
-    ds, val_ds = _with_geometry(ds, eval_tf), _with_geometry(val_ds, eval_tf)
+    ds, val_ds = _with_geometry(ds, geo_tf), _with_geometry(val_ds, geo_tf)
     from .training.distributed import world as _world
 
     rank, world = _world()
@@ -443,9 +444,8 @@ def train(
         "source": "batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
         "transform": "backbone" if transform is None else "custom", "device": str(dev),
         "world_size": world, "sync_bn": sync_bn, "data": {**(data_info or {}), **_data_record(manifest)},
-        "geometry": {"size": None if getattr(eval_tf, "size", None) is None else list(eval_tf.size or ()),
-                     "crop_pct": getattr(eval_tf, "crop_pct", None),
-                     "interpolation": getattr(eval_tf, "interpolation", None)},
+        "geometry": {"size": None if geo_tf.size is None else list(geo_tf.size),
+                     "crop_pct": geo_tf.crop_pct, "interpolation": geo_tf.interpolation},
         "torch": torch.__version__, "python": platform.python_version(), "strategies": list_strategies(),
     }
     if out_dir is not None and rank == 0:
@@ -614,8 +614,9 @@ def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, 
 
     manifest = _run_manifest(result)
     classes = [str(c) for c in result.config.get("class_names") or []]
-    geo = result.config.get("geometry") or {}
-    geometry: dict[str, Any] = {k: geo.get(k) for k in ("size", "crop_pct", "interpolation") if geo.get(k) is not None}
+    tf = result.transform()  # the run's evaluation geometry, also for runs older than config["geometry"]
+    geometry: dict[str, Any] = {"size": getattr(tf, "size", None), "crop_pct": getattr(tf, "crop_pct", None),
+                                "interpolation": getattr(tf, "interpolation", "bilinear")}
     if isinstance(test_data, (str, os.PathLike)) and manifest is not None and manifest.kind == "npz" and \
             describe(os.fspath(test_data)) == manifest.root:
         raise DataError(f"{os.fspath(test_data)} is the file this run trained and validated on, so the test would "
@@ -638,8 +639,7 @@ def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, 
         idx, what = torch.arange(len(ds)), describe(os.fspath(test_data))
     else:
         ds, idx = _dataset_and_indices(test_data, "test_data", classes=classes)
-        if hasattr(ds, "with_geometry") and geometry.get("size") is not None:
-            ds = ds.with_geometry(**geometry)
+        ds = _with_geometry(ds, tf)
         what = f"{type(ds).__name__} ({len(idx)} images)"
     files = None
     if hasattr(ds, "relative") and hasattr(ds, "samples"):

@@ -426,7 +426,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .data.spec import describe
 
         manifest = _run_manifest(result)
-        test = None if manifest is not None and describe(args.data) == manifest.root else args.data
+        own = manifest is not None and describe(args.data) in (manifest.root, manifest.source)
+        test = None if own else args.data
     if test is None:  # trained with --test-data: that is its test set
         test = result.config.get("data", {}).get("test_data")
     metrics = st.evaluate(result, test, overwrite=args.overwrite, device=dev, on_error=args.on_error,
