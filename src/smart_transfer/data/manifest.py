@@ -53,7 +53,12 @@ def draw_splits(
         rest.append(members[k:])
     test_idx = torch.cat(test).sort().values
     rest_idx = torch.cat(rest).sort().values
-    tr, va = few_shot(y[rest_idx], per_class=per_class, val_fraction=val_fraction, seed=seed, classes=classes)
+    try:
+        tr, va = few_shot(y[rest_idx], per_class=per_class, val_fraction=val_fraction, seed=seed, classes=classes)
+    except DataError as exc:
+        held = (f", counted after holding out {test_fraction:g} of each class for the test split "
+                "(--test-fraction)") if test_fraction else ""
+        raise DataError(f"{str(exc).rstrip('.')} (--per-class){held}.") from None
     return {"train": rest_idx[tr], "val": rest_idx[va], "test": test_idx}
 
 
