@@ -378,6 +378,8 @@ def _train(args: argparse.Namespace, world: int) -> int:
         torch.distributed.barrier()
     from .data.spec import describe
 
+    if args.test_data is not None and not args.resume:  # absolute: evaluate and --resume run anywhere
+        args.test_data = describe(args.test_data)
     ds, idx_train, val_ds, idx_val, manifest = _draw(args, args.resume)
     info = {"spec": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
             "test_fraction": args.test_fraction, "seed": args.seed,
