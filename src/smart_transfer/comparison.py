@@ -99,9 +99,9 @@ class StrategyTable:
         m = self.meta
         seeds = m.get("seeds", [])
         out = [f"# Strategies compared: {m.get('backbone', '?')} on {m.get('data', '?')}", "",
-               f"{m.get('train_images', '?')} training, {m.get('val_images', '?')} validation and "
-               f"{m.get('test_images', '?')} test images per seed ({m.get('test', 'test split')}); "
-               f"seeds {', '.join(str(s) for s in seeds)}; mean +- std over seeds.", "",
+               (f"{m.get('train_images', '?')} training, {m.get('val_images', '?')} validation and "
+                f"{m.get('test_images', '?')} test images per seed ({m.get('test', 'test split')}); "
+                f"seeds {', '.join(str(s) for s in seeds)}; mean ± std over seeds."), "",
                "| strategy | val accuracy | test accuracy | frozen | seconds |",
                "|---|---:|---:|---:|---:|"]
         for r in self.rows:
@@ -144,6 +144,7 @@ class _Data:
     test: Any | None  # a separate test set (Fashion-MNIST's), else None: held out of ``train``
     spec: str
     classes: list[str]
+    is_spec: bool = True  # opened from a name or path that can open it again (recorded in the runs)
 
 
 def _open(data: Any) -> _Data:
@@ -159,7 +160,7 @@ def _open(data: Any) -> _Data:
         ds = open_data(spec, "train")
         return _Data(ds, None, spec, _class_names(ds))
     if isinstance(data, Dataset):
-        return _Data(data, None, type(data).__name__, _class_names(data))
+        return _Data(data, None, type(data).__name__, _class_names(data), is_spec=False)
     raise ConfigError(f"data must be 'fashion-mnist', a folder of class subfolders, an .npz or a dataset, "
                       f"got {type(data).__name__}")
 
@@ -196,7 +197,7 @@ def split_for_seed(d: _Data, seed: int, per_class: int | None, val_fraction: flo
         g = torch.Generator().manual_seed(TEST_SUBSET_SEED)
         test_idx = test_idx[torch.randperm(len(test_idx), generator=g)[:test_size]].sort().values
     tr, va = few_shot(y[pool], per_class=per_class, val_fraction=val_fraction, seed=seed, classes=classes)
-    return {"train": pool[tr], "val": pool[va], "test_ds": test_ds, "test": test_idx}
+    return {"train": pool[tr], "val": pool[va], "test_ds": test_ds, "test": test_idx, "per_class": per_class}
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -231,12 +232,12 @@ def _run_folders(out: Path, seeds: Sequence[int], names: Sequence[str], overwrit
     when ``overwrite``; a folder that is not a run is never deleted."""
     from ._paths import check_output_folders, check_outputs, check_replaced_folders
 
-    check_output_folders({"out": out}, inputs)
-    check_outputs({f"out ({n})": out / n for n in ("comparison.json", "comparison.md", "advice.json",
+    check_output_folders({"--out": out}, inputs)
+    check_outputs({f"--out ({n})": out / n for n in ("comparison.json", "comparison.md", "advice.json",
                                                     "report.html")}, inputs)
-    folders = {f"out (seed-{s}/{n})": out / f"seed-{s}" / n for s in seeds for n in names}
+    folders = {f"--out (seed-{s}/{n})": out / f"seed-{s}" / n for s in seeds for n in names}
     check_replaced_folders(folders, inputs)
-    for option, f in folders.items():
+    for f in folders.values():
         if not f.exists():
             continue
         if not overwrite:
@@ -297,8 +298,8 @@ def compare_strategies(
     started = time.perf_counter()
     bname = str(backbone) if isinstance(backbone, (str, Path)) else type(backbone).__name__
     d = _open(data)
-    say(f"[1/4] {bname} -> {d.spec}: {', '.join(names)}; seeds {', '.join(map(str, seeds))}, "
-        f"{'all' if per_class is None else per_class} images per class")
+    say(f"[1/4] {bname} -> {d.spec}: {', '.join(names)}; seed{'s' if len(seeds) > 1 else ''} "
+        f"{' '.join(map(str, seeds))}; {'all' if per_class is None else per_class} images per class")
     splits = {s: split_for_seed(d, s, per_class, val_fraction, test_fraction, test_size) for s in seeds}
     first = splits[seeds[0]]
     advice = None
@@ -338,7 +339,9 @@ def compare_strategies(
         say(f"      {chose}advice: {advice.strategy} ({advice.quadrant})")
     say(f"      {meta['note']}")
     _write(out, table, advice, report, results, seeds)
-    say(f"      wrote {out / 'comparison.json'} ({time.perf_counter() - started:.0f} s in all)")
+    if report:
+        say(f"      report: {out / 'report.html'} (the run {table.meta['report_run']}, with the comparison)")
+    say(f"      wrote {out / 'comparison.json'} and comparison.md ({time.perf_counter() - started:.0f} s in all)")
     return table
 
 
@@ -352,9 +355,14 @@ def _one_run(backbone: Any, d: _Data, split: dict[str, Any], name: str, seed: in
         shutil.rmtree(run)  # checked by _run_folders: an old run, and overwrite was asked
     if name == "random-mask" and "smart-kernel" in names and "plan" not in opts:
         opts["plan"] = str(out / f"seed-{seed}" / "smart-kernel" / "plan.json")
+    info = {"per_class": split["per_class"], "seed": seed, "comparison": True,
+            "train_indices": split["train"].tolist(), "val_indices": split["val"].tolist(),
+            "test_indices": split["test"].tolist(), "test_split": "test" if d.test is not None else "train"}
+    if d.is_spec:  # a path as an absolute path: the run can be evaluated from another folder
+        info["spec"] = d.spec if d.test is not None else str(Path(d.spec).expanduser().resolve())
     t0 = time.perf_counter()
     result = train(backbone, (d.train, split["train"]), (d.train, split["val"]), strategy=name, seed=seed,
-                   out=run, **train_kw, **opts)
+                   out=run, data_info=info, **train_kw, **opts)
     metrics = evaluate(result, (split["test_ds"], split["test"]))
     seconds = time.perf_counter() - t0
     rec = {"seed": seed, "strategy": name, "val_accuracy": float(result.val_accuracy),

@@ -115,7 +115,11 @@ def make_report(
     }
     left_out = not_applicable(run)
     parts = []
-    for sid, title in SECTIONS:
+    order = list(SECTIONS)
+    if "comparison.json" in run.moved:  # a comparison's page: its table right after the run
+        order.remove(("comparison", TITLES["comparison"]))
+        order.insert(1, ("comparison", TITLES["comparison"]))
+    for sid, title in order:
         if sid in left_out:
             continue
         try:
@@ -126,6 +130,10 @@ def make_report(
             body += _left_out_line(run, left_out)
         parts.append(f'<section id="{sid}">\n<h2>{_e(title)}</h2>\n{body}\n</section>')
     title = f"smart-transfer report: {run.config.get('strategy', run.path.name)}"
+    if "comparison.json" in run.moved:
+        rows = (run.comparison or {}).get("rows")
+        n = len(rows) if isinstance(rows, list) else "several"
+        title = f"smart-transfer: {n} strategies compared (the run shown: {run.strategy})"
     page = _PAGE.format(title=_e(title), body="\n".join(parts), css=_CSS)
     with atomic_open(out_path, "w", encoding="utf-8") as f:
         f.write(page)
@@ -363,9 +371,9 @@ def _selection_section(ctx: _Context) -> str:
     res = ctx.run.result
     if res is None:
         return _note("no result.json: the candidates auto tried are unknown")
-    chosen = res.get("chosen") if isinstance(res.get("chosen"), dict) else {}
+    chosen: dict[str, Any] = res["chosen"] if isinstance(res.get("chosen"), dict) else {}
     kept = str(chosen.get("strategy", "?"))
-    sel = chosen.get("selection") if isinstance(chosen.get("selection"), dict) else {}
+    sel: dict[str, Any] = chosen["selection"] if isinstance(chosen.get("selection"), dict) else {}
     tried = [t for t in res.get("tried") or [] if isinstance(t, dict)]
     rows = []
     for t in tried:
