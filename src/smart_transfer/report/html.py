@@ -297,8 +297,10 @@ def not_applicable(run: RunData) -> dict[str, str]:
     if run.comparison is None and run.advice is None:
         out["comparison"] = "no other strategy was compared and the advisor was not run"
     has_profiles = run.profile_pre is not None or run.profile_new is not None
-    if _compares(kept) is False and not has_profiles:
-        why = f"{kept} compares no activation distributions"
+    control = kept.startswith("random-")  # a control draws channels at random, by others' counts
+    if (_compares(kept) is False or control) and not has_profiles:
+        why = (f"{kept} draws its channels at random and compares no distributions itself" if control
+               else f"{kept} compares no activation distributions")
         out["histograms"] = out["activations"] = why
         if not (run.advice or {}).get("curve"):
             out["similarity"] = why
