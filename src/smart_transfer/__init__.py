@@ -17,6 +17,7 @@ _EXPORTS = {
     "train": "api",
     "evaluate": "api",
     "predict": "api",
+    "Predictions": "api",
     "advise": "api",
     "TrainResult": "api",
     "list_strategies": "api",

@@ -1,4 +1,4 @@
-"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`advise`.
+"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`predict`, :func:`advise`.
 
 ``train`` resolves the backbone, the data and the transforms once, hands a strategy a plain
 :class:`~smart_transfer.strategies.Context`, and returns a :class:`TrainResult`; ``evaluate``
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from . import __version__
 from ._atomic import PathLike, atomic_open
 from .errors import ConfigError, DataError
+from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions
 from .strategies import Context, Recipe, get_strategy
 from .strategies.advice import Advice
 from .training import checkpoint as ckpt
@@ -484,18 +485,6 @@ def evaluate(
     return metrics
 
 
-def predict(result: TrainResult | PathLike, data: Any, batch_size: int = 256) -> Tensor:
-    """Class probabilities for ``data`` (a dataset, (dataset, indices) or (x, y) batches)."""
-    from .data import loader
-    from .training import predict as _predict
-
-    if not isinstance(result, TrainResult):
-        result = TrainResult.load(result)
-    ds, idx = _dataset_and_indices(data, "data")
-    logits, _ = _predict(result.model, loader(ds, idx, batch_size=batch_size), result.transform())
-    return logits.softmax(1)
-
-
 # --------------------------------------------------------------------------- advise
 
 
@@ -545,4 +534,4 @@ def list_strategies(details: bool = False) -> list[Any]:
     return _list(details)
 
 
-__all__ = ["TrainResult", "advise", "build_model", "evaluate", "list_strategies", "predict", "train"]
+__all__ = ["Predictions", "TrainResult", "advise", "build_model", "evaluate", "list_strategies", "predict", "train"]

@@ -314,6 +314,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# what a run folder holds; predictions may go into the folder but never over one of these
+_RUN_FILES = ("config.json", "result.json", "model.safetensors", "manifest.json", "plan.json",
+              "advice.json", "metrics.json", "log.jsonl", "report.html", "samples.safetensors",
+              "test_samples.safetensors", "profile_pre.pt", "profile_new.pt", "comparison.json")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict the class of new images with a finished run: a CSV and a short table."""
+    from ._device import resolve_device
+    from .errors import DataError
+    from .predictions import UnreadableImage, check_out_of_data, predict, resolve_images
+
+    for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    device = resolve_device(args.device)
+    files = resolve_images(args.images)  # a wrong path or an empty folder fails before any work
+    run_files = [Path(args.run) / name for name in _RUN_FILES]
+    check_outputs({"--out": args.out}, {"RUN": args.run, **{f"the run's {p.name}": p for p in run_files},
+                                        **{f"image {p}": p for p in files}})
+    check_out_of_data(args.out, args.images)
+    try:
+        preds = predict(args.run, [str(p) for p in files], top_k=args.top_k, batch_size=args.batch_size,
+                        device=device, on_error=args.on_error)
+    except UnreadableImage as exc:
+        raise DataError(f"{exc.reason}; replace or delete it, or pass --on-error skip to leave "
+                        "unreadable files out") from None
+    out = preds.to_csv(args.out)
+    print(preds.table(more=f"see {out}"))
+    print(f"predicted {len(preds)} image(s), classes {', '.join(preds.classes)} -> {out}")
+    return 0
+
+
 def cmd_advise(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
@@ -516,6 +549,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-data", help="a separate test set (folder or .npz)")
     e.add_argument("--overwrite", action="store_true", help="evaluate again although metrics.json exists")
     e.set_defaults(func=cmd_evaluate)
+
+    pd = sub.add_parser("predict", help="predict the class of new images with a finished run; writes a CSV",
+                        formatter_class=examples,
+                        epilog="examples:\n  smart-transfer predict runs/photos new_photos/ --top-k 3 --out predictions.csv\n"
+                               "  smart-transfer predict runs/photos 'new/*.jpg' photo.png --on-error skip")
+    pd.add_argument("run", metavar="RUN", help="the run folder (the --out of smart-transfer train)")
+    pd.add_argument("images", nargs="+", metavar="IMAGES",
+                    help="image files, folders (flat or nested) or glob patterns (quote them)")
+    pd.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image, best first (default 3)")
+    pd.add_argument("--out", default="predictions.csv", metavar="CSV",
+                    help="the CSV to write (default predictions.csv in the current folder)")
+    pd.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps (default auto)")
+    pd.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default 64)")
+    pd.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="an unreadable file: stop naming it (raise) or leave it out and list it (skip); "
+                         "default raise")
+    pd.set_defaults(func=cmd_predict)
 
     a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=examples,
                        epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ --per-class 20")
