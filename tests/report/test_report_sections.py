@@ -149,7 +149,10 @@ def test_evaluate_records_the_misclassified_and_the_report_shows_them(
 ) -> None:
     out, result, ds = trained
     test_idx = torch.arange(len(ds))[torch.arange(len(ds)) % 4 == 3]
-    pred = st.predict(result, (ds, test_idx)).argmax(1)
+    x = torch.stack([ds[int(i)][0] for i in test_idx])
+    model = result.model.eval()
+    with torch.no_grad():
+        pred = model(result.transform()(x)).argmax(1)  # the reference: the model on the test images
     labels = ds.targets[test_idx]
     picks = pick_misclassified(labels, pred)
     assert picks, "the faint signal should leave some test images wrong"
