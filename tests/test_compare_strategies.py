@@ -167,3 +167,9 @@ def test_cli_on_a_folder_with_every_image(tmp_path: Path, capsys: pytest.Capture
     assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe", "--per-class", "x",
                  "--out", str(tmp_path / "c2")]) == 2
     assert "--per-class takes a positive number or 'all'" in capsys.readouterr().err
+    assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe", "--device", "tpu",
+                 "--out", str(tmp_path / "c3")]) == 2
+    assert "--device 'tpu'" in capsys.readouterr().err and not (tmp_path / "c3").exists()
+    assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe",
+                 "--out", str(data / "cmp")]) == 2
+    assert "inside the data folder" in capsys.readouterr().err and not (data / "cmp").exists()

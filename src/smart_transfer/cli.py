@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
-    d.add_argument("--per-class", type=_per_class, default=20, help="labelled images per class, validation included (default 20)")
+    d.add_argument("--per-class", type=_per_class, default=20, metavar="N|all", help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
     d.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default 10)")
     d.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strategies to compare (smart-transfer list strategies)")
     cs.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
                     help="one split and one training per seed (default: 0)")
-    cs.add_argument("--per-class", type=_per_class, default=20,
+    cs.add_argument("--per-class", type=_per_class, default=20, metavar="N|all",
                     help="labelled images per class for training + validation, or 'all' (default 20)")
     cs.add_argument("--val-fraction", type=float, default=0.2, help="validation share of those images (default 0.2)")
     cs.add_argument("--test-fraction", type=float, default=0.2,

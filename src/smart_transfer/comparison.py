@@ -233,6 +233,12 @@ def _run_folders(out: Path, seeds: Sequence[int], names: Sequence[str], overwrit
     from ._paths import check_output_folders, check_outputs, check_replaced_folders
 
     check_output_folders({"--out": out}, inputs)
+    data = inputs.get("data")
+    if data is not None and Path(data).is_dir():
+        root, here = Path(data).expanduser().resolve(), out.expanduser().resolve()
+        if here == root or root in here.parents:
+            raise ConfigError(f"--out {str(out)!r} lies inside the data folder {str(data)!r}, where its files "
+                              "would become training images; pass an --out outside it")
     check_outputs({f"--out ({n})": out / n for n in ("comparison.json", "comparison.md", "advice.json",
                                                     "report.html")}, inputs)
     folders = {f"--out (seed-{s}/{n})": out / f"seed-{s}" / n for s in seeds for n in names}
