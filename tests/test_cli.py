@@ -82,21 +82,23 @@ def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
     rc = main(["demo", "--per-class", "3", "--epochs", "1", "--size", "32", "--test-size", "40",
                "--batch-size", "16", "--auto-budget", "1", "--no-progress", "--out", str(out)])
     assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    rows = metrics["strategies"]
+    comp = json.loads((out / "comparison.json").read_text())
+    rows = {r["strategy"]: r for r in comp["rows"]}
     assert list(rows) == ["linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto"]
-    assert metrics["train_images"] + metrics["val_images"] == 30 and metrics["test_images"] == 40
+    assert comp["train_images"] + comp["val_images"] == 30 and comp["test_images"] == 40
     for name, r in rows.items():
-        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_images"] == 40, name
-        sub = json.loads((out / name / "metrics.json").read_text())
-        assert sub["accuracy"] == r["test_accuracy"]  # each run's test set read once, recorded
+        sub = json.loads((out / "seed-0" / name / "metrics.json").read_text())
+        assert sub["accuracy"] == r["test_accuracy"] and sub["test_images"] == 40, name  # tested once
     assert rows["random-mask"]["frozen_fraction"] == pytest.approx(rows["smart-kernel"]["frozen_fraction"])
     assert 0.3 < rows["smart-kernel"]["frozen_fraction"] < 0.6 and rows["full-finetune"]["frozen_fraction"] == 0
-    plan = st.FreezePlan.load(out / "smart-kernel" / "plan.json")
+    plan = st.FreezePlan.load(out / "seed-0" / "smart-kernel" / "plan.json")
     plan.validate(st.replace_head(st.load_backbone("efficientnet_lite0"), 10))
-    assert (out / "report.html").is_file() and "quadrant" in (out / "advice.json").read_text()
+    assert "quadrant" in (out / "advice.json").read_text()
+    page = (out / "report.html").read_text()
+    assert "<td>backbone</td><td>efficientnet_lite0</td>" in page and "no trained model" not in page
+    assert 'alt="activation_maps"' in page and 'alt="comparison"' in page
     text = capsys.readouterr().out
-    assert "One seed" in text and "benchmarks/results/p1" in text
+    assert "One seed" in text and "benchmarks/results/p1" in text and "auto chose:" in text
 
 
 def test_profile_efficientnet_lite0_over_fashion_mnist_batches():

@@ -24,6 +24,8 @@ _EXPORTS = {
     "list_strategies": "api",
     "Advice": "strategies.advice",
     "make_report": "report",
+    "compare_strategies": "comparison",
+    "StrategyTable": "comparison",
     # errors
     "SmartTransferError": "errors",
     "ConfigError": "errors",

@@ -596,6 +596,9 @@ def evaluate(
         _write_json(out / "metrics.json", metrics)
         t = _targets(ds, idx)
         _save_samples(out / "test_samples.safetensors", ds, idx, t, k, per_class=1)
+        from .report.gallery import save_misclassified
+
+        save_misclassified(out / "test_samples.safetensors", ds, idx, labels, pred)
     return metrics
 
 

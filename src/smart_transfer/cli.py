@@ -1,6 +1,7 @@
 """Command-line interface: thin subcommands over the library.
 
     smart-transfer demo                      # EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST, 200 images
+    smart-transfer compare-strategies --data photos/ --strategies linear-probe lp-ft --seeds 0 1 2 --out runs/cmp
     smart-transfer profile --data fashion-mnist --out new.pt
     smart-transfer profile --source batchnorm --out pre.pt
     smart-transfer compare pre.pt new.pt --measure gaussian_kl --quantile 0.5 --plan plan.json
@@ -13,14 +14,13 @@ import argparse
 import json
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ._atomic import Terminated, atomic_open
-from ._paths import check_output_folders, check_outputs, check_replaced_folders
+from ._paths import check_output_folders, check_outputs
 from .errors import ConfigError, SmartTransferError
 
 
@@ -98,102 +98,55 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
     return rule or {"quantile": 0.5}
 
 
-# --------------------------------------------------------------------------- demo
+# --------------------------------------------------------------------------- demo / compare-strategies
 
 DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Advise, then train five strategies on the same 200 images; test each once; one table."""
-    import shutil
+def _per_class(text: str) -> int | None:
+    """``--per-class N|all``: a positive count, or every image (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--per-class takes a positive number or 'all', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--per-class takes a positive number or 'all', got {text!r}")
+    return n
 
-    import torch
 
+def cmd_compare_strategies(args: argparse.Namespace) -> int:
+    """Train each strategy on the same splits per seed, test each once, print and write the table."""
     import smart_transfer as st
 
-    started = time.perf_counter()
-    out = Path(args.out)
-    check_outputs(
-        {f"--out ({name})": out / name for name in ("metrics.json", "advice.json", "report.html")},
-        {"--backbone": args.backbone},
+    options: dict[str, dict[str, Any]] = {}
+    if getattr(args, "auto_budget", None) is not None:
+        options["auto"] = {"budget_s": args.auto_budget}
+    st.compare_strategies(
+        args.backbone, args.data, strategies=args.strategies, seeds=args.seeds, per_class=args.per_class,
+        size=args.size, out=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_size=args.test_size,
+        device=args.device, options=options, advise=not args.no_advice, report=args.report or True,
+        overwrite=args.overwrite, progress=not args.no_progress,
     )
-    check_replaced_folders(
-        {f"--out ({name}/)": out / name for name in DEMO_STRATEGIES}, {"--backbone": args.backbone}
-    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """compare-strategies on its embedded default: EfficientNet-Lite0 -> Fashion-MNIST, 200 images,
+    advice and five strategies on the same images, each tested once; one table and a report."""
     if args.quick:
         args.epochs = min(args.epochs, 3)
         args.test_size = min(args.test_size or 2000, 2000)
-    print(f"[1/4] {args.backbone} (ImageNet weights) -> Fashion-MNIST, {args.per_class} images per class"
-          + (" (--quick: fewer epochs, a fixed 2,000-image test subset)" if args.quick else ""))
-    train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
-    idx_train, idx_val = st.data.few_shot(train_ds, per_class=args.per_class, val_fraction=0.2, seed=args.seed)
-    if args.test_size:
-        g = torch.Generator().manual_seed(12345)  # a fixed subset, the same for every run
-        idx_test = torch.randperm(len(test_ds), generator=g)[: args.test_size]
-    else:
-        idx_test = torch.arange(len(test_ds))
-    backbone = st.load_backbone(args.backbone)
-
-    print("[2/4] advice: D_pre from BatchNorm running statistics, D_new from the training images")
-    advice = st.advise(backbone, (train_ds, torch.cat([idx_train, idx_val])), size=args.size)
-    for line in str(advice).splitlines():
-        print("      " + line)
-
-    print(f"[3/4] training on {len(idx_train)} images, validating on {len(idx_val)} "
-          f"(at most {args.epochs} epochs, {args.size}px, AdamW lr={args.lr})")
-    rows: dict[str, dict[str, Any]] = {}
-    for name in DEMO_STRATEGIES:
-        run = out / name
-        if run.exists():
-            shutil.rmtree(run)
-        options: dict[str, Any] = {}
-        if name == "random-mask":
-            options["plan"] = str(out / "smart-kernel" / "plan.json")
-        if name == "auto":
-            options["budget_s"] = args.auto_budget
-        t0 = time.perf_counter()
-        result = st.train(
-            backbone, (train_ds, idx_train), (train_ds, idx_val), strategy=name, epochs=args.epochs,
-            lr=args.lr, batch_size=args.batch_size, size=args.size, seed=args.seed, out=run,
-            progress=not args.no_progress, **options,
-        )
-        seconds = time.perf_counter() - t0
-        metrics = st.evaluate(result, (test_ds, idx_test))  # read once, at the end
-        rows[name] = {"val_accuracy": result.val_accuracy, "test_accuracy": metrics["accuracy"],
-                      "frozen_fraction": result.frozen_fraction, "seconds": seconds,
-                      "chosen": result.chosen, "test_images": metrics["test_images"]}
-        print(f"      {name:<14} val {result.val_accuracy:.3f}  test {metrics['accuracy']:.3f}  "
-              f"frozen {result.frozen_fraction:5.1%}  {seconds:4.0f} s")
-
-    print(f"[4/4] test accuracy on {len(idx_test)} Fashion-MNIST test images"
-          + (" (a fixed subset)" if len(idx_test) < len(test_ds) else " (the whole test split)"))
-    print(f"      {'strategy':<16}{'val acc':>9}{'test acc':>10}{'frozen':>9}{'seconds':>9}")
-    for name, r in rows.items():
-        print(f"      {name:<16}{r['val_accuracy']:>9.3f}{r['test_accuracy']:>10.3f}"
-              f"{r['frozen_fraction']:>9.1%}{r['seconds']:>9.0f}")
-    note = ("One seed: read this as a demonstration, not a benchmark. Mean and spread over seeds: "
-            "benchmarks/results/p1.md (README, 'Results').")
-    print(f"      auto chose: {rows['auto']['chosen'].get('strategy')}; advice: {advice.strategy} ({advice.quadrant})")
-    print(f"      {note}")
-    _write_json(out / "metrics.json", {"schema_version": 1, "note": note, "seed": args.seed,
-                                       "train_images": len(idx_train), "val_images": len(idx_val),
-                                       "test_images": len(idx_test), "strategies": rows,
-                                       "seconds": time.perf_counter() - started})
-    comparison = {"rows": [{"strategy": n, **{k: r[k] for k in ("val_accuracy", "test_accuracy", "frozen_fraction", "seconds")}}
-                           for n, r in rows.items()], "note": note}
-    _write_json(out / "advice.json", advice.to_dict())
-    for name in ("smart-kernel",):
-        _write_json(out / name / "comparison.json", comparison)
-        _write_json(out / name / "advice.json", advice.to_dict())
-    try:
-        from .report import make_report
-
-        report = make_report(out / "smart-kernel", out=out / "report.html")
-        print(f"      report: {report}")
-    except ImportError as exc:  # the report needs matplotlib
-        print(f"      no report ({exc})")
-    print(f"      wrote {out / 'metrics.json'} ({time.perf_counter() - started:.0f} s in all)")
-    return 0
+        print("--quick: at most 3 epochs and a fixed 2,000-image test subset")
+    args.data, args.strategies, args.seeds = "fashion-mnist", list(DEMO_STRATEGIES), [args.seed]
+    args.val_fraction, args.test_fraction, args.no_advice = 0.2, 0.2, False
+    args.report, args.overwrite = "smart-kernel", True  # the report shows what the method froze
+    rc = cmd_compare_strategies(args)
+    print("      Mean and spread over seeds: benchmarks/results/p1.md (README, 'Results'), or "
+          "smart-transfer compare-strategies --data fashion-mnist --seeds 0 1 2 ...")
+    return rc
 
 
 # ------------------------------------------------------------------ profile/compare
@@ -578,21 +531,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo", help="EfficientNet-Lite0 -> Fashion-MNIST, 200 images: advice and five strategies side by side",
-        epilog="example: smart-transfer demo --quick", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: smart-transfer demo --quick   (writes runs/demo/report.html)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("--backbone", default="efficientnet_lite0")
-    d.add_argument("--per-class", type=int, default=20, help="labelled images per class, validation included (default 20)")
+    d.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
+    d.add_argument("--per-class", type=_per_class, default=20, metavar="N|all", help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    d.add_argument("--epochs", type=int, default=10)
-    d.add_argument("--lr", type=float, default=1e-3)
-    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default 10)")
+    d.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    d.add_argument("--batch-size", type=int, default=32, help="default 32")
     d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
     d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
     d.add_argument("--quick", action="store_true", help="3 epochs and a fixed 2,000-image test subset")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--seed", type=int, default=0, help="default 0")
+    d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; default), cuda, mps or cpu")
+    d.add_argument("--out", default="runs/demo", help="default runs/demo")
+    d.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     d.set_defaults(func=cmd_demo)
+
+    cs = sub.add_parser(
+        "compare-strategies", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train several strategies on the same splits of your data, over seeds; test each once; one table",
+        epilog="example:\n  smart-transfer compare-strategies --data photos/ --strategies linear-probe lp-ft "
+               "smart-kernel random-mask --seeds 0 1 2 --size 96 --out runs/cmp\n"
+               "writes runs/cmp/comparison.json, comparison.md, report.html and seed-S/STRATEGY/ run folders",
+    )
+    cs.add_argument("--backbone", default="efficientnet_lite0", help="a name (smart-transfer list backbones); default efficientnet_lite0")
+    cs.add_argument("--data", required=True, help="'fashion-mnist', a folder of class subfolders, or an .npz")
+    cs.add_argument("--strategies", nargs="+", required=True, metavar="STRATEGY",
+                    help="strategies to compare (smart-transfer list strategies)")
+    cs.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                    help="one split and one training per seed (default: 0)")
+    cs.add_argument("--per-class", type=_per_class, default=20, metavar="N|all",
+                    help="labelled images per class for training + validation, or 'all' (default 20)")
+    cs.add_argument("--val-fraction", type=float, default=0.2, help="validation share of those images (default 0.2)")
+    cs.add_argument("--test-fraction", type=float, default=0.2,
+                    help="share of every class held out for the test first (default 0.2; Fashion-MNIST: its test split)")
+    cs.add_argument("--test-size", type=int, default=None, help="test on a fixed subset of this many test images (default: all)")
+    cs.add_argument("--size", type=int, default=None, help="network input size (default: the backbone's)")
+    cs.add_argument("--epochs", type=int, default=15, help="at most this many epochs per run (default 15)")
+    cs.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    cs.add_argument("--batch-size", type=int, default=32, help="default 32")
+    cs.add_argument("--auto-budget", type=float, default=None, help="seconds for auto's candidates (default: auto's own, 900)")
+    cs.add_argument("--report", metavar="STRATEGY", default=None,
+                    help="the strategy whose run the report shows (default: the best by mean validation accuracy)")
+    cs.add_argument("--no-advice", action="store_true", help="skip the advisor (default: advise on the first seed's images)")
+    cs.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; default), cuda, mps or cpu")
+    cs.add_argument("--out", required=True, help="the comparison folder")
+    cs.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison in --out")
+    cs.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    cs.set_defaults(func=cmd_compare_strategies)
 
     pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)")
     pr.add_argument("--backbone", default="efficientnet_lite0")

@@ -97,8 +97,16 @@ def build_run(path: Path, source: str = "batchnorm") -> dict[str, Any]:
     x_val, y_val = _images(2, seed=3)
     save_file({"images": x_val.contiguous(), "labels": y_val}, str(path / "samples.safetensors"))
     x_test, y_test = _images(2, seed=4)
+    wrong = torch.tensor([1, 4])  # two test images the model got wrong: tee -> boot, boot -> bag
     save_file(
-        {"images": x_test.contiguous(), "labels": y_test}, str(path / "test_samples.safetensors")
+        {
+            "images": x_test.contiguous(),
+            "labels": y_test,
+            "misclassified_images": x_test[wrong].contiguous(),
+            "misclassified_labels": y_test[wrong].contiguous(),
+            "misclassified_predictions": torch.tensor([1, 2]),
+        },
+        str(path / "test_samples.safetensors"),
     )
     advice = {
         "strategy": "smart-kernel",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
+import re
 import shutil
 import sys
 from html.parser import HTMLParser
@@ -27,6 +29,7 @@ FIGURES = {
     "samples",
     "training_curves",
     "confusion_matrix",
+    "misclassified",
     "comparison",
 }
 
@@ -79,7 +82,7 @@ def test_every_section_and_figure(report_bn: tuple[Path, dict[str, Any], Path]) 
     run_dir, _, out = report_bn
     assert out == run_dir / "report.html" and out.is_file()
     page = Page(out.read_text(encoding="utf-8"))
-    assert list(page.sections) == [sid for sid, _ in SECTIONS]
+    assert list(page.sections) == [sid for sid, _ in SECTIONS if sid != "selection"]  # not auto
     expected = set(FIGURES) if _grad_cam_installed() else FIGURES - {"grad_cam"}
     assert {img["alt"] for img in page.images} == expected
     for sid, sec in page.sections.items():
@@ -188,15 +191,27 @@ def test_without_model_the_model_sections_say_so(
     assert page.sections["samples"]["images"] == ["samples"]
 
 
-def test_minimal_run_keeps_every_section_with_a_note(tmp_path: Path) -> None:
+def test_minimal_run_leaves_out_what_does_not_apply_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"strategy": "linear-probe", "source": None}))
-    page = Page(make_report(tmp_path).read_text(encoding="utf-8"))
-    assert list(page.sections) == [sid for sid, _ in SECTIONS]
+    text = make_report(tmp_path).read_text(encoding="utf-8")
+    page = Page(text)
+    # what a linear probe has (a model, samples, a test) is kept, with a note saying what is missing
+    assert list(page.sections) == ["run", "grad-cam", "samples", "confusion", "misclassified"]
     assert page.images == []
     for sid, sec in page.sections.items():
         if sid != "run":
             assert sec["notes"], f"section {sid} has no note"
+    assert page.sections["run"]["notes"] == []
     assert "none (this strategy compares no distributions)" in page.sections["run"]["text"]
+    lines = re.findall(r'<p class="left-out">(.*?)</p>', text)
+    assert len(lines) == 1
+    line = html.unescape(lines[0])
+    assert line.startswith("Not shown for linear-probe: Strategy chosen by auto (only auto chooses")
+    assert ("Layer-wise similarity, Kernel distributions: D_pre and D_new, Activation maps of the most "
+            "and least similar kernels (linear-probe compares no activation distributions)") in line
+    assert "Frozen fraction per layer (linear-probe freezes no kernels by plan)" in line
+    assert "Training curves (linear-probe is fitted in closed form, without epochs)" in line
+    assert "Strategy comparison and advice (no other strategy was compared" in line
     assert not (tmp_path / "figures").exists()
 
 

@@ -4,7 +4,10 @@ The page is a pure function of the run directory (and, for the model-based secti
 trained model): it reads the files with :func:`~smart_transfer.report.run.load_run`, draws
 each figure with :mod:`smart_transfer.report.plots` on a matplotlib ``Figure`` (no pyplot, no
 global backend), embeds it as a base64 PNG and also writes it to ``figures/NAME.png`` beside
-the page. A section whose inputs are missing is kept, with one sentence saying what it needs.
+the page. A section whose inputs are missing is kept, with one sentence saying what it needs;
+a section that does not apply to the run's strategy (the kernel distributions of a linear
+probe, auto's candidates for any other strategy) is left out, and one line under the run's
+table names what was left out and why.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_open
-from ..errors import MissingDependencyError, SmartTransferError
+from ..errors import DataError, MissingDependencyError, SmartTransferError
 from . import maps as mapsmod
 from . import plots
-from .run import RunData, Samples, finite, load_run
+from .run import RunData, Samples, advice_curve, class_scores, confusion, finite, load_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -38,9 +41,10 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 
 DPI = 100
-# (section id, title), in page order; every report has all of them.
+# (section id, title), in page order; a report has those that apply to its run's strategy.
 SECTIONS = (
     ("run", "Run"),
+    ("selection", "Strategy chosen by auto"),
     ("similarity", "Layer-wise similarity"),
     ("histograms", "Kernel distributions: D_pre and D_new"),
     ("activations", "Activation maps of the most and least similar kernels"),
@@ -48,9 +52,12 @@ SECTIONS = (
     ("frozen", "Frozen fraction per layer"),
     ("samples", "Sample images per class"),
     ("training", "Training curves"),
-    ("confusion", "Confusion matrix"),
+    ("confusion", "Confusion matrix and per-class scores"),
+    ("misclassified", "Misclassified test images"),
     ("comparison", "Strategy comparison and advice"),
 )
+TITLES = dict(SECTIONS)
+MAX_MISCLASSIFIED = 12  # images in the gallery, in rows of MAX_IMAGES
 MAX_IMAGES = 6  # images per row in the activation-map and Grad-CAM figures
 SOURCE_TEXT = {
     "batchnorm": "BatchNorm running statistics of the pretrained network (no source images)",
@@ -94,6 +101,7 @@ def make_report(
         ctx.model, ctx.model_note = _load_model(run.path)
     builders: dict[str, Callable[[_Context], str]] = {
         "run": _run_section,
+        "selection": _selection_section,
         "similarity": _similarity_section,
         "histograms": _histogram_section,
         "activations": _activation_section,
@@ -102,16 +110,30 @@ def make_report(
         "samples": _samples_section,
         "training": _training_section,
         "confusion": _confusion_section,
+        "misclassified": _misclassified_section,
         "comparison": _comparison_section,
     }
+    left_out = not_applicable(run)
     parts = []
-    for sid, title in SECTIONS:
+    order = list(SECTIONS)
+    if "comparison.json" in run.moved:  # a comparison's page: its table right after the run
+        order.remove(("comparison", TITLES["comparison"]))
+        order.insert(1, ("comparison", TITLES["comparison"]))
+    for sid, title in order:
+        if sid in left_out:
+            continue
         try:
             body = builders[sid](ctx)
         except SmartTransferError as e:  # a user-facing problem with this section's inputs
             body = _note(f"not drawn: {e}")
+        if sid == "run" and left_out:
+            body += _left_out_line(run, left_out)
         parts.append(f'<section id="{sid}">\n<h2>{_e(title)}</h2>\n{body}\n</section>')
     title = f"smart-transfer report: {run.config.get('strategy', run.path.name)}"
+    if "comparison.json" in run.moved:
+        rows = (run.comparison or {}).get("rows")
+        n = len(rows) if isinstance(rows, list) else "several"
+        title = f"smart-transfer: {n} strategies compared (the run shown: {run.strategy})"
     page = _PAGE.format(title=_e(title), body="\n".join(parts), css=_CSS)
     with atomic_open(out_path, "w", encoding="utf-8") as f:
         f.write(page)
@@ -253,6 +275,52 @@ def _transform(run: RunData, model: nn.Module) -> Any:
     return transforms_for(model, train=False, size=size if isinstance(size, int) else None)
 
 
+def _compares(name: str) -> bool | None:
+    """Whether strategy ``name`` compares activation distributions (None: not a known name)."""
+    from ..strategies import get_strategy
+
+    try:
+        return get_strategy(name).needs != "nothing"
+    except SmartTransferError:
+        return None
+
+
+def not_applicable(run: RunData) -> dict[str, str]:
+    """Section id -> why it does not apply to the run's strategy; those sections are left out.
+
+    A section that applies but lacks its input stays, with a note: a smart-kernel run without
+    its profiles is missing something, a linear probe's is not."""
+    out: dict[str, str] = {}
+    kept = run.effective_strategy
+    if run.strategy != "auto":
+        out["selection"] = "only auto chooses among candidates"
+    if run.comparison is None and run.advice is None:
+        out["comparison"] = "no other strategy was compared and the advisor was not run"
+    has_profiles = run.profile_pre is not None or run.profile_new is not None
+    control = kept.startswith("random-")  # a control draws channels at random, by others' counts
+    if (_compares(kept) is False or control) and not has_profiles:
+        why = (f"{kept} draws its channels at random and compares no distributions itself" if control
+               else f"{kept} compares no activation distributions")
+        out["histograms"] = out["activations"] = why
+        if not (run.advice or {}).get("curve"):
+            out["similarity"] = why
+        if run.plan is None:
+            out["frozen"] = f"{kept} freezes no kernels by plan"
+    if not run.log and _compares(kept) is not None and "probe" in kept:
+        out["training"] = f"{kept} is fitted in closed form, without epochs"
+    return out
+
+
+def _left_out_line(run: RunData, left_out: dict[str, str]) -> str:
+    """One line naming the sections left out, grouped by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for sid, _ in SECTIONS:
+        if sid in left_out:
+            by_reason.setdefault(left_out[sid], []).append(TITLES[sid])
+    parts = [f"{', '.join(titles)} ({reason})" for reason, titles in by_reason.items()]
+    return f'<p class="left-out">Not shown for {_e(run.strategy)}: {_e("; ".join(parts))}.</p>'
+
+
 # ---------------------------------------------------------------------------------- sections
 
 
@@ -300,13 +368,58 @@ def _run_section(ctx: _Context) -> str:
     return out
 
 
+def _selection_section(ctx: _Context) -> str:
+    """auto: every candidate with its validation (and cross-validation) accuracy, the one kept."""
+    res = ctx.run.result
+    if res is None:
+        return _note("no result.json: the candidates auto tried are unknown")
+    chosen: dict[str, Any] = res["chosen"] if isinstance(res.get("chosen"), dict) else {}
+    kept = str(chosen.get("strategy", "?"))
+    sel: dict[str, Any] = chosen["selection"] if isinstance(chosen.get("selection"), dict) else {}
+    tried = [t for t in res.get("tried") or [] if isinstance(t, dict)]
+    rows = []
+    for t in tried:
+        name = str(t.get("strategy", "?"))
+        cv = finite(t.get("cv_accuracy"))
+        cv_text = "-" if cv is None else f"{100 * cv:.1f}% ({t.get('cv_folds')} folds, {t.get('cv_images')} images)"
+        secs = finite(t.get("seconds"))
+        status = "kept" if name == kept else f"skipped: {t['skipped']}" if "skipped" in t else ""
+        rows.append((name, _pct(t.get("val_accuracy")) if "val_accuracy" in t else "-", cv_text,
+                     "-" if secs is None else f"{secs:.1f}", status))
+    out = f"<p>auto kept <strong>{_e(kept)}</strong>{_e(_rule_text(sel))}</p>"
+    out += _table(["candidate", "val accuracy", "cross-validation accuracy", "seconds", ""], rows) if rows else \
+        _note("result.json lists no candidates")
+    if ctx.run.log:
+        out += f"<p>The training curves below are those of {_e(kept)}, the candidate kept.</p>"
+    else:
+        out += f"<p>{_e(kept)} is fitted in closed form: it has no training curves.</p>"
+    return out
+
+
+def _rule_text(sel: dict[str, Any]) -> str:
+    n = sel.get("val_images")
+    if sel.get("rule") == "one-se":
+        se = finite(sel.get("standard_error"))
+        text = (": the simplest candidate within one standard error"
+                + ("" if se is None else f" ({100 * se:.1f} points)")
+                + f" of the best validation accuracy on {n} images")
+    elif sel.get("rule") == "best":
+        text = f": the best validation accuracy on {n} images"
+    else:
+        text = ""
+    cv = sel.get("cv")
+    if isinstance(cv, dict):
+        text += (f"; the probes were first compared by {cv.get('folds')}-fold cross-validation on "
+                 f"{cv.get('images')} images, which kept {cv.get('kept')}")
+    return text + "."
+
+
 def _similarity_section(ctx: _Context) -> str:
     sim = ctx.similarity()
     run = ctx.run
     if sim is None:
-        curve = (run.advice or {}).get("curve")
-        if isinstance(curve, list) and curve:
-            scores = {str(p["layer"]): float(p["score"]) for p in curve if "layer" in p}
+        scores = advice_curve(run)
+        if scores:
             fig, axes = ctx.figures.new(10, 4.2)
             plots.similarity_curve(scores, ax=axes[0][0], title="layer-wise similarity (advisor)")
             return ctx.figures.html(
@@ -472,67 +585,145 @@ def _training_section(ctx: _Context) -> str:
 
 def _confusion_section(ctx: _Context) -> str:
     m = ctx.run.metrics
-    if m is None or not isinstance(m.get("confusion_matrix"), list):
+    if m is None or "confusion_matrix" not in m:
         return _note("no metrics.json with a confusion matrix: the run was not evaluated")
-    cm = m["confusion_matrix"]
-    names = ctx.run.class_names
+    cm = confusion(ctx.run)
+    names = _names(ctx.run, len(cm))
     side = min(4.0 + 0.35 * len(cm), 12.0)
     fig, axes = ctx.figures.new(side, side - 0.5)
     plots.confusion_matrix(cm, names, ax=axes[0][0])
-    out = ctx.figures.html(
+    figure = ctx.figures.html(
         fig, "confusion_matrix", "Rows: true class; columns: predicted class; test split."
     )
-    per = m.get("per_class_accuracy")
-    if isinstance(per, list) and per:
-        out += _table(
-            ["class", "accuracy"],
-            [(names[i] if i < len(names) else i, _pct(v)) for i, v in enumerate(per)],
-        )
-    return out
+    sc = class_scores(cm)
+    rows = [(names[i], f"{sc['precision'][i]:.3f}", f"{sc['recall'][i]:.3f}", f"{sc['f1'][i]:.3f}",
+             int(sc["support"][i])) for i in range(len(cm))]
+    rows.append(("macro average", f"{sc['precision'].mean():.3f}", f"{sc['recall'].mean():.3f}",
+                 f"{sc['f1'].mean():.3f}", int(sc["support"].sum())))
+    table = _table(["class", "precision", "recall", "F1", "test images"], rows)
+    return (f'<div class="side">{figure}<div>{table}<p class="small">Precision: of the images '
+            "predicted as the class, the share that are; recall: of the class's images, the share "
+            "found (its accuracy); F1: their harmonic mean.</p></div></div>")
+
+
+def _names(run: RunData, k: int) -> list[str]:
+    names = run.class_names
+    return [names[i] if i < len(names) else f"class {i}" for i in range(k)]
+
+
+def _misclassified_section(ctx: _Context) -> str:
+    run, s = ctx.run, ctx.run.misclassified
+    if s is None:
+        if run.metrics is None:
+            return _note("the run was not evaluated: no test predictions")
+        return _note("test_samples.safetensors records no misclassified images (an evaluation by an "
+                     "older version); evaluate again with smart-transfer evaluate RUN --overwrite")
+    if len(s.labels) == 0:
+        return "<p>Every test image was classified correctly.</p>"
+    if s.predictions is None:
+        raise DataError(f"{run.file('test_samples.safetensors')!r} holds misclassified images but no "
+                        "predictions; evaluate the run again (smart-transfer evaluate RUN --overwrite)")
+    n = min(len(s.labels), MAX_MISCLASSIFIED)
+    rows = (n + MAX_IMAGES - 1) // MAX_IMAGES
+    fig, axes = ctx.figures.new(10, 1.9 * rows + 0.2, rows=rows, cols=MAX_IMAGES)
+    pairs = [(_class_name(run, int(s.labels[i])), _class_name(run, int(s.predictions[i]))) for i in range(n)]
+    for i in range(rows * MAX_IMAGES):
+        ax = axes[i // MAX_IMAGES][i % MAX_IMAGES]
+        if i < n:
+            plots.misclassified(s.images[i], *pairs[i], ax=ax)
+        else:
+            ax.set_axis_off()
+    wrong = _wrong_count(run)
+    total = (run.metrics or {}).get("test_images")
+    of = f"{wrong} of {total} test images were misclassified; " if wrong is not None and isinstance(total, int) else ""
+    caption = f"{_e(of)}{n} shown, taken in turn from each true class (title: true and predicted class)."
+    items = "".join(f"<li>true {_e(t)}, predicted {_e(p)}</li>" for t, p in pairs)
+    return ctx.figures.html(fig, "misclassified", caption) + f'<ol class="misclassified">{items}</ol>'
+
+
+def _wrong_count(run: RunData) -> int | None:
+    try:
+        cm = confusion(run)
+    except SmartTransferError:
+        return None
+    return int(cm.sum() - cm.trace())
 
 
 def _comparison_section(ctx: _Context) -> str:
-    comp, advice = ctx.run.comparison or {}, ctx.run.advice
-    out = ""
-    rows = comp.get("rows")
-    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    if rows:
-        out += _table(
-            ["strategy", "val accuracy", "test accuracy", "frozen", "seconds"],
-            [
-                (
-                    r.get("strategy", "?"),
-                    _pct(r.get("val_accuracy")),
-                    _pct(r.get("test_accuracy")),
-                    _pct(r.get("frozen_fraction")),
-                    "n/a" if finite(r.get("seconds")) is None else f"{r['seconds']:.1f}",
-                )
-                for r in rows
-            ],
-        )
-        fig, axes = ctx.figures.new(10, 3.8)
-        plots.strategy_comparison(rows, ax=axes[0][0])
-        out += ctx.figures.html(fig, "comparison", "Validation and test accuracy of each strategy.")
-        if comp.get("note"):
-            out += f"<p>{_e(comp['note'])}</p>"
-    else:
-        out += _note("no comparison.json: only this run's strategy was trained")
+    comp, advice = ctx.run.comparison, ctx.run.advice
+    out = _comparison_table(ctx, comp) if comp is not None else _note(
+        "no comparison.json: only this run's strategy was trained")
     if advice:
-        out += "<h3>Advice</h3>" + _table(
-            ["", ""],
-            [
-                ("recommended strategy", advice.get("strategy", "?")),
-                ("quadrant", advice.get("quadrant", "?")),
-                ("similarity", _num_text(advice.get("similarity"))),
-                ("layer", advice.get("layer", "?")),
-                ("samples per class", _num_text(advice.get("samples_per_class"))),
-            ],
-        )
-        reasons = advice.get("reasons")
-        if isinstance(reasons, list) and reasons:
-            out += "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>"
+        out += "<h3>Advice</h3>" + _advice_table(ctx.run, advice)
     else:
         out += _note("no advice.json: the advisor was not run")
+    return out
+
+
+def _comparison_table(ctx: _Context, comp: dict[str, Any]) -> str:
+    """The strategies side by side (mean and std over seeds where there are several)."""
+    rows = comp.get("rows")
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    if not rows:
+        return _note(f"{ctx.run.file('comparison.json')!r} holds no rows; run the comparison again")
+    out = ""
+    seeds = comp.get("seeds")
+    if isinstance(seeds, list) and seeds:
+        out += (f"<p>{_e(comp.get('backbone', '?'))} on {_e(comp.get('data', '?'))}: "
+                f"{_e(comp.get('train_images', '?'))} training, {_e(comp.get('val_images', '?'))} validation "
+                f"and {_e(comp.get('test_images', '?'))} test images per seed ({_e(comp.get('test', ''))}); "
+                f"seeds {_e(', '.join(str(x) for x in seeds))}. This page shows the run "
+                f"{_e(comp.get('report_run', ''))}.</p>")
+    out += _table(
+        ["strategy", "val accuracy", "test accuracy", "frozen", "seconds", "seeds"],
+        [(r.get("strategy", "?"), _pm(r.get("val_accuracy"), r.get("val_std")),
+          _pm(r.get("test_accuracy"), r.get("test_std")), _pct(r.get("frozen_fraction")),
+          "n/a" if finite(r.get("seconds")) is None else f"{r['seconds']:.1f}",
+          r.get("seeds", 1)) for r in rows],
+    )
+    fig, axes = ctx.figures.new(10, 3.8)
+    plots.strategy_comparison(rows, ax=axes[0][0])
+    what = "mean over seeds, bars: one standard deviation" if isinstance(seeds, list) and len(seeds) > 1 else "one seed"
+    out += ctx.figures.html(fig, "comparison", f"Validation and test accuracy of each strategy ({what}).")
+    records = comp.get("records")
+    records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    if records:
+        out += "<details><summary>every run</summary>" + _table(
+            ["seed", "strategy", "val accuracy", "test accuracy", "auto chose"],
+            [(r.get("seed", "?"), r.get("strategy", "?"), _pct(r.get("val_accuracy")), _pct(r.get("test_accuracy")),
+              (r.get("chosen") or {}).get("strategy", "") if isinstance(r.get("chosen"), dict) else "")
+             for r in records]) + "</details>"
+    if comp.get("note"):
+        out += f"<p>{_e(comp['note'])}</p>"
+    return out
+
+
+def _pm(mean: Any, std: Any) -> str:
+    m, s = finite(mean), finite(std)
+    if m is None:
+        return "n/a"
+    return f"{100 * m:.1f}%" if s is None else f"{100 * m:.1f} ± {100 * s:.1f}%"
+
+
+def _advice_table(run: RunData, advice: dict[str, Any]) -> str:
+    """The advisor's verdict; a score that is there but not a number is a damaged file."""
+    for key in ("similarity", "samples_per_class"):
+        if key in advice and advice[key] is not None and finite(advice[key]) is None:
+            return _note(f"not drawn: {run.file('advice.json')!r} holds {key}={advice[key]!r}, not a number; "
+                         "run the advisor again (smart-transfer advise)")
+    out = _table(
+        ["", ""],
+        [
+            ("recommended strategy", advice.get("strategy", "?")),
+            ("quadrant", advice.get("quadrant", "?")),
+            ("similarity", _num_text(advice.get("similarity"))),
+            ("layer", advice.get("layer", "?")),
+            ("samples per class", _num_text(advice.get("samples_per_class"))),
+        ],
+    )
+    reasons = advice.get("reasons")
+    if isinstance(reasons, list) and reasons:
+        out += "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>"
     return out
 
 
@@ -552,6 +743,10 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
 thead th:empty { display: none; }
 .note { color: #8a6d3b; background: #fcf8e3; padding: 4px 8px; border-radius: 3px; }
 code { font-size: 0.9em; }
+.side { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.small { font-size: 0.85em; color: #555; max-width: 32em; }
+.left-out { color: #555; font-size: 0.92em; }
+ol.misclassified { font-size: 0.85em; color: #555; columns: 3; }
 """
 
 _PAGE = """<!DOCTYPE html>

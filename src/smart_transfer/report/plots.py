@@ -35,6 +35,12 @@ TRAIN_COLOR = "#2ca02c"
 VAL_COLOR = "#d62728"
 
 
+def plain(text: Any) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` would start mathtext (``a$b$`` is
+    typeset as math, ``$\\frac{`` stops the drawing with a parse error), so it is escaped."""
+    return str(text).replace("$", r"\$")
+
+
 def _axes(ax: Axes | None) -> Axes:
     if ax is not None:
         return ax
@@ -53,7 +59,7 @@ def _layer_ticks(ax: Axes, names: Sequence[str], max_labels: int = 24) -> None:
     step = max(1, math.ceil(len(names) / max_labels))
     ticks = list(range(0, len(names), step))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([names[i] for i in ticks], rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels([plain(names[i]) for i in ticks], rotation=60, ha="right", fontsize=7)
 
 
 # ---------------------------------------------------------------------------------- similarity
@@ -189,7 +195,7 @@ def kernel_histogram(
     ax.set_xlim(lo, hi)
     ax.set_xlabel("activation")
     ax.set_ylabel("density")
-    title = f"{new.name} kernel {c}"
+    title = f"{plain(new.name)} kernel {c}"
     if score is not None:
         title += f" (similarity {score:.3f})"
     ax.set_title(title, fontsize=9)
@@ -258,11 +264,11 @@ def image_grid(
     ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([pad + j * (w + pad) + w / 2 for j in range(cols)] if col_labels else [])
     if col_labels:
-        ax.set_xticklabels(list(col_labels)[:cols], fontsize=7)
+        ax.set_xticklabels([plain(c) for c in list(col_labels)[:cols]], fontsize=7)
         ax.xaxis.tick_top()
     ax.set_yticks([pad + i * (h + pad) + h / 2 for i in range(len(rows))] if row_labels else [])
     if row_labels:
-        ax.set_yticklabels(list(row_labels)[: len(rows)], fontsize=7)
+        ax.set_yticklabels([plain(r) for r in list(row_labels)[: len(rows)]], fontsize=7)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -438,7 +444,7 @@ def confusion_matrix(
         raise ConfigError(f"a confusion matrix must be square, got shape {m.shape}")
     k = m.shape[0]
     ax.imshow(m, cmap="Blues", interpolation="nearest")
-    names = list(class_names or [str(i) for i in range(k)])[:k]
+    names = [plain(n) for n in list(class_names or [str(i) for i in range(k)])[:k]]
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
@@ -463,18 +469,22 @@ def confusion_matrix(
 
 
 def strategy_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | None = None) -> Axes:
-    """Validation and test accuracy of each strategy (grouped bars)."""
+    """Validation and test accuracy of each strategy (grouped bars; ``val_std`` / ``test_std``,
+    the standard deviation over seeds, as error bars where given)."""
     ax = _axes(ax)
-    names = [str(r.get("strategy", "?")) for r in rows]
+    names = [plain(r.get("strategy", "?")) for r in rows]
     x = np.arange(len(rows))
     for k, (key, color) in enumerate((("val_accuracy", VAL_COLOR), ("test_accuracy", PRE_COLOR))):
         y = [_num(r.get(key)) for r in rows]
+        err = [_num(r.get(key.replace("accuracy", "std"))) for r in rows]
         bars = ax.bar(
             x + (k - 0.5) * 0.38,
             np.nan_to_num(y),
             width=0.38,
             color=color,
             label=key.replace("_", " "),
+            yerr=None if all(math.isnan(e) for e in err) else np.nan_to_num(err),
+            capsize=3,
         )
         ax.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.3f}" for v in y], fontsize=7)
     ax.set_xticks(x)
@@ -484,4 +494,15 @@ def strategy_comparison(rows: Sequence[Mapping[str, Any]], ax: Axes | None = Non
     ax.set_title("strategies")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def misclassified(
+    image: Tensor | np.ndarray, true_name: str, predicted_name: str, ax: Axes | None = None
+) -> Axes:
+    """One misclassified test image, titled with its true and its predicted class."""
+    ax = _axes(ax)
+    ax.imshow(to_rgb(image)[0], interpolation="nearest")
+    ax.set_title(f"true: {plain(true_name)}\npred: {plain(predicted_name)}", fontsize=8)
+    ax.set_axis_off()
     return ax

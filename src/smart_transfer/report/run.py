@@ -1,9 +1,11 @@
 """Read a run directory: every file the report draws from, each one optional.
 
-A run directory is what training and evaluation write (``config.json``, ``plan.json``,
-``profile_pre.pt`` / ``profile_new.pt``, ``log.jsonl``, ``metrics.json``,
+A run directory is what training and evaluation write (``config.json``, ``result.json``,
+``plan.json``, ``profile_pre.pt`` / ``profile_new.pt``, ``log.jsonl``, ``metrics.json``,
 ``samples.safetensors``, ``test_samples.safetensors``, ``advice.json``,
-``comparison.json``). :func:`load_run` reads what is there into a :class:`RunData`; a
+``comparison.json``). The folder of a strategy comparison (``comparison.json`` naming its
+``report_run``, no ``config.json``) reads as that run with the comparison's own
+``comparison.json`` and ``advice.json``. :func:`load_run` reads what is there into a :class:`RunData`; a
 missing file leaves its field ``None`` and the report says so in the section that needed it.
 A file that is there but unreadable is a mistake worth stopping for: it raises
 :class:`~smart_transfer.errors.DataError` naming the file.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 from torch import Tensor
 
 from ..errors import DataError, SmartTransferError
@@ -27,6 +30,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Every file the report knows about; a directory with none of them is not a run directory.
 RUN_FILES = (
     "config.json",
+    "result.json",
     "plan.json",
     "profile_pre.pt",
     "profile_new.pt",
@@ -45,6 +49,7 @@ class Samples:
 
     images: Tensor
     labels: Tensor  # int64 (N,)
+    predictions: Tensor | None = None  # int64 (N,): the model's class, where it was recorded
 
 
 @dataclass
@@ -53,6 +58,7 @@ class RunData:
 
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None  # result.json: chosen, tried (auto's candidates), ...
     plan: Any = None  # FreezePlan
     profile_pre: Any = None  # ActivationProfile
     profile_new: Any = None  # ActivationProfile
@@ -60,9 +66,29 @@ class RunData:
     metrics: dict[str, Any] | None = None
     samples: Samples | None = None
     test_samples: Samples | None = None
+    misclassified: Samples | None = None  # test images the model got wrong, with its predictions
     advice: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was not used
+    moved: dict[str, Path] = field(default_factory=dict)  # file name -> where it was read instead
+
+    def file(self, name: str) -> str:
+        """The path a file of the run was read from (for messages naming a damaged file)."""
+        return str(self.moved.get(name, self.path / name))
+
+    @property
+    def strategy(self) -> str:
+        """The strategy the run was trained with ("?" when unknown)."""
+        s = self.config.get("strategy") or (self.result or {}).get("strategy")
+        return s if isinstance(s, str) else "?"
+
+    @property
+    def effective_strategy(self) -> str:
+        """For ``auto``, the candidate it kept; else the strategy itself."""
+        chosen = (self.result or {}).get("chosen")
+        if self.strategy == "auto" and isinstance(chosen, dict) and isinstance(chosen.get("strategy"), str):
+            return str(chosen["strategy"])
+        return self.strategy
 
     @property
     def class_names(self) -> list[str]:
@@ -111,6 +137,33 @@ def load_run(run_dir: PathLike) -> RunData:
             f"no run directory at {str(path)!r}; pass the folder that training wrote "
             "(the one holding config.json)"
         )
+    if not (path / "config.json").is_file() and (path / "comparison.json").is_file():
+        comparison = _json_object(path / "comparison.json") or {}
+        sub = comparison.get("report_run")
+        if isinstance(sub, str) and sub:
+            return _comparison_run(path, sub, comparison)
+    return _load_one(path)
+
+
+def _comparison_run(path: Path, sub: str, comparison: dict[str, Any]) -> RunData:
+    """The run a comparison folder's report shows, with the comparison's table and advice."""
+    target = path / sub
+    if path.resolve() not in target.resolve().parents or not target.is_dir():
+        raise DataError(
+            f"{str(path / 'comparison.json')!r} names report_run {sub!r}, which is not a run "
+            "folder inside it; run the comparison again"
+        )
+    run = _load_one(target)
+    run.comparison = comparison
+    run.moved["comparison.json"] = path / "comparison.json"
+    top = _json_object(path / "advice.json")
+    if top is not None:
+        run.advice = top
+        run.moved["advice.json"] = path / "advice.json"
+    return run
+
+
+def _load_one(path: Path) -> RunData:
     if not any((path / name).is_file() for name in RUN_FILES):
         raise DataError(
             f"{str(path)!r} holds none of the files of a run ({', '.join(RUN_FILES[:4])}, ...); "
@@ -122,12 +175,14 @@ def load_run(run_dir: PathLike) -> RunData:
         if not isinstance(config, dict):
             raise DataError(f"{str(path / 'config.json')!r} is not a JSON object; write it again")
         run.config = config
+    run.result = _json_object(path / "result.json")
     run.metrics = _json_object(path / "metrics.json")
     run.advice = _json_object(path / "advice.json")
     run.comparison = _json_object(path / "comparison.json")
     run.log = _jsonl(path / "log.jsonl")
     run.samples = _samples(path / "samples.safetensors")
     run.test_samples = _samples(path / "test_samples.safetensors")
+    run.misclassified = _samples(path / "test_samples.safetensors", prefix="misclassified_")
     if (path / "plan.json").is_file():
         from ..freeze import FreezePlan
 
@@ -188,7 +243,9 @@ def _jsonl(file: Path) -> list[dict[str, Any]] | None:
     return rows
 
 
-def _samples(file: Path) -> Samples | None:
+def _samples(file: Path, prefix: str = "") -> Samples | None:
+    """``images`` and ``labels`` (with ``prefix``: ``PREFIXimages``, ...) of a safetensors file;
+    None when the file or (with a prefix) those tensors are absent."""
     if not file.is_file():
         return None
     try:
@@ -199,9 +256,11 @@ def _samples(file: Path) -> Samples | None:
         d = load_file(str(file))
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise DataError(f"{str(file)!r} is not a readable safetensors file ({e})") from e
-    images, labels = d.get("images"), d.get("labels")
+    images, labels = d.get(prefix + "images"), d.get(prefix + "labels")
+    if images is None and labels is None and (prefix or any(k.startswith("misclassified_") for k in d)):
+        return None
     if images is None or labels is None:
-        raise DataError(f"{str(file)!r} needs the tensors 'images' and 'labels'")
+        raise DataError(f"{str(file)!r} needs the tensors '{prefix}images' and '{prefix}labels'")
     if images.dim() == 3:
         images = images.unsqueeze(1)
     if images.dim() != 4 or labels.dim() != 1 or labels.numel() != images.shape[0]:
@@ -209,7 +268,11 @@ def _samples(file: Path) -> Samples | None:
             f"{str(file)!r} holds images of shape {tuple(images.shape)} and labels of shape "
             f"{tuple(labels.shape)}; expected (N, C, H, W) and (N,)"
         )
-    return Samples(images=images.float().clamp(0, 1), labels=labels.long())
+    pred = d.get(prefix + "predictions")
+    if pred is not None and (pred.dim() != 1 or pred.numel() != labels.numel()):
+        raise DataError(f"{str(file)!r} holds {pred.numel()} predictions for {labels.numel()} images")
+    return Samples(images=images.float().clamp(0, 1), labels=labels.long(),
+                   predictions=None if pred is None else pred.long())
 
 
 def finite(x: Any) -> float | None:
@@ -217,3 +280,62 @@ def finite(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x) if math.isfinite(x) else None
+
+
+def confusion(run: RunData) -> np.ndarray:
+    """The run's confusion matrix from metrics.json, checked: square, whole counts >= 0.
+
+    Raises:
+        DataError: naming metrics.json and what is wrong with it, when it is ragged, not
+            square, not numeric or negative (the report then leaves the section out).
+    """
+    file = run.file("metrics.json")
+    cm = (run.metrics or {}).get("confusion_matrix")
+    fix = "evaluate the run again (smart-transfer evaluate RUN --overwrite)"
+    if not isinstance(cm, list) or not cm or not all(isinstance(r, list) for r in cm):
+        raise DataError(f"{file!r} holds no confusion_matrix as a list of rows; {fix}")
+    k = len(cm)
+    for i, row in enumerate(cm):
+        if len(row) != k:
+            raise DataError(f"{file!r}: row {i} of the confusion matrix has {len(row)} values, not {k} "
+                            f"(it must be square); {fix}")
+        for v in row:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or v != int(v):
+                raise DataError(f"{file!r}: the confusion matrix holds {v!r} in row {i}, not a count; {fix}")
+    return np.asarray(cm, dtype=np.int64)
+
+
+def class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support of a confusion matrix (rows: true class).
+
+    A class never predicted (precision) or never present (recall) scores 0, as scikit-learn's
+    ``precision_recall_fscore_support(..., zero_division=0)`` does."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    predicted, support = cm.sum(0), cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(tp), where=both > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+
+
+def advice_curve(run: RunData) -> dict[str, float] | None:
+    """Layer -> score of advice.json's similarity curve, checked; None when there is none.
+
+    Raises:
+        DataError: naming advice.json, when a point has no layer or a score that is not a number.
+    """
+    curve = (run.advice or {}).get("curve")
+    if not isinstance(curve, list) or not curve:
+        return None
+    file = run.file("advice.json")
+    out: dict[str, float] = {}
+    for i, p in enumerate(curve):
+        score = finite(p.get("score")) if isinstance(p, dict) else None
+        if not isinstance(p, dict) or "layer" not in p or score is None:
+            raise DataError(f"{file!r}: point {i} of the similarity curve is {p!r}, not a layer with a "
+                            "numeric score; run the advisor again (smart-transfer advise)")
+        out[str(p["layer"])] = score
+    return out
