@@ -198,15 +198,15 @@ def save_checkpoint(
     final = folder / name
     meta = {"epoch": str(epoch)}
     try:
-        with disk_errors(tmp):
+        with disk_errors(final):
             tmp.mkdir()
-        save_weights(tmp / WEIGHTS, weights, metadata={**meta, "role": "last"})
-        save_weights(tmp / BEST, best, metadata={**meta, "role": "best"})
-        save_state(tmp / STATE, state)
-        if final.exists():  # a unit of this epoch from an earlier attempt: replaced
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(folder)
+            save_weights(tmp / WEIGHTS, weights, metadata={**meta, "role": "last"})
+            save_weights(tmp / BEST, best, metadata={**meta, "role": "best"})
+            save_state(tmp / STATE, state)
+            if final.exists():  # a unit of this epoch from an earlier attempt: replaced
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
