@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any, Union
 
 from ._paths import check_output
@@ -140,17 +141,17 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -
     one too (see :func:`~smart_transfer._paths.check_output`).
     """
     named = check_output(path)
-    path = _follow(named)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    target = _follow(named)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     with disk_errors(named), _sigterm_unwinds():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, mode, encoding=encoding) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

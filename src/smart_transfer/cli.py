@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._atomic import Terminated, atomic_open
-from ._paths import check_output_folders, check_outputs, check_replaced_folders
+from ._paths import check_output_folders, check_outputs, check_replaced_folders, is_run_folder
 from .errors import ConfigError, SmartTransferError
 
 
@@ -256,9 +256,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = args.device
     if args.resume and device is None:  # the device the run was made with
-        cfg_path = Path(args.resume) / "config.json"
-        if cfg_path.is_file():
-            device = json.loads(cfg_path.read_text(encoding="utf-8")).get("data", {}).get("cli", {}).get("device")
+        if (Path(args.resume) / "config.json").is_file():
+            from .api import read_config
+
+            cli = read_config(Path(args.resume)).get("data", {}).get("cli")
+            device = cli.get("device") if isinstance(cli, dict) else None
     with launched_group(device) as (_, world):
         return _train(args, world)
 
@@ -270,20 +272,12 @@ def _train(args: argparse.Namespace, world: int) -> int:
     from .training import TrainingInterrupted
 
     if args.resume:
-        cfg_path = Path(args.resume) / "config.json"
-        if not cfg_path.is_file():
-            raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
-        saved = json.loads(cfg_path.read_text(encoding="utf-8")).get("data", {}).get("cli")
-        if not saved:
-            raise ConfigError(f"{args.resume!r} was not made by 'smart-transfer train'; resume it from Python")
-        for k, v in saved.items():
-            setattr(args, k, v)
-        args.out = args.resume
+        _resume_args(args)
     elif not args.out:
         raise ConfigError("say where the run goes: --out DIR (or --resume DIR to continue one)")
     elif args.data is None:
         raise ConfigError("say what to train on: --data fashion-mnist, a folder of class subfolders, or an .npz")
-    elif (Path(args.out) / "config.json").exists():
+    elif is_run_folder(args.out):
         raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
     check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
     if world > 1:  # every rank has checked the folder before rank 0 writes into it
@@ -312,6 +306,59 @@ def _train(args: argparse.Namespace, world: int) -> int:
         if result.chosen:
             print(f"chosen on validation: {json.dumps(result.chosen)}")
     return 0
+
+
+# Flags that --resume honours: they change how the run is shown or where it runs, not what
+# it computes from the checkpoint.
+_RESUME_FREE = ("resume", "no_progress", "device")
+
+
+def _resume_args(args: argparse.Namespace) -> None:
+    """Fill ``args`` from the run's recorded command line; refuse a flag given now whose value
+    differs from the recorded one (resume could not honour it, and would record it falsely)."""
+    from .api import read_config
+
+    folder = Path(args.resume)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
+    cfg = read_config(folder)
+    saved = cfg.get("data", {}).get("cli")
+    if not saved or not isinstance(saved, dict):
+        raise ConfigError(f"{args.resume!r} was not made by 'smart-transfer train'; resume it from Python")
+    given: set[str] = getattr(args, "_given", set())
+    if "out" in given and args.out is not None and Path(args.out).resolve() != folder.resolve():
+        raise ConfigError(f"--resume continues in {args.resume!r}; drop --out {args.out}")
+    for key in sorted(given - set(_RESUME_FREE) - {"out"}):
+        if key in saved and getattr(args, key) != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {getattr(args, key)!r} differs from the run's {saved[key]!r}, and --resume "
+                f"continues a run as it was started; drop {flag} (or start a new run with --out)"
+            )
+    for k, v in saved.items():
+        if k not in _RESUME_FREE or k not in given:
+            setattr(args, k, v)
+    args.out = args.resume
+
+
+def _given_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of the options typed on the command line (abbreviations included):
+    the parser is run again with every default suppressed, so only typed options remain."""
+    parser = build_parser()
+    stack: list[argparse.ArgumentParser] = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest not in ("help", "command"):
+                action.default = argparse.SUPPRESS
+        p.set_defaults(func=None)
+    try:
+        ns = parser.parse_args(list(argv))
+    except SystemExit:  # pragma: no cover - the first parse accepted the same argv
+        return set()
+    return set(vars(ns)) - {"func", "command"}
 
 
 def _rank() -> int:
@@ -347,7 +394,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
     check_outputs({"run (metrics.json)": Path(args.run) / "metrics.json"},
-                  {"--data": args.data, "--test-data": args.test_data})
+                  {"--data": args.data, "--test-data": args.test_data},
+                  own=("metrics.json", "test_samples.safetensors"))
     result = st.TrainResult.load(args.run)
     spec = args.data or result.config.get("data", {}).get("spec")
     from .errors import ConfigError
@@ -413,10 +461,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
-    read = ("config.json", "plan.json", "log.jsonl", "metrics.json", "advice.json", "comparison.json")
-    check_outputs({"--out": args.out or Path(args.run) / "report.html"},
-                  {f"run ({name})": Path(args.run) / name for name in read})
-    path = make_report(args.run, out=args.out)
+    path = make_report(args.run, out=args.out, option="--out")
     print(f"report -> {path}")
     return 0
 
@@ -599,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(e, Terminated):
                 raise
             return e.code if isinstance(e.code, int) else 2
+        args._given = _given_flags(argv)
         return int(args.func(args))
     except KeyboardInterrupt as e:  # also TrainingInterrupted, which says what was saved
         if debug:
