@@ -207,7 +207,7 @@ def check_output_folders(
             here = _resolved(f)
             if q.is_dir() and q in here.parents:
                 raise ConfigError(
-                    f"{option}={str(f)!r} lies inside the input folder {in_option}={str(in_path)!r}; "
+                    f"{option}={str(f)!r} lies inside the input folder {str(in_path)!r} ({in_option}); "
                     f"its files would be read as data by the next run, so pass a folder outside "
                     f"it to {option}."
                 )
@@ -288,7 +288,7 @@ def check_not_in_inputs(
         for option, p in outputs.items():
             if here in _resolved(p).parents:
                 raise ConfigError(
-                    f"{option}={str(p)!r} lies inside the input folder {in_option}={str(q)!r}; "
+                    f"{option}={str(p)!r} lies inside the input folder {str(q)!r} ({in_option}); "
                     f"its files would be read as data by the next run, so pass a path outside "
                     f"{str(q)!r} to {option}."
                 )
