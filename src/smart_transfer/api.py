@@ -169,6 +169,30 @@ class TrainResult:
         return transforms_for(self.model, train=False, size=self.config.get("size"))
 
 
+def _check_recipe(recipe: Recipe) -> None:
+    """Refuse, before any work, a training setting that would fail or train nothing."""
+    import math
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = (
+        ("lr", "--lr", number(recipe.lr) and recipe.lr > 0, "a positive finite number, e.g. 1e-3"),
+        ("weight_decay", "--weight-decay", number(recipe.weight_decay) and recipe.weight_decay >= 0,
+         "a finite number >= 0, e.g. 1e-4"),
+        ("batch_size", "--batch-size", isinstance(recipe.batch_size, int) and not isinstance(recipe.batch_size, bool)
+         and recipe.batch_size >= 1, "a positive integer, e.g. 32"),
+        ("head_lr_mult", "head_lr_mult", number(recipe.head_lr_mult) and recipe.head_lr_mult > 0,
+         "a positive number, e.g. 10"),
+        ("warmup", "warmup", number(recipe.warmup) and 0 <= recipe.warmup < 1, "a fraction in [0, 1)"),
+        ("patience", "--patience", recipe.patience is None or (isinstance(recipe.patience, int)
+         and not isinstance(recipe.patience, bool) and recipe.patience >= 1), "None or a positive integer"),
+    )
+    for name, flag, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{name}={getattr(recipe, name)!r} ({flag}) must be {what}")
+
+
 def _same_folder(a: Path, b: Path) -> bool:
     return a.expanduser().resolve() == Path(b).expanduser().resolve()
 
@@ -388,6 +412,7 @@ def train(
         raise ConfigError(f"unknown optimizer {optimizer!r}; use 'adamw' or 'sgd'")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    _check_recipe(recipe)
     out_dir = Path(out) if out is not None else None
     if resume and (out_dir is None or not (out_dir / "config.json").is_file()):
         raise ConfigError(f"nothing to resume: {str(out_dir)!r} holds no run (no config.json)")

@@ -231,6 +231,13 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _check_strategy_options(strategy: str, options: dict[str, Any]) -> None:
+    from .strategies import get_strategy
+    from .strategies.base import check_options
+
+    check_options(strategy, options, get_strategy(strategy).options)
+
+
 def _draw(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     """The dataset and the few-shot train/val indices that --data/--per-class/--seed name."""
     import smart_transfer as st
@@ -279,7 +286,9 @@ def _train(args: argparse.Namespace, world: int) -> int:
         raise ConfigError("say what to train on: --data fashion-mnist, a folder of class subfolders, or an .npz")
     elif is_run_folder(args.out):
         raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
-    check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
+    check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data,
+                                               "--source": args.source})
+    _check_strategy_options(args.strategy, _options(args.option))  # before the data is read
     if world > 1:  # every rank has checked the folder before rank 0 writes into it
         import torch.distributed
 
@@ -469,6 +478,46 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser
 
 
+def _number(text: str, what: str, ok: Any) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass {what}") from None
+    if value != value or value in (float("inf"), float("-inf")) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; pass {what}")
+    return value
+
+
+def _count(text: str, what: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass {what}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; pass {what}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    return _number(text, "a positive finite number, e.g. 1e-3", lambda v: v > 0)
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (weight decay)."""
+    return _number(text, "a finite number >= 0, e.g. 1e-4", lambda v: v >= 0)
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a fraction in (0, 1) (the validation share)."""
+    return _number(text, "a fraction between 0 and 1, e.g. 0.2", lambda v: 0 < v < 1)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (epochs, batch size, patience)."""
+    return _count(text, "an integer >= 1", 1)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (usage mistakes exit 2 like every other user mistake)."""
 
@@ -496,9 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backbone", default="efficientnet_lite0")
     d.add_argument("--per-class", type=int, default=20, help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    d.add_argument("--epochs", type=int, default=10)
-    d.add_argument("--lr", type=float, default=1e-3)
-    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--epochs", type=positive_int, default=10)
+    d.add_argument("--lr", type=positive_float, default=1e-3)
+    d.add_argument("--batch-size", type=positive_int, default=32)
     d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
     d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
     d.add_argument("--quick", action="store_true", help="3 epochs and a fixed 2,000-image test subset")
@@ -534,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--backbone", default="efficientnet_lite0", help="a name (smart-transfer list backbones) or a weights file")
         q.add_argument("--data", required=required, help="'fashion-mnist', a folder of class subfolders, or an .npz")
         q.add_argument("--per-class", type=int, default=20, help="labelled images drawn per class (default 20)")
-        q.add_argument("--val-fraction", type=float, default=0.2, help="validation share of the drawn images (default 0.2)")
+        q.add_argument("--val-fraction", type=open_fraction, default=0.2, help="validation share of the drawn images (default 0.2)")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--size", type=int, default=None, help="network input size (default: the backbone's)")
         q.add_argument("--image-size", type=int, default=None, help="resize a folder's images when read")
@@ -548,12 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
     data_args(t, required=False)
     t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
-    t.add_argument("--epochs", type=int, default=15)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=positive_int, default=15)
+    t.add_argument("--lr", type=positive_float, default=1e-3)
+    t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    t.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    t.add_argument("--patience", type=positive_int, default=5, help="early stopping patience in epochs")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
     t.add_argument("--out", help="the run folder")
     t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")

@@ -150,3 +150,6 @@ def check_options(name: str, options: dict[str, Any], known: Iterable[str]) -> N
             f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
             f"{', '.join(sorted(known)) or 'none'} (see smart_transfer.list_strategies(details=True))"
         )
+    from .option_values import check_option_values
+
+    check_option_values(name, options)
