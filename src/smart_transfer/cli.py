@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -658,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text or type(e).__name__
@@ -711,6 +715,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("terminated (SIGTERM); files written before are intact", file=sys.stderr)
         return 143
+    except OSError as e:  # a write that no writer translated: disk full, ulimit -f, read-only
+        from ._atomic import storage_error
+
+        if debug:
+            traceback.print_exc()
+        full = storage_error(e, e.filename or "a file") if e.errno in _FULL_ERRNOS else None
+        if full is not None:
+            print(f"error: {_one_line(full)}", file=sys.stderr)
+            return 2
+        print(f"internal error: {type(e).__name__}: {_one_line(e)} (run again with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - the one place every other failure is reported
         if debug:
             traceback.print_exc()

@@ -137,7 +137,8 @@ def test_two_train_processes_with_one_out_one_is_refused(made, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "smart_transfer.cli", "train", *TRAIN, "--data", str(data),
            "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    src = os.path.dirname(os.path.dirname(st.__file__))  # this checkout, not another
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]

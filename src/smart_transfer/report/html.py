@@ -28,7 +28,7 @@ from torch import nn
 
 from .._atomic import atomic_open, disk_errors
 from .._paths import check_outputs
-from ..errors import ConfigError, MissingDependencyError, SmartTransferError
+from ..errors import ConfigError, MissingDependencyError, SmartTransferError, StorageError
 from . import maps as mapsmod
 from . import plots
 from .run import RunData, Samples, finite, load_run
@@ -154,6 +154,8 @@ def _write_page(run: RunData, model: nn.Module | None, out_path: Path, figures: 
     for sid, title in SECTIONS:
         try:
             body = builders[sid](ctx)
+        except StorageError:  # a figure could not be written: the whole report fails
+            raise
         except SmartTransferError as e:  # a user-facing problem with this section's inputs
             body = _note(f"not drawn: {e}")
         parts.append(f'<section id="{sid}">\n<h2>{_e(title)}</h2>\n{body}\n</section>')

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import PathLike, atomic_open, disk_errors
-from ..errors import DataError
+from ..errors import DataError, StorageError
 
 WEIGHTS = "model.safetensors"
 BEST = "best.safetensors"
@@ -207,6 +207,9 @@ def save_checkpoint(
                 shutil.rmtree(final)
             os.rename(tmp, final)
             _fsync_dir(folder)
+    except StorageError as exc:  # name the checkpoint, not its temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(str(exc).replace(str(tmp), str(final))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
