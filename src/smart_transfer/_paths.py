@@ -305,7 +305,7 @@ def claim_run_folder(folder: PathLike, option: str = "out") -> Path:
     f = Path(os.fspath(folder)).expanduser()
     if is_run_folder(f):
         raise ConfigError(
-            f"{option}={str(f)!r} already holds a run; resume it (--resume {str(f)}, "
+            f"{option}={str(f)!r} already holds a run; resume it (--resume {f!s}, "
             "resume=True) or pass another folder"
         )
     f.mkdir(parents=True, exist_ok=True)

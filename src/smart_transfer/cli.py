@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import signal
 import sys
 import time
@@ -263,12 +264,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.distributed import launched_group
 
     device = args.device
-    if args.resume and device is None:  # the device the run was made with
-        if (Path(args.resume) / "config.json").is_file():
-            from .api import read_config
+    if args.resume and device is None and (Path(args.resume) / "config.json").is_file():
+        from .api import read_config  # the device the run was made with
 
-            cli = read_config(Path(args.resume)).get("data", {}).get("cli")
-            device = cli.get("device") if isinstance(cli, dict) else None
+        cli = read_config(Path(args.resume)).get("data", {}).get("cli")
+        device = cli.get("device") if isinstance(cli, dict) else None
     with launched_group(device) as (_, world):
         return _train(args, world)
 
@@ -484,7 +484,7 @@ def _number(text: str, what: str, ok: Any) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass {what}") from None
-    if value != value or value in (float("inf"), float("-inf")) or not ok(value):
+    if not math.isfinite(value) or not ok(value):
         raise argparse.ArgumentTypeError(f"{text!r} is out of range; pass {what}")
     return value
 

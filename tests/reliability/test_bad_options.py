@@ -7,7 +7,7 @@ from rel_helpers import assert_one_line_error, run_cli
 from run_fixtures import TRAIN, make_data
 
 import smart_transfer as st
-import smart_transfer.cli as cli
+from smart_transfer import cli
 from smart_transfer.errors import ConfigError
 from smart_transfer.strategies.probe import _classifier
 

@@ -9,14 +9,13 @@ import pickle
 
 import pytest
 import torch
+from rel_helpers import temp_files
 from torch import nn
 
 import smart_transfer as st
 from smart_transfer.errors import DataError, StorageError
 from smart_transfer.training import TrainingInterrupted, fit
 from smart_transfer.training import checkpoint as ckpt
-
-from rel_helpers import temp_files
 
 
 def _setup(seed: int = 0, width: int = 16, groups: int = 1):

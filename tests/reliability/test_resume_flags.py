@@ -50,7 +50,7 @@ def test_python_resume_with_another_lr_is_refused_before_any_work(made, tmp_path
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["recipe"]["lr"] == 0.001
     before = snapshot(run)
-    import smart_transfer.api as api
+    from smart_transfer import api
 
     def no_data(*a, **k):  # the refusal comes before the data is read
         raise AssertionError("data was read")
