@@ -14,10 +14,12 @@ A run folder is claimed with :func:`claim_run_folder` (an exclusive create of
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -250,15 +252,31 @@ def enclosing_run(path: PathLike) -> Path | None:
     return None
 
 
+# Run folders this process is writing as their run (train, TrainResult.save): their own files
+# may be written there. A context variable, so threads and tasks do not see each other's.
+_WRITING: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("_WRITING", default=())
+
+
+@contextmanager
+def writing_run(folder: PathLike) -> Iterator[None]:
+    """Within the block, the run files of ``folder`` may be written (by the run itself)."""
+    token = _WRITING.set((*_WRITING.get(), _resolved(Path(os.fspath(folder)))))
+    try:
+        yield
+    finally:
+        _WRITING.reset(token)
+
+
 def check_run_files(
     outputs: Mapping[str, Path], own: Collection[str] = ()
 ) -> None:
     """Refuse an output onto a file or folder that a run folder holds (:data:`RUN_FILES`),
     unless its name, relative to the run folder, is in ``own`` (the files this command itself
-    writes there, e.g. ``report.html``). Also refused: anything below ``checkpoints/``."""
+    writes there, e.g. ``report.html``), or the run folder is being written by its own run
+    (:func:`writing_run`). Also refused: anything below ``checkpoints/``."""
     for option, p in outputs.items():
         run = enclosing_run(p)
-        if run is None:
+        if run is None or run in _WRITING.get():
             continue
         rel = _resolved(p).relative_to(run)
         top = rel.parts[0]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._atomic import PathLike, atomic_open
-from ._paths import claim_run_folder
+from ._paths import claim_run_folder, writing_run
 from .errors import ConfigError, DataError
 from .strategies import Context, Recipe, get_strategy
 from .strategies.advice import Advice
@@ -125,7 +125,8 @@ class TrainResult:
         ckpt.save_weights(out / "model.safetensors", self.model.state_dict(),
                           metadata={"strategy": self.strategy, "backbone": str(self.config.get("backbone"))})
         if self.plan is not None:
-            self.plan.save(out / "plan.json")
+            with writing_run(out):  # the run's own plan.json
+                self.plan.save(out / "plan.json")
         if self.advice is not None:
             adv = self.advice.to_dict() if isinstance(self.advice, Advice) else self.advice
             _write_json(out / "advice.json", adv)
@@ -240,7 +241,9 @@ def _check_out_folder(out_dir: Path, resume: bool, data: dict[str, Any]) -> None
         if root is not None and Path(root).is_dir():
             roots[name] = root
     check_output_folders({"out": out_dir}, roots)
-    if not resume and is_run_folder(out_dir):
+    from .training.distributed import world
+
+    if not resume and world()[0] == 0 and is_run_folder(out_dir):  # rank 0 writes the folder
         raise ConfigError(
             f"out={str(out_dir)!r} already holds a run; pass resume=True (--resume) to continue "
             "it, or another folder"
