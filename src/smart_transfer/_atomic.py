@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Union, cast
 
 from ._paths import check_output
 from .errors import ConfigError, StorageError
@@ -121,6 +121,29 @@ def _follow(path: Path) -> Path:
     return check_output(path.resolve())
 
 
+class _Recording:
+    """A file object that remembers the exception its ``write`` raised.
+
+    ``torch.save`` calls ``write`` from C++ and turns whatever it raises (a Ctrl-C, SIGTERM, a
+    full disk) into ``RuntimeError: [enforce fail at inline_container.cc] ...``; the writer
+    re-raises the remembered exception instead, so an interrupt still exits 130 / 143 and a
+    full disk still names the file."""
+
+    def __init__(self, f: IO[Any]) -> None:
+        self._f = f
+        self.error: BaseException | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
@@ -148,7 +171,13 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: str | None = None) -
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, mode, encoding=encoding) as f:
-                yield f
+                rec = _Recording(f)
+                try:
+                    yield cast(IO[Any], rec)
+                except BaseException as exc:
+                    if rec.error is not None and rec.error is not exc:  # wrapped by a C++ writer
+                        raise rec.error from None
+                    raise
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)

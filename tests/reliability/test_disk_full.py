@@ -132,3 +132,41 @@ def test_a_raw_enospc_anywhere_is_one_line_in_the_cli(capsys, monkeypatch):
     rc, _, err = run_cli(capsys, "list", "measures")
     assert rc == 2
     assert_one_line_error(err, "disk full while writing", "/somewhere/file.bin")
+
+
+class _FailingFile:
+    """A file whose third write raises ``exc``, as a signal or a full disk would mid-save."""
+
+    def __init__(self, f, exc):
+        self._f, self._exc, self._n = f, exc, 0
+
+    def write(self, data):
+        self._n += 1
+        if self._n == 3:
+            raise self._exc
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return self._f.__exit__(*a)
+
+
+@pytest.mark.parametrize("exc, rc, says", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (atomic.Terminated(), 143, "terminated"),
+    (OSError(errno.ENOSPC, "No space left on device"), 2, "disk full while writing"),
+])
+def test_a_signal_or_full_disk_inside_torch_save_is_not_an_internal_error(tmp_path, capsys, monkeypatch,
+                                                                         exc, rc, says):
+    real = os.fdopen
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, *a, **k: _FailingFile(real(fd, *a, **k), exc))
+    out = tmp_path / "p.pt"
+    code, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", out)
+    assert code == rc, err
+    assert says in err and "internal error" not in err and "inline_container" not in err
+    assert not temp_files(tmp_path) and not out.exists()
