@@ -35,17 +35,21 @@ def test_train_evaluate_report_advise(npz, tmp_path, capsys):
     assert main(_train_args(npz, out, "--strategy", "smart-kernel", "--option", "bn_stats=\"update\"")) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["strategy"] == "smart-kernel" and cfg["options"] == {"bn_stats": "update"}
-    assert len(cfg["data"]["train_indices"]) + len(cfg["data"]["val_indices"]) == 60
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["kind"] == "npz" and man["root"] == str(npz.resolve())
+    # the test split (20% of each class) is held out first, then 20 per class for train + val
+    assert {k: len(v) for k, v in man["indices"].items()} == {"train": 48, "val": 12, "test": 24}
+    drawn = man["indices"]["train"] + man["indices"]["val"]
+    assert not set(drawn) & set(man["indices"]["test"])
     assert (out / "plan.json").is_file() and (out / "model.safetensors").is_file()
     assert main(_train_args(npz, out)) == 2  # the folder already holds a run
     assert "--resume" in capsys.readouterr().err
 
     assert main(["evaluate", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["test_images"] == 60  # the images of the .npz that were not drawn
-    used = set(cfg["data"]["train_indices"]) | set(cfg["data"]["val_indices"])
+    assert m["test_images"] == 24  # the held-out split of the manifest
     ds = st.data.arrays(str(npz))
-    rest = torch.tensor([i for i in range(len(ds)) if i not in used])
+    rest = torch.tensor(man["indices"]["test"])
     r = st.TrainResult.load(out)
     r.model.eval()
     with torch.no_grad():

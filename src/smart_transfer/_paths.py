@@ -35,7 +35,7 @@ RUN_FILES = frozenset({
     RUN_MARKER, "config.json", "result.json", "model.safetensors", "manifest.json", "log.jsonl",
     "plan.json", "advice.json", "metrics.json", "profile_pre.pt", "profile_new.pt",
     "samples.safetensors", "test_samples.safetensors", "comparison.json", "report.html",
-    "figures", "checkpoints", "state.pt", "best.safetensors", "done.json", "predictions.csv",
+    "figures", "checkpoints", "state.pt", "best.safetensors", "done.json",
 })
 # Files only a run folder holds together: config.json plus one of these marks an old run
 # folder written before the marker existed.

@@ -1,4 +1,4 @@
-"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`advise`.
+"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`predict`, :func:`advise`.
 
 ``train`` resolves the backbone, the data and the transforms once, hands a strategy a plain
 :class:`~smart_transfer.strategies.Context`, and returns a :class:`TrainResult`; ``evaluate``
@@ -24,6 +24,7 @@ from . import __version__
 from ._atomic import PathLike, atomic_open
 from ._paths import claim_run_folder, writing_run
 from .errors import ConfigError, DataError
+from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions
 from .strategies import Context, Recipe, get_strategy
 from .strategies.advice import Advice
 from .training import checkpoint as ckpt
@@ -35,38 +36,31 @@ SAMPLES_PER_CLASS = 4  # images per class kept in samples.safetensors for the re
 # --------------------------------------------------------------------------- data
 
 
-def _dataset_and_indices(data: Any, what: str) -> tuple[Any, Tensor]:
-    """A dataset, ``(dataset, indices)`` or an iterable of raw ``(x, y)`` batches -> (dataset, idx)."""
-    from torch.utils.data import Dataset
+def _dataset_and_indices(data: Any, what: str, *, classes: list[str] | None = None,
+                         on_error: str = "raise") -> tuple[Any, Tensor]:
+    """What a user passes as data -> ``(dataset, positions)``.
 
-    from .data.tensor_dataset import TensorImageDataset
+    ``data``: a path (opened as ``--data`` is: a folder of class subfolders, a CSV/TSV of
+    ``path,label``, an ``.npz`` or ``'fashion-mnist'``; every file decoded once, ``on_error``
+    says what an unreadable one does); a dataset (this package's, a torch one, or any
+    map-style one with ``(image, label)`` or dict items, Hugging Face style); ``(dataset,
+    indices)``; or raw ``(x, y)`` batches, checked and remapped as :func:`~smart_transfer.data.arrays`
+    does (``classes``: the names their labels index, for evaluation).
+    """
+    import os
 
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Dataset):
+    from .data.adapt import _is_map_style, as_dataset
+    from .data.spec import open_data
+
+    if isinstance(data, (str, os.PathLike)):
+        ds = open_data(os.fspath(data), "train", on_error=on_error, check=True)
+        return ds, torch.arange(len(ds))
+    if (isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], (Tensor, list, tuple))
+            and (isinstance(data[0], torch.utils.data.Dataset) or _is_map_style(data[0]))):
         idx = torch.as_tensor(data[1], dtype=torch.int64).flatten()
-        return data[0], idx
-    if isinstance(data, Dataset):
-        return data, torch.arange(len(data))  # type: ignore[arg-type]
-    if data is None or isinstance(data, (str, bytes, Tensor)):
-        raise DataError(
-            f"{what} must be a dataset, (dataset, indices) or an iterable of (images, labels) "
-            f"batches, got {type(data).__name__}"
-        )
-    xs, ys = [], []
-    try:
-        for batch in data:
-            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-                raise DataError(
-                    f"{what} yielded a {type(batch).__name__}; batches must be (images, labels) pairs"
-                )
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]).flatten())
-    except TypeError:
-        raise DataError(f"{what} is not iterable ({type(data).__name__})") from None
-    if not xs:
-        raise DataError(f"{what} yielded no batches")
-    y = torch.cat(ys).to(torch.int64)
-    k = int(y.max()) + 1
-    return TensorImageDataset(torch.cat(xs), y, [str(i) for i in range(k)]), torch.arange(len(y))
+        return as_dataset(data[0], what), idx
+    ds = as_dataset(data, what, classes)
+    return ds, torch.arange(len(ds))  # type: ignore[arg-type]
 
 
 def _targets(ds: Any, idx: Tensor) -> Tensor:
@@ -77,10 +71,96 @@ def _targets(ds: Any, idx: Tensor) -> Tensor:
 
 
 def _classes(ds: Any, targets: Tensor) -> list[str]:
+    """The class names: the dataset's own (datasets reaching here always carry them, see
+    :func:`~smart_transfer.data.adapt.as_dataset`); never a list as long as the largest label."""
     names = getattr(ds, "classes", None)
     if names:
         return [str(c) for c in names]
-    return [str(i) for i in range(int(targets.max()) + 1)]
+    from .data.adapt import dense
+
+    return dense(targets)[1]
+
+
+def _check_classes(classes: list[str], what: str) -> None:
+    if len(classes) < 2:
+        raise DataError(f"{what} has {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
+                        "needs images of at least two classes.")
+
+
+def _with_geometry(ds: Any, eval_tf: Any) -> Any:
+    """``ds`` reading its images at the evaluation geometry of ``eval_tf`` (files and dict
+    datasets, whose images may differ in size); other datasets as they are."""
+    size = getattr(eval_tf, "size", None)
+    if size is None or not hasattr(ds, "with_geometry") or getattr(ds, "size", None) is not None:
+        return ds
+    return ds.with_geometry(size, getattr(eval_tf, "crop_pct", None), getattr(eval_tf, "interpolation", "bilinear"))
+
+
+def _open_path(data: Any, *, per_class: int | None, val_fraction: float, test_fraction: float | None,
+               seed: int, on_error: str, progress: bool) -> tuple[Any, dict[str, Tensor], Any]:
+    """A path given as ``train_data``: opened, its test split held out first, then ``per_class``
+    of the rest drawn for train/val; the manifest that records it."""
+    from .data.manifest import Manifest, draw_splits, summary
+    from .data.spec import describe, is_fashion, open_data
+
+    spec = str(data)
+    ds = open_data(spec, "train", on_error=on_error, check=True)
+    if test_fraction is None:
+        test_fraction = 0.0 if is_fashion(spec) else 0.2
+    splits = draw_splits(ds.targets, per_class, val_fraction, test_fraction, seed, classes=ds.classes)
+    manifest = Manifest.record(ds, splits, spec, on_error)
+    if progress:
+        print(summary(ds, describe(spec), {k: len(v) for k, v in splits.items()}))
+    return ds, splits, manifest
+
+
+def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bool, manifest: Any, *,
+                per_class: int | None, val_fraction: float, test_fraction: float | None, seed: int,
+                on_error: str, progress: bool) -> tuple[Any, Tensor, Any, Tensor, Any]:
+    """``(train ds, idx, val ds, idx, manifest)`` of what :func:`train` was given. A resumed run
+    whose data changed since it started is refused (its manifest says so)."""
+    import os
+
+    from .data import few_shot
+    from .data.manifest import Manifest
+
+    saved = out_dir / "manifest.json" if (resume and out_dir is not None) else None
+    if saved is not None and saved.is_file():
+        Manifest.load(saved).check_unchanged(
+            "the run cannot resume on the images it started with",
+            "restore those files, or start a new run with another --out")
+    if isinstance(train_data, (str, os.PathLike)):
+        if saved is not None and saved.is_file():  # resume on the recorded files, not a new listing
+            manifest = Manifest.load(saved)
+            ds, idx = manifest.dataset("train")
+            val_ds, val_idx = manifest.dataset("val")
+            return ds, idx, val_ds, val_idx, manifest
+        ds, splits, manifest = _open_path(
+            train_data, per_class=per_class, val_fraction=0.0 if val_data is not None else val_fraction,
+            test_fraction=test_fraction, seed=seed, on_error=on_error, progress=progress)
+        idx = torch.cat([splits["train"], splits["val"]]).sort().values if val_data is not None else splits["train"]
+        if val_data is None:
+            return ds, idx, ds, splits["val"], manifest
+        val_ds, val_idx = _dataset_and_indices(val_data, "val_data", on_error=on_error)
+        return ds, idx, val_ds, val_idx, manifest
+    ds, idx = _dataset_and_indices(train_data, "train_data", on_error=on_error)
+    if val_data is None:
+        t = _targets(ds, idx)
+        tr, va = few_shot(t, per_class=per_class, val_fraction=val_fraction, seed=seed,
+                          classes=getattr(ds, "classes", None))
+        idx, val_ds, val_idx = idx[tr], ds, idx[va]
+    else:
+        val_ds, val_idx = _dataset_and_indices(val_data, "val_data", on_error=on_error)
+    if manifest is None and val_ds is ds and hasattr(ds, "relative"):
+        manifest = Manifest.record(ds, {"train": idx, "val": val_idx}, on_error=on_error)
+    return ds, idx, val_ds, val_idx, manifest
+
+
+def _data_record(manifest: Any) -> dict[str, Any]:
+    if manifest is None:
+        return {}
+    return {"root": manifest.root, "kind": manifest.kind, "on_error": manifest.on_error,
+            "counts": manifest.counts(), "manifest": "manifest.json"}
 
 
 # --------------------------------------------------------------------------- result
@@ -101,6 +181,7 @@ class TrainResult:
     tried: list[dict[str, Any]] = field(default_factory=list)
     advice: Advice | dict | None = None
     out: Path | None = None
+    manifest: Any = None  # the Manifest of the data (also out/manifest.json), or None
 
     @property
     def frozen_fraction(self) -> float:
@@ -122,11 +203,16 @@ class TrainResult:
         })
         with atomic_open(out / "log.jsonl", "w", encoding="utf-8") as f:
             f.write("".join(json.dumps(h) + "\n" for h in self.history))
-        ckpt.save_weights(out / "model.safetensors", self.model.state_dict(),
-                          metadata={"strategy": self.strategy, "backbone": str(self.config.get("backbone"))})
+        from .exporting import weights_metadata
+
+        # architecture, class names and preprocessing travel with the weights (str -> str, JSON inside)
+        ckpt.save_weights(out / "model.safetensors", self.model.state_dict(), metadata=weights_metadata(self))
         if self.plan is not None:
             with writing_run(out):  # the run's own plan.json
                 self.plan.save(out / "plan.json")
+        if self.manifest is not None and not (out / "manifest.json").is_file():
+            with writing_run(out):
+                self.manifest.save(out / "manifest.json")
         if self.advice is not None:
             adv = self.advice.to_dict() if isinstance(self.advice, Advice) else self.advice
             _write_json(out / "advice.json", adv)
@@ -164,7 +250,9 @@ class TrainResult:
         )
 
     def transform(self) -> Callable[[Tensor], Tensor]:
-        """The evaluation transform this model was trained with."""
+        """The evaluation transform this model was trained with: the short side resized to
+        ``floor(size / crop_pct)`` (aspect kept), the centre ``size`` cut out, mean/std; on one
+        image as a ``(1, C, H, W)`` batch it gives the run's preprocessing of that image."""
         from .data import transforms_for
 
         return transforms_for(self.model, train=False, size=self.config.get("size"))
@@ -387,25 +475,38 @@ def train(
     channels_last: bool = True,
     sync_bn: bool = False,
     data_info: dict[str, Any] | None = None,
+    per_class: int | None = None,
+    test_fraction: float | None = None,
+    on_error: str = "raise",
+    manifest: Any = None,
     **options: Any,
 ) -> TrainResult:
     """Train ``backbone`` on ``train_data`` with ``strategy`` (see :func:`list_strategies`).
 
     ``backbone``: a name (``load_backbone``) or an ``nn.Module`` (its head is replaced to fit the
-    classes). ``train_data`` / ``val_data``: a dataset, ``(dataset, indices)`` or an iterable of
-    raw ``(x, y)`` batches; without ``val_data`` a stratified ``val_fraction`` of the training
-    samples is carved out. The backbone's own transforms are used (evaluation transform for
+    classes). ``train_data`` / ``val_data``: a path (a folder of class subfolders, a CSV/TSV of
+    ``path,label``, an ``.npz`` or ``'fashion-mnist'``), a dataset (also any map-style one with
+    ``(image, label)`` or Hugging Face style dict items), ``(dataset, indices)`` or an iterable
+    of raw ``(x, y)`` batches; without ``val_data`` a stratified ``val_fraction`` of the
+    ``per_class`` (None: all) drawn samples is carved out. A path's ``test_fraction`` (default
+    0.2; 0 for Fashion-MNIST, whose test split is its own) is held out first, for
+    :func:`evaluate`; the draw is recorded by file in ``out/manifest.json``. Images of a
+    folder, CSV or dict dataset are read at the backbone's evaluation geometry, so mixed sizes
+    batch; ``on_error`` (``raise`` / ``skip``) says what an unreadable file does. ``device``:
+    ``'auto'`` (default: CUDA, MPS, CPU) or a device name, checked before anything is written. The backbone's own transforms are used (evaluation transform for
     profiles and probe features, augmentation for training) unless ``transform=`` gives one
     callable or a ``(train, eval)`` pair. ``source``: D_pre for the smart strategies (a loader,
     a folder of images or a saved profile; default the BatchNorm statistics). ``out``: the run
     folder (checkpoints every epoch, ``resume=True`` continues there). ``options`` go to the
     strategy. Under ``torch.distributed`` each rank trains on its share of every batch.
     """
-    from .data import few_shot, loader, transforms_for
+    from ._device import resolve_device
+    from .data import loader, transforms_for
     from .strategies.base import check_options
     from .strategies.registry import list_strategies
 
     started = time.perf_counter()
+    dev = resolve_device(device, "device")
     info = get_strategy(strategy)
     check_options(strategy, options, info.options)
     recipe = Recipe(epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
@@ -429,17 +530,14 @@ def train(
             "backbone": backbone if isinstance(backbone, str) else None,
         })
 
-    ds, idx = _dataset_and_indices(train_data, "train_data")
-    if val_data is None:
-        t = _targets(ds, idx)
-        tr, va = few_shot(t, per_class=None, val_fraction=val_fraction, seed=seed)
-        idx, val_ds, val_idx = idx[tr], ds, idx[va]
-    else:
-        val_ds, val_idx = _dataset_and_indices(val_data, "val_data")
+    ds, idx, val_ds, val_idx, manifest = _train_data(
+        train_data, val_data, out_dir, resume, manifest, per_class=per_class, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, on_error=on_error, progress=progress)
     if len(idx) == 0 or len(val_idx) == 0:
         raise DataError("training and validation sets must both be non-empty; give more samples per class")
     targets = _targets(ds, idx)
     classes = _classes(ds, torch.cat([targets, _targets(val_ds, val_idx)]))
+    _check_classes(classes, "the training data")
     num_classes = len(classes)
 
     torch.manual_seed(seed)  # a backbone without pretrained weights is initialised from the seed
@@ -447,6 +545,7 @@ def train(
     from .models import replace_head
 
     template = make()
+    geo_tf = transforms_for(template, train=False, size=size)  # the backbone's evaluation geometry
     if transform is None:
         train_tf, eval_tf = transforms_for(template, train=True, size=size), transforms_for(template, train=False, size=size)
     elif isinstance(transform, (tuple, list)) and len(transform) == 2:
@@ -456,7 +555,7 @@ def train(
     else:
         raise ConfigError("transform must be a callable or a (train, eval) pair of callables")
     del template
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ds, val_ds = _with_geometry(ds, geo_tf), _with_geometry(val_ds, geo_tf)
     from .training.distributed import world as _world
 
     rank, world = _world()
@@ -496,7 +595,9 @@ def train(
         "val_samples": len(val_idx), "per_class_counts": counts.tolist(),
         "source": "batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
         "transform": "backbone" if transform is None else "custom", "device": str(dev),
-        "world_size": world, "sync_bn": sync_bn, "data": data_info or {},
+        "world_size": world, "sync_bn": sync_bn, "data": {**(data_info or {}), **_data_record(manifest)},
+        "geometry": {"size": None if geo_tf.size is None else list(geo_tf.size),
+                     "crop_pct": geo_tf.crop_pct, "interpolation": geo_tf.interpolation},
         "torch": torch.__version__, "python": platform.python_version(), "strategies": list_strategies(),
     }
     if out_dir is not None and rank == 0:
@@ -505,6 +606,9 @@ def train(
         else:
             claim_run_folder(out_dir, "out")  # exclusive: of two runs started together, one goes on
         _write_json(out_dir / "config.json", config)
+        if manifest is not None and not (resume and (out_dir / "manifest.json").is_file()):
+            with writing_run(out_dir):  # the run's own manifest.json
+                manifest.save(out_dir / "manifest.json")
         _save_samples(out_dir / "samples.safetensors", val_ds, val_idx, _targets(val_ds, val_idx), num_classes)
 
     t0 = time.perf_counter()
@@ -519,7 +623,7 @@ def train(
         model=model, strategy=strategy, plan=outcome.plan, val_accuracy=float(outcome.val_accuracy),
         history=history, config=config,
         timings={"train_s": train_s, "total_s": time.perf_counter() - started},
-        chosen=_plain(outcome.chosen), tried=_plain(outcome.tried), advice=advice,
+        chosen=_plain(outcome.chosen), tried=_plain(outcome.tried), advice=advice, manifest=manifest,
     )
     if out_dir is not None and rank == 0:
         result.out = out_dir  # claimed above: save() writes into its own run folder
@@ -587,15 +691,24 @@ def _save_samples(path: Path, ds: Any, idx: Tensor, targets: Tensor, num_classes
 
 
 def evaluate(
-    result: TrainResult | PathLike, test_data: Any, *, batch_size: int = 256, overwrite: bool = False,
-    progress: bool = False,
+    result: TrainResult | PathLike, test_data: Any = None, *, batch_size: int = 256, overwrite: bool = False,
+    progress: bool = False, device: str | torch.device | None = None, on_error: str = "raise",
 ) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and confusion matrix of a trained model on ``test_data``.
+    """Accuracy, per-class accuracy and confusion matrix of a trained model on its test images.
 
-    The test set is meant to be read once: when the run folder already holds a ``metrics.json``
-    this refuses unless ``overwrite=True``. Writes ``metrics.json`` (and a few test images in
-    ``test_samples.safetensors`` for the report) into the run folder, when there is one."""
+    ``test_data`` None: the images the run held out, drawn by its ``manifest.json`` (by file,
+    never by position), refused when a recorded file changed or vanished. Otherwise a path
+    (folder, CSV, ``.npz``; classes matched to the run's **by name**, an unknown class refused),
+    a dataset, ``(dataset, indices)`` or raw ``(x, y)`` batches (labels index the run's
+    classes); a test image the run trained or validated on is refused. The test set is meant
+    to be read once: when the run folder already holds a ``metrics.json`` this refuses unless
+    ``overwrite=True``. Writes ``metrics.json`` (with ``test_files``, and a few test images in
+    ``test_samples.safetensors`` for the report) into the run folder, when there is one.
+    ``progress``: print the summary of the test data first. ``device``: where the model runs
+    (None: where it is)."""
+    from ._device import resolve_device
     from .data import loader
+    from .data.manifest import summary
     from .training import predict
 
     if not isinstance(result, TrainResult):
@@ -606,10 +719,17 @@ def evaluate(
             f"{str(out / 'metrics.json')!r} exists: this run was already evaluated on a test set, "
             "which is read once; pass overwrite=True (--overwrite) to evaluate again"
         )
-    ds, idx = _dataset_and_indices(test_data, "test_data")
+    if device is not None:
+        result.model.to(resolve_device(device, "device"))
+    ds, idx, what, files = _test_set(result, test_data, on_error)
+    if len(idx) == 0:
+        raise DataError(f"there are no test images ({what}); pass test images with --test-data DIR (test_data=)")
+    if progress:
+        print(summary(ds, what, {"test": len(idx)}))
     k = int(result.config["num_classes"])
     logits, labels = predict(result.model, loader(ds, idx, batch_size=batch_size), result.transform())
-    pred = logits.argmax(1)
+    pred = logits.argmax(1).cpu()
+    labels = labels.cpu()
     if len(labels) and (int(labels.max()) >= k or int(labels.min()) < 0):
         raise DataError(f"test labels go up to {int(labels.max())} but the model has {k} classes")
     cm = torch.zeros(k, k, dtype=torch.int64)
@@ -619,7 +739,7 @@ def evaluate(
         "schema_version": SCHEMA_VERSION, "strategy": result.strategy,
         "accuracy": float((pred == labels).double().mean()), "per_class_accuracy": per_class,
         "confusion_matrix": cm.tolist(), "test_images": len(labels),
-        "class_names": result.config.get("class_names"),
+        "class_names": result.config.get("class_names"), "test_data": what, "test_files": files,
     }
     if out is not None:
         _write_json(out / "metrics.json", metrics)
@@ -628,16 +748,84 @@ def evaluate(
     return metrics
 
 
-def predict(result: TrainResult | PathLike, data: Any, batch_size: int = 256) -> Tensor:
-    """Class probabilities for ``data`` (a dataset, (dataset, indices) or (x, y) batches)."""
-    from .data import loader
-    from .training import predict as _predict
+def _run_manifest(result: TrainResult) -> Any:
+    from .data.manifest import Manifest
 
-    if not isinstance(result, TrainResult):
-        result = TrainResult.load(result)
-    ds, idx = _dataset_and_indices(data, "data")
-    logits, _ = _predict(result.model, loader(ds, idx, batch_size=batch_size), result.transform())
-    return logits.softmax(1)
+    if result.manifest is not None:
+        return result.manifest
+    if result.out is not None and (result.out / "manifest.json").is_file():
+        result.manifest = Manifest.load(result.out / "manifest.json")
+    return result.manifest
+
+
+def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, Tensor, str, list[str] | None]:
+    """``(dataset, positions, description, test files)`` of what :func:`evaluate` tests on."""
+    import os
+
+    from .data.spec import describe, open_data
+
+    manifest = _run_manifest(result)
+    classes = [str(c) for c in result.config.get("class_names") or []]
+    tf = result.transform()  # the run's evaluation geometry, also for runs older than config["geometry"]
+    geometry: dict[str, Any] = {"size": getattr(tf, "size", None), "crop_pct": getattr(tf, "crop_pct", None),
+                                "interpolation": getattr(tf, "interpolation", "bilinear")}
+    if isinstance(test_data, (str, os.PathLike)) and manifest is not None and manifest.kind == "npz" and \
+            describe(os.fspath(test_data)) == manifest.root:
+        raise DataError(f"{os.fspath(test_data)} is the file this run trained and validated on, so the test would "
+                        "flatter it; drop --test-data to test on the run's held-out split, or pass other images")
+    if test_data is None:
+        if manifest is None:
+            raise ConfigError("this run has no manifest.json recording its held-out test images; pass the "
+                              "test images: --test-data DIR (test_data= from Python)")
+        if manifest.kind == "fashion-mnist":
+            ds = open_data("fashion-mnist", "test")
+            return ds, torch.arange(len(ds)), "fashion-mnist (its test split)", None
+        manifest.check_unchanged(
+            "its held-out test split cannot be reproduced",
+            "restore the files, or test on other images with --test-data DIR (or train again)")
+        ds, idx = manifest.dataset("test", **geometry)
+        files = [e["path"] for e in manifest.files("test")] if manifest.kind != "npz" else None
+        return ds, idx, f"{manifest.root} (held-out test split of manifest.json)", files
+    if isinstance(test_data, (str, os.PathLike)):
+        ds = open_data(os.fspath(test_data), "test", on_error=on_error, check=True, **geometry)
+        idx, what = torch.arange(len(ds)), describe(os.fspath(test_data))
+    else:
+        ds, idx = _dataset_and_indices(test_data, "test_data", classes=classes)
+        ds = _with_geometry(ds, tf)
+        what = f"{type(ds).__name__} ({len(idx)} images)"
+    files = None
+    if hasattr(ds, "relative") and hasattr(ds, "samples"):
+        _refuse_leak(ds, idx, manifest)
+        files = [ds.relative(ds.samples[i][0]) for i in idx.tolist()]
+    return _by_name(ds, classes), idx, what, files
+
+
+def _by_name(ds: Any, classes: list[str]) -> Any:
+    """``ds`` with its labels as the run's class indices, matched by class name."""
+    from .data.adapt import Relabelled
+
+    names = [str(c) for c in getattr(ds, "classes", None) or []]
+    if not classes or names == classes:
+        return ds
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise DataError(f"the test data has class {unknown[0]!r}, which the run was not trained on (its classes: "
+                        f"{', '.join(classes)}); test on images of those classes, named as in training")
+    mapping = {i: classes.index(n) for i, n in enumerate(names)}
+    t = torch.as_tensor(ds.targets, dtype=torch.int64)
+    new = torch.tensor([mapping[int(v)] for v in t.tolist()], dtype=torch.int64)
+    return Relabelled(ds, new, classes, mapping)
+
+
+def _refuse_leak(ds: Any, idx: Tensor, manifest: Any) -> None:
+    if manifest is None or manifest.kind in ("npz", "fashion-mnist"):
+        return
+    used = manifest.used_paths()
+    leaked = [ds.samples[i][0] for i in idx.tolist() if Path(ds.samples[i][0]).resolve() in used]
+    if leaked:
+        raise DataError(f"{len(leaked)} test image(s) were used to train or validate this run (e.g. {leaked[0]}), "
+                        "so the test would flatter it; drop --test-data to test on the run's held-out split, or "
+                        "pass images the run has not seen")
 
 
 # --------------------------------------------------------------------------- advise
@@ -646,9 +834,13 @@ def predict(result: TrainResult | PathLike, data: Any, batch_size: int = 256) ->
 def advise(
     model: Any, train_data: Any, source: Any = None, *, size: int | None = None,
     batch_size: int = 64, max_images: int = 512, small_per_class: float | None = None,
-    similar: float | None = None,
+    similar: float | None = None, device: str | torch.device | None = None, on_error: str = "raise",
 ) -> Advice:
-    """Which strategy fits ``train_data`` (see :mod:`smart_transfer.strategies.advice`)."""
+    """Which strategy fits ``train_data`` (see :mod:`smart_transfer.strategies.advice`).
+
+    ``train_data``: what :func:`train` takes (a path, a dataset, ``(dataset, indices)``, batches);
+    ``device``: where the network runs (``'auto'`` / None: CUDA, MPS, CPU)."""
+    from ._device import resolve_device
     from .data import loader, transforms_for
     from .freeze import plan_freeze
     from .measures import compare
@@ -658,13 +850,16 @@ def advise(
     from .strategies.base import Transformed
     from .strategies.smart import source_profile
 
+    dev = resolve_device(device, "device")
     make, _, _ = _resolve_backbone(model)
-    net = make()
-    ds, idx = _dataset_and_indices(train_data, "train_data")
+    net = make().to(dev)
+    ds, idx = _dataset_and_indices(train_data, "train_data", on_error=on_error)
     targets = _targets(ds, idx)
     classes = _classes(ds, targets)
+    _check_classes(classes, "the data")
     per_class = len(idx) / max(len(classes), 1)
     eval_tf = transforms_for(net, train=False, size=size)
+    ds = _with_geometry(ds, eval_tf)
     g = torch.Generator().manual_seed(0)
     sub = idx[torch.randperm(len(idx), generator=g)[:max_images]]
     head_name, _ = find_head(net)
@@ -672,7 +867,8 @@ def advise(
                   train_eval=None, train_tf=eval_tf, eval_tf=eval_tf, recipe=Recipe(batch_size=batch_size),
                   source=source)
     pre = source_profile(ctx, net, [head_name])
-    new = profile(net, Transformed(loader(ds, sub, batch_size=batch_size), eval_tf), exclude=[head_name], progress=False)
+    new = profile(net, Transformed(loader(ds, sub, batch_size=batch_size), eval_tf), exclude=[head_name],
+                  progress=False, device=dev)
     sim = compare(pre, new, measure="gaussian_kl")
     plan = plan_freeze(sim, quantile=0.5)
     return adv.decide(
@@ -689,4 +885,4 @@ def list_strategies(details: bool = False) -> list[Any]:
     return _list(details)
 
 
-__all__ = ["TrainResult", "advise", "build_model", "evaluate", "list_strategies", "predict", "train"]
+__all__ = ["Predictions", "TrainResult", "advise", "build_model", "evaluate", "list_strategies", "predict", "train"]

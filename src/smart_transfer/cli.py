@@ -32,12 +32,66 @@ def _write_json(path: Path, obj: Any) -> None:
         json.dump(obj, f, indent=2)
 
 
-def _dataset(spec: str, split: str, size: int | None):
-    from . import data
+def _dataset(args: argparse.Namespace, spec: str, split: str, model: Any) -> Any:
+    """The data ``spec`` names (every file decoded once, ``--on-error`` applied), at ``model``'s
+    evaluation geometry for ``--size``; its summary printed first."""
+    import smart_transfer as st
 
-    if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        return data.fashion_mnist(split)
-    return data.image_folder(spec, size=size)
+    from .api import _with_geometry
+    from .data.manifest import summary
+    from .data.spec import describe, open_data
+
+    ds = open_data(spec, split, on_error=args.on_error, check=True)
+    print(summary(ds, describe(spec)))
+    return _with_geometry(ds, st.data.transforms_for(model, train=False, size=args.size))
+
+
+def _device(args: argparse.Namespace) -> Any:
+    """``--device`` checked (a missing device is a ConfigError, exit 2, before any work)."""
+    from ._device import resolve_device
+
+    return resolve_device(getattr(args, "device", None) or "auto")
+
+
+def _per_class(text: str) -> int | None:
+    """``--per-class N`` or ``all`` (every labelled image)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--per-class takes a positive number or 'all', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--per-class takes a positive number or 'all', got {text!r}")
+    return n
+
+
+def _size(text: str) -> int:
+    """``--size``: a positive number of pixels."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--size takes a positive number of pixels, got {text!r}")
+    return n
+
+
+def _deprecated_image_size(args: argparse.Namespace) -> None:
+    """``--image-size`` is an alias of ``--size`` (images are read at the network's geometry)."""
+    if getattr(args, "image_size", None) is None:
+        return
+    print("warning: --image-size is deprecated and will be removed; use --size (images of any size are "
+          "resized and centre-cropped to it)", file=sys.stderr)
+    if getattr(args, "size", None) is None:
+        args.size = args.image_size
+    args.image_size = None
+
+
+DATA_HELP = ("'fashion-mnist', a folder of class subfolders (images of any size), a CSV/TSV of path,label "
+             "rows (paths relative to it), or an .npz of images and labels")
+SIZE_HELP = ("the network's input size in pixels; every image is resized (short side, aspect kept) and "
+             "centre-cropped to it (default: the backbone's)")
 
 
 def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
@@ -154,14 +208,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         {"--out": args.out},
         {"--backbone": args.backbone, "--data": args.data if args.source == "data" else None},
     )
+    dev = _device(args)
     model = st.load_backbone(args.backbone)
     if args.source == "batchnorm":
         prof = st.profile_from_batchnorm(model)
     else:
-        ds = _dataset(args.data, args.split, args.size)
+        ds = _dataset(args, args.data, args.split, model)
         tf = st.data.transforms_for(model, train=False, size=args.size)
         loader = st.data.loader(ds, batch_size=args.batch_size, transform=tf)
-        prof = st.profile(model, loader, max_batches=args.max_batches, progress=not args.no_progress)
+        prof = st.profile(model.to(dev), loader, max_batches=args.max_batches, progress=not args.no_progress,
+                          device=dev)
     prof.save(args.out)
     print(f"profiled {len(prof)} layers ({prof.source}, {prof.num_samples} images) -> {args.out}")
     return 0
@@ -240,35 +296,60 @@ def _check_strategy_options(strategy: str, options: dict[str, Any]) -> None:
     check_options(strategy, options, get_strategy(strategy).options)
 
 
-def _draw(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """The dataset and the few-shot train/val indices that --data/--per-class/--seed name."""
-    import smart_transfer as st
+def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any, Any, Any, Any]:
+    """``(train ds, train idx, val ds, val idx, manifest)``: the test split of --data held out
+    first (--test-fraction; none with --test-data; Fashion-MNIST's own), then --per-class of the
+    rest drawn for train/val; the summary printed. ``resume``: the run folder, whose manifest
+    gives the same files (refused when they changed)."""
+    from .data.manifest import Manifest, draw_splits, summary
+    from .data.spec import describe, is_fashion, open_data
 
-    from .data.spec import open_data
+    quiet = _rank() != 0
+    manifest: Manifest | None
+    if resume is not None and (Path(resume) / "manifest.json").is_file():
+        manifest = Manifest.load(Path(resume) / "manifest.json")
+        manifest.check_unchanged("the run cannot resume on the images it started with",
+                                 "restore those files, or start a new run with another --out")
+        ds, idx_train = manifest.dataset("train")
+        val_ds, idx_val = manifest.dataset("val")
+        if not quiet:
+            print(f"data: {manifest.root} (manifest.json of {resume}, unchanged): "
+                  + ", ".join(f"{k} {v}" for k, v in manifest.counts().items()))
+        return ds, idx_train, val_ds, idx_val, manifest
+    ds = open_data(args.data, "train", on_error=args.on_error, check=True)
+    if resume is not None:  # a run from before manifests: its recorded positions
+        import torch
 
-    ds = open_data(args.data, "train", args.image_size)
-    idx_train, idx_val = st.data.few_shot(ds, per_class=args.per_class, val_fraction=args.val_fraction, seed=args.seed)
-    info = {"spec": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
-            "seed": args.seed, "image_size": args.image_size,
-            "train_indices": idx_train.tolist(), "val_indices": idx_val.tolist()}
-    return ds, idx_train, idx_val, info
+        old = json.loads((Path(resume) / "config.json").read_text(encoding="utf-8")).get("data", {})
+        if "train_indices" in old:
+            return (ds, torch.tensor(old["train_indices"]), ds, torch.tensor(old["val_indices"]), None)
+    test_data = getattr(args, "test_data", None)
+    fraction = args.test_fraction
+    if fraction is None:
+        fraction = 0.0 if (test_data or is_fashion(args.data)) else 0.2
+    splits = draw_splits(ds.targets, args.per_class, args.val_fraction, fraction, args.seed, classes=ds.classes)
+    manifest = Manifest.record(ds, splits, args.data, args.on_error)
+    if test_data:
+        note = f"test images: {describe(test_data)}"
+    elif is_fashion(args.data) and fraction == 0:
+        note = "test images: Fashion-MNIST's test split"
+    else:
+        note = f"test: {fraction:.0%} of every class held out first, seed {args.seed}"
+    if not quiet:
+        print(summary(ds, describe(args.data), {k: len(v) for k, v in splits.items()}, note))
+    return ds, splits["train"], ds, splits["val"], manifest
 
 
 _TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "seed", "lr", "batch_size",
-               "optimizer", "weight_decay", "patience", "size", "image_size", "val_fraction", "source",
-               "option", "amp", "channels_last", "sync_bn", "device")
+               "optimizer", "weight_decay", "patience", "size", "val_fraction", "test_fraction", "test_data",
+               "on_error", "source", "option", "amp", "channels_last", "sync_bn", "device")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run; launched by ``torchrun``, every rank joins the group it describes."""
     from .training.distributed import launched_group
 
-    device = args.device
-    if args.resume and device is None and (Path(args.resume) / "config.json").is_file():
-        from .api import read_config  # the device the run was made with
-
-        cli = read_config(Path(args.resume)).get("data", {}).get("cli")
-        device = cli.get("device") if isinstance(cli, dict) else None
+    device = str(_device(args))  # --device (also with --resume), checked before any folder is made
     with launched_group(device) as (_, world):
         return _train(args, world)
 
@@ -288,22 +369,30 @@ def _train(args: argparse.Namespace, world: int) -> int:
     elif is_run_folder(args.out):
         raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
     check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data,
-                                               "--source": args.source})
+                                               "--source": args.source, "--test-data": args.test_data})
     _check_strategy_options(args.strategy, _options(args.option))  # before the data is read
     if world > 1:  # every rank has checked the folder before rank 0 writes into it
         import torch.distributed
 
         torch.distributed.barrier()
-    ds, idx_train, idx_val, info = _draw(args)
-    info["cli"] = {k: getattr(args, k) for k in _TRAIN_KEYS}
+    from .data.spec import describe
+
+    if args.test_data is not None and not args.resume:  # absolute: evaluate and --resume run anywhere
+        args.test_data = describe(args.test_data)
+    ds, idx_train, val_ds, idx_val, manifest = _draw(args, args.resume)
+    info = {"spec": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction, "seed": args.seed,
+            "test_data": None if args.test_data is None else describe(args.test_data),
+            "cli": {k: getattr(args, k) for k in _TRAIN_KEYS}}
     source = None if args.source in (None, "batchnorm") else args.source
     try:
         result = st.train(
-            args.backbone, (ds, idx_train), (ds, idx_val), strategy=args.strategy, epochs=args.epochs,
+            args.backbone, (ds, idx_train), (val_ds, idx_val), strategy=args.strategy, epochs=args.epochs,
             lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
             patience=args.patience, size=args.size, source=source, seed=args.seed, out=args.out,
-            resume=bool(args.resume), progress=not args.no_progress, device=args.device,
+            resume=bool(args.resume), progress=not args.no_progress, device=args.device or "auto",
             amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, data_info=info,
+            manifest=manifest, on_error=args.on_error,
             **_options(args.option),
         )
     except TrainingInterrupted:
@@ -346,7 +435,7 @@ def _resume_args(args: argparse.Namespace) -> None:
                 f"continues a run as it was started; drop {flag} (or start a new run with --out)"
             )
     for k, v in saved.items():
-        if k not in _RESUME_FREE or k not in given:
+        if k in _TRAIN_KEYS and (k not in _RESUME_FREE or k not in given):
             setattr(args, k, v)
     args.out = args.resume
 
@@ -377,45 +466,55 @@ def _rank() -> int:
     return world()[0]
 
 
-def _test_split(cfg: dict[str, Any], spec: str, test_spec: str | None) -> tuple[Any, Any, str]:
-    """The test split: a separate set, Fashion-MNIST's test split, or the unused images of SPEC."""
-    import torch
-
-    from .data.spec import is_fashion, open_data
-
-    size = cfg.get("data", {}).get("image_size")
-    if test_spec:
-        ds = open_data(test_spec, "test", size)
-        return ds, torch.arange(len(ds)), f"{test_spec} (all {len(ds)} images)"
-    if is_fashion(spec):
-        ds = open_data(spec, "test")
-        return ds, torch.arange(len(ds)), "Fashion-MNIST's test split"
-    ds = open_data(spec, "train", size)
-    used = set(cfg.get("data", {}).get("train_indices", [])) | set(cfg.get("data", {}).get("val_indices", []))
-    rest = torch.tensor([i for i in range(len(ds)) if i not in used], dtype=torch.int64)
-    from .errors import DataError
-
-    if len(rest) == 0:
-        raise DataError(f"every image of {spec!r} was used for training or validation; pass --test-data")
-    return ds, rest, f"the {len(rest)} images of {spec} not drawn for training or validation"
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Test a run once: on its held-out images (by manifest.json), or on --test-data."""
     import smart_transfer as st
 
     check_outputs({"run (metrics.json)": Path(args.run) / "metrics.json"},
                   {"--data": args.data, "--test-data": args.test_data},
                   own=("metrics.json", "test_samples.safetensors"))
+    dev = _device(args)
     result = st.TrainResult.load(args.run)
-    spec = args.data or result.config.get("data", {}).get("spec")
-    from .errors import ConfigError
+    test = args.test_data
+    if test is None and args.data is not None:  # the run's own data means its held-out split
+        from .api import _run_manifest
+        from .data.spec import describe
 
-    if spec is None and args.test_data is None:
-        raise ConfigError("say which data to test on: --data SPEC or --test-data SPEC")
-    ds, idx, what = _test_split(result.config, spec, args.test_data)
-    metrics = st.evaluate(result, (ds, idx), overwrite=args.overwrite)
-    print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({what}) "
+        manifest = _run_manifest(result)
+        own = manifest is not None and describe(args.data) in (manifest.root, manifest.source)
+        test = None if own else args.data
+    if test is None:  # trained with --test-data: that is its test set
+        test = result.config.get("data", {}).get("test_data")
+    metrics = st.evaluate(result, test, overwrite=args.overwrite, device=dev, on_error=args.on_error,
+                          progress=True)
+    print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({metrics['test_data']}) "
           f"-> {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict the class of new images with a finished run: a CSV and a short table."""
+    from ._device import resolve_device
+    from .errors import DataError
+    from .predictions import UnreadableImage, check_out_of_data, predict, resolve_images
+
+    for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    device = resolve_device(args.device)
+    files = resolve_images(args.images)  # a wrong path or an empty folder fails before any work
+    # predictions may go into the run folder, never over one of its files (_paths.RUN_FILES)
+    check_outputs({"--out": args.out}, {**{f"image {p}": p for p in files}})
+    check_out_of_data(args.out, args.images)
+    try:
+        preds = predict(args.run, [str(p) for p in files], top_k=args.top_k, batch_size=args.batch_size,
+                        device=device, on_error=args.on_error)
+    except UnreadableImage as exc:
+        raise DataError(f"{exc.reason}; replace or delete it, or pass --on-error skip to leave "
+                        "unreadable files out") from None
+    out = preds.to_csv(args.out)
+    print(preds.table(more=f"see {out}"))
+    print(f"predicted {len(preds)} image(s), classes {', '.join(preds.classes)} -> {out}")
     return 0
 
 
@@ -423,11 +522,13 @@ def cmd_advise(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
     check_outputs({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data, "--source": args.source})
-    ds, idx_train, idx_val, _ = _draw(args)
+    dev = _device(args)
+    ds, idx_train, _, idx_val, _ = _draw(args)
     import torch
 
     source = None if args.source in (None, "batchnorm") else args.source
-    advice = st.advise(args.backbone, (ds, torch.cat([idx_train, idx_val])), source=source, size=args.size)
+    advice = st.advise(args.backbone, (ds, torch.cat([idx_train, idx_val])), source=source, size=args.size,
+                       device=dev, on_error=args.on_error)
     print(advice)
     print("similarity curve (layer score, input to output):")
     for point in advice.curve:
@@ -441,25 +542,26 @@ def cmd_advise(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
-    from .data.spec import open_data
-
     check_outputs({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data, "--source": args.source})
+    dev = _device(args)
     model = st.load_backbone(args.backbone)
     tf = st.data.transforms_for(model, train=False, size=args.size)
-    ds = open_data(args.data, "train", args.image_size)
+    ds = _dataset(args, args.data, "train", model)
+    model.to(dev)
     from .models.heads import find_head
 
     head, _ = find_head(model)
     loader = st.data.loader(ds, batch_size=args.batch_size, transform=tf)
-    new = st.profile(model, loader, max_batches=args.max_batches, exclude=[head], progress=not args.no_progress)
+    new = st.profile(model, loader, max_batches=args.max_batches, exclude=[head], progress=not args.no_progress,
+                     device=dev)
     if args.source in (None, "batchnorm"):
         pre = st.profile_from_batchnorm(model, exclude=[head])
     elif Path(args.source).is_file():
         pre = st.ActivationProfile.load(args.source)
     else:
-        src = open_data(args.source, "train", args.image_size)
+        src = _dataset(args, args.source, "train", model)
         pre = st.profile(model, st.data.loader(src, batch_size=args.batch_size, transform=tf),
-                         max_batches=args.max_batches, exclude=[head], progress=not args.no_progress)
+                         max_batches=args.max_batches, exclude=[head], progress=not args.no_progress, device=dev)
     sim = st.compare(pre, new, measure=args.measure)
     plan = st.plan_freeze(sim, scope=args.scope, **_plan_rule(args))
     plan.save(args.out)
@@ -473,6 +575,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = make_report(args.run, out=args.out, option="--out")
     print(f"report -> {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporting import export, sidecar
+
+    path = export(args.run, args.out, format=args.format)
+    beside = path if args.format == "folder" else sidecar(path)
+    what = "config.json + model.safetensors" if args.format == "folder" else f"preprocessing in {beside}"
+    print(f"{args.format} -> {path} ({what}); input: the preprocessed (B, C, H, W) float batch, output: logits")
     return 0
 
 
@@ -533,6 +645,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    def io_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                       help="an unreadable image file or an empty class folder: stop naming it (raise), or "
+                            "leave it out and say so in the summary (skip) (default raise)")
+        q.add_argument("--device", default=None,
+                       help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
+        q.add_argument("--image-size", type=_size, default=None, help="deprecated alias of --size")
+
     def plan_args(q: argparse.ArgumentParser) -> None:
         g = q.add_mutually_exclusive_group()
         g.add_argument("--threshold", type=float, help="freeze channels with similarity >= T")
@@ -560,9 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)")
     pr.add_argument("--backbone", default="efficientnet_lite0")
     pr.add_argument("--source", choices=("data", "batchnorm"), default="data")
-    pr.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder")
-    pr.add_argument("--split", default="train")
-    pr.add_argument("--size", type=int, default=None)
+    pr.add_argument("--data", default="fashion-mnist", help=DATA_HELP + " (default fashion-mnist)")
+    pr.add_argument("--split", default="train", help="Fashion-MNIST's split: train or test (default train)")
+    pr.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
+    io_args(pr)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--max-batches", type=int, default=None)
     pr.add_argument("--out", required=True)
@@ -582,13 +703,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
         q.add_argument("--backbone", default="efficientnet_lite0", help="a name (smart-transfer list backbones) or a weights file")
-        q.add_argument("--data", required=required, help="'fashion-mnist', a folder of class subfolders, or an .npz")
-        q.add_argument("--per-class", type=int, default=20, help="labelled images drawn per class (default 20)")
+        q.add_argument("--data", required=required, help=DATA_HELP)
+        q.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
+                       help="labelled images drawn per class for train+validation (default all)")
         q.add_argument("--val-fraction", type=open_fraction, default=0.2, help="validation share of the drawn images (default 0.2)")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--size", type=int, default=None, help="network input size (default: the backbone's)")
-        q.add_argument("--image-size", type=int, default=None, help="resize a folder's images when read")
+        q.add_argument("--test-data", default=None,
+                       help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)")
+        q.add_argument("--test-fraction", type=float, default=None,
+                       help="share of every class of --data held out as the test split, drawn first (default 0.2 "
+                            "for a folder/CSV/.npz without --test-data; Fashion-MNIST uses its test split)")
+        q.add_argument("--seed", type=int, default=0, help="seed of the draw and of training (default 0)")
+        q.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
         q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
+        io_args(q)
 
     examples = argparse.RawDescriptionHelpFormatter
     t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=examples,
@@ -607,7 +734,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
     t.add_argument("--out", help="the run folder")
     t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on CUDA")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="image batches in channels-last memory format, faster convolutions (default on; "
@@ -620,9 +746,30 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  smart-transfer evaluate runs/x --data fashion-mnist")
     e.add_argument("run")
     e.add_argument("--data", help="the data the run was trained on (default: as recorded in the run)")
-    e.add_argument("--test-data", help="a separate test set (folder or .npz)")
+    e.add_argument("--test-data", help="a separate test set (folder, CSV or .npz) whose class names are the run's "
+                                       "(default: the run's held-out test split in manifest.json)")
     e.add_argument("--overwrite", action="store_true", help="evaluate again although metrics.json exists")
+    e.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an unreadable --test-data image: stop naming it, or leave it out (default raise)")
+    e.add_argument("--device", default=None, help="where the network runs: auto, cpu, cuda, mps (default auto)")
     e.set_defaults(func=cmd_evaluate)
+
+    pd = sub.add_parser("predict", help="predict the class of new images with a finished run; writes a CSV",
+                        formatter_class=examples,
+                        epilog="examples:\n  smart-transfer predict runs/photos new_photos/ --top-k 3 --out predictions.csv\n"
+                               "  smart-transfer predict runs/photos 'new/*.jpg' photo.png --on-error skip")
+    pd.add_argument("run", metavar="RUN", help="the run folder (the --out of smart-transfer train)")
+    pd.add_argument("images", nargs="+", metavar="IMAGES",
+                    help="image files, folders (flat or nested) or glob patterns (quote them)")
+    pd.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image, best first (default 3)")
+    pd.add_argument("--out", default="predictions.csv", metavar="CSV",
+                    help="the CSV to write (default predictions.csv in the current folder)")
+    pd.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps (default auto)")
+    pd.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default 64)")
+    pd.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="an unreadable file: stop naming it (raise) or leave it out and list it (skip); "
+                         "default raise")
+    pd.set_defaults(func=cmd_predict)
 
     a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=examples,
                        epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ --per-class 20")
@@ -633,10 +780,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=examples,
                         epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 --out plan.json")
     pl.add_argument("--backbone", default="efficientnet_lite0")
-    pl.add_argument("--data", required=True)
-    pl.add_argument("--source", default=None)
-    pl.add_argument("--size", type=int, default=None)
-    pl.add_argument("--image-size", type=int, default=None)
+    pl.add_argument("--data", required=True, help=DATA_HELP)
+    pl.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or an image folder")
+    pl.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
+    io_args(pl)
     pl.add_argument("--batch-size", type=int, default=64)
     pl.add_argument("--max-batches", type=int, default=None)
     pl.add_argument("--measure", default="gaussian_kl")
@@ -651,6 +798,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run")
     rp.add_argument("--out", default=None, help="where the HTML goes (default DIR/report.html)")
     rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write a run's network as TorchScript, ONNX or a timm-style folder",
+                        formatter_class=examples,
+                        epilog="examples:\n  smart-transfer export runs/x --format onnx --out model.onnx\n"
+                               "  smart-transfer export runs/x --format folder --out exported/x\n"
+                               "the network takes the preprocessed (B, C, H, W) float batch and returns logits; "
+                               "the preprocessing goes beside it\n(model.onnx -> model.json) or in the folder's "
+                               "config.json")
+    ex.add_argument("run", help="the run folder (the --out of train)")
+    ex.add_argument("--format", choices=("torchscript", "onnx", "folder"), default="torchscript",
+                    help="torchscript (a .pt file), onnx, or folder (config.json + model.safetensors) "
+                         "(default torchscript)")
+    ex.add_argument("--out", required=True, help="the file to write (a folder for --format folder)")
+    ex.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("list", help="list measures, backbones or the layers of a backbone")
     ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"))
@@ -698,6 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return e.code if isinstance(e.code, int) else 2
         args._given = _given_flags(argv)
+        _deprecated_image_size(args)
         return int(args.func(args))
     except KeyboardInterrupt as e:  # also TrainingInterrupted, which says what was saved
         if debug:

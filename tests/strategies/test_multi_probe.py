@@ -148,7 +148,7 @@ def test_multi_probes_through_train_save_and_reload(tiny_net, tiny_data, tiny_te
     assert r.plan is None and r.frozen_fraction > 0.5
     assert (tmp_path / "smp" / "profile_pre.pt").is_file()
     back = st.TrainResult.load(tmp_path / "smp", model=tiny_net)
-    torch.testing.assert_close(st.predict(back, tiny_test), st.predict(r, tiny_test))
+    torch.testing.assert_close(st.predict(back, tiny_test).probs, st.predict(r, tiny_test).probs)
     m = st.train(tiny_net, tiny_data, tiny_test, strategy="multi-layer-probe", progress=False)
     assert np.isfinite(m.val_accuracy) and m.chosen["kept_features"] == m.chosen["total_features"]
 

@@ -95,8 +95,9 @@ class BatchTransform(nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = self._to_float(x)
-        if self.size is not None and self.crop_pct is not None and not self.training:
-            x = self._resize(x, _scale_size(tuple(x.shape[-2:]), self.size, self.crop_pct))
+        if self.size is not None and not self.training:
+            crop_pct = 1.0 if self.crop_pct is None else self.crop_pct
+            x = self._resize(x, _scale_size(tuple(x.shape[-2:]), self.size, crop_pct))
             x = _center_crop(x, self.size)
         elif self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = self._resize(x, self.size)
@@ -108,13 +109,7 @@ class BatchTransform(nn.Module):
         return (x - mean) / std
 
     def _resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        if tuple(x.shape[-2:]) == size:
-            return x
-        if self.interpolation == "nearest":
-            return F.interpolate(x, size=size, mode="nearest")
-        return F.interpolate(
-            x, size=size, mode=self.interpolation, align_corners=False, antialias=True
-        )
+        return _resize(x, size, self.interpolation)
 
     def _to_float(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -184,6 +179,59 @@ class BatchTransform(nn.Module):
         return s + f", mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+def _resize(x: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
+    """Resize a float ``(B, C, H, W)`` batch (antialiased unless ``nearest``)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if interpolation == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
+
+
+def eval_geometry(
+    image: Tensor,
+    size: Size,
+    crop_pct: float | None = None,
+    interpolation: str = "bilinear",
+) -> Tensor:
+    """One ``(C, H, W)`` image brought to the evaluation geometry, ready to batch.
+
+    The image is resized as the evaluation transform resizes it (the short side to
+    ``floor(size / crop_pct)``, aspect kept; ``crop_pct=None`` means 1.0) and then cropped to
+    that square ``floor(size / crop_pct)`` (not yet to ``size``): the batch transform of
+    :func:`transforms_for` takes the final centre crop to ``size`` and its resize is then a
+    no-op, so an image read so and batched gives the pixels that transform gives the raw image
+    (the margin is kept so that training augmentation sees the whole resized image). The
+    crop's offsets are chosen so that the two centre crops together equal one centre crop of
+    the resized image, pixel for pixel. uint8 stays uint8 (rounded), floats stay floats.
+    """
+    if interpolation not in _MODES:
+        raise ConfigError(f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}.")
+    target = _as_size(size)
+    if target is None:
+        return image
+    pct = 1.0 if crop_pct is None else float(crop_pct)
+    if not 0 < pct <= 1:
+        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}.")
+    if image.dim() != 3:
+        raise DataError(f"an image must be (C, H, W), got shape {tuple(image.shape)}.")
+    is_uint8 = image.dtype == torch.uint8
+    x = image.unsqueeze(0)
+    x = x.to(torch.float32).div_(255) if is_uint8 else x.to(torch.float32)
+    x = _resize(x, _scale_size(tuple(x.shape[-2:]), target, pct), interpolation)
+    margin = tuple(math.floor(v / pct) for v in target)
+    h, w = x.shape[-2:]
+    # offsets such that this crop followed by the transform's centre crop of `target` is the
+    # centre crop of `target` of the resized image
+    top = round((h - target[0]) / 2.0) - round((margin[0] - target[0]) / 2.0)
+    left = round((w - target[1]) / 2.0) - round((margin[1] - target[1]) / 2.0)
+    top, left = min(max(top, 0), h - margin[0]), min(max(left, 0), w - margin[1])
+    x = x[..., top : top + margin[0], left : left + margin[1]][0]
+    if is_uint8:
+        return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return x.to(image.dtype) if image.is_floating_point() else x
+
+
 def _scale_size(hw: tuple[int, ...], size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
     """The size to resize to before a centre crop of ``size``, as timm's eval transform does.
 
@@ -235,7 +283,10 @@ def transforms_for(
     configuration as timm's ``resolve_data_config`` / ``create_transform`` do: resize to
     ``floor(size / crop_pct)`` (the shorter side, for a square size) with the configured
     ``interpolation`` (``bicubic`` for most timm models), then crop the centre ``size``.
-    Without a ``crop_pct`` the batch is resized straight to ``size``.
+    Without a ``crop_pct`` it does the same with ``crop_pct = 1`` (the short side resized to
+    ``size``, aspect kept, then the centre crop), never a straight resize that distorts, so one
+    image as a ``(1, C, H, W)`` batch gets exactly a dataset's preprocessing
+    (:func:`eval_geometry`).
     """
     cfg = _config_of(model_or_cfg)
     input_size = cfg.get("input_size")

@@ -135,20 +135,22 @@ class Conv2dSame(nn.Conv2d):
         )
         self.symmetric = symmetric
 
-    @staticmethod
-    def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-        out = -(-size // stride)
-        total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-        return total // 2, total - total // 2
-
     def forward(self, x: Tensor) -> Tensor:
+        # the module's own conv call (not ``super().forward``), so that TorchScript compiles it
         if self.symmetric:
-            return super().forward(x)
-        top, bottom = self._same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = self._same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
+            return self._conv_forward(x, self.weight, self.bias)
+        top, bottom = _same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = _same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        if top > 0 or bottom > 0 or left > 0 or right > 0:
+            x = F.pad(x, [left, right, top, bottom])
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TF's "same" padding of one side length: (before, after), the extra pixel after."""
+    out = (size + stride - 1) // stride
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -170,6 +172,10 @@ class MBConvBlock(nn.Module):
     The residual connection (with drop-connect while training) is used when the block keeps
     the resolution and the channel count.
     """
+
+    # constants for TorchScript: the branch a block does not take is not compiled (a block
+    # without expansion has no ``_expand_conv``)
+    __constants__ = ("has_expand", "residual")
 
     def __init__(
         self,

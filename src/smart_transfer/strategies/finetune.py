@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..freeze import FreezePlan, apply_plan
@@ -64,7 +64,7 @@ def adapt_batchnorm(model: nn.Module, ctx: Context, prior: float = 0.0) -> None:
     if prior < 0:
         raise ConfigError(f"bn_prior must be >= 0 (the weight of the source statistics in images), got {prior!r}")
     bns = [m for m in model.modules() if isinstance(m, _BN)]
-    source = [(m.running_mean.clone(), m.running_var.clone()) if m.running_mean is not None else None for m in bns]
+    source = [None if b is None else (b[0].clone(), b[1].clone()) for b in map(_buffers, bns)]
     saved = [(m.momentum, m.training) for m in bns]
     was = model.training
     model.eval()
@@ -85,9 +85,16 @@ def adapt_batchnorm(model: nn.Module, ctx: Context, prior: float = 0.0) -> None:
     if prior > 0 and n > 0:
         w = prior / (prior + n)
         for m, src in zip(bns, source):
-            if src is not None:
-                m.running_mean.mul_(1 - w).add_(src[0], alpha=w)
-                m.running_var.mul_(1 - w).add_(src[1], alpha=w)
+            now = _buffers(m)
+            if src is not None and now is not None:
+                now[0].mul_(1 - w).add_(src[0], alpha=w)
+                now[1].mul_(1 - w).add_(src[1], alpha=w)
+
+
+def _buffers(m: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """A BatchNorm's running mean and variance (the buffers themselves), or None without them."""
+    mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+    return (mean, var) if isinstance(mean, Tensor) and isinstance(var, Tensor) else None
 
 
 def _bn_eval_mode(inner: Any) -> Any:

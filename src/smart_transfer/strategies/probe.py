@@ -38,6 +38,14 @@ class ProbeModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
+    def scriptable(self) -> nn.Module:
+        """The same function without the feature extractor's hook and early-exit exception:
+        the network traced with ``torch.fx`` and cut after ``layer``, for TorchScript and ONNX
+        (see :func:`~smart_transfer.strategies.concat.graph_probe`); parameters are shared."""
+        from .concat import graph_probe
+
+        return graph_probe(self.features.model, [self.features.layer], self.head)
+
 
 @torch.no_grad()
 def layer_features(
