@@ -59,7 +59,7 @@ def test_report_under_a_file_size_limit_leaves_no_figures(made, tmp_path):
     assert done.returncode == 2, done.stderr
     assert_one_line_error(done.stderr, "report.html", "ulimit -f")
     assert not (out.parent / "figures").exists() and not _leftovers(tmp_path)
-    assert not out.exists()
+    assert not out.exists() and not out.parent.exists()  # not even the folder it made
 
 
 def test_report_on_a_full_disk_mid_figures_cleans_up(made, tmp_path, capsys, monkeypatch):

@@ -197,6 +197,7 @@ class _Figures:
     folder: Path
     written: list[Path] = field(default_factory=list)
     target: Path | None = None
+    created: Path | None = None  # the page's folder, when this report created it
 
     @classmethod
     def open(cls, target: Path, option: str = "out") -> _Figures:
@@ -216,10 +217,11 @@ class _Figures:
                 f"folder away"
             )
         staging = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        created = None if target.parent.exists() else target.parent
         with disk_errors(staging):
             staging.mkdir(parents=True)
             (staging / FIGURES_MARKER).write_text("written by smart-transfer report\n", encoding="utf-8")
-        return cls(folder=staging, target=target)
+        return cls(folder=staging, target=target, created=created)
 
     def commit(self) -> None:
         """Put the staged figures in place of ``target`` (its old figures are removed)."""
@@ -243,6 +245,11 @@ class _Figures:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.created is not None and not (self.target is not None and self.target.exists()):
+            try:  # a failed report leaves no folder it made (only when nothing else is in it)
+                self.created.rmdir()
+            except OSError:
+                pass
 
     def new(self, width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
         from matplotlib.figure import Figure
