@@ -94,8 +94,10 @@ def test_ctrl_c_then_resume_ends_bit_identical(npz, tmp_path, monkeypatch, capsy
     a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(out / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    la = load_weights(tmp_path / "full" / "checkpoints/full-finetune/model.safetensors")
-    lb = load_weights(out / "checkpoints/full-finetune/model.safetensors")
+    from smart_transfer.training.checkpoint import WEIGHTS, latest
+
+    la = load_weights(latest(tmp_path / "full" / "checkpoints/full-finetune") / WEIGHTS)
+    lb = load_weights(latest(out / "checkpoints/full-finetune") / WEIGHTS)
     assert all(torch.equal(la[k], lb[k]) for k in la)
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
 

@@ -208,7 +208,7 @@ def test_cli_predict(setup, tmp_path, capsys, monkeypatch):
     assert main(["predict", run, str(bad), "--out", str(bad / "p.csv")]) == 2
     assert "inside the image folder" in capsys.readouterr().err
     assert main(["predict", run, flat, "--out", str(base / "run" / "config.json")]) == 2
-    assert "is the input the run's config.json" in capsys.readouterr().err
+    assert "'config.json' of the run folder" in capsys.readouterr().err
     assert main(["predict", run, str(tmp_path / "none" / "*.png")]) == 2
     assert "no file matches" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), flat]) == 2

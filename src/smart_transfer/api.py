@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._atomic import PathLike, atomic_open
+from ._paths import claim_run_folder, writing_run
 from .errors import ConfigError, DataError
 from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions
 from .strategies import Context, Recipe, get_strategy
@@ -190,7 +191,8 @@ class TrainResult:
     def save(self, out: PathLike) -> Path:
         """Write the run folder: config.json, result.json, log.jsonl, model.safetensors, plan.json."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if self.out is None or not _same_folder(out, self.out):
+            claim_run_folder(out, "out")  # never into a folder that holds another run
         _write_json(out / "config.json", self.config)
         _write_json(out / "result.json", {
             "schema_version": SCHEMA_VERSION, "strategy": self.strategy,
@@ -206,9 +208,11 @@ class TrainResult:
         # architecture, class names and preprocessing travel with the weights (str -> str, JSON inside)
         ckpt.save_weights(out / "model.safetensors", self.model.state_dict(), metadata=weights_metadata(self))
         if self.plan is not None:
-            self.plan.save(out / "plan.json")
+            with writing_run(out):  # the run's own plan.json
+                self.plan.save(out / "plan.json")
         if self.manifest is not None and not (out / "manifest.json").is_file():
-            self.manifest.save(out / "manifest.json")
+            with writing_run(out):
+                self.manifest.save(out / "manifest.json")
         if self.advice is not None:
             adv = self.advice.to_dict() if isinstance(self.advice, Advice) else self.advice
             _write_json(out / "advice.json", adv)
@@ -225,11 +229,11 @@ class TrainResult:
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise DataError(f"{str(folder)!r} is not a run folder (no config.json); pass the --out of a train run")
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = read_config(folder)
         res_path = folder / "result.json"
         if not res_path.is_file():
             raise DataError(f"the run in {str(folder)!r} has not finished (no result.json); resume it first")
-        res = json.loads(res_path.read_text(encoding="utf-8"))
+        res = read_result(folder)
         net = build_model(config, model)
         state = ckpt.load_weights(folder / "model.safetensors")
         try:
@@ -242,7 +246,7 @@ class TrainResult:
         return cls(
             model=net, strategy=res["strategy"], plan=plan, val_accuracy=res["val_accuracy"],
             history=res["history"], config=config, timings=res["timings"], chosen=res["chosen"],
-            tried=res["tried"], advice=json.loads(adv.read_text()) if adv.is_file() else None, out=folder,
+            tried=res["tried"], advice=read_json(adv) if adv.is_file() else None, out=folder,
         )
 
     def transform(self) -> Callable[[Tensor], Tensor]:
@@ -252,6 +256,141 @@ class TrainResult:
         from .data import transforms_for
 
         return transforms_for(self.model, train=False, size=self.config.get("size"))
+
+
+def _check_recipe(recipe: Recipe) -> None:
+    """Refuse, before any work, a training setting that would fail or train nothing."""
+    import math
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = (
+        ("lr", "--lr", number(recipe.lr) and recipe.lr > 0, "a positive finite number, e.g. 1e-3"),
+        ("weight_decay", "--weight-decay", number(recipe.weight_decay) and recipe.weight_decay >= 0,
+         "a finite number >= 0, e.g. 1e-4"),
+        ("batch_size", "--batch-size", isinstance(recipe.batch_size, int) and not isinstance(recipe.batch_size, bool)
+         and recipe.batch_size >= 1, "a positive integer, e.g. 32"),
+        ("head_lr_mult", "head_lr_mult", number(recipe.head_lr_mult) and recipe.head_lr_mult > 0,
+         "a positive number, e.g. 10"),
+        ("warmup", "warmup", number(recipe.warmup) and 0 <= recipe.warmup < 1, "a fraction in [0, 1)"),
+        ("patience", "--patience", recipe.patience is None or (isinstance(recipe.patience, int)
+         and not isinstance(recipe.patience, bool) and recipe.patience >= 1), "None or a positive integer"),
+    )
+    for name, flag, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{name}={getattr(recipe, name)!r} ({flag}) must be {what}")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return a.expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+# The train() arguments a resumed run must share with the run it continues, and how to name
+# each for both front ends (keyword argument / CLI flag).
+_RESUME_NAMES = {
+    "strategy": "strategy (--strategy)", "options": "options (--option)", "seed": "seed (--seed)",
+    "epochs": "epochs (--epochs)", "size": "size (--size)", "sync_bn": "sync_bn (--sync-bn)",
+    "transform": "transform", "backbone": "backbone (--backbone)", "samples": "the data (--data, --per-class)",
+    "lr": "lr (--lr)", "weight_decay": "weight_decay (--weight-decay)", "batch_size": "batch_size (--batch-size)",
+    "optimizer": "optimizer (--optimizer)", "patience": "patience (--patience)", "amp": "amp (--amp)",
+    "channels_last": "channels_last (--channels-last)", "head_lr_mult": "head_lr_mult", "warmup": "warmup",
+}
+
+
+def _check_resume(out_dir: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to resume with a setting the run was not started with: the checkpoint's optimizer,
+    schedule and data order belong to the old settings, so a new value could not be honoured
+    (and config.json would record a value that was not used)."""
+    pairs = [(k, old.get(k), v) for k, v in new.items() if k != "recipe" and v is not None]
+    if "recipe" in new:
+        was: dict[str, Any] = old["recipe"] if isinstance(old.get("recipe"), dict) else {}
+        pairs += [(k, was.get(k), v) for k, v in new["recipe"].items() if k in was]
+    for key, before, now in pairs:
+        if before != now:
+            name = _RESUME_NAMES.get(key, key)
+            raise ConfigError(
+                f"cannot resume {str(out_dir)!r} with {key}={now!r}: the run was started with "
+                f"{key}={before!r}, and a resumed run continues as it was started; drop "
+                f"{name} or start a new run in another folder"
+            )
+
+
+def _check_out_folder(out_dir: Path, resume: bool, data: dict[str, Any]) -> None:
+    """Before any work: the run folder is not inside a data folder, and a new run does not go
+    into a folder that holds one already."""
+    from ._paths import check_output_folders, is_run_folder
+
+    roots: dict[str, Any] = {}
+    for name, value in data.items():
+        root = getattr(value[0] if isinstance(value, tuple) and value else value, "root", None)
+        if isinstance(value, (str, Path)):
+            root = value
+        if root is not None and Path(root).is_dir():
+            roots[name] = root
+    check_output_folders({"out": out_dir}, roots)
+    from .training.distributed import world
+
+    if not resume and world()[0] == 0 and is_run_folder(out_dir):  # rank 0 writes the folder
+        raise ConfigError(
+            f"out={str(out_dir)!r} already holds a run; pass resume=True (--resume) to continue "
+            "it, or another folder"
+        )
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """A JSON file of a run folder; a damaged one is one :class:`DataError` naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{str(path)!r} is missing{what}; the run folder is incomplete") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {str(path)!r} ({type(exc).__name__}); the run folder is damaged") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DataError(
+            f"{str(path)!r} is not valid JSON ({exc}); the run folder is damaged: restore the file "
+            "or train the run again"
+        ) from None
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` of a run folder, checked to hold what loading and resuming need."""
+    path = folder / "config.json"
+    cfg = read_json(path)
+    fix = "the run folder is damaged: restore the file or train the run again"
+    if not isinstance(cfg, dict):
+        raise DataError(f"{str(path)!r} holds a {type(cfg).__name__}, not a run configuration; {fix}")
+    k = cfg.get("num_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"{str(path)!r} has num_classes={k!r}, not a positive integer; {fix}")
+    names = cfg.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != k):
+        raise DataError(f"{str(path)!r} has class_names that are not a list of {k} names; {fix}")
+    for key, kind in (("recipe", dict), ("data", dict), ("options", dict), ("strategy", str)):
+        if key in cfg and not isinstance(cfg[key], kind):
+            raise DataError(f"{str(path)!r} has {key} of type {type(cfg[key]).__name__}, not {kind.__name__}; {fix}")
+    return cfg
+
+
+_RESULT_KEYS: dict[str, Any] = {"strategy": str, "val_accuracy": (int, float), "history": list, "timings": dict,
+                "chosen": dict, "tried": list}
+
+
+def read_result(folder: Path) -> dict[str, Any]:
+    """``result.json`` of a finished run, checked to hold every key :meth:`TrainResult.load` reads."""
+    path = folder / "result.json"
+    res = read_json(path, " (the run has not finished: resume it first)")
+    fix = "the run folder is damaged: restore the file or train the run again"
+    if not isinstance(res, dict):
+        raise DataError(f"{str(path)!r} holds a {type(res).__name__}, not a run result; {fix}")
+    for key, kind in _RESULT_KEYS.items():
+        if key not in res:
+            raise DataError(f"{str(path)!r} lacks {key!r}; {fix}")
+        if not isinstance(res[key], kind) or isinstance(res[key], bool):
+            raise DataError(f"{str(path)!r} has {key} of type {type(res[key]).__name__}; {fix}")
+    return res
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -377,9 +516,19 @@ def train(
         raise ConfigError(f"unknown optimizer {optimizer!r}; use 'adamw' or 'sgd'")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    _check_recipe(recipe)
     out_dir = Path(out) if out is not None else None
     if resume and (out_dir is None or not (out_dir / "config.json").is_file()):
         raise ConfigError(f"nothing to resume: {str(out_dir)!r} holds no run (no config.json)")
+    if out_dir is not None:
+        _check_out_folder(out_dir, resume, {"train_data": train_data, "val_data": val_data, "source": source})
+    if resume:
+        _check_resume(out_dir, read_config(out_dir), {  # type: ignore[arg-type]
+            "strategy": strategy, "options": _plain(options), "seed": seed, "epochs": epochs,
+            "size": size, "sync_bn": sync_bn, "recipe": _plain(recipe.to_dict()),
+            "transform": "backbone" if transform is None else "custom",
+            "backbone": backbone if isinstance(backbone, str) else None,
+        })
 
     ds, idx, val_ds, val_idx, manifest = _train_data(
         train_data, val_data, out_dir, resume, manifest, per_class=per_class, val_fraction=val_fraction,
@@ -453,14 +602,13 @@ def train(
     }
     if out_dir is not None and rank == 0:
         if resume:
-            old = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
-            for key in ("strategy", "backbone", "seed", "epochs", "samples", "options"):
-                if old.get(key) != config[key]:
-                    raise ConfigError(f"cannot resume {str(out_dir)!r}: it was run with {key}={old.get(key)!r}, "
-                                      f"not {config[key]!r}")
+            _check_resume(out_dir, read_config(out_dir), {k: config[k] for k in ("backbone", "samples")})
+        else:
+            claim_run_folder(out_dir, "out")  # exclusive: of two runs started together, one goes on
         _write_json(out_dir / "config.json", config)
         if manifest is not None and not (resume and (out_dir / "manifest.json").is_file()):
-            manifest.save(out_dir / "manifest.json")
+            with writing_run(out_dir):  # the run's own manifest.json
+                manifest.save(out_dir / "manifest.json")
         _save_samples(out_dir / "samples.safetensors", val_ds, val_idx, _targets(val_ds, val_idx), num_classes)
 
     t0 = time.perf_counter()
@@ -478,6 +626,7 @@ def train(
         chosen=_plain(outcome.chosen), tried=_plain(outcome.tried), advice=advice, manifest=manifest,
     )
     if out_dir is not None and rank == 0:
+        result.out = out_dir  # claimed above: save() writes into its own run folder
         result.save(out_dir)
         if "profile_pre" in outcome.extra:
             outcome.extra["profile_pre"].save(out_dir / "profile_pre.pt")

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import signal
 import sys
 import traceback
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._atomic import Terminated, atomic_open
-from ._paths import check_output_folders, check_outputs
+from ._paths import check_output_folders, check_outputs, is_run_folder
 from .errors import ConfigError, SmartTransferError
 
 
@@ -240,6 +242,13 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _check_strategy_options(strategy: str, options: dict[str, Any]) -> None:
+    from .strategies import get_strategy
+    from .strategies.base import check_options
+
+    check_options(strategy, options, get_strategy(strategy).options)
+
+
 def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any, Any, Any, Any]:
     """``(train ds, train idx, val ds, val idx, manifest)``: the test split of --data held out
     first (--test-fraction; none with --test-data; Fashion-MNIST's own), then --per-class of the
@@ -305,26 +314,16 @@ def _train(args: argparse.Namespace, world: int) -> int:
     from .training import TrainingInterrupted
 
     if args.resume:
-        cfg_path = Path(args.resume) / "config.json"
-        if not cfg_path.is_file():
-            raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
-        saved = json.loads(cfg_path.read_text(encoding="utf-8")).get("data", {}).get("cli")
-        if not saved:
-            raise ConfigError(f"{args.resume!r} was not made by 'smart-transfer train'; resume it from Python")
-        device = args.device  # --device given now wins over the one the run started with
-        for k, v in saved.items():
-            if k in _TRAIN_KEYS:
-                setattr(args, k, v)
-        if device is not None:
-            args.device = device
-        args.out = args.resume
+        _resume_args(args)
     elif not args.out:
         raise ConfigError("say where the run goes: --out DIR (or --resume DIR to continue one)")
     elif args.data is None:
         raise ConfigError("say what to train on: --data fashion-mnist, a folder of class subfolders, or an .npz")
-    elif (Path(args.out) / "config.json").exists():
+    elif is_run_folder(args.out):
         raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
-    check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
+    check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data,
+                                               "--source": args.source, "--test-data": args.test_data})
+    _check_strategy_options(args.strategy, _options(args.option))  # before the data is read
     if world > 1:  # every rank has checked the folder before rank 0 writes into it
         import torch.distributed
 
@@ -361,6 +360,59 @@ def _train(args: argparse.Namespace, world: int) -> int:
     return 0
 
 
+# Flags that --resume honours: they change how the run is shown or where it runs, not what
+# it computes from the checkpoint.
+_RESUME_FREE = ("resume", "no_progress", "device")
+
+
+def _resume_args(args: argparse.Namespace) -> None:
+    """Fill ``args`` from the run's recorded command line; refuse a flag given now whose value
+    differs from the recorded one (resume could not honour it, and would record it falsely)."""
+    from .api import read_config
+
+    folder = Path(args.resume)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
+    cfg = read_config(folder)
+    saved = cfg.get("data", {}).get("cli")
+    if not saved or not isinstance(saved, dict):
+        raise ConfigError(f"{args.resume!r} was not made by 'smart-transfer train'; resume it from Python")
+    given: set[str] = getattr(args, "_given", set())
+    if "out" in given and args.out is not None and Path(args.out).resolve() != folder.resolve():
+        raise ConfigError(f"--resume continues in {args.resume!r}; drop --out {args.out}")
+    for key in sorted(given - set(_RESUME_FREE) - {"out"}):
+        if key in saved and getattr(args, key) != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {getattr(args, key)!r} differs from the run's {saved[key]!r}, and --resume "
+                f"continues a run as it was started; drop {flag} (or start a new run with --out)"
+            )
+    for k, v in saved.items():
+        if k in _TRAIN_KEYS and (k not in _RESUME_FREE or k not in given):
+            setattr(args, k, v)
+    args.out = args.resume
+
+
+def _given_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of the options typed on the command line (abbreviations included):
+    the parser is run again with every default suppressed, so only typed options remain."""
+    parser = build_parser()
+    stack: list[argparse.ArgumentParser] = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest not in ("help", "command"):
+                action.default = argparse.SUPPRESS
+        p.set_defaults(func=None)
+    try:
+        ns = parser.parse_args(list(argv))
+    except SystemExit:  # pragma: no cover - the first parse accepted the same argv
+        return set()
+    return set(vars(ns)) - {"func", "command"}
+
+
 def _rank() -> int:
     from .training.distributed import world
 
@@ -372,7 +424,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import smart_transfer as st
 
     check_outputs({"run (metrics.json)": Path(args.run) / "metrics.json"},
-                  {"--data": args.data, "--test-data": args.test_data})
+                  {"--data": args.data, "--test-data": args.test_data},
+                  own=("metrics.json", "test_samples.safetensors"))
     dev = _device(args)
     result = st.TrainResult.load(args.run)
     test = args.test_data
@@ -392,12 +445,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# what a run folder holds; predictions may go into the folder but never over one of these
-_RUN_FILES = ("config.json", "result.json", "model.safetensors", "manifest.json", "plan.json",
-              "advice.json", "metrics.json", "log.jsonl", "report.html", "samples.safetensors",
-              "test_samples.safetensors", "profile_pre.pt", "profile_new.pt", "comparison.json")
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict the class of new images with a finished run: a CSV and a short table."""
     from ._device import resolve_device
@@ -409,9 +456,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     device = resolve_device(args.device)
     files = resolve_images(args.images)  # a wrong path or an empty folder fails before any work
-    run_files = [Path(args.run) / name for name in _RUN_FILES]
-    check_outputs({"--out": args.out}, {"RUN": args.run, **{f"the run's {p.name}": p for p in run_files},
-                                        **{f"image {p}": p for p in files}})
+    # predictions may go into the run folder, never over one of its files (_paths.RUN_FILES)
+    check_outputs({"--out": args.out}, {**{f"image {p}": p for p in files}})
     check_out_of_data(args.out, args.images)
     try:
         preds = predict(args.run, [str(p) for p in files], top_k=args.top_k, batch_size=args.batch_size,
@@ -480,10 +526,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
-    read = ("config.json", "plan.json", "log.jsonl", "metrics.json", "advice.json", "comparison.json")
-    check_outputs({"--out": args.out or Path(args.run) / "report.html"},
-                  {f"run ({name})": Path(args.run) / name for name in read})
-    path = make_report(args.run, out=args.out)
+    path = make_report(args.run, out=args.out, option="--out")
     print(f"report -> {path}")
     return 0
 
@@ -499,6 +542,46 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+
+
+def _number(text: str, what: str, ok: Any) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass {what}") from None
+    if not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; pass {what}")
+    return value
+
+
+def _count(text: str, what: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass {what}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; pass {what}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    return _number(text, "a positive finite number, e.g. 1e-3", lambda v: v > 0)
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (weight decay)."""
+    return _number(text, "a finite number >= 0, e.g. 1e-4", lambda v: v >= 0)
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a fraction in (0, 1) (the validation share)."""
+    return _number(text, "a fraction between 0 and 1, e.g. 0.2", lambda v: 0 < v < 1)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (epochs, batch size, patience)."""
+    return _count(text, "an integer >= 1", 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -537,9 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
     d.add_argument("--per-class", type=_per_class, default=20, metavar="N|all", help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    d.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default 10)")
-    d.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    d.add_argument("--batch-size", type=int, default=32, help="default 32")
+    d.add_argument("--epochs", type=positive_int, default=10, help="at most this many epochs (default 10)")
+    d.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    d.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
     d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
     d.add_argument("--quick", action="store_true", help="3 epochs and a fixed 2,000-image test subset")
@@ -611,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--data", required=required, help=DATA_HELP)
         q.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
                        help="labelled images drawn per class for train+validation (default all)")
-        q.add_argument("--val-fraction", type=float, default=0.2, help="validation share of the drawn images (default 0.2)")
+        q.add_argument("--val-fraction", type=open_fraction, default=0.2, help="validation share of the drawn images (default 0.2)")
         q.add_argument("--test-data", default=None,
                        help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)")
         q.add_argument("--test-fraction", type=float, default=None,
@@ -630,12 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
     data_args(t, required=False)
     t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
-    t.add_argument("--epochs", type=int, default=15)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=positive_int, default=15)
+    t.add_argument("--lr", type=positive_float, default=1e-3)
+    t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    t.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    t.add_argument("--patience", type=positive_int, default=5, help="early stopping patience in epochs")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
     t.add_argument("--out", help="the run folder")
     t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")
@@ -725,6 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text or type(e).__name__
@@ -760,6 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(e, Terminated):
                 raise
             return e.code if isinstance(e.code, int) else 2
+        args._given = _given_flags(argv)
         _deprecated_image_size(args)
         return int(args.func(args))
     except KeyboardInterrupt as e:  # also TrainingInterrupted, which says what was saved
@@ -778,6 +865,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("terminated (SIGTERM); files written before are intact", file=sys.stderr)
         return 143
+    except OSError as e:  # a write that no writer translated: disk full, ulimit -f, read-only
+        from ._atomic import storage_error
+
+        if debug:
+            traceback.print_exc()
+        full = storage_error(e, e.filename or "a file") if e.errno in _FULL_ERRNOS else None
+        if full is not None:
+            print(f"error: {_one_line(full)}", file=sys.stderr)
+            return 2
+        print(f"internal error: {type(e).__name__}: {_one_line(e)} (run again with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - the one place every other failure is reported
         if debug:
             traceback.print_exc()

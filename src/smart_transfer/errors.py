@@ -44,3 +44,8 @@ class TrainingError(SmartTransferError, RuntimeError):
 
 class MissingDependencyError(SmartTransferError, ImportError):
     """An optional package is needed; the message gives the pip command."""
+
+
+class StorageError(SmartTransferError, OSError):
+    """A file could not be written: the disk is full, a file-size limit was hit, a read-only
+    or virtual file system (``/proc``) refused it. The message names the file."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ def select_layers(
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    types_t = tuple(types) if types else DEFAULT_TYPES
+    types_t = _types(types)
     patterns = _patterns(layers, "layers")
     excl = _patterns(exclude, "exclude") or []
     if patterns is not None and not patterns:
@@ -92,9 +92,34 @@ def select_layers(
     return names
 
 
+def _types(types: Any) -> tuple[type[nn.Module], ...]:
+    """``types=`` as a tuple of module classes (one class alone is accepted too)."""
+    if not types:
+        return DEFAULT_TYPES
+    if isinstance(types, type):
+        types = [types]
+    if isinstance(types, (str, bytes)) or not isinstance(types, Iterable):
+        raise ConfigError(
+            f"types= is {types!r} ({type(types).__name__}); pass a list of module classes, "
+            "e.g. types=[nn.Conv2d]"
+        )
+    out = tuple(types)
+    for t in out:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise ConfigError(
+                f"types= holds {t!r}, which is not an nn.Module class; pass e.g. types=[nn.Conv2d]"
+            )
+    return out
+
+
 def _patterns(value: str | Sequence[str] | None, option: str) -> list[str] | None:
     if value is None:
         return None
+    if not isinstance(value, str) and not isinstance(value, Iterable):
+        raise ConfigError(
+            f"{option}= is {value!r} ({type(value).__name__}); pass a module name, a glob "
+            f"pattern or a list of them, e.g. {option}=['features.*']"
+        )
     pats = [value] if isinstance(value, str) else list(value)
     for p in pats:
         if not isinstance(p, str):

@@ -223,8 +223,11 @@ def test_compare_quantile_without_plan_is_refused(tmp_path, capsys, monkeypatch)
 def test_negative_variances_are_refused():
     model = tiny_model()
     prof = st.profile(model, batches(), progress=False)
-    model.features[1].running_var[2] = -0.5  # BatchNorm after features.0
-    bn = st.profile_from_batchnorm(model)
+    model.features[1].running_var[2] = -0.5  # BatchNorm after features.0: refused when read
+    with pytest.raises(ProfileError, match=r"features.1.running_var holds -0.5 at channel 2"):
+        st.profile_from_batchnorm(model)
+    bn = st.profile_from_batchnorm(tiny_model())
+    bn.layers["features.0"].var[2] = -0.5  # a profile edited after it was made: refused at compare
     with pytest.raises(ProfileError, match=r"'features.0' of the D_pre profile has a negative variance \(-0.5 in channel 2\)"):
         st.compare(bn, prof, "gaussian_kl")
     edited = st.ActivationProfile.from_dict(prof.to_dict())

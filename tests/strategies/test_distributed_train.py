@@ -51,16 +51,17 @@ def _free_port():
 @pytest.mark.slow
 def test_two_gloo_processes_reach_the_single_process_weights(tmp_path):
     torch.set_num_threads(1)
-    from smart_transfer.training.checkpoint import load_weights
+    from smart_transfer.training.checkpoint import WEIGHTS, latest, load_weights
 
     _train(tmp_path / "one")
     mp.spawn(_worker, args=(2, _free_port(), tmp_path / "two"), nprocs=2, join=True)
-    for name in ("checkpoints/full-finetune/model.safetensors", "model.safetensors"):  # last epoch, best epoch
+    last_epoch = latest(tmp_path / "one" / "checkpoints/full-finetune").relative_to(tmp_path / "one") / WEIGHTS
+    for name in (last_epoch, "model.safetensors"):  # last epoch, best epoch
         single, ddp = load_weights(tmp_path / "one" / name), load_weights(tmp_path / "two" / name)
         assert set(ddp) == set(single)
         for k, v in single.items():
             torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-5, msg=k)
-    last = load_weights(tmp_path / "one" / "checkpoints/full-finetune/model.safetensors")
+    last = load_weights(tmp_path / "one" / last_epoch)
     init = _net().state_dict()
     assert any(not torch.equal(v, init[k]) for k, v in last.items() if "classifier" not in k)
     cfg = (tmp_path / "two" / "config.json").read_text()

@@ -85,7 +85,9 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path):
     assert drop_time(resumed.history) == drop_time(full.history)
     lines = [json.loads(s) for s in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4, 5]
-    state = torch.load(tmp_path / "b" / "state.pt", weights_only=True)  # loads without pickle
+    from smart_transfer.training.checkpoint import latest
+
+    state = torch.load(latest(tmp_path / "b") / "state.pt", weights_only=True)  # loads without pickle
     assert state["epoch"] == 5
 
 

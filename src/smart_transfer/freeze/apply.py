@@ -36,6 +36,7 @@ pickling the whole module object.
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -134,6 +135,7 @@ class PlanHandle:
         self._optimizers: list[weakref.ref[Any]] = []
         self._param_ids: set[int] = set()
         self._model_ref = weakref.ref(model)
+        self._warned = False  # the warning about training with no optimizer attached, once
         self.active = False
 
     # ------------------------------------------------------------------ setup
@@ -207,6 +209,16 @@ class PlanHandle:
     def _grad_hook(self, rows: _FrozenRows, param: Tensor) -> None:
         if param.grad is not None:
             rows.zero(param.grad)
+        if not self._optimizers and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"gradients flow through {len(self.partial)} partially frozen tensor(s) of this "
+                "freeze plan, but no optimizer is attached: weight decay and momentum will move "
+                "the frozen rows. Pass optimizer= to apply_plan(model, plan, optimizer=opt), or "
+                "call handle.attach(opt) before training",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _bn_hook(
         self,
@@ -329,7 +341,9 @@ def apply_plan(
         plan: the channels to freeze.
         optimizer: the optimizer that will step ``model``; with it the frozen coordinates stay
             bit-identical after every step. It may also be attached later with
-            :meth:`PlanHandle.attach`, and may already hold state from earlier training.
+            :meth:`PlanHandle.attach`, and may already hold state from earlier training. When
+            gradients first reach a partially frozen tensor and no optimizer is attached, a
+            ``UserWarning`` says so (weight decay and momentum would move the frozen rows).
         bn_stats: ``"freeze"`` keeps the running statistics of frozen BatchNorm channels
             bit-identical, ``"update"`` lets them update (see the module docstring).
 

@@ -18,6 +18,8 @@ import importlib
 import io
 import json
 import os
+import secrets
+import shutil
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +29,15 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 from torch import nn
 
-from .._atomic import atomic_open
-from ..errors import DataError, MissingDependencyError, SmartTransferError
+from .._atomic import atomic_open, disk_errors
+from .._paths import check_outputs
+from ..errors import (
+    ConfigError,
+    DataError,
+    MissingDependencyError,
+    SmartTransferError,
+    StorageError,
+)
 from . import maps as mapsmod
 from . import plots
 from .run import RunData, Samples, advice_curve, class_scores, confusion, finite, load_run
@@ -69,6 +78,7 @@ def make_report(
     run_dir: PathLike,
     model: nn.Module | None = None,
     out: PathLike | None = None,
+    option: str = "out",
 ) -> Path:
     """Write the HTML report of the run in ``run_dir`` and return its path.
 
@@ -80,7 +90,13 @@ def make_report(
         model: the trained network, for the activation maps and Grad-CAM. ``None`` loads it
             from ``run_dir`` when the run saved it; otherwise those sections say so.
         out: the HTML file to write (default ``run_dir/report.html``). Its figures also go
-            to ``figures/`` beside it as PNG files.
+            to ``figures/`` beside it as PNG files. ``out`` may not be a file of the run (its
+            weights, profiles, JSON files) nor lie inside the run's data folder, and a
+            ``figures/`` folder beside it must be one a report wrote (it holds the marker
+            ``.smart-transfer-figures``, or it lies in a run folder); a user's folder of that
+            name is never written into. The figures are written into a temporary folder that
+            replaces ``figures/`` only when the page is written, and is removed on any error.
+        option: how to name ``out`` in error messages (the CLI passes ``"--out"``).
 
     Raises:
         DataError: ``run_dir`` is not a run directory or one of its files is damaged.
@@ -94,7 +110,43 @@ def make_report(
         ) from e
     run = load_run(run_dir)
     out_path = Path(out) if out is not None else run.path / "report.html"
-    ctx = _Context(run=run, figures=_Figures(out_path.parent / "figures"))
+    check_outputs({option: out_path}, _report_inputs(run), own=("report.html", "figures"))
+    figures = _Figures.open(out_path.parent / "figures", option)
+    try:
+        _write_page(run, model, out_path, figures)
+    except BaseException:
+        figures.discard()
+        raise
+    figures.commit()
+    return out_path
+
+
+def _report_inputs(run: RunData) -> dict[str, Any]:
+    """What the report reads (the run's files) and the data folders it must stay out of."""
+    from .._paths import RUN_FILES as ALL_RUN_FILES
+
+    inputs: dict[str, Any] = {
+        f"run ({name})": run.path / name for name in sorted(ALL_RUN_FILES)
+        if name not in ("report.html", "figures") and (run.path / name).is_file()
+    }
+    data: dict[str, Any] = run.config["data"] if isinstance(run.config.get("data"), dict) else {}
+    for key in ("spec", "root", "test_spec"):
+        value = data.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().is_dir():
+            inputs[f"the run's data ({value})"] = Path(value).expanduser()
+    manifest = run.path / "manifest.json"
+    if manifest.is_file():
+        try:
+            root = json.loads(manifest.read_text(encoding="utf-8")).get("root")
+        except (ValueError, OSError, AttributeError):
+            root = None
+        if isinstance(root, str) and Path(root).is_dir():
+            inputs[f"the run's data ({root})"] = Path(root)
+    return inputs
+
+
+def _write_page(run: RunData, model: nn.Module | None, out_path: Path, figures: _Figures) -> None:
+    ctx = _Context(run=run, figures=figures)
     if model is not None:
         ctx.model = model
     else:
@@ -124,6 +176,8 @@ def make_report(
             continue
         try:
             body = builders[sid](ctx)
+        except StorageError:  # a figure could not be written: the whole report fails
+            raise
         except SmartTransferError as e:  # a user-facing problem with this section's inputs
             body = _note(f"not drawn: {e}")
         if sid == "run" and left_out:
@@ -137,7 +191,6 @@ def make_report(
     page = _PAGE.format(title=_e(title), body="\n".join(parts), css=_CSS)
     with atomic_open(out_path, "w", encoding="utf-8") as f:
         f.write(page)
-    return out_path
 
 
 # ---------------------------------------------------------------------------------- plumbing
@@ -161,10 +214,70 @@ class _Context:
         return self._sim  # type: ignore[no-any-return]
 
 
+FIGURES_MARKER = ".smart-transfer-figures"
+
+
 @dataclass
 class _Figures:
+    """The PNG files of one report: written into a temporary folder (``staging``) beside
+    ``target``, which replaces ``target`` in :meth:`commit` and is removed in :meth:`discard`."""
+
     folder: Path
     written: list[Path] = field(default_factory=list)
+    target: Path | None = None
+    created: Path | None = None  # the page's folder, when this report created it
+
+    @classmethod
+    def open(cls, target: Path, option: str = "out") -> _Figures:
+        """Check that ``target`` may be replaced, and stage the figures beside it."""
+        from .._paths import is_run_folder
+
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise ConfigError(
+                f"{option}: the report's figures go to {str(target)!r}, which is not a folder "
+                f"the report wrote; move it away or write the report into another folder"
+            )
+        if target.is_dir() and any(target.iterdir()) and not (target / FIGURES_MARKER).is_file() \
+                and not is_run_folder(target.parent):
+            raise ConfigError(
+                f"{option}: the report's figures go to {str(target)!r}, which holds files the "
+                f"report did not write; write the report into another folder, or move that "
+                f"folder away"
+            )
+        staging = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        created = None if target.parent.exists() else target.parent
+        with disk_errors(staging):
+            staging.mkdir(parents=True)
+            (staging / FIGURES_MARKER).write_text("written by smart-transfer report\n", encoding="utf-8")
+        return cls(folder=staging, target=target, created=created)
+
+    def commit(self) -> None:
+        """Put the staged figures in place of ``target`` (its old figures are removed)."""
+        if self.target is None:
+            return
+        if not self.written:  # a page without figures: no folder
+            self.discard()
+            return
+        old = self.target.parent / f".{self.target.name}.{secrets.token_hex(6)}.old"
+        try:
+            if self.target.exists():
+                os.rename(self.target, old)
+            os.rename(self.folder, self.target)
+        except BaseException:
+            if old.exists() and not self.target.exists():
+                os.rename(old, self.target)
+            self.discard()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        self.written = [self.target / p.name for p in self.written]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.created is not None and not (self.target is not None and self.target.exists()):
+            try:  # a failed report leaves no folder it made (only when nothing else is in it)
+                self.created.rmdir()
+            except OSError:
+                pass
 
     def new(self, width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
         from matplotlib.figure import Figure

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ProfileError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
 from .fingerprint import model_fingerprint
 from .profile import ActivationProfile, LayerProfile
@@ -59,6 +59,19 @@ def profile_from_batchnorm(
             f"no {what} of {type(model).__name__} feed a BatchNorm with running statistics, so there is "
             "no source profile to read; pass source images to st.profile(model, loader) instead"
         )
+    for _, bn_name, bn in chosen:
+        for buf in ("running_mean", "running_var"):
+            value = getattr(bn, buf)
+            bad = ~torch.isfinite(value)
+            if buf == "running_var":  # a variance below zero is as damaged as a NaN
+                bad |= value < 0
+            if bool(bad.any()):
+                ch = int(bad.nonzero()[0, 0])
+                raise ProfileError(
+                    f"the BatchNorm buffer {bn_name}.{buf} holds {float(value[ch])} at channel {ch} "
+                    f"({int(bad.sum())} bad value(s)); the pretrained statistics are damaged, so "
+                    "reload the weights or profile source images with st.profile(model, loader)"
+                )
     params = layer_param_map(model, [c[0] for c in chosen])
     out: dict[str, LayerProfile] = {}
     tracked = {}

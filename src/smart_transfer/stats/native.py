@@ -8,6 +8,13 @@ pass, torch's OpenMP threads sharing the channels. It is compiled once with the 
 or ``gcc``) into a cache folder and loaded with :mod:`ctypes`, so it needs no build step at
 install time.
 
+Security: a library is loaded only when this process built it, or when the sha256 recorded
+beside it at build time (``stats-KEY.so.sha256``) matches its bytes and the library, the record
+and the cache folder are owned by the current user and writable by nobody else; the bytes are
+hashed through the same file descriptor that is then loaded. A file planted in the cache (or a
+cache folder others can write to) is never loaded: the library is rebuilt, into a private
+temporary folder when the cache folder itself is not private.
+
 Where no compiler is found, or ``SMART_TRANSFER_NATIVE=0`` is set, :func:`kernels` returns None
 and profiling uses the eager torch statistics, which give the same values (the tests check
 both against float64 references).
@@ -15,11 +22,13 @@ both against float64 references).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -87,24 +96,80 @@ def _cpu_key() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(cc: str, openmp: bool = True) -> Path:
+def _key(cc: str, openmp: bool) -> str:
+    """The cache key of a build: the source, flags, compiler version and target CPU."""
     src = SOURCE.read_bytes()
     version = subprocess.run(
         [cc, "--version"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
-    key = hashlib.sha256(
+    return hashlib.sha256(
         b"\0".join(
             [src, " ".join(FLAGS + (OPENMP if openmp else ())).encode(), version.encode(), _cpu_key().encode(),
              platform.machine().encode()]
         )
     ).hexdigest()[:16]
+
+
+def _exposed(st: os.stat_result) -> str | None:
+    """Why a file or folder with this ``lstat`` could be changed by another user, or None."""
+    getuid = getattr(os, "getuid", None)
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if getuid is not None and st.st_uid != getuid():
+        return f"is owned by another user (uid {st.st_uid})"
+    if st.st_mode & 0o022:
+        return "is writable by group or others"
+    return None
+
+
+_private_dir: Path | None = None
+
+
+def _cache_folder() -> Path:
+    """The cache folder if only this user can change it; otherwise a private temporary folder
+    (created once per process, mode 0700), so nobody else's file is ever loaded."""
+    global _private_dir
     folder = cache_dir()
-    lib = folder / f"stats-{key}.so"
-    if lib.exists():
-        return lib
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if _exposed(os.lstat(folder)) is None:
+            return folder
+    except OSError:
+        pass
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="smart-transfer-kernels-"))
+        atexit.register(shutil.rmtree, _private_dir, True)
+    return _private_dir
+
+
+def _sidecar(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _recorded(lib: Path) -> str | None:
+    """The sha256 recorded at build time beside ``lib``, when the library, its record and their
+    folder can be changed by this user alone and the library's bytes still match it."""
+    try:
+        for p in (lib.parent, lib, _sidecar(lib)):
+            if _exposed(os.lstat(p)) is not None:
+                return None
+        digest = _sidecar(lib).read_text(encoding="ascii").strip()
+        return digest if hashlib.sha256(lib.read_bytes()).hexdigest() == digest else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _library(cc: str, openmp: bool = True) -> tuple[Path, str]:
+    """``(path, sha256)`` of the compiled library: the cached build when its recorded hash
+    matches (see :func:`_recorded`), else a fresh build whose hash is recorded beside it."""
+    folder = _cache_folder()
+    lib = folder / f"stats-{_key(cc, openmp)}.so"
+    digest = _recorded(lib)
+    if digest is not None:
+        return lib, digest
     fd, tmp = tempfile.mkstemp(prefix=lib.name + ".", suffix=".tmp", dir=folder)
     os.close(fd)
+    side_tmp = tmp + ".sha256"
     try:
         done = subprocess.run(
             [cc, *FLAGS, *(OPENMP if openmp else ()), "-o", tmp, str(SOURCE), "-lm"],
@@ -113,11 +178,40 @@ def _build(cc: str, openmp: bool = True) -> Path:
         if done.returncode != 0:
             raise OSError(done.stderr.strip()[-2000:] or f"{cc} exited with {done.returncode}")
         os.chmod(tmp, 0o755)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        with open(side_tmp, "w", encoding="ascii") as f:
+            f.write(digest + "\n")
+        os.chmod(side_tmp, 0o644)
         os.replace(tmp, lib)  # atomic: a concurrent process sees the old name or the whole file
+        os.replace(side_tmp, _sidecar(lib))
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return lib
+        for t in (tmp, side_tmp):
+            if os.path.exists(t):
+                os.unlink(t)
+    return lib, digest
+
+
+def _build(cc: str, openmp: bool = True) -> Path:
+    """The path of a verified (or freshly built) library."""
+    return _library(cc, openmp)[0]
+
+
+def _open_verified(lib: Path, digest: str) -> Any:
+    """``ctypes.CDLL`` of ``lib``, loaded through the descriptor whose bytes were hashed (no
+    window in which the file could be swapped between the check and the load)."""
+    fd = os.open(lib, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        reason = _exposed(os.fstat(fd))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+        if reason is None and hashlib.sha256(data).hexdigest() != digest:
+            reason = "changed since it was checked"
+        if reason is not None:
+            raise OSError(f"refusing to load {lib}: it {reason}")
+        via = f"/proc/self/fd/{fd}"
+        return ctypes.CDLL(via if os.path.exists(via) else str(lib))
+    finally:
+        os.close(fd)
 
 
 def _load() -> Any:
@@ -137,9 +231,9 @@ def _load() -> Any:
     global _openmp
     try:
         try:
-            lib, _openmp = ctypes.CDLL(str(_build(cc, openmp=True))), True
+            lib, _openmp = _open_verified(*_library(cc, openmp=True)), True
         except OSError:  # no OpenMP in this compiler: one thread
-            lib, _openmp = ctypes.CDLL(str(_build(cc, openmp=False))), False
+            lib, _openmp = _open_verified(*_library(cc, openmp=False)), False
     except (OSError, subprocess.SubprocessError) as e:
         warnings.warn(
             f"smart_transfer: could not build the fused statistics with {cc} ({e}); profiling on "

@@ -88,7 +88,7 @@ class Context:
         folder = self.checkpoint_dir(tag)
         if folder is not None and self.resume and (folder / "done.json").is_file():
             done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
-            getattr(model, "module", model).load_state_dict(ckpt.load_weights(folder / ckpt.BEST))
+            getattr(model, "module", model).load_state_dict(ckpt.load_best(folder))
             return FitResult(**done)
         resume = bool(folder is not None and self.resume and ckpt.has_checkpoint(folder))
         self.seed_everything(tag + "/fit")
@@ -150,3 +150,6 @@ def check_options(name: str, options: dict[str, Any], known: Iterable[str]) -> N
             f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
             f"{', '.join(sorted(known)) or 'none'} (see smart_transfer.list_strategies(details=True))"
         )
+    from .option_values import check_option_values
+
+    check_option_values(name, options)

@@ -94,6 +94,10 @@ def _sklearn() -> tuple[Any, Any]:
 
 
 def _classifier(c: float) -> Any:
+    from .option_values import RULES
+
+    if not RULES["C"][0](c) or isinstance(c, (list, tuple)):  # scikit-learn would fail mid-run
+        raise ConfigError(f"option C={c!r} must be a positive number, e.g. --option C=1.0 (Python: C=1.0)")
     LogisticRegression, _ = _sklearn()
     return LogisticRegression(C=c, max_iter=3000, tol=1e-6)
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .._atomic import PathLike
+from .._atomic import PathLike, disk_errors
 from ..errors import ConfigError, DataError, SmartTransferError, TrainingError
 from . import checkpoint as ckpt
 from .checks import forward, validate_batch
@@ -222,7 +222,7 @@ def _set_rng_state(train_batches: Any, state: dict[str, Any]) -> None:
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     # one JSON object per line; a partly written last line is dropped on resume
-    with open(path, "a", encoding="utf-8") as f:
+    with disk_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
 
@@ -306,20 +306,13 @@ def fit(
             raise DataError(
                 f"nothing to resume in {str(folder)!r}: no checkpoint there; start a new run"
             )
-        state = ckpt.load_state(folder / ckpt.STATE)
-        _raw(model).load_state_dict(ckpt.load_weights(folder / ckpt.WEIGHTS))
-        best_state = ckpt.load_weights(folder / ckpt.BEST)
-        optimizer.load_state_dict(state["optimizer"])
-        if per_step is not None and "per_step" in state:
-            per_step.load_state_dict(state["per_step"])
-        if scheduler is not None and "scheduler" in state:
-            scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(train_batches, state["rng"])
+        state, best_state = _restore(folder, model, optimizer, per_step, scheduler, train_batches)
         best_acc, best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         history = list(state["history"])
         start_epoch, bad_epochs = int(state["epoch"]) + 1, int(state["bad_epochs"])
         if log is not None and rank == 0:  # the log holds exactly the finished epochs
-            log.write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+            with disk_errors(log):
+                log.write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
     else:
         correct, _, total = _score(model, val_batches, val_transform, amp, channels_last)
         if total == 0:
@@ -327,8 +320,9 @@ def fit(
         best_acc, best_epoch = correct / total, 0
         best_state = copy.deepcopy(_raw(model).state_dict())
         if log is not None and rank == 0:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("", encoding="utf-8")
+            with disk_errors(log):
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text("", encoding="utf-8")
 
     try:
         steps_per_epoch = len(train_batches)  # type: ignore[arg-type]
@@ -460,6 +454,44 @@ def _save_checkpoint(
         state["per_step"] = per_step.state_dict()
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
-    ckpt.save_weights(folder / ckpt.BEST, best_state)
-    ckpt.save_weights(folder / ckpt.WEIGHTS, _raw(model).state_dict())
-    ckpt.save_state(folder / ckpt.STATE, state)  # last: its presence means the folder is complete
+    # one unit: weights, best weights and state appear together or not at all
+    ckpt.save_checkpoint(folder, _raw(model).state_dict(), best_state, state)
+
+
+def _restore(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, per_step: Any, scheduler: Any,
+    train_batches: Any,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Load the newest checkpoint of ``folder`` into the model, optimizer, schedulers and
+    generators; return ``(state, best weights)``. A checkpoint that does not fit (another
+    backbone or width, another optimizer) is one :class:`DataError` naming it."""
+    weights, best_state, state = ckpt.load_checkpoint(folder)
+    where = str(ckpt.latest(folder))
+    fix = "resume with the model and settings the run was started with, or start a new run in another folder"
+    try:
+        _raw(model).load_state_dict(weights)
+    except RuntimeError as exc:
+        raise DataError(
+            f"the checkpoint {where!r} does not fit this model (another backbone or width?): "
+            f"{_mismatch(exc)}; {fix}"
+        ) from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if per_step is not None and "per_step" in state:
+            per_step.load_state_dict(state["per_step"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(train_batches, state["rng"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise DataError(
+            f"the optimizer or generator state in {where + '/' + ckpt.STATE!r} does not fit this "
+            f"run ({' '.join(str(exc).split())[:160]}); {fix}"
+        ) from None
+    return state, best_state
+
+
+def _mismatch(exc: BaseException) -> str:
+    """The first missing, unexpected or resized key of a load_state_dict error."""
+    lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+    first = lines[0] if lines else str(exc).splitlines()[0]
+    return " ".join(first.split())[:200]
