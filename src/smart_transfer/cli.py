@@ -105,19 +105,6 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
 DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
 
 
-def _per_class(text: str) -> int | None:
-    """``--per-class N|all``: a positive count, or every image (None)."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--per-class takes a positive number or 'all', got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--per-class takes a positive number or 'all', got {text!r}")
-    return n
-
-
 def cmd_compare_strategies(args: argparse.Namespace) -> int:
     """Train each strategy on the same splits per seed, test each once, print and write the table."""
     import smart_transfer as st
@@ -645,8 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strategies to compare (smart-transfer list strategies)")
     cs.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
                     help="one split and one training per seed (default: 0)")
-    cs.add_argument("--per-class", type=_per_class, default=20, metavar="N|all",
-                    help="labelled images per class for training + validation, or 'all' (default 20)")
+    cs.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
+                    help="labelled images per class for training + validation, or 'all' (default all)")
     cs.add_argument("--val-fraction", type=float, default=0.2, help="validation share of those images (default 0.2)")
     cs.add_argument("--test-fraction", type=float, default=0.2,
                     help="share of every class held out for the test first (default 0.2; Fashion-MNIST: its test split)")
