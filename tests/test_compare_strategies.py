@@ -172,4 +172,4 @@ def test_cli_on_a_folder_with_every_image(tmp_path: Path, capsys: pytest.Capture
     assert "--device 'tpu'" in capsys.readouterr().err and not (tmp_path / "c3").exists()
     assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe",
                  "--out", str(data / "cmp")]) == 2
-    assert "inside the data folder" in capsys.readouterr().err and not (data / "cmp").exists()
+    assert "inside the input folder" in capsys.readouterr().err and not (data / "cmp").exists()

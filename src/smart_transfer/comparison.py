@@ -233,7 +233,7 @@ def _run_folders(out: Path, seeds: Sequence[int], names: Sequence[str], overwrit
     from ._paths import check_output_folders, check_outputs, check_replaced_folders
 
     check_output_folders({"--out": out}, inputs)
-    data = inputs.get("data")
+    data = inputs.get("--data")
     if data is not None and Path(data).is_dir():
         root, here = Path(data).expanduser().resolve(), out.expanduser().resolve()
         if here == root or root in here.parents:
@@ -298,8 +298,8 @@ def compare_strategies(
         raise ConfigError(f"report={report!r} is not among the strategies compared ({', '.join(names)})")
     dev = resolve_device(device)
     out = Path(out)
-    inputs = {"data": str(data) if isinstance(data, (str, Path)) else None,
-              "backbone": str(backbone) if isinstance(backbone, (str, Path)) else None}
+    inputs = {"--data": str(data) if isinstance(data, (str, Path)) else None,
+              "--backbone": str(backbone) if isinstance(backbone, (str, Path)) else None}
     _run_folders(out, seeds, names, overwrite, inputs)
     started = time.perf_counter()
     bname = str(backbone) if isinstance(backbone, (str, Path)) else type(backbone).__name__

@@ -107,7 +107,7 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          ("--budget", "--plan")),
         (["list", "layers", "--backbone", "nosuch"], ("nosuch",)),
         (["list", "nothing"], ("invalid choice",)),
-        (["demo", "--out", "pre.pt"], ("--out", "below", "pre.pt")),
+        (["demo", "--out", "pre.pt"], ("--out", "pre.pt", "not a folder")),
     ],
 )
 def test_real_mistakes_of_the_existing_subcommands(saved, capsys, args, names):

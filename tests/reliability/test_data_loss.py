@@ -59,10 +59,10 @@ def _cases(image_dir: Path) -> list[tuple[list[str], tuple[str, ...]]]:
             ["profile", "--backbone", "small_vgg", "--data", str(image_dir), "--out", str(image_dir)],
             ("--out", "folder"),
         ),
-        (["demo", "--backbone", "out/metrics.json", "--out", "out"], ("metrics.json", "--backbone")),
+        (["demo", "--backbone", "out/comparison.json", "--out", "out"], ("comparison.json", "--backbone")),
         (["demo", "--backbone", "out/advice.json", "--out", "out"], ("advice.json", "--backbone")),
         (  # demo replaces its strategy folders: an input inside one would be deleted
-            ["demo", "--backbone", "out/smart-kernel/w.pt", "--out", "out"],
+            ["demo", "--backbone", "out/seed-0/smart-kernel/w.pt", "--out", "out"],
             ("smart-kernel", "holds the input --backbone"),
         ),
         (["train", "--data", str(image_dir), "--out", str(image_dir)], ("--out", "--data")),
@@ -81,10 +81,10 @@ def test_every_command_refuses_an_output_that_names_an_input(
     (work / "sub").mkdir()
     (work / "sub" / "config.json").write_text("{}")
     (work / "out").mkdir()
-    (work / "out" / "metrics.json").write_text('{"keep": 1}')
+    (work / "out" / "comparison.json").write_text('{"keep": 1}')
     (work / "out" / "advice.json").write_text('{"keep": 2}')
-    (work / "out" / "smart-kernel").mkdir()
-    (work / "out" / "smart-kernel" / "w.pt").write_bytes(b"weights")
+    (work / "out" / "seed-0" / "smart-kernel").mkdir(parents=True)
+    (work / "out" / "seed-0" / "smart-kernel" / "w.pt").write_bytes(b"weights")
     (work / "same.json").write_text("old")
     os.symlink(work / "new.pt", work / "link.pt")
     os.link(work / "new.pt", work / "hard.pt")
