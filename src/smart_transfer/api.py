@@ -24,8 +24,8 @@ from . import __version__
 from ._atomic import PathLike, atomic_open
 from .errors import ConfigError, DataError
 from .strategies import Context, Recipe, get_strategy
-from .strategies.base import PATIENCE
 from .strategies.advice import Advice
+from .strategies.base import PATIENCE
 from .training import checkpoint as ckpt
 
 SCHEMA_VERSION = 1

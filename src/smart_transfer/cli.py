@@ -47,6 +47,7 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
 # --------------------------------------------------------------------------- demo
 
 DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
+QUICK_STEPS = 30  # demo --quick: a few minutes on two CPU cores
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -66,11 +67,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_replaced_folders(
         {f"--out ({name}/)": out / name for name in DEMO_STRATEGIES}, {"--backbone": args.backbone}
     )
-    if args.quick:
-        args.epochs = min(args.epochs, 3)
+    if args.steps is None and args.epochs is None:
+        args.steps = 300
+    if args.quick and args.epochs is None:
+        args.steps = min(args.steps, QUICK_STEPS)
         args.test_size = min(args.test_size or 2000, 2000)
     print(f"[1/4] {args.backbone} (ImageNet weights) -> Fashion-MNIST, {args.per_class} images per class"
-          + (" (--quick: fewer epochs, a fixed 2,000-image test subset)" if args.quick else ""))
+          + (" (--quick: fewer steps, a fixed 2,000-image test subset)" if args.quick else ""))
     train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
     idx_train, idx_val = st.data.few_shot(train_ds, per_class=args.per_class, val_fraction=0.2, seed=args.seed)
     if args.test_size:
@@ -86,7 +89,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("      " + line)
 
     print(f"[3/4] training on {len(idx_train)} images, validating on {len(idx_val)} "
-          f"(at most {args.epochs} epochs, {args.size}px, AdamW lr={args.lr})")
+          f"(at most {f'{args.steps} optimizer steps' if args.epochs is None else f'{args.epochs} epochs'}, {args.size}px, AdamW lr={args.lr} fixed: the demo "
+          "does not search smart-transfer train's learning-rate grid)")
     rows: dict[str, dict[str, Any]] = {}
     for name in DEMO_STRATEGIES:
         run = out / name
@@ -99,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             options["budget_s"] = args.auto_budget
         t0 = time.perf_counter()
         result = st.train(
-            backbone, (train_ds, idx_train), (train_ds, idx_val), strategy=name, epochs=args.epochs,
+            backbone, (train_ds, idx_train), (train_ds, idx_val), strategy=name, steps=args.steps, epochs=args.epochs,
             lr=args.lr, batch_size=args.batch_size, size=args.size, seed=args.seed, out=run,
             progress=not args.no_progress, **options,
         )
@@ -245,7 +249,8 @@ def _draw(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     return ds, idx_train, idx_val, info
 
 
-_TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "seed", "lr", "batch_size",
+_TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "steps", "eval_every", "lr_grid", "seed", "lr",
+               "batch_size",
                "optimizer", "weight_decay", "patience", "size", "image_size", "val_fraction", "source",
                "option", "amp", "channels_last", "sync_bn", "device")
 
@@ -296,7 +301,7 @@ def _train(args: argparse.Namespace, world: int) -> int:
     try:
         result = st.train(
             args.backbone, (ds, idx_train), (ds, idx_val), strategy=args.strategy, epochs=args.epochs,
-            lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
+            steps=args.steps, eval_every=args.eval_every, lr=args.lr, lr_grid=args.lr_grid, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
             patience=args.patience, size=args.size, source=source, seed=args.seed, out=args.out,
             resume=bool(args.resume), progress=not args.no_progress, device=args.device,
             amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, data_info=info,
@@ -451,12 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backbone", default="efficientnet_lite0")
     d.add_argument("--per-class", type=int, default=20, help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    d.add_argument("--epochs", type=int, default=10)
-    d.add_argument("--lr", type=float, default=1e-3)
+    demo_budget = d.add_mutually_exclusive_group()
+    demo_budget.add_argument("--steps", type=int, default=None, help="optimizer steps per trained model (default 300)")
+    demo_budget.add_argument("--epochs", type=int, default=None, help="instead of --steps: passes over the images")
+    d.add_argument("--lr", type=float, default=3e-4, help="one fixed learning rate (default 3e-4)")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
     d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
-    d.add_argument("--quick", action="store_true", help="3 epochs and a fixed 2,000-image test subset")
+    d.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_STEPS} optimizer steps and a fixed 2,000-image test subset")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--no-progress", action="store_true")
@@ -498,22 +506,35 @@ def build_parser() -> argparse.ArgumentParser:
     examples = argparse.RawDescriptionHelpFormatter
     t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=examples,
                        epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data fashion-mnist "
-                              "--per-class 20 --strategy smart-kernel --epochs 30 --seed 0 --out runs/x\n"
+                              "--per-class 20 --strategy smart-kernel --steps 300 --seed 0 --out runs/x\n"
                               "  smart-transfer train --resume runs/x\n"
                               "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
     data_args(t, required=False)
     t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
-    t.add_argument("--epochs", type=int, default=15)
-    t.add_argument("--lr", type=float, default=1e-3)
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps at most, whatever the dataset size (default 300)")
+    budget.add_argument("--epochs", type=int, default=None, help="instead of --steps: passes over the training images")
+    rate = t.add_mutually_exclusive_group()
+    rate.add_argument("--lr", type=float, default=None,
+                      help="one fixed learning rate for the pretrained layers (default: chosen from --lr-grid)")
+    rate.add_argument("--lr-grid", type=float, nargs="+", default=None, metavar="LR",
+                      help="learning rates tried on validation, the lowest validation loss kept "
+                           "(default 1e-4 3e-4 1e-3)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="on conv/linear weights; never on biases "
+                   "and norm layers (default 1e-4)")
+    t.add_argument("--patience", type=int, default=100,
+                   help="early stopping: optimizer steps without a better validation score (default 100)")
+    t.add_argument("--eval-every", type=int, default=None,
+                   help="validate every this many steps (default: every pass over the images, at most 10 steps)")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
     t.add_argument("--out", help="the run folder")
     t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    t.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on CUDA")
+    t.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 on CUDA or the CPU, fp16 on CUDA")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="image batches in channels-last memory format, faster convolutions (default on; "
                         "on CUDA the model too)")

@@ -50,7 +50,7 @@ def test_patience_counts_validations():
 
 
 def test_resume_from_the_middle_of_a_pass_is_bit_identical(tmp_path):
-    kw = dict(steps=21, eval_every=5, train_transform=_noisy, scheduler="cosine", progress=False)
+    kw = {"steps": 21, "eval_every": 5, "train_transform": _noisy, "scheduler": "cosine", "progress": False}
     model, opt, train, val = _setup()
     m = _Flat(model)
     full = fit(m, opt, train, val, checkpoint_dir=tmp_path / "a", **kw)

@@ -27,7 +27,6 @@ from ..training import FitResult, fit
 from ..training import checkpoint as ckpt
 from ..training.distributed import world
 
-
 STEPS = 300  # default budget in optimizer steps (see Recipe)
 LR_GRID = (1e-4, 3e-4, 1e-3)  # default learning rates tried on validation
 PATIENCE = 100  # default early-stopping patience, in optimizer steps

@@ -118,7 +118,8 @@ def adapt_batchnorm(model: nn.Module, ctx: Context, prior: float = 0.0) -> None:
     if prior < 0:
         raise ConfigError(f"bn_prior must be >= 0 (the weight of the source statistics in images), got {prior!r}")
     bns = [m for m in model.modules() if isinstance(m, _BN)]
-    source = [(m.running_mean.clone(), m.running_var.clone()) if m.running_mean is not None else None for m in bns]
+    source = [(m.running_mean.clone(), m.running_var.clone())
+              if m.running_mean is not None and m.running_var is not None else None for m in bns]
     saved = [(m.momentum, m.training) for m in bns]
     was = model.training
     model.eval()
@@ -139,7 +140,7 @@ def adapt_batchnorm(model: nn.Module, ctx: Context, prior: float = 0.0) -> None:
     if prior > 0 and n > 0:
         w = prior / (prior + n)
         for m, src in zip(bns, source):
-            if src is not None:
+            if src is not None and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.mul_(1 - w).add_(src[0], alpha=w)
                 m.running_var.mul_(1 - w).add_(src[1], alpha=w)
 
@@ -237,7 +238,9 @@ def run_lp_ft(ctx: Context, head_lr_mult: float = 1.0, C: Any = None) -> Outcome
 
 def _budget_steps(ctx: Context) -> int:
     r = ctx.recipe
-    return int(r.steps) if r.epochs is None else int(r.epochs) * len(ctx.train)
+    if r.epochs is not None:
+        return int(r.epochs) * len(ctx.train)
+    return int(r.steps or 0)
 
 
 def run_fine_tune(ctx: Context, head_fraction: float = 0.2, lr_mult: float = 100.0,

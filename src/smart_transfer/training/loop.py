@@ -546,7 +546,7 @@ class _Run:
     def position(self) -> dict[str, Any]:
         """What a resumed run needs beyond the usual checkpoint: where in the stream it was."""
         pos: dict[str, Any] = {"step": self.step, "in_epoch": self.in_epoch if self._it is not None else 0,
-                               "passes": self.epoch if self._it is not None else self.epoch,
+                               "passes": self.epoch,
                                "best_loss": self.best_loss, "best_step": self.best_step}
         if self._it is not None and self.epoch_rng is not None:
             pos["epoch_rng"] = self.epoch_rng
