@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu  # noqa: E402
+from _machine import cpu
 
-import smart_transfer as st  # noqa: E402
-from smart_transfer._atomic import atomic_write_text  # noqa: E402
-from smart_transfer.strategies.base import Recipe  # noqa: E402
-from smart_transfer.strategies.optim import make_optimizer, param_groups  # noqa: E402
-from smart_transfer.training import cpu_bf16_supported  # noqa: E402
-from smart_transfer.training.loop import _autocast  # noqa: E402
+import smart_transfer as st
+from smart_transfer._atomic import atomic_write_text
+from smart_transfer.strategies.base import Recipe
+from smart_transfer.strategies.optim import make_optimizer, param_groups
+from smart_transfer.training import cpu_bf16_supported
+from smart_transfer.training.loop import _autocast
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"efficientnet_lite0_96px": ("efficientnet_lite0", 96, 32), "small_vgg_32px": ("small_vgg", 32, 64)}
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--p1-steps", type=int, default=100, help="P1 fine-tuning steps per run (0: skip)")
     p.add_argument("--quick", action="store_true", help="2 steps, 2 repeats, 128 images, no P1 runs")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--runs", type=Path, default=Path("runs/bench-bf16"), help="where P1's run folders go")
+    p.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "smart-transfer-bench-bf16",
+                   help="where P1's run folders go (default: a temporary folder)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.images, args.p1_steps = 2, 2, 128, 0
@@ -158,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "bf16_cpu.json", json.dumps(record, indent=1) + "\n")
     md = ["# bfloat16 autocast on the CPU", "", f"`{record['command'].strip()}`  ",
-          f"{record['cpu']['model']} (flags: {', '.join(record['cpu']['isa'])}), native bf16 detected: "
+          (f"{record['cpu']['model']} (flags: {', '.join(record['cpu']['isa'])}), native bf16 detected: "
           f"{record['cpu_bf16_supported']}; {record['threads']} torch threads, torch {record['torch']}; "
-          f"load average {record['load_average_at_start'][0]:.1f} at the start (a shared machine).", "",
+          f"load average {record['load_average_at_start'][0]:.1f} at the start (a shared machine)."), "",
           "| setting | batch | train fp32 (s/step) | train bf16 (s/step) | paired ratio | forward paired ratio |",
           "|---|---|---|---|---|---|"]
     for s in record["speed"]:
@@ -168,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"| {s['setting']} | {s['batch']} | {m['train_fp32']:.3f} | {m['train_bf16']:.3f} | "
                   f"{m['train_ratio']:.3f} | {m['forward_ratio']:.3f} |")
     lg = record["logits"]
-    md += ["", f"Pretrained Lite0 logits on {lg['images']} Fashion-MNIST test images at 96 px: top-1 agreement "
+    md += ["", (f"Pretrained Lite0 logits on {lg['images']} Fashion-MNIST test images at 96 px: top-1 agreement "
            f"{lg['top1_agreement']:.4f}, largest difference {lg['max_abs_diff']:.3f} (largest logit "
-           f"{lg['max_abs_logit']:.1f}), mean difference {lg['mean_abs_diff']:.4f}."]
+           f"{lg['max_abs_logit']:.1f}), mean difference {lg['mean_abs_diff']:.4f}.")]
     if record["p1"]:
         md += ["", "| P1 (seed 0, full-finetune, lr 3e-4) | steps | val | test (2,000) | train s |", "|---|---|---|---|---|"]
         md += [f"| {r['amp']} | {r['steps']} | {r['val_accuracy']:.3f} | {r['test_accuracy']:.4f} | "

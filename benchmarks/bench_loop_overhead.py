@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu  # noqa: E402
+from _machine import cpu
 
-import smart_transfer as st  # noqa: E402
-from smart_transfer._atomic import atomic_write_text  # noqa: E402
-from smart_transfer.strategies.base import Recipe  # noqa: E402
-from smart_transfer.strategies.optim import make_optimizer, param_groups  # noqa: E402
-from smart_transfer.training import channels_last_batch, cosine_with_warmup, fit  # noqa: E402
+import smart_transfer as st
+from smart_transfer._atomic import atomic_write_text
+from smart_transfer.strategies.base import Recipe
+from smart_transfer.strategies.optim import make_optimizer, param_groups
+from smart_transfer.training import channels_last_batch, cosine_with_warmup, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 1.05
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "loop_overhead.json", json.dumps(record, indent=1) + "\n")
     md = ["# Training loop against a bare PyTorch loop", "", f"`{record['command']}`  ",
-          f"{record['cpu']['model']}, {record['threads']} torch threads, torch {record['torch']}; "
-          f"{args.steps} steps per timed run, {args.repeats} interleaved repeats, medians.", "",
+          (f"{record['cpu']['model']}, {record['threads']} torch threads, torch {record['torch']}; "
+          f"{args.steps} steps per timed run, {args.repeats} interleaved repeats, medians."), "",
           "| setting | batch | bare loop (s/step) | fit (s/step) | median paired ratio |", "|---|---|---|---|---|"]
     for r in results:
         md.append(f"| {r['setting']} | {r['batch']} | {r['median_bare_s']:.4f} | {r['median_loop_s']:.4f} | "

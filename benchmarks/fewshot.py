@@ -2,7 +2,15 @@
 
     python benchmarks/fewshot.py --protocol p1                 # ImageNet -> Fashion-MNIST, 200 samples
     python benchmarks/fewshot.py --protocol p2                 # Fashion-MNIST 5-9 -> 0-4, 40..320 samples
-    python benchmarks/fewshot.py --protocol p1 --quick         # 2,000 test images, fewer epochs (says so)
+    python benchmarks/fewshot.py --protocol p1 --quick         # a fixed 2,000-image test subset (says so)
+    python benchmarks/fewshot.py --protocol p1 --quick --name p1-quick-recipe2   # results under another name
+
+Every gradient-trained strategy gets the library's recipe (``st.train``'s defaults): 300 optimizer
+steps, validation every pass (at most 10 steps), the best state kept, patience 100 steps, the
+learning rate chosen on validation from 1e-4, 3e-4, 1e-3 (lowest validation loss); ``--steps``,
+``--lr`` / ``--lr-grid`` and ``--epochs`` override it. Results made with the earlier recipe (15
+epochs = 75 steps at lr 1e-3) are the files without a recipe name (``p1.json``, ``p1-quick.json``,
+``p2.json``).
 
 Every strategy runs through the public ``st.train`` / ``st.evaluate`` on exactly the same
 samples per seed; model selection uses the validation split carved from those samples and the
@@ -35,6 +43,7 @@ ORDER = [
     "head-only",
     "first-k-frozen",
     "full-finetune",
+    "fine-tune",
     "lp-ft",
     "multi-layer-probe",
     "smart-kernel",
@@ -52,6 +61,7 @@ RUN_ORDER = [
     "full-finetune",
     "smart-kernel",
     "random-mask",
+    "fine-tune",
     "lp-ft",
     "linear-probe-best-layer",
     "auto",
@@ -233,7 +243,9 @@ def run_cell(
         (train_ds, idx_val),
         strategy=strategy,
         epochs=args.epochs,
+        steps=None if args.epochs is not None else args.steps,
         lr=args.lr,
+        lr_grid=args.lr_grid,
         batch_size=args.batch_size,
         patience=args.patience,
         size=size,
@@ -265,6 +277,10 @@ def run_cell(
         if result.history
         else None,
         "epochs_run": len(result.history),
+        "best_step": max(result.history, key=lambda h: (h["val_accuracy"], -h.get("val_loss", 0.0))).get("step")
+        if result.history
+        else None,
+        "steps_run": result.history[-1].get("step") if result.history else 0,
         "plan": None
         if result.plan is None
         else {k: v for k, v in result.plan.summary().items() if k != "layers"},
@@ -276,6 +292,19 @@ def run_cell(
 
 
 # --------------------------------------------------------------------------- protocols
+
+
+def recipe_text(args: argparse.Namespace) -> str:
+    """The recipe of the gradient-trained rows, as the tables state it."""
+    from smart_transfer.strategies.base import LR_GRID
+
+    budget = f"{args.epochs} epochs" if args.epochs is not None else f"{args.steps} optimizer steps"
+    rate = (f"lr {args.lr} fixed" if args.lr is not None else
+            "lr chosen on validation from " + ", ".join(f"{r:g}" for r in (args.lr_grid or LR_GRID))
+            + " (lowest validation loss, ties: accuracy)")
+    return (f"AdamW, {rate}, head lr x10, no weight decay on biases and norm layers, cosine with warm-up, "
+            f"at most {budget}, validation every pass (at most 10 steps), best state on validation, "
+            f"patience {args.patience} steps")
 
 
 def parse_strategies(items: list[str]) -> list[tuple[str, str, dict]]:
@@ -323,8 +352,7 @@ def p1(args: argparse.Namespace) -> None:
         setup=(
             f"D_pre from BatchNorm statistics; {args.size or 96} px; test: "
             f"{'a fixed 2,000-image subset (--quick)' if args.quick else 'the full 10,000-image test split'}; "
-            f"AdamW lr {args.lr}, head lr x10, cosine with warm-up, at most {args.epochs} epochs, early stopping "
-            f"(patience {args.patience}) and best epoch on validation; batch {args.batch_size}."
+            f"{recipe_text(args)}; batch {args.batch_size}."
         ),
     )
 
@@ -451,9 +479,8 @@ def p2(args: argparse.Namespace) -> None:
                     "Source network (SmallVGG, stages 16-32-64) trained here for 3 epochs on all 30,000 training images of classes 5-9 (test accuracy "
                     "in each record: `source_test_accuracy`; its selection used 1,000 test images of classes 5-9, "
                     "never those of 0-4); D_pre: 1,024 of its training images; target: classes 0-4, "
-                    f"test on all {len(test[1])} test images of classes 0-4; 28 px gray; AdamW lr {args.lr}, head lr x10, "
-                    f"cosine with warm-up, at most {args.epochs} epochs, patience {args.patience}, best epoch on "
-                    f"validation; batch {args.batch_size}."
+                    f"test on all {len(test[1])} test images of classes 0-4; 28 px gray; {recipe_text(args)}; "
+                    f"batch {args.batch_size}."
                 ),
             )
 
@@ -475,11 +502,11 @@ def _run(
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else "-tiny" if args.tiny else ""
-    path = out_dir / f"{protocol}{suffix}.json"
+    path = out_dir / f"{args.name or protocol + suffix}.json"
     records = load_records(path)
     done = {key(r) for r in records}
     strategies = parse_strategies(args.strategies or RUN_ORDER)
-    run_root = Path(args.runs) / f"{protocol}{suffix}"
+    run_root = Path(args.runs) / (args.name or f"{protocol}{suffix}")
     command = "python benchmarks/fewshot.py " + " ".join(a for a in sys.argv[1:] if a != "--tables-only")
     if args.tables_only:  # rewrite the table (and plot) from the records, run nothing
         atomic_write_text(path.with_suffix(".md"), table(records, title, setup, command))
@@ -553,27 +580,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="P1: a fixed 2,000-image test subset, 6 epochs, patience 3",
+        help="P1: a fixed 2,000-image test subset (the recipe stays the same)",
     )
     ap.add_argument(
         "--tiny", action="store_true", help="smoke test: tiny network, a few images, 1 epoch"
     )
     ap.add_argument("--tables-only", action="store_true",
                     help="rewrite <protocol>.md (and the P2 plot) from the records; run nothing")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--name", help="results file stem, e.g. p1-quick-recipe2 (default: the protocol, -quick, -tiny)")
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per trained model (default 300)")
+    ap.add_argument("--epochs", type=int, help="instead of --steps: passes over the training images")
+    ap.add_argument("--lr", type=float, default=None, help="one fixed learning rate (default: the grid)")
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=None,
+                    help="learning rates chosen on validation (default: the library's, 1e-4 3e-4 1e-3)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--patience", type=int, default=100, help="early stopping patience in optimizer steps")
     ap.add_argument("--size", type=int)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "bench"))
     args = ap.parse_args(argv)
-    if args.epochs is None:
-        args.epochs = 1 if args.tiny else 6 if args.quick else 15
-    if args.quick:
-        args.patience = min(args.patience, 3)
     if args.tiny:
+        args.steps = min(args.steps, 6)
         args.seeds = args.seeds[:1]
         args.size = args.size or 32
     {"p1": p1, "p2": p2}[args.protocol](args)
