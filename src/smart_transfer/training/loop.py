@@ -121,11 +121,13 @@ def channels_last_batch(x: Tensor) -> Tensor:
 
 
 def _prepare(
-    batch: Any, device: torch.device, transform: BatchTransform | None, channels_last: bool, where: str
+    batch: Any, device: torch.device, transform: BatchTransform | None, channels_last: bool, where: str,
+    num_classes: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Check one (x, y) batch, move it to ``device``, transform the images."""
+    """Check one (x, y) batch (labels against ``num_classes`` when known), move it to ``device``,
+    transform the images. The checks read the labels where the loader made them, on the host."""
     x, y = _split(batch)
-    validate_batch(x, y, where=where)
+    validate_batch(x, y, num_classes=num_classes, where=where)
     x, y = x.to(device), y.to(device)
     if transform is not None:
         x = transform(x)
@@ -439,6 +441,7 @@ class _Run:
     best_step: int = 0
     best_state: dict[str, Tensor] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    num_classes: int | None = None  # the model's output width, once a step has shown it
     _it: Any = None
 
     def _generator(self) -> torch.Generator | None:
@@ -481,11 +484,12 @@ class _Run:
         while self.step < end:
             batch = self._next()
             where = f"epoch {self.epoch}, batch {self.in_epoch or self.budget.per_epoch}"
-            x, y = _prepare(batch, self.device, self.transform, self.channels_last, where)
+            x, y = _prepare(batch, self.device, self.transform, self.channels_last, where, self.num_classes)
             self.optimizer.zero_grad(set_to_none=True)
             with _autocast(self.device, self.amp):
-                logits = forward(self.model, x, y, where)
+                logits = forward(self.model, x, y, where, labels_checked=self.num_classes is not None)
                 loss = loss_fn(logits.float(), y)
+            self.num_classes = int(logits.shape[1])
             if check_each and not torch.isfinite(loss.detach()):
                 self._fail(float(loss.detach()), where)
             if self.scaler is not None:
