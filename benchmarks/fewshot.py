@@ -257,6 +257,7 @@ def run_cell(
     )
     train_s = time.perf_counter() - t0
     metrics = st.evaluate(result, test)
+    grid = grid_on_test(result, out, test) if "lr_grid" in result.chosen else None
     return {
         "strategy": strategy,
         "variant": variant,
@@ -285,10 +286,45 @@ def run_cell(
         if result.plan is None
         else {k: v for k, v in result.plan.summary().items() if k != "layers"},
         "recipe": result.config["recipe"],
+        "grid_on_test": grid,
         "size": size,
         "quick": args.quick,
         **extra,
     }
+
+
+def grid_on_test(result: Any, out: Path, test: Any) -> dict[str, Any] | None:
+    """After the run (analysis only, nothing is chosen with it): the test accuracy of every
+    learning rate of the grid, from each candidate's kept weights in the run's checkpoints, and
+    whether validation picked the rate the test split would have picked."""
+    from smart_transfer.data import loader
+    from smart_transfer.training import predict
+    from smart_transfer.training.checkpoint import load_weights
+
+    groups: dict[str, dict[float, Path]] = {}
+    for best in sorted((out / "checkpoints").rglob("best.safetensors")):
+        parts = best.relative_to(out / "checkpoints").parent.parts
+        lrs = [p for p in parts if p.startswith("lr=")]
+        if len(lrs) == 1:
+            group = "/".join(p for p in parts if not p.startswith("lr="))
+            groups.setdefault(group, {})[float(lrs[0][3:])] = best
+    rows = {float(r["lr"]): r for r in result.chosen["lr_grid"]}
+    group = next((g for g, m in groups.items() if set(m) == set(rows)), None)
+    if group is None:
+        return None
+    import copy
+
+    model = copy.deepcopy(result.model)
+    ds, idx = test
+    test_acc = {}
+    for lr, path in groups[group].items():
+        model.load_state_dict(load_weights(path))
+        logits, labels = predict(model, loader(ds, idx, batch_size=256), result.transform())
+        test_acc[lr] = float((logits.argmax(1) == labels).double().mean())
+    best_test = max(test_acc.values())
+    return {"group": group, "rows": [{**rows[lr], "test_accuracy": test_acc[lr]} for lr in sorted(test_acc)],
+            "chosen_lr": result.chosen["lr"], "test_best_lr": [lr for lr, a in test_acc.items() if a == best_test],
+            "picked_test_best": test_acc.get(float(result.chosen["lr"])) == best_test}
 
 
 # --------------------------------------------------------------------------- protocols
