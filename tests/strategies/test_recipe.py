@@ -231,3 +231,23 @@ def test_every_gradient_trained_strategy_offers_the_mlp_head_and_probes_the_svm(
         assert "mlp" in info[name]["head"], name
     for name in ("linear-probe", "linear-probe-best-layer"):
         assert "svm" in info[name]["classifier"], name
+
+
+def test_patience_in_steps_becomes_a_count_of_validations():
+    from smart_transfer.strategies.base import Context
+
+    batches = [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.int64))] * 5  # 5 steps per pass
+
+    def ctx(**recipe):
+        return Context(make_model=lambda: nn.Linear(1, 1), backbone_name="x", num_classes=2, train=batches,
+                       val=batches, train_eval=batches, train_tf=lambda x: x, eval_tf=lambda x: x,
+                       recipe=Recipe(**recipe))
+
+    assert ctx(patience=100).patience_rounds(steps=300) == 20  # validation every pass of 5 steps
+    assert ctx(patience=12, eval_every=4).patience_rounds(steps=300) == 3
+    assert ctx(patience=1, eval_every=4).patience_rounds(steps=300) == 1
+    assert ctx(patience=None).patience_rounds(steps=300) is None
+    many = [batches[0]] * 40  # 40 steps per pass: validation every 10 steps
+    c = ctx(patience=100)
+    c.train = many
+    assert c.patience_rounds(steps=300) == 10
