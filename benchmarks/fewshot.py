@@ -136,9 +136,9 @@ def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -
     grids = [r["grid_on_test"] for r in records if r.get("grid_on_test")]
     if grids:  # analysis only: every rate of each grid scored on the test split after the run
         hits = sum(bool(g["picked_test_best"]) for g in grids)
-        lines += [f"The learning rate chosen on validation (lowest validation loss) was also the test split's best "
+        lines += [(f"The learning rate chosen on validation (lowest validation loss) was also the test split's best "
                   f"in {hits} of {len(grids)} grid searches (each rate's kept weights scored on the test split "
-                  "after the run, for this count only).", ""]
+                  "after the run, for this count only)."), ""]
     for net in sorted({g[0] for g in groups}):
         if net:
             lines += [f"## source network: {net}", ""]
