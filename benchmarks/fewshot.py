@@ -2,7 +2,15 @@
 
     python benchmarks/fewshot.py --protocol p1                 # ImageNet -> Fashion-MNIST, 200 samples
     python benchmarks/fewshot.py --protocol p2                 # Fashion-MNIST 5-9 -> 0-4, 40..320 samples
-    python benchmarks/fewshot.py --protocol p1 --quick         # 2,000 test images, fewer epochs (says so)
+    python benchmarks/fewshot.py --protocol p1 --quick         # a fixed 2,000-image test subset (says so)
+    python benchmarks/fewshot.py --protocol p1 --quick --name p1-quick-recipe2   # results under another name
+
+Every gradient-trained strategy gets the library's recipe (``st.train``'s defaults): 300 optimizer
+steps, validation every pass (at most 10 steps), the best state kept, patience 100 steps, the
+learning rate chosen on validation from 1e-4, 3e-4, 1e-3 (lowest validation loss); ``--steps``,
+``--lr`` / ``--lr-grid`` and ``--epochs`` override it. Results made with the earlier recipe (15
+epochs = 75 steps at lr 1e-3) are the files without a recipe name (``p1.json``, ``p1-quick.json``,
+``p2.json``).
 
 Every strategy runs through the public ``st.train`` / ``st.evaluate`` on exactly the same
 samples per seed; model selection uses the validation split carved from those samples and the
@@ -35,6 +43,7 @@ ORDER = [
     "head-only",
     "first-k-frozen",
     "full-finetune",
+    "fine-tune",
     "lp-ft",
     "multi-layer-probe",
     "smart-kernel",
@@ -52,6 +61,7 @@ RUN_ORDER = [
     "full-finetune",
     "smart-kernel",
     "random-mask",
+    "fine-tune",
     "lp-ft",
     "linear-probe-best-layer",
     "auto",
@@ -123,6 +133,12 @@ def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -
         ).append(r)
     lines = [f"# {title}", "", setup, "", f"Command: `{command}`", ""]
     lines += summary(groups)
+    grids = [r["grid_on_test"] for r in records if r.get("grid_on_test")]
+    if grids:  # analysis only: every rate of each grid scored on the test split after the run
+        hits = sum(bool(g["picked_test_best"]) for g in grids)
+        lines += [(f"The learning rate chosen on validation (lowest validation loss) was also the test split's best "
+                  f"in {hits} of {len(grids)} grid searches (each rate's kept weights scored on the test split "
+                  "after the run, for this count only)."), ""]
     for net in sorted({g[0] for g in groups}):
         if net:
             lines += [f"## source network: {net}", ""]
@@ -233,7 +249,9 @@ def run_cell(
         (train_ds, idx_val),
         strategy=strategy,
         epochs=args.epochs,
+        steps=None if args.epochs is not None else args.steps,
         lr=args.lr,
+        lr_grid=args.lr_grid,
         batch_size=args.batch_size,
         patience=args.patience,
         size=size,
@@ -245,6 +263,7 @@ def run_cell(
     )
     train_s = time.perf_counter() - t0
     metrics = st.evaluate(result, test)
+    grid = grid_on_test(result, out, test) if "lr_grid" in result.chosen else None
     return {
         "strategy": strategy,
         "variant": variant,
@@ -265,17 +284,69 @@ def run_cell(
         if result.history
         else None,
         "epochs_run": len(result.history),
+        "best_step": max(result.history, key=lambda h: (h["val_accuracy"], -h.get("val_loss", 0.0))).get("step")
+        if result.history
+        else None,
+        "steps_run": result.history[-1].get("step") if result.history else 0,
         "plan": None
         if result.plan is None
         else {k: v for k, v in result.plan.summary().items() if k != "layers"},
         "recipe": result.config["recipe"],
+        "grid_on_test": grid,
         "size": size,
         "quick": args.quick,
         **extra,
     }
 
 
+def grid_on_test(result: Any, out: Path, test: Any) -> dict[str, Any] | None:
+    """After the run (analysis only, nothing is chosen with it): the test accuracy of every
+    learning rate of the grid, from each candidate's kept weights in the run's checkpoints, and
+    whether validation picked the rate the test split would have picked."""
+    from smart_transfer.data import loader
+    from smart_transfer.training import predict
+    from smart_transfer.training.checkpoint import load_weights
+
+    groups: dict[str, dict[float, Path]] = {}
+    for best in sorted((out / "checkpoints").rglob("best.safetensors")):
+        parts = best.relative_to(out / "checkpoints").parent.parts
+        lrs = [p for p in parts if p.startswith("lr=")]
+        if len(lrs) == 1:
+            group = "/".join(p for p in parts if not p.startswith("lr="))
+            groups.setdefault(group, {})[float(lrs[0][3:])] = best
+    rows = {float(r["lr"]): r for r in result.chosen["lr_grid"]}
+    group = next((g for g, m in groups.items() if set(m) == set(rows)), None)
+    if group is None:
+        return None
+    import copy
+
+    model = copy.deepcopy(result.model)
+    ds, idx = test
+    test_acc = {}
+    for lr, path in groups[group].items():
+        model.load_state_dict(load_weights(path))
+        logits, labels = predict(model, loader(ds, idx, batch_size=256), result.transform())
+        test_acc[lr] = float((logits.argmax(1) == labels).double().mean())
+    best_test = max(test_acc.values())
+    return {"group": group, "rows": [{**rows[lr], "test_accuracy": test_acc[lr]} for lr in sorted(test_acc)],
+            "chosen_lr": result.chosen["lr"], "test_best_lr": [lr for lr, a in test_acc.items() if a == best_test],
+            "picked_test_best": test_acc.get(float(result.chosen["lr"])) == best_test}
+
+
 # --------------------------------------------------------------------------- protocols
+
+
+def recipe_text(args: argparse.Namespace) -> str:
+    """The recipe of the gradient-trained rows, as the tables state it."""
+    from smart_transfer.strategies.base import LR_GRID
+
+    budget = f"{args.epochs} epochs" if args.epochs is not None else f"{args.steps} optimizer steps"
+    rate = (f"lr {args.lr} fixed" if args.lr is not None else
+            "lr chosen on validation from " + ", ".join(f"{r:g}" for r in (args.lr_grid or LR_GRID))
+            + " (lowest validation loss, ties: accuracy)")
+    return (f"AdamW, {rate}, head lr x10, no weight decay on biases and norm layers, cosine with warm-up, "
+            f"at most {budget}, validation every pass (at most 10 steps), best state on validation, "
+            f"patience {args.patience} steps")
 
 
 def parse_strategies(items: list[str]) -> list[tuple[str, str, dict]]:
@@ -323,8 +394,7 @@ def p1(args: argparse.Namespace) -> None:
         setup=(
             f"D_pre from BatchNorm statistics; {args.size or 96} px; test: "
             f"{'a fixed 2,000-image subset (--quick)' if args.quick else 'the full 10,000-image test split'}; "
-            f"AdamW lr {args.lr}, head lr x10, cosine with warm-up, at most {args.epochs} epochs, early stopping "
-            f"(patience {args.patience}) and best epoch on validation; batch {args.batch_size}."
+            f"{recipe_text(args)}; batch {args.batch_size}."
         ),
     )
 
@@ -451,9 +521,8 @@ def p2(args: argparse.Namespace) -> None:
                     "Source network (SmallVGG, stages 16-32-64) trained here for 3 epochs on all 30,000 training images of classes 5-9 (test accuracy "
                     "in each record: `source_test_accuracy`; its selection used 1,000 test images of classes 5-9, "
                     "never those of 0-4); D_pre: 1,024 of its training images; target: classes 0-4, "
-                    f"test on all {len(test[1])} test images of classes 0-4; 28 px gray; AdamW lr {args.lr}, head lr x10, "
-                    f"cosine with warm-up, at most {args.epochs} epochs, patience {args.patience}, best epoch on "
-                    f"validation; batch {args.batch_size}."
+                    f"test on all {len(test[1])} test images of classes 0-4; 28 px gray; {recipe_text(args)}; "
+                    f"batch {args.batch_size}."
                 ),
             )
 
@@ -475,11 +544,11 @@ def _run(
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else "-tiny" if args.tiny else ""
-    path = out_dir / f"{protocol}{suffix}.json"
+    path = out_dir / f"{args.name or protocol + suffix}.json"
     records = load_records(path)
     done = {key(r) for r in records}
     strategies = parse_strategies(args.strategies or RUN_ORDER)
-    run_root = Path(args.runs) / f"{protocol}{suffix}"
+    run_root = Path(args.runs) / (args.name or f"{protocol}{suffix}")
     command = "python benchmarks/fewshot.py " + " ".join(a for a in sys.argv[1:] if a != "--tables-only")
     if args.tables_only:  # rewrite the table (and plot) from the records, run nothing
         atomic_write_text(path.with_suffix(".md"), table(records, title, setup, command))
@@ -553,27 +622,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="P1: a fixed 2,000-image test subset, 6 epochs, patience 3",
+        help="P1: a fixed 2,000-image test subset (the recipe stays the same)",
     )
     ap.add_argument(
         "--tiny", action="store_true", help="smoke test: tiny network, a few images, 1 epoch"
     )
     ap.add_argument("--tables-only", action="store_true",
                     help="rewrite <protocol>.md (and the P2 plot) from the records; run nothing")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--name", help="results file stem, e.g. p1-quick-recipe2 (default: the protocol, -quick, -tiny)")
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per trained model (default 300)")
+    ap.add_argument("--epochs", type=int, help="instead of --steps: passes over the training images")
+    ap.add_argument("--lr", type=float, default=None, help="one fixed learning rate (default: the grid)")
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=None,
+                    help="learning rates chosen on validation (default: the library's, 1e-4 3e-4 1e-3)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--patience", type=int, default=100, help="early stopping patience in optimizer steps")
     ap.add_argument("--size", type=int)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "bench"))
     args = ap.parse_args(argv)
-    if args.epochs is None:
-        args.epochs = 1 if args.tiny else 6 if args.quick else 15
-    if args.quick:
-        args.patience = min(args.patience, 3)
     if args.tiny:
+        args.steps = min(args.steps, 6)
         args.seeds = args.seeds[:1]
         args.size = args.size or 32
     {"p1": p1, "p2": p2}[args.protocol](args)

@@ -146,3 +146,21 @@ def test_torchrun_two_gloo_processes_train_like_one(npz, tmp_path):
     done = subprocess.run(bad, check=False, env=env, capture_output=True, text=True, timeout=600)  # SyncBatchNorm needs CUDA
     assert done.returncode != 0 and "sync_bn needs CUDA" in done.stderr and "internal error" not in done.stderr
     assert not (tmp_path / "three" / "config.json").exists()
+
+
+def test_steps_and_lr_grid_options(npz, tmp_path, capsys):
+    out = tmp_path / "grid"
+    args = ["train", "--backbone", "small_vgg", "--data", str(npz), "--per-class", "20", "--size", "16",
+            "--strategy", "full-finetune", "--steps", "4", "--eval-every", "2", "--lr-grid", "0.01", "0.03",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["steps"] == 4 and cfg["recipe"]["lr_grid"] == [0.01, 0.03] and cfg["recipe"]["eval_every"] == 2
+    res = json.loads((out / "result.json").read_text())
+    rows = res["chosen"]["lr_grid"]
+    assert [r["lr"] for r in rows] == [0.01, 0.03]
+    assert res["chosen"]["lr"] == min(rows, key=lambda r: (r["val_loss"], -r["val_accuracy"]))["lr"]
+    assert [h["step"] for h in res["history"]] == [2, 4]
+    assert main([*args[:-1], str(tmp_path / "both"), "--lr", "0.01"]) == 2  # --lr and --lr-grid together
+    assert main([*args[:-1], str(tmp_path / "both"), "--epochs", "2"]) == 2  # --steps and --epochs together
+    assert "not allowed with" in capsys.readouterr().err

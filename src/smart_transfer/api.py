@@ -27,6 +27,7 @@ from .errors import ConfigError, DataError
 from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions
 from .strategies import Context, Recipe, get_strategy
 from .strategies.advice import Advice
+from .strategies.base import PATIENCE
 from .training import checkpoint as ckpt
 
 SCHEMA_VERSION = 1
@@ -426,6 +427,10 @@ def build_model(config: dict[str, Any], backbone: nn.Module | None = None) -> nn
     k = int(config["num_classes"])
     kind = config.get("model", {"kind": "backbone"})
     replace_head(backbone, k)
+    if config.get("head") == "mlp":
+        from .models.heads import mlp_head
+
+        mlp_head(backbone, k)
     if kind["kind"] == "probe":
         return ProbeModel(backbone, kind["layer"], int(kind["in_features"]), k)
     if kind["kind"] == "concat":
@@ -454,14 +459,17 @@ def train(
     val_data: Any = None,
     strategy: str = "auto",
     *,
-    epochs: int = 15,
-    lr: float = 1e-3,
+    steps: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    lr_grid: Any = None,
     batch_size: int = 32,
     optimizer: str = "adamw",
     weight_decay: float = 1e-4,
     head_lr_mult: float = 10.0,
     warmup: float = 0.1,
-    patience: int | None = 5,
+    patience: int | None = PATIENCE,
+    eval_every: int | None = None,
     size: int | None = None,
     transform: Any = None,
     source: Any = None,
@@ -497,8 +505,16 @@ def train(
     profiles and probe features, augmentation for training) unless ``transform=`` gives one
     callable or a ``(train, eval)`` pair. ``source``: D_pre for the smart strategies (a loader,
     a folder of images or a saved profile; default the BatchNorm statistics). ``out``: the run
-    folder (checkpoints every epoch, ``resume=True`` continues there). ``options`` go to the
+    folder (checkpoints every validation, ``resume=True`` continues there). ``options`` go to the
     strategy. Under ``torch.distributed`` each rank trains on its share of every batch.
+
+    The recipe of every gradient-trained strategy (see :class:`~smart_transfer.strategies.Recipe`):
+    ``steps`` optimizer steps (default 300) or, instead, ``epochs`` passes over the training
+    images; validation every ``eval_every`` steps, the best state kept, early stopping after
+    ``patience`` steps without a better validation score; the pretrained layers' learning rate
+    chosen on validation from ``lr_grid`` (default 1e-4, 3e-4, 1e-3; lowest validation loss,
+    ties to the higher accuracy), or fixed with ``lr=``. ``amp="bf16"`` autocasts on CUDA and
+    on CPUs (see :func:`smart_transfer.training.cpu_bf16_supported`).
     """
     from ._device import resolve_device
     from .data import loader, transforms_for
@@ -509,14 +525,16 @@ def train(
     dev = resolve_device(device, "device")
     info = get_strategy(strategy)
     check_options(strategy, options, info.options)
-    recipe = Recipe(epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
-                    optimizer=optimizer, batch_size=batch_size, warmup=warmup, patience=patience,
-                    amp=amp, channels_last=channels_last)
+    head = _head_option(options)
+    steps, lr, grid = _budget_and_rates(steps, epochs, lr, lr_grid)
+    recipe = Recipe(steps=steps, epochs=epochs, lr=lr, lr_grid=grid, head_lr_mult=head_lr_mult,
+                    weight_decay=weight_decay, optimizer=optimizer, batch_size=batch_size, warmup=warmup,
+                    patience=patience, eval_every=eval_every, amp=amp, channels_last=channels_last)
     if optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"unknown optimizer {optimizer!r}; use 'adamw' or 'sgd'")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     _check_recipe(recipe)
+    if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1):
+        raise ConfigError(f"eval_every must be a positive integer (optimizer steps) or None, got {eval_every!r}")
     out_dir = Path(out) if out is not None else None
     if resume and (out_dir is None or not (out_dir / "config.json").is_file()):
         raise ConfigError(f"nothing to resume: {str(out_dir)!r} holds no run (no config.json)")
@@ -584,13 +602,13 @@ def train(
         train_eval=loader(ds, idx, batch_size=max(batch_size, 64)),
         train_tf=train_tf_ctx, eval_tf=eval_tf, recipe=recipe, seed=seed, out=out_dir,
         resume=resume, progress=progress, source=source, device=dev,
-        samples_per_class=float((len(idx) + len(val_idx)) / num_classes),
+        samples_per_class=float((len(idx) + len(val_idx)) / num_classes), head=head,
     )
     config = {
         "schema_version": SCHEMA_VERSION, "version": __version__, "strategy": strategy,
-        "options": {k: _plain(v) for k, v in options.items()}, "backbone": backbone_name,
+        "options": {k: _plain(v) for k, v in options.items()}, "head": head, "backbone": backbone_name,
         "backbone_is_name": is_name, "num_classes": num_classes, "class_names": classes,
-        "size": size, "seed": seed, "epochs": epochs, "recipe": recipe.to_dict(),
+        "size": size, "seed": seed, "epochs": epochs, "steps": steps, "recipe": recipe.to_dict(),
         "samples": int(len(idx) + len(val_idx)), "train_samples": len(idx),
         "val_samples": len(val_idx), "per_class_counts": counts.tolist(),
         "source": "batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
@@ -638,6 +656,42 @@ def train(
     elif out_dir is not None:
         result.out = out_dir
     return result
+
+
+def _head_option(options: dict[str, Any]) -> str:
+    """Take the ``head`` option out of a gradient-trained strategy's options (the context
+    carries it to every model the strategy trains)."""
+    head = options.pop("head", "linear")
+    if head not in ("linear", "mlp"):
+        raise ConfigError(f"head must be 'linear' or 'mlp' (seed 001's head), got {head!r}")
+    return str(head)
+
+
+def _budget_and_rates(steps: Any, epochs: Any, lr: Any, lr_grid: Any) -> tuple[int | None, float, tuple[float, ...] | None]:
+    """``(steps, lr, lr_grid)`` of the recipe: the step budget (default 300) unless epochs are
+    given; the grid searched on validation (default 1e-4, 3e-4, 1e-3) unless ``lr`` fixes one rate."""
+    import math
+
+    from .strategies.base import LR_GRID, STEPS
+
+    for name, value in (("steps", steps), ("epochs", epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if steps is not None and epochs is not None:
+        raise ConfigError("give the budget as steps= (optimizer steps) or epochs=, not both")
+    if steps is None and epochs is None:
+        steps = STEPS
+    if lr is not None and lr_grid is not None:
+        raise ConfigError("give lr= (one fixed rate) or lr_grid= (rates chosen on validation), not both")
+    grid = None if lr is not None else (LR_GRID if lr_grid is None else
+                                        tuple([lr_grid] if isinstance(lr_grid, (int, float)) else lr_grid))
+    for value in ([lr] if lr is not None else list(grid or ())):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"a learning rate must be a positive number, got {value!r} (lr= / lr_grid=, --lr / --lr-grid)")
+    if grid is not None and not grid:
+        raise ConfigError("lr_grid is empty; give at least one learning rate (or lr= for a fixed one)")
+    return steps, float(lr if lr is not None else grid[0] if grid and len(grid) == 1 else 3e-4), (
+        tuple(float(g) for g in grid) if grid else None)
 
 
 def _frozen_fraction(model: nn.Module, outcome: Any) -> float:

@@ -103,6 +103,7 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
 # --------------------------------------------------------------------------- demo / compare-strategies
 
 DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
+QUICK_STEPS = 30  # demo --quick: a few minutes on two CPU cores
 
 
 def cmd_compare_strategies(args: argparse.Namespace) -> int:
@@ -114,7 +115,8 @@ def cmd_compare_strategies(args: argparse.Namespace) -> int:
         options["auto"] = {"budget_s": args.auto_budget}
     st.compare_strategies(
         args.backbone, args.data, strategies=args.strategies, seeds=args.seeds, per_class=args.per_class,
-        size=args.size, out=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        size=args.size, out=args.out, steps=args.steps, epochs=args.epochs, lr=args.lr, lr_grid=args.lr_grid,
+        batch_size=args.batch_size,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_size=args.test_size,
         device=args.device, options=options, advise=not args.no_advice, report=args.report or True,
         overwrite=args.overwrite, progress=not args.no_progress,
@@ -126,11 +128,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """compare-strategies on its embedded default: EfficientNet-Lite0 -> Fashion-MNIST, 200 images,
     advice and five strategies on the same images, each tested once; one table and a report."""
     if args.quick:
-        args.epochs = min(args.epochs, 3)
+        if args.epochs is None:
+            args.steps = min(args.steps or QUICK_STEPS, QUICK_STEPS)
         args.test_size = min(args.test_size or 2000, 2000)
-        print("--quick: at most 3 epochs and a fixed 2,000-image test subset")
+        print(f"--quick: {args.steps or args.epochs} optimizer {'steps' if args.epochs is None else 'epochs'} "
+              "and a fixed 2,000-image test subset")
     args.data, args.strategies, args.seeds = "fashion-mnist", list(DEMO_STRATEGIES), [args.seed]
-    args.val_fraction, args.test_fraction, args.no_advice = 0.2, 0.2, False
+    args.val_fraction, args.test_fraction, args.no_advice, args.lr_grid = 0.2, 0.2, False, None
     args.report, args.overwrite = "smart-kernel", True  # the report shows what the method froze
     rc = cmd_compare_strategies(args)
     print("      Mean and spread over seeds: benchmarks/results/p1.md (README, 'Results'), or "
@@ -280,9 +284,9 @@ def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any
     return ds, splits["train"], ds, splits["val"], manifest
 
 
-_TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "seed", "lr", "batch_size",
-               "optimizer", "weight_decay", "patience", "size", "val_fraction", "test_fraction", "test_data",
-               "on_error", "source", "option", "amp", "channels_last", "sync_bn", "device")
+_TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "steps", "eval_every", "lr_grid", "seed",
+               "lr", "batch_size", "optimizer", "weight_decay", "patience", "size", "val_fraction", "test_fraction",
+               "test_data", "on_error", "source", "option", "amp", "channels_last", "sync_bn", "device")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -328,7 +332,8 @@ def _train(args: argparse.Namespace, world: int) -> int:
     try:
         result = st.train(
             args.backbone, (ds, idx_train), (val_ds, idx_val), strategy=args.strategy, epochs=args.epochs,
-            lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
+            steps=args.steps, eval_every=args.eval_every, lr=args.lr, lr_grid=args.lr_grid,
+            batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
             patience=args.patience, size=args.size, source=source, seed=args.seed, out=args.out,
             resume=bool(args.resume), progress=not args.no_progress, device=args.device or "auto",
             amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, data_info=info,
@@ -578,6 +583,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def recipe_args(q: argparse.ArgumentParser) -> None:
+    """The training budget and learning rate, shared by train and compare-strategies."""
+    budget = q.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=positive_int, default=None,
+                        help="optimizer steps at most, whatever the dataset size (default 300)")
+    budget.add_argument("--epochs", type=positive_int, default=None,
+                        help="instead of --steps: passes over the training images")
+    rate = q.add_mutually_exclusive_group()
+    rate.add_argument("--lr", type=positive_float, default=None,
+                      help="one fixed learning rate for the pretrained layers (default: chosen from --lr-grid)")
+    rate.add_argument("--lr-grid", type=positive_float, nargs="+", default=None, metavar="LR",
+                      help="learning rates tried on validation, the lowest validation loss kept "
+                           "(default 1e-4 3e-4 1e-3)")
+    q.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -607,12 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
     d.add_argument("--per-class", type=_per_class, default=20, metavar="N|all", help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    d.add_argument("--epochs", type=positive_int, default=10, help="at most this many epochs (default 10)")
-    d.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    demo_budget = d.add_mutually_exclusive_group()
+    demo_budget.add_argument("--steps", type=positive_int, default=None,
+                             help="optimizer steps per trained model (default 300)")
+    demo_budget.add_argument("--epochs", type=positive_int, default=None,
+                             help="instead of --steps: passes over the images")
+    d.add_argument("--lr", type=positive_float, default=3e-4,
+                   help="one fixed learning rate: the demo does not search train's grid (default 3e-4)")
     d.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
     d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
-    d.add_argument("--quick", action="store_true", help="3 epochs and a fixed 2,000-image test subset")
+    d.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_STEPS} optimizer steps and a fixed 2,000-image test subset")
     d.add_argument("--seed", type=int, default=0, help="default 0")
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; default), cuda, mps or cpu")
     d.add_argument("--out", default="runs/demo", help="default runs/demo")
@@ -639,9 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of every class held out for the test first (default 0.2; Fashion-MNIST: its test split)")
     cs.add_argument("--test-size", type=int, default=None, help="test on a fixed subset of this many test images (default: all)")
     cs.add_argument("--size", type=int, default=None, help="network input size (default: the backbone's)")
-    cs.add_argument("--epochs", type=int, default=15, help="at most this many epochs per run (default 15)")
-    cs.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    cs.add_argument("--batch-size", type=int, default=32, help="default 32")
+    recipe_args(cs)
     cs.add_argument("--auto-budget", type=float, default=None, help="seconds for auto's candidates (default: auto's own, 900)")
     cs.add_argument("--report", metavar="STRATEGY", default=None,
                     help="the strategy whose run the report shows (default: the best by mean validation accuracy)")
@@ -695,21 +720,24 @@ def build_parser() -> argparse.ArgumentParser:
     examples = argparse.RawDescriptionHelpFormatter
     t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=examples,
                        epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data fashion-mnist "
-                              "--per-class 20 --strategy smart-kernel --epochs 30 --seed 0 --out runs/x\n"
+                              "--per-class 20 --strategy smart-kernel --steps 300 --seed 0 --out runs/x\n"
                               "  smart-transfer train --resume runs/x\n"
                               "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
     data_args(t, required=False)
     t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
-    t.add_argument("--epochs", type=positive_int, default=15)
-    t.add_argument("--lr", type=positive_float, default=1e-3)
-    t.add_argument("--batch-size", type=positive_int, default=32)
-    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    t.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
-    t.add_argument("--patience", type=positive_int, default=5, help="early stopping patience in epochs")
+    recipe_args(t)
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
+    t.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="on conv/linear weights; never on "
+                   "biases and norm layers (default 1e-4)")
+    t.add_argument("--patience", type=positive_int, default=100,
+                   help="early stopping: optimizer steps without a better validation score (default 100)")
+    t.add_argument("--eval-every", type=positive_int, default=None,
+                   help="validate every this many steps (default: every pass over the images, at most 10 steps)")
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
     t.add_argument("--out", help="the run folder")
     t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")
-    t.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on CUDA")
+    t.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 on CUDA or the CPU, fp16 on CUDA (default off)")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="image batches in channels-last memory format, faster convolutions (default on; "
                         "on CUDA the model too)")

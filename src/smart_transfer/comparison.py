@@ -263,8 +263,10 @@ def compare_strategies(
     per_class: int | None = 20,
     size: int | None = None,
     out: PathLike = "runs/compare",
-    epochs: int = 15,
-    lr: float = 1e-3,
+    steps: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    lr_grid: Sequence[float] | None = None,
     batch_size: int = 32,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
@@ -286,6 +288,8 @@ def compare_strategies(
     per class for training + validation (``None``: all that is left). ``options``: per strategy,
     e.g. ``{"auto": {"budget_s": 300}}``; ``random-mask`` gets smart-kernel's plan of the same
     seed when both are compared. ``advise``: also run the advisor on the first seed's images.
+    ``steps`` / ``epochs`` / ``lr`` / ``lr_grid``: the recipe of every gradient-trained strategy,
+    as :func:`~smart_transfer.train` takes it (default: its step budget and learning-rate grid).
     ``report``: write ``out/report.html`` for one run (``True``: the best strategy by mean
     validation accuracy, or a strategy name). ``progress``: the training progress bars;
     ``log``: where the progress lines go (``None``: nowhere).
@@ -319,14 +323,15 @@ def compare_strategies(
     else:
         say("[2/4] advice: skipped")
     say(f"[3/4] {len(first['train'])} training, {len(first['val'])} validation and {len(first['test'])} test "
-        f"images per seed (at most {epochs} epochs, {size or 'native'} px, AdamW lr={lr})")
+        f"images per seed ({_recipe_text(steps, epochs, lr, lr_grid)}, {size or 'native'} px)")
     order = sorted(names, key=lambda n: n == "random-mask" and "smart-kernel" in names)
     records: list[dict[str, Any]] = []
     results: dict[tuple[int, str], Any] = {}
     for seed in seeds:
         for name in order:
             rec, res = _one_run(backbone, d, splits[seed], name, seed, out, dict((options or {}).get(name, {})),
-                                names, epochs=epochs, lr=lr, batch_size=batch_size, size=size,
+                                names, steps=steps, epochs=epochs, lr=lr, lr_grid=lr_grid,
+                                batch_size=batch_size, size=size,
                                 device=dev, progress=progress)
             records.append(rec)
             results[(seed, name)] = res
@@ -334,6 +339,8 @@ def compare_strategies(
                 f"frozen {rec['frozen_fraction']:5.1%}  {rec['seconds']:4.0f} s")
     records.sort(key=lambda r: (seeds.index(r["seed"]), names.index(r["strategy"])))
     meta = _meta(bname, d, seeds, names, first, per_class, size, epochs, test_size, advice)
+    meta["recipe"] = {"steps": steps, "epochs": epochs, "lr": lr,
+                      "lr_grid": None if lr_grid is None else list(lr_grid)}
     table = StrategyTable.from_records(records, names, meta)
     say(f"[4/4] test accuracy on {meta['test_images']} test images ({meta['test']}); "
         f"mean {'± std ' if len(seeds) > 1 else ''}over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
@@ -349,6 +356,17 @@ def compare_strategies(
         say(f"      report: {out / 'report.html'} (the run {table.meta['report_run']}, with the comparison)")
     say(f"      wrote {out / 'comparison.json'} and comparison.md ({time.perf_counter() - started:.0f} s in all)")
     return table
+
+
+def _recipe_text(steps: int | None, epochs: int | None, lr: float | None,
+                 lr_grid: Sequence[float] | None) -> str:
+    """The budget and learning rate the gradient-trained strategies get, in words."""
+    from .strategies.base import LR_GRID, STEPS
+
+    budget = f"at most {epochs} epochs" if epochs is not None else f"{steps or STEPS} optimizer steps"
+    rate = f"AdamW lr={lr}" if lr is not None else \
+        f"AdamW lr chosen on validation from {', '.join(f'{r:g}' for r in (lr_grid or LR_GRID))}"
+    return f"{budget}, {rate}"
 
 
 def _one_run(backbone: Any, d: _Data, split: dict[str, Any], name: str, seed: int, out: Path,
@@ -379,7 +397,7 @@ def _one_run(backbone: Any, d: _Data, split: dict[str, Any], name: str, seed: in
 
 
 def _meta(bname: str, d: _Data, seeds: Sequence[int], names: Sequence[str], first: dict[str, Any],
-          per_class: int | None, size: int | None, epochs: int, test_size: int | None, advice: Any) -> dict[str, Any]:
+          per_class: int | None, size: int | None, epochs: int | None, test_size: int | None, advice: Any) -> dict[str, Any]:
     n_test = len(first["test"])
     if d.test is not None:
         test = ("a fixed subset of Fashion-MNIST's test split" if n_test < len(d.test)

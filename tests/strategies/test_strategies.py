@@ -8,7 +8,7 @@ import torch
 import smart_transfer as st
 from smart_transfer.errors import ConfigError, UnknownNameError
 
-ALL = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune",
+ALL = ["linear-probe", "linear-probe-best-layer", "head-only", "first-k-frozen", "full-finetune", "fine-tune",
        "lp-ft", "smart-kernel", "smart-layer", "random-mask", "smart-probe", "random-probe",
        "multi-layer-probe", "smart-multi-probe", "random-multi-probe", "auto"]
 
@@ -105,17 +105,6 @@ def test_lp_ft_starts_from_the_probe(tiny_net, tiny_data):
     r = st.train(tiny_net, tiny_data, strategy="lp-ft", epochs=1, progress=False)
     assert r.chosen["probe_val_accuracy"] == probe.val_accuracy
     assert r.val_accuracy >= probe.val_accuracy  # epoch 0 (the probe itself) is a candidate
-
-
-def test_full_finetune_head_learning_rate_and_layer_decay(tiny_net):
-    from smart_transfer.strategies.base import Recipe
-    from smart_transfer.strategies.optim import param_groups
-
-    groups = param_groups(st.replace_head(tiny_net, 3), Recipe(lr=0.01, head_lr_mult=10), layer_decay=0.5)
-    lrs = [g["lr"] for g in groups]
-    n = len(lrs) - 1
-    assert lrs[-1] == pytest.approx(0.1)
-    assert lrs[:-1] == pytest.approx([0.01 * 0.5 ** (n - i) for i in range(n)])
 
 
 def test_auto_reports_what_it_tried_and_keeps_the_best(tiny_net, tiny_data):

@@ -254,3 +254,46 @@ def feature_extractor(model: nn.Module, layer: str = PENULTIMATE) -> FeatureExtr
     ``model`` is shared, not copied.
     """
     return FeatureExtractor(model, layer)
+
+
+class MLPHead(nn.Sequential):
+    """Seed 001's head: BatchNorm1d, Linear to twice the width, ReLU, BatchNorm1d, Dropout 0.5,
+    Linear to the classes. A Sequential whose last layer is the classifier, so
+    :func:`find_head` finds that Linear and :func:`head_root` the whole head."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__(
+            nn.BatchNorm1d(in_features),
+            nn.Linear(in_features, in_features * 2),
+            nn.ReLU(),
+            nn.BatchNorm1d(in_features * 2),
+            nn.Dropout(0.5),
+            nn.Linear(in_features * 2, num_classes),
+        )
+
+
+def head_root(model: nn.Module) -> tuple[str, nn.Module]:
+    """The whole new head: an :class:`MLPHead` holding the classifier, else the classifier."""
+    name, head = find_head(model)
+    parent = name.rpartition(".")[0]
+    if parent:
+        module = model.get_submodule(parent)
+        if isinstance(module, MLPHead):
+            return parent, module
+    return name, head
+
+
+def mlp_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace ``model``'s classifier by an :class:`MLPHead` (on its device and dtype); a model
+    that already has one keeps it. ``model`` is changed in place and returned."""
+    name, head = head_root(model)
+    if isinstance(head, MLPHead):
+        return model
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"head='mlp' needs a Linear classifier; {type(model).__name__}'s is a {type(head).__name__}")
+    new = MLPHead(head.in_features, num_classes).to(device=head.weight.device, dtype=head.weight.dtype)
+    _set_module(model, name, new)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        model.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": f"{name}.5"}  # type: ignore[assignment]
+    return model

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Context
-from .finetune import run_first_k_frozen, run_full_finetune, run_head_only, run_lp_ft
+from .finetune import run_fine_tune, run_first_k_frozen, run_full_finetune, run_head_only, run_lp_ft
 from .probe import run_best_layer, run_linear_probe
 from .registry import StrategyInfo, register
 from .smart import run_random_mask, run_smart
 
+HEAD_OPTION = {"head": "the new head: 'linear' (default) or 'mlp' (seed 001's: BatchNorm1d, Linear to 2x, ReLU, "
+                       "BatchNorm1d, Dropout 0.5, Linear)"}
+CLASSIFIER_OPTION = {"classifier": "'logistic' (default; softmax, multinomial logistic regression) or 'svm' "
+                                   "(seed 002's linear SVM: hinge loss, scikit-learn LinearSVC, one-vs-rest)"}
 _SMART_OPTIONS = {
     "measure": "similarity measure (default gaussian_kl; see list_measures())",
     "quantile": "freeze this fraction of the most similar channels per layer (default 0.5)",
@@ -27,6 +31,7 @@ _SMART_OPTIONS = {
     "invert": "freeze the most shifted channels instead (an ablation; default False)",
     "init": "'pretrained' (default) or 'probe': start from a linear probe's head, as LP-FT does",
     "head_lr_mult": "learning-rate multiplier of the new head (default: the recipe's, 10)",
+    **HEAD_OPTION,
 }
 
 
@@ -47,7 +52,8 @@ register(StrategyInfo(
     "linear-probe", "a linear classifier (logistic regression) on frozen features",
     "nothing", {"layer": "layer whose pooled output feeds the classifier (default penultimate)",
                 "C": "inverse L2 strength, or a list chosen on validation (default 0.001 ... 10)",
-                "refit": "after choosing on validation, fit the probe again on the training and validation samples together (default True)"},
+                "refit": "after choosing on validation, fit the probe again on the training and validation samples together (default True)",
+                **CLASSIFIER_OPTION},
     run_linear_probe,
 ))
 register(StrategyInfo(
@@ -55,24 +61,35 @@ register(StrategyInfo(
     "scores best on validation", "nothing",
     {"layers": "candidate layers (default: 8 evenly spaced + penultimate)",
      "concat": "also try the best `concat` layers' features side by side (default 1: off)",
-     "C": "as for linear-probe", "refit": "as for linear-probe"},
+     "C": "as for linear-probe", "refit": "as for linear-probe", **CLASSIFIER_OPTION},
     run_best_layer,
 ))
 register(StrategyInfo(
     "head-only", "a new head by gradient descent; backbone frozen, BatchNorm in eval", "nothing",
-    {}, run_head_only,
+    {**HEAD_OPTION}, run_head_only,
 ))
 register(StrategyInfo(
     "first-k-frozen", "everything after the first k conv/linear layers", "nothing",
     {"k": "layers to freeze (default: chosen on validation)",
-     "fractions": "candidate fractions of the layers when k is not given (0.25, 0.5, 0.75)"},
+     "fractions": "candidate fractions of the layers when k is not given (0.25, 0.5, 0.75)", **HEAD_OPTION},
     run_first_k_frozen,
 ))
 register(StrategyInfo(
     "full-finetune", "everything; the head at 10x the learning rate", "nothing",
     {"head_lr_mult": "head learning-rate multiplier (default 10)",
-     "layer_decay": "layer-wise learning-rate decay factor in (0, 1] (default off)"},
+     "layer_decay": "layer-wise learning-rate decay by block: block b of n learns at lr * decay ** (n - b), "
+                    "the head's block n at lr (times head_lr_mult); in (0, 1] (default off)", **HEAD_OPTION},
     run_full_finetune,
+))
+register(StrategyInfo(
+    "fine-tune", "fastai's gradual unfreezing: the head first (backbone frozen), then everything at "
+    "discriminative rates", "nothing",
+    {"head_fraction": "share of the step budget that trains the head alone (default 0.2)",
+     "lr_mult": "after unfreezing, the first block learns this many times slower than the head, the "
+                "blocks between geometrically (default 100, fastai's slice(lr/100, lr))",
+     "head_lr_mult": "head learning-rate multiplier while the backbone is frozen (default: the recipe's, 10); "
+                     "half of it after unfreezing", **HEAD_OPTION},
+    run_fine_tune,
 ))
 register(StrategyInfo(
     "lp-ft", "a linear probe, then everything fine-tuned from the probe's head", "nothing",
@@ -94,7 +111,7 @@ register(StrategyInfo(
                                 "smart-kernel's plan with the same options)",
                         "mask_seed": "seed of the random channels (default: the run's seed)",
                         **{k: _SMART_OPTIONS[k] for k in ("measure", "quantile", "threshold", "budget", "bn_stats", "bn_prior",
-                                                           "head_lr_mult")}},
+                                                           "head_lr_mult", "head")}},
     run_random_mask,
 ))
 _PROBE_OPTIONS = {

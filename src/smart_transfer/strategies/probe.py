@@ -93,11 +93,22 @@ def _sklearn() -> tuple[Any, Any]:
     return LogisticRegression, StandardScaler
 
 
-def _classifier(c: float) -> Any:
+CLASSIFIERS = ("logistic", "svm")
+
+
+def _classifier(c: float, kind: str = "logistic") -> Any:
+    """Softmax (multinomial logistic regression) or seed 002's linear SVM (hinge loss,
+    one-vs-rest); either folds into one nn.Linear whose argmax is the prediction."""
     from .option_values import RULES
 
     if not RULES["C"][0](c) or isinstance(c, (list, tuple)):  # scikit-learn would fail mid-run
         raise ConfigError(f"option C={c!r} must be a positive number, e.g. --option C=1.0 (Python: C=1.0)")
+    if kind == "svm":
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(C=c, loss="hinge", dual=True, max_iter=20000, tol=1e-5, random_state=0)
+    if kind != "logistic":
+        raise ConfigError(f"classifier must be 'logistic' or 'svm', got {kind!r}")
     LogisticRegression, _ = _sklearn()
     return LogisticRegression(C=c, max_iter=3000, tol=1e-6)
 
@@ -109,8 +120,15 @@ def _jobs(tasks: int) -> int:
     return max(1, min(int(tasks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def _fit_one(c: float, ztr: np.ndarray, ytr: np.ndarray) -> Any:
-    return _classifier(c).fit(ztr, ytr)
+def _fit_one(c: float, ztr: np.ndarray, ytr: np.ndarray, kind: str = "logistic") -> Any:
+    import warnings
+
+    with warnings.catch_warnings():  # LinearSVC warns when it stops at max_iter
+        warnings.simplefilter("ignore", category=UserWarning)
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        return _classifier(c, kind).fit(ztr, ytr)
 
 
 def _fold(scaler: Any, clf: Any, k: int, width: int) -> nn.Linear:
@@ -137,13 +155,14 @@ def fit_fixed(design: dict[str, Any], num_classes: int) -> nn.Linear:
     _, StandardScaler = _sklearn()
     x, y = design["x"], design["y"]
     scaler = StandardScaler().fit(x)
-    clf = _classifier(design["C"]).fit(scaler.transform(x), y)
+    clf = _fit_one(design["C"], scaler.transform(x), y, design.get("classifier", "logistic"))
     return _fold(scaler, clf, int(num_classes), x.shape[1])
 
 
 def fit_logistic(
     xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
     c_grid: Sequence[float] = C_GRID, num_classes: int | None = None, refit: bool = False,
+    classifier: str = "logistic",
 ) -> tuple[nn.Linear, float, float, list[dict[str, float]]]:
     """Standardise, fit multinomial logistic regression for every C, keep the best on validation.
 
@@ -160,7 +179,7 @@ def fit_logistic(
 
     grid = [float(c) for c in c_grid]
     # the fits are independent and deterministic: fitted side by side, they are the same fits
-    clfs = Parallel(n_jobs=_jobs(len(grid)))(delayed(_fit_one)(c, ztr, ytr) for c in grid)
+    clfs = Parallel(n_jobs=_jobs(len(grid)))(delayed(_fit_one)(c, ztr, ytr, classifier) for c in grid)
     best: tuple[float, float, Any] | None = None
     tried = []
     for c, clf in zip(grid, clfs):
@@ -171,14 +190,15 @@ def fit_logistic(
     assert best is not None
     acc, c, clf = best
     if refit:
-        return fit_fixed(cv_design(xtr, ytr, xva, yva, c), k), c, acc, tried
+        return fit_fixed(cv_design(xtr, ytr, xva, yva, c, classifier), k), c, acc, tried
     return _fold(scaler, clf, k, xtr.shape[1]), c, acc, tried
 
 
-def cv_design(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, c: float) -> dict[str, Any]:
-    """A chosen probe's features over every labelled sample (training then validation) and its
-    ``C``: what its refit (:func:`fit_fixed`) and ``auto``'s cross-validation fit."""
-    return {"x": np.vstack([xtr, xva]), "y": np.concatenate([ytr, yva]), "C": float(c)}
+def cv_design(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, c: float,
+              classifier: str = "logistic") -> dict[str, Any]:
+    """A chosen probe's features over every labelled sample (training then validation), its
+    ``C`` and classifier: what its refit (:func:`fit_fixed`) and ``auto``'s cross-validation fit."""
+    return {"x": np.vstack([xtr, xva]), "y": np.concatenate([ytr, yva]), "C": float(c), "classifier": classifier}
 
 
 def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, int]:
@@ -195,7 +215,7 @@ def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, i
     if k < 2:
         return float("nan"), 0
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % (2**32))
-    pred = cross_val_predict(make_pipeline(StandardScaler(), _classifier(design["C"])), x, y, cv=split,
+    pred = cross_val_predict(make_pipeline(StandardScaler(), _classifier(design["C"], design.get("classifier", "logistic"))), x, y, cv=split,
                              n_jobs=_jobs(k))
     return float((pred == y).mean()), k
 
@@ -231,18 +251,22 @@ def probe_model(model: nn.Module, layer: str, linear: nn.Linear, num_classes: in
 
 
 def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] | float = C_GRID,
-                     refit: bool = True) -> Outcome:
-    """Logistic regression on the pooled features of one layer (the head's input by default);
-    ``refit``: once ``C`` is chosen, fitted again on the training and validation samples."""
+                     refit: bool = True, classifier: str = "logistic") -> Outcome:
+    """Logistic regression (or, ``classifier="svm"``, a linear SVM) on the pooled features of one
+    layer (the head's input by default); ``refit``: once ``C`` is chosen, fitted again on the
+    training and validation samples."""
     grid = [C] if isinstance(C, (int, float)) else list(C)
+    _classifier(1.0, classifier)  # an unknown classifier is named before any work
     model = ctx.fresh_model("linear-probe")
     ftr, ytr, fva, yva = _features(ctx, model, [layer])
-    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
-    design = cv_design(ftr[layer], ytr, fva[layer], yva, c)
+    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes,
+                                         classifier=classifier)
+    design = cv_design(ftr[layer], ytr, fva[layer], yva, c, classifier)
     if refit:
         linear = fit_fixed(design, ctx.num_classes)
     model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
-    return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c, "refit": bool(refit)},
+    return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c, "refit": bool(refit),
+                                                          "classifier": classifier},
                    tried=tried, model_kind=kind, extra={"head_only": True, "probe_design": design})
 
 
@@ -260,7 +284,7 @@ def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
 
 def run_best_layer(
     ctx: Context, layers: Sequence[str] | None = None, concat: int = 1,
-    C: Sequence[float] | float = C_GRID, refit: bool = True,
+    C: Sequence[float] | float = C_GRID, refit: bool = True, classifier: str = "logistic",
 ) -> Outcome:
     """A probe on every candidate layer; the layer (or the ``concat`` best layers' features
     side by side) chosen on validation; ``refit``: the chosen probe fitted again on the
@@ -268,12 +292,13 @@ def run_best_layer(
     if not isinstance(concat, int) or concat < 1:
         raise ConfigError(f"concat must be a positive integer, got {concat!r}")
     grid = [C] if isinstance(C, (int, float)) else list(C)
+    _classifier(1.0, classifier)
     model = ctx.fresh_model("linear-probe-best-layer")
     cands = list(layers) if layers else candidate_layers(model)
     ftr, ytr, fva, yva = _features(ctx, model, cands)
     tried, fits = [], {}
     for name in cands:
-        linear, c, acc, _ = fit_logistic(ftr[name], ytr, fva[name], yva, grid, ctx.num_classes)
+        linear, c, acc, _ = fit_logistic(ftr[name], ytr, fva[name], yva, grid, ctx.num_classes, classifier=classifier)
         tried.append({"layer": name, "C": c, "val_accuracy": acc})
         fits[name] = (acc, linear, c)
     order = sorted(cands, key=lambda n: (-fits[n][0], -cands.index(n)))  # ties: the deeper layer
@@ -281,12 +306,12 @@ def run_best_layer(
     if concat > 1 and len(cands) > 1:
         top = order[:concat]
         xtr, xva = np.hstack([ftr[n] for n in top]), np.hstack([fva[n] for n in top])
-        linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, grid, ctx.num_classes)
+        linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, grid, ctx.num_classes, classifier=classifier)
         tried.append({"layer": "+".join(top), "C": c, "val_accuracy": acc})
         if acc > fits[best][0]:
             from .concat import ConcatProbe
 
-            design = cv_design(xtr, ytr, xva, yva, c)
+            design = cv_design(xtr, ytr, xva, yva, c, classifier)
             if refit:
                 linear = fit_fixed(design, ctx.num_classes)
             pm = ConcatProbe(model, top, linear, ctx.num_classes).to(ctx.device)
@@ -296,7 +321,7 @@ def run_best_layer(
                 extra={"head_only": True, "probe_design": design},
             )
     acc, linear, c = fits[best]
-    design = cv_design(ftr[best], ytr, fva[best], yva, c)
+    design = cv_design(ftr[best], ytr, fva[best], yva, c, classifier)
     if refit:
         linear = fit_fixed(design, ctx.num_classes)
     out_model, kind = probe_model(model, best, linear.to(ctx.device), ctx.num_classes)
@@ -305,5 +330,6 @@ def run_best_layer(
 
 
 def check_probe_options(name: str, options: dict[str, Any]) -> None:
-    known = {"linear-probe": {"layer", "C", "refit"}, "linear-probe-best-layer": {"layers", "concat", "C", "refit"}}
+    known = {"linear-probe": {"layer", "C", "refit", "classifier"},
+             "linear-probe-best-layer": {"layers", "concat", "C", "refit", "classifier"}}
     check_options(name, options, known[name])

@@ -89,6 +89,8 @@ def run_smart(
         raise ConfigError(f"select must be 'fixed' or 'val', got {select!r}")
     if init not in ("pretrained", "probe"):
         raise ConfigError(f"init must be 'pretrained' or 'probe', got {init!r}")
+    if init == "probe" and ctx.head == "mlp":
+        raise ConfigError("init='probe' starts from a linear probe's head; use it with head='linear'")
     name = f"smart-{scope}"
     rules = [_rule(threshold, quantile, budget)] if select == "fixed" else [{"quantile": float(q)} for q in quantiles]
     best: Outcome | None = None
@@ -102,7 +104,7 @@ def run_smart(
         tried.append({**rule, "val_accuracy": out.val_accuracy, "frozen_fraction": plan.frozen_fraction})
         if best is None or out.val_accuracy > best.val_accuracy:
             best = out
-            best.chosen = {"measure": measure, "scope": scope, "point": point, "bn_stats": bn_stats,
+            best.chosen = {**out.chosen, "measure": measure, "scope": scope, "point": point, "bn_stats": bn_stats,
                            "bn_prior": bn_prior, "invert": invert, "init": init, **rule}
     assert best is not None
     best.tried = tried
@@ -141,5 +143,5 @@ def run_random_mask(
     model = ctx.fresh_model("random-mask")
     out = train_model(ctx, model, "random-mask", plan=rplan, bn_stats=bn_stats, head_lr_mult=head_lr_mult,
                       bn_prior=bn_prior)
-    out.chosen = {"mask_seed": seed, "of": plan.meta.get("selection"), "bn_stats": bn_stats, "bn_prior": bn_prior}
+    out.chosen = {**out.chosen, "mask_seed": seed, "of": plan.meta.get("selection"), "bn_stats": bn_stats, "bn_prior": bn_prior}
     return out

@@ -1,5 +1,6 @@
 """A small, honest training loop: validation-based model selection, test read once."""
 
+from .amp import cpu_bf16_supported
 from .loop import (
     FitResult,
     TrainingError,
@@ -17,6 +18,7 @@ __all__ = [
     "TrainingInterrupted",
     "channels_last_batch",
     "cosine_with_warmup",
+    "cpu_bf16_supported",
     "evaluate",
     "fit",
     "predict",
