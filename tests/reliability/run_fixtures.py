@@ -10,7 +10,7 @@ from PIL import Image
 
 from smart_transfer.cli import main
 
-TRAIN = ("--backbone", "small_vgg", "--per-class", "6", "--size", "16", "--epochs", "1",
+TRAIN = ("--backbone", "small_vgg", "--per-class", "6", "--size", "16", "--epochs", "1", "--lr", "0.001",
          "--no-progress", "--strategy", "full-finetune")
 
 

@@ -9,6 +9,7 @@ from test_resume import _Flat, _InterruptAt, _noisy, _setup
 
 from smart_transfer.errors import ConfigError
 from smart_transfer.training import TrainingInterrupted, fit
+from smart_transfer.training import checkpoint as ckpt
 
 
 def test_steps_cross_passes_and_validate_every_few_steps():
@@ -59,7 +60,7 @@ def test_resume_from_the_middle_of_a_pass_is_bit_identical(tmp_path):
     model, opt, train, val = _setup()
     with pytest.raises(TrainingInterrupted):  # pass 2, batch 6 is step 14: rounds at 5 and 10 saved
         fit(_Flat(model), opt, _InterruptAt(train, 2, 6), val, checkpoint_dir=tmp_path / "b", **kw)
-    state = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    state = torch.load(ckpt.latest(tmp_path / "b") / ckpt.STATE, weights_only=True)
     assert state["step"] == 10 and state["in_epoch"] == 2 and state["open_pass"]
     model, opt, train, val = _setup(seed=99)
     m = _Flat(model)
