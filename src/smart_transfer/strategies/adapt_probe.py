@@ -25,6 +25,7 @@ from ..models.heads import PENULTIMATE
 from .base import Context, Outcome
 from .finetune import adapt_batchnorm
 from .probe import C_GRID, cv_design, fit_fixed, fit_logistic, layer_features, probe_model
+from .selection import KeepBest
 from .smart import similarity
 
 PROBE_QUANTILES = (0.0, 0.5, 1.0)
@@ -94,7 +95,8 @@ def run_adapt_probe(
     total = sum(int(modules[bn].running_mean.numel()) for bn in set(norms.values()))  # type: ignore[union-attr]
     del pretrained, modules
     sim = similarity(ctx, measure)
-    best: tuple[float, nn.Module, dict[str, Any], Any, Any] | None = None
+    keep: KeepBest[tuple[nn.Module, dict[str, Any], Any]] = KeepBest(what="quantiles")
+    design: dict[str, Any] = {}
     tried = []
     for q in qs:
         plan = plan_freeze(sim, scope="kernel", quantile=q)
@@ -108,12 +110,11 @@ def run_adapt_probe(
         linear, c, acc, _ = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
         counts = {"kept_source_channels": kept, "adapted_channels": total - kept}
         tried.append({"quantile": q, "C": c, "val_accuracy": acc, **counts})
-        if best is None or acc > best[0]:
-            best = (acc, model, {"measure": measure, "quantile": q, "layer": layer, "C": c, "random": random,
-                                 "refit": bool(refit), **counts}, linear,
-                    cv_design(ftr[layer], ytr, fva[layer], yva, c))
-    assert best is not None
-    acc, model, chosen, linear, design = best
+        chosen = {"measure": measure, "quantile": q, "layer": layer, "C": c, "random": random,
+                  "refit": bool(refit), **counts}
+        if keep.offer((model, chosen, linear), acc):
+            design = cv_design(ftr[layer], ytr, fva[layer], yva, c)
+    (model, chosen, linear), acc = keep.item, keep.accuracy
     if refit:  # once, for the chosen quantile
         linear = fit_fixed(design, ctx.num_classes)
     out_model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)

@@ -17,6 +17,7 @@ from ..models.heads import find_head, head_root, mlp_head
 from ..training import channels_last_batch
 from .base import Context, Outcome
 from .optim import block_ids, make_optimizer, param_groups
+from .selection import KeepBest
 
 
 def train_model(
@@ -75,20 +76,17 @@ def choose_rate(rates: Sequence[float], run: Callable[[float], Outcome]) -> tupl
     Why the loss: on a few dozen validation images two rates often tie on accuracy (in the
     issue's pilot 1e-4 and 3e-4 both scored 0.875 while the test split separated them by 3
     points); the loss still ranks them. Returns the kept outcome and one row per rate."""
-    best: tuple[float, float, int] | None = None
-    kept: Outcome | None = None
+    keep: KeepBest[Outcome] = KeepBest("loss", what="learning rates")
     tried: list[dict[str, Any]] = []
-    for i, lr in enumerate(rates):
+    for lr in rates:
         out = run(float(lr))
         loss = out.fit.best_val_loss if out.fit is not None else float("nan")
         loss = float("inf") if math.isnan(loss) else float(loss)
         tried.append({"lr": float(lr), "val_loss": loss, "val_accuracy": out.val_accuracy,
                       "best_step": out.fit.best_step if out.fit is not None else 0})
-        key = (loss, -out.val_accuracy, i)
-        if best is None or key < best:
-            best, kept = key, out
-    assert kept is not None
-    kept.chosen = {**kept.chosen, "lr": float(rates[best[2]])} if best else kept.chosen
+        keep.offer(out, out.val_accuracy, loss)
+    kept = keep.item
+    kept.chosen = {**kept.chosen, "lr": float(rates[keep.index])}
     return kept, tried
 
 
@@ -206,7 +204,7 @@ def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[f
         ks = [k]
     else:
         ks = sorted({max(1, round(f * len(names))) for f in fractions})
-    best: Outcome | None = None
+    keep: KeepBest[Outcome] = KeepBest(what="values of k")
     tried = []
     for kk in ks:
         tag = f"first-k-frozen/k={kk}"
@@ -214,10 +212,9 @@ def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[f
         plan = layer_plan(model, names[:kk], {"selection": {"rule": "first_k", "k": kk}}) if kk else None
         out = train_model(ctx, model, tag, plan=plan)
         tried.append({"k": kk, "val_accuracy": out.val_accuracy})
-        if best is None or out.val_accuracy > best.val_accuracy:
-            best = out
-            best.chosen = {**out.chosen, "k": kk, "layers": len(names)}
-    assert best is not None
+        if keep.offer(out, out.val_accuracy):
+            out.chosen = {**out.chosen, "k": kk, "layers": len(names)}
+    best = keep.item
     best.tried = tried
     return best
 

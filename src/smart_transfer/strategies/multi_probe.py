@@ -38,6 +38,7 @@ from ..models.heads import PENULTIMATE, find_head
 from .base import Context, Outcome
 from .concat import ConcatProbe
 from .probe import C_GRID, _features, candidate_layers, cv_design, fit_fixed, fit_logistic
+from .selection import KeepBest
 from .smart import similarity
 
 FRACTIONS = (0.125, 0.25, 0.5)
@@ -194,17 +195,15 @@ def run_multi_probe(
     extra = {"profile_pre": pre, "profile_new": new, "measure": measure}
     unranked = [n for n in cands if shift[n] is None]
     dirs = list(DIRECTIONS) if direction == "val" else [direction]
-    best: tuple[float, Any] | None = None
+    best: KeepBest[tuple[Any, ...]] = KeepBest(what="fractions")
     tried = []
     for d in dirs:
         for f in fracs:
             keep = rank_channels(shift, widths, f, d)
             linear, c, acc, kept = fit(keep)
             tried.append({"direction": d, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept})
-            if best is None or acc > best[0]:
-                best = (acc, (linear, c, d, f, keep, kept))
-    assert best is not None
-    acc, (linear, c, d, f, keep, kept) = best
+            best.offer((linear, c, d, f, keep, kept), acc)
+    (linear, c, d, f, keep, kept), acc = best.item, best.accuracy
     chosen = {"measure": measure, "direction": d, "fraction": f, "C": c, "kept_features": kept, **base,
               "unranked": unranked}
     if select == "smart":
@@ -213,7 +212,7 @@ def run_multi_probe(
     seed = ctx.seed if mask_seed is None else int(mask_seed)
     rkeep = random_channels({n: len(keep[n]) for n in cands}, widths, seed)
     linear, c, acc, kept = fit(rkeep)
-    chosen = {"measure": measure, "of": {"direction": d, "fraction": f, "val_accuracy": best[0]},
+    chosen = {"measure": measure, "of": {"direction": d, "fraction": f, "val_accuracy": best.accuracy},
               "mask_seed": seed, "fraction": f, "C": c, "kept_features": kept, **base, "unranked": unranked,
               "kept": rkeep}
     return outcome(linear, acc, chosen, tried + [{"random": True, "fraction": f, "C": c, "val_accuracy": acc,

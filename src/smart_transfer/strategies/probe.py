@@ -20,6 +20,7 @@ from ..errors import ConfigError, MissingDependencyError
 from ..models.heads import PENULTIMATE, FeatureExtractor, find_head, pool_features, replace_head
 from ..training import channels_last_batch
 from .base import Context, Outcome, check_options
+from .selection import KeepBest
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -180,15 +181,13 @@ def fit_logistic(
     grid = [float(c) for c in c_grid]
     # the fits are independent and deterministic: fitted side by side, they are the same fits
     clfs = Parallel(n_jobs=_jobs(len(grid)))(delayed(_fit_one)(c, ztr, ytr, classifier) for c in grid)
-    best: tuple[float, float, Any] | None = None
+    keep: KeepBest[tuple[float, Any]] = KeepBest(what="values of C")
     tried = []
     for c, clf in zip(grid, clfs):
         acc = float((clf.predict(zva) == yva).mean())
         tried.append({"C": float(c), "val_accuracy": acc})
-        if best is None or acc > best[0]:
-            best = (acc, float(c), clf)
-    assert best is not None
-    acc, c, clf = best
+        keep.offer((float(c), clf), acc)
+    (c, clf), acc = keep.item, keep.accuracy
     if refit:
         return fit_fixed(cv_design(xtr, ytr, xva, yva, c, classifier), k), c, acc, tried
     return _fold(scaler, clf, k, xtr.shape[1]), c, acc, tried

@@ -16,6 +16,7 @@ from ..models.heads import find_head
 from ..stats import ActivationProfile, profile, profile_from_batchnorm
 from .base import Context, Outcome, Transformed
 from .finetune import train_model
+from .selection import KeepBest
 
 QUANTILES = (0.25, 0.5, 0.75)
 
@@ -93,7 +94,7 @@ def run_smart(
         raise ConfigError("init='probe' starts from a linear probe's head; use it with head='linear'")
     name = f"smart-{scope}"
     rules = [_rule(threshold, quantile, budget)] if select == "fixed" else [{"quantile": float(q)} for q in quantiles]
-    best: Outcome | None = None
+    keep: KeepBest[Outcome] = KeepBest(what="quantiles")
     tried = []
     for rule in rules:
         tag = f"{name}/" + ",".join(f"{k}={v}" for k, v in rule.items())
@@ -102,11 +103,10 @@ def run_smart(
         out = train_model(ctx, model, tag, plan=plan, bn_stats=bn_stats, head_lr_mult=head_lr_mult,
                           bn_prior=bn_prior)
         tried.append({**rule, "val_accuracy": out.val_accuracy, "frozen_fraction": plan.frozen_fraction})
-        if best is None or out.val_accuracy > best.val_accuracy:
-            best = out
-            best.chosen = {**out.chosen, "measure": measure, "scope": scope, "point": point, "bn_stats": bn_stats,
-                           "bn_prior": bn_prior, "invert": invert, "init": init, **rule}
-    assert best is not None
+        if keep.offer(out, out.val_accuracy):
+            out.chosen = {**out.chosen, "measure": measure, "scope": scope, "point": point, "bn_stats": bn_stats,
+                          "bn_prior": bn_prior, "invert": invert, "init": init, **rule}
+    best = keep.item
     best.tried = tried
     pre, new = ctx.cache[("profiles", point)]
     best.extra.update(profile_pre=pre, profile_new=new, measure=measure)

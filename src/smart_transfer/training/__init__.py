@@ -1,8 +1,11 @@
 """A small, honest training loop: validation-based model selection, test read once."""
 
 from .amp import cpu_bf16_supported
+from .callbacks import Callback, Checkpoint, CtrlC, EarlyStopping, JsonLog, ProgressBar
 from .loop import (
     FitResult,
+    FitState,
+    Trainer,
     TrainingError,
     TrainingInterrupted,
     channels_last_batch,
@@ -13,7 +16,15 @@ from .loop import (
 from .schedule import cosine_with_warmup
 
 __all__ = [
+    "Callback",
+    "Checkpoint",
+    "CtrlC",
+    "EarlyStopping",
     "FitResult",
+    "FitState",
+    "JsonLog",
+    "ProgressBar",
+    "Trainer",
     "TrainingError",
     "TrainingInterrupted",
     "channels_last_batch",
