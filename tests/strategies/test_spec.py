@@ -151,3 +151,14 @@ def test_advise_is_the_advice_auto_computed(data, run):
     torch.manual_seed(0)
     a = st.advise("small_vgg", data, size=16, max_images=10_000)
     assert a.quadrant == r.advice.quadrant and a.candidates == r.advice.candidates
+
+
+def test_the_report_reads_the_typed_spec(tmp_path):
+    from smart_transfer.report.run import RunData
+
+    cfg = RunSpec(strategy="lp-ft", size=32, options={"C": [0.1, 1.0]}, source="pre.pt").to_dict()
+    run = RunData(path=tmp_path, config=cfg)
+    assert run.spec == RunSpec.from_dict(cfg) and run.strategy == "lp-ft" and run.source == "pre.pt"
+    assert run.setting("size") == 32 and run.setting("options") == {"C": [0.1, 1.0]}
+    assert RunData(path=tmp_path, config={"strategy": "head-only"}).strategy == "head-only"  # no spec: as written
+    assert RunData(path=tmp_path, config={"schema_version": 2}).setting("strategy") is None  # not recorded
