@@ -66,3 +66,15 @@ def test_out_of_range_recipe_flags_are_usage_errors(argv, named, capsys):
     assert main(["train", "--data", "x", "--out", "y", *argv]) == 2
     err = capsys.readouterr().err
     assert named in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_defaults_to_the_measure_every_default_source_serves():
+    """compare() and the CLI's compare default to gaussian_kl, as plan does (BatchNorm
+    statistics, the default D_pre, cannot serve lognormal_kl)."""
+    import inspect
+
+    import smart_transfer as st
+
+    assert inspect.signature(st.compare).parameters["measure"].default == "gaussian_kl"
+    args = build_parser().parse_args(["compare", "pre.pt", "new.pt"])
+    assert args.measure == "gaussian_kl"

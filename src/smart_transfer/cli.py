@@ -643,27 +643,50 @@ def recipe_args(q: argparse.ArgumentParser, names: Sequence[str] | None = None,
             target.add_argument(flag, type=_TYPES.get(kind, str), default=default, help=text, **cli)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an error (any position)"
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+_EXAMPLES = argparse.RawDescriptionHelpFormatter
 
-    def io_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                       help="an unreadable image file or an empty class folder: stop naming it (raise), or "
-                            "leave it out and say so in the summary (skip) (default raise)")
-        q.add_argument("--device", default=None,
-                       help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
-        q.add_argument("--image-size", type=_size, default=None, help="deprecated alias of --size (default: --size)")
 
-    def plan_args(q: argparse.ArgumentParser) -> None:
-        g = q.add_mutually_exclusive_group()
-        g.add_argument("--threshold", type=float, help="freeze channels with similarity >= T")
-        g.add_argument("--quantile", type=float, help="freeze this fraction of each layer (default 0.5)")
-        g.add_argument("--budget", type=float, help="fraction of plannable parameters left trainable")
+def _io_args(q: argparse.ArgumentParser) -> None:
+    """--on-error, --device and the deprecated --image-size."""
+    q.add_argument("--on-error", choices=("raise", "skip"), default=DataSpec.on_error,
+                   help="an unreadable image file or an empty class folder: stop naming it (raise), or "
+                        "leave it out and say so in the summary (skip) (default raise)")
+    q.add_argument("--device", default=None,
+                   help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
+    q.add_argument("--image-size", type=_size, default=None, help="deprecated alias of --size (default: --size)")
 
+
+def _plan_args(q: argparse.ArgumentParser) -> None:
+    """What a freeze plan freezes: --threshold, --quantile or --budget."""
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, help="freeze channels with similarity >= T")
+    g.add_argument("--quantile", type=float, help="freeze this fraction of each layer (default 0.5)")
+    g.add_argument("--budget", type=float, help="fraction of plannable parameters left trainable")
+
+
+def _data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
+    """The data and its split (a DataSpec), the backbone, size and D_pre source."""
+    q.add_argument("--backbone", default="efficientnet_lite0",
+                   help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)")
+    q.add_argument("--data", required=required,
+                   help=DATA_HELP + " (no default: " + ("required" if required else "required unless --resume") + ")")
+    q.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
+                   help="labelled images drawn per class for train+validation (default all)")
+    q.add_argument("--val-fraction", type=open_fraction, default=DataSpec.val_fraction,
+                   help=f"validation share of the drawn images (default {DataSpec.val_fraction})")
+    q.add_argument("--test-data", default=None,
+                   help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)")
+    q.add_argument("--test-fraction", type=float, default=None,
+                   help="share of every class of --data held out as the test split, drawn first (default 0.2 "
+                        "for a folder/CSV/.npz without --test-data; Fashion-MNIST uses its test split)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the draw and of training (default 0)")
+    q.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
+    q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
+    _io_args(q)
+
+
+def _add_demo(sub: Any) -> None:
+    """demo: compare-strategies on its embedded default."""
     d = sub.add_parser(
         "demo", help="EfficientNet-Lite0 -> Fashion-MNIST, 200 images: advice and five strategies side by side",
         epilog="example: smart-transfer demo --quick   (writes runs/demo/report.html)",
@@ -684,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     d.set_defaults(func=cmd_demo)
 
+
+def _add_compare_strategies(sub: Any) -> None:
+    """compare-strategies: several strategies on the same splits, over seeds."""
     cs = sub.add_parser(
         "compare-strategies", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train several strategies on the same splits of your data, over seeds; test each once; one table",
@@ -715,13 +741,16 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     cs.set_defaults(func=cmd_compare_strategies)
 
+
+def _add_profile_compare(sub: Any) -> None:
+    """profile and compare: the method's steps one at a time."""
     pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)")
     pr.add_argument("--backbone", default="efficientnet_lite0")
     pr.add_argument("--source", choices=("data", "batchnorm"), default="data")
     pr.add_argument("--data", default="fashion-mnist", help=DATA_HELP + " (default fashion-mnist)")
     pr.add_argument("--split", default="train", help="Fashion-MNIST's split: train or test (default train)")
     pr.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
-    io_args(pr)
+    _io_args(pr)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--max-batches", type=int, default=None)
     pr.add_argument("--out", required=True)
@@ -735,35 +764,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="write the similarity as JSON")
     c.add_argument("--plan", help="write a freeze plan as JSON")
     c.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
-    plan_args(c)
+    _plan_args(c)
     c.set_defaults(func=cmd_compare)
 
 
-    def data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
-        q.add_argument("--backbone", default="efficientnet_lite0",
-                       help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)")
-        q.add_argument("--data", required=required,
-                       help=DATA_HELP + " (no default: " + ("required" if required else "required unless --resume") + ")")
-        q.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
-                       help="labelled images drawn per class for train+validation (default all)")
-        q.add_argument("--val-fraction", type=open_fraction, default=0.2, help="validation share of the drawn images (default 0.2)")
-        q.add_argument("--test-data", default=None,
-                       help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)")
-        q.add_argument("--test-fraction", type=float, default=None,
-                       help="share of every class of --data held out as the test split, drawn first (default 0.2 "
-                            "for a folder/CSV/.npz without --test-data; Fashion-MNIST uses its test split)")
-        q.add_argument("--seed", type=int, default=0, help="seed of the draw and of training (default 0)")
-        q.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
-        q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
-        io_args(q)
-
-    examples = argparse.RawDescriptionHelpFormatter
-    t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=examples,
+def _add_train(sub: Any) -> None:
+    """train: one strategy on few labelled images (or --resume a run)."""
+    t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=_EXAMPLES,
                        epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data fashion-mnist "
                               "--per-class 20 --strategy smart-kernel --steps 300 --seed 0 --out runs/x\n"
                               "  smart-transfer train --resume runs/x\n"
                               "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
-    data_args(t, required=False)
+    _data_args(t, required=False)
     t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
     recipe_args(t)
     t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable; default: the strategy's own, see "
@@ -775,7 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test a finished run once; writes DIR/metrics.json", formatter_class=examples,
+
+def _add_run_commands(sub: Any) -> None:
+    """evaluate, predict and advise: what a user does with data and a run."""
+    e = sub.add_parser("evaluate", help="test a finished run once; writes DIR/metrics.json", formatter_class=_EXAMPLES,
                        epilog="example:\n  smart-transfer evaluate runs/x --data fashion-mnist")
     e.add_argument("run")
     e.add_argument("--data", help="the data the run was trained on (default: as recorded in the run)")
@@ -788,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pd = sub.add_parser("predict", help="predict the class of new images with a finished run; writes a CSV",
-                        formatter_class=examples,
+                        formatter_class=_EXAMPLES,
                         epilog="examples:\n  smart-transfer predict runs/photos new_photos/ --top-k 3 --out predictions.csv\n"
                                "  smart-transfer predict runs/photos 'new/*.jpg' photo.png --on-error skip")
     pd.add_argument("run", metavar="RUN", help="the run folder (the --out of smart-transfer train)")
@@ -804,36 +819,39 @@ def build_parser() -> argparse.ArgumentParser:
                          "default raise")
     pd.set_defaults(func=cmd_predict)
 
-    a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=examples,
+    a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=_EXAMPLES,
                        epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ --per-class 20")
-    data_args(a)
+    _data_args(a)
     a.add_argument("--out", help="also write the advice as JSON")
     a.set_defaults(func=cmd_advise)
 
-    pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=examples,
+
+def _add_tools(sub: Any) -> None:
+    """plan, report, export and list."""
+    pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=_EXAMPLES,
                         epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 --out plan.json")
     pl.add_argument("--backbone", default="efficientnet_lite0")
     pl.add_argument("--data", required=True, help=DATA_HELP)
     pl.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or an image folder")
     pl.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
-    io_args(pl)
+    _io_args(pl)
     pl.add_argument("--batch-size", type=int, default=64)
     pl.add_argument("--max-batches", type=int, default=None)
     pl.add_argument("--measure", default="gaussian_kl")
     pl.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
     pl.add_argument("--out", required=True)
     pl.add_argument("--no-progress", action="store_true")
-    plan_args(pl)
+    _plan_args(pl)
     pl.set_defaults(func=cmd_plan)
 
-    rp = sub.add_parser("report", help="write DIR/report.html for a run", formatter_class=examples,
+    rp = sub.add_parser("report", help="write DIR/report.html for a run", formatter_class=_EXAMPLES,
                         epilog="example:\n  smart-transfer report runs/x")
     rp.add_argument("run")
     rp.add_argument("--out", default=None, help="where the HTML goes (default DIR/report.html)")
     rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("export", help="write a run's network as TorchScript, ONNX or a timm-style folder",
-                        formatter_class=examples,
+                        formatter_class=_EXAMPLES,
                         epilog="examples:\n  smart-transfer export runs/x --format onnx --out model.onnx\n"
                                "  smart-transfer export runs/x --format folder --out exported/x\n"
                                "the network takes the preprocessed (B, C, H, W) float batch and returns logits; "
@@ -850,6 +868,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"))
     ls.add_argument("--backbone", default="efficientnet_lite0")
     ls.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (any position)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_demo(sub)
+    _add_compare_strategies(sub)
+    _add_profile_compare(sub)
+    _add_train(sub)
+    _add_run_commands(sub)
+    _add_tools(sub)
     return p
 
 
