@@ -186,6 +186,11 @@ class TrainResult:
     manifest: Any = None  # the Manifest of the data (also out/manifest.json), or None
 
     @property
+    def spec(self) -> RunSpec:
+        """The run spec this result was trained with (its config.json, typed)."""
+        return RunSpec.from_dict(self.config)
+
+    @property
     def frozen_fraction(self) -> float:
         """Fraction of the model's parameters that training left as they were pretrained."""
         return float(self.config.get("frozen_fraction", 0.0))

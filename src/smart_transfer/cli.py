@@ -455,7 +455,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         own = manifest is not None and describe(args.data) in (manifest.root, manifest.source)
         test = None if own else args.data
     if test is None:  # trained with --test-data: that is its test set
-        test = result.config.get("data", {}).get("test_data")
+        test = result.spec.data.test_data
     metrics = st.evaluate(result, test, overwrite=args.overwrite, device=dev, on_error=args.on_error,
                           progress=True)
     print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({metrics['test_data']}) "

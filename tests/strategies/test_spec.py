@@ -162,3 +162,9 @@ def test_the_report_reads_the_typed_spec(tmp_path):
     assert run.setting("size") == 32 and run.setting("options") == {"C": [0.1, 1.0]}
     assert RunData(path=tmp_path, config={"strategy": "head-only"}).strategy == "head-only"  # no spec: as written
     assert RunData(path=tmp_path, config={"schema_version": 2}).setting("strategy") is None  # not recorded
+
+
+def test_a_result_carries_its_spec(run):
+    r, out = run
+    assert r.spec == st.TrainResult.load(out).spec == RunSpec.from_json(out)
+    assert r.spec.data.test_data is None and r.spec.recipe.warmup == 0.2
