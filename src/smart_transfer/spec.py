@@ -215,6 +215,17 @@ class RunSpec:
         d = {f.name: plain(getattr(self, f.name)) for f in fields(self)}
         return {"schema_version": SCHEMA_VERSION, **d}
 
+    def typed_options(self) -> Any:
+        """The options as the strategy's own frozen dataclass (``StrategyInfo.options_type``),
+        every option not given at its default; checked as :func:`~smart_transfer.train` checks them."""
+        from .strategies import get_strategy
+
+        info = get_strategy(self.strategy)
+        options = dict(self.options)
+        if "head" in info.options:
+            options["head"] = self.head
+        return info.check(options)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> RunSpec:
         """The spec of a config.json of schema 1 (before the spec) or 2; a newer or unknown

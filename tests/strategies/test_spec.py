@@ -168,3 +168,12 @@ def test_a_result_carries_its_spec(run):
     r, out = run
     assert r.spec == st.TrainResult.load(out).spec == RunSpec.from_json(out)
     assert r.spec.data.test_data is None and r.spec.recipe.warmup == 0.2
+
+
+def test_the_spec_gives_the_strategy_options_typed():
+    spec = RunSpec(strategy="smart-kernel", options={"quantile": 0.3}, head="mlp")
+    typed = spec.typed_options()
+    assert type(typed) is get_strategy("smart-kernel").options_type
+    assert (typed.quantile, typed.head, typed.bn_stats) == (0.3, "mlp", "adapt")
+    with pytest.raises(ConfigError, match="quantile=1.5"):
+        RunSpec(strategy="smart-kernel", options={"quantile": 1.5}).typed_options()
