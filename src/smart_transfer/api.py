@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,17 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._atomic import PathLike, atomic_open
+from ._json import plain
+from ._json import write_json as _write_json
 from ._paths import claim_run_folder, writing_run
 from .errors import ConfigError, DataError
 from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions
-from .strategies import Context, Recipe, get_strategy
+from .spec import SCHEMA_VERSION, DataSpec, Recipe, RunSpec, option_name
+from .strategies import Context, get_strategy
 from .strategies.advice import Advice
-from .strategies.base import PATIENCE
+from .strategies.registry import CONTEXT_DEFAULTS
 from .training import checkpoint as ckpt
 
-SCHEMA_VERSION = 1
 SAMPLES_PER_CLASS = 4  # images per class kept in samples.safetensors for the report
 
 
@@ -48,7 +51,6 @@ def _dataset_and_indices(data: Any, what: str, *, classes: list[str] | None = No
     indices)``; or raw ``(x, y)`` batches, checked and remapped as :func:`~smart_transfer.data.arrays`
     does (``classes``: the names their labels index, for evaluation).
     """
-    import os
 
     from .data.adapt import _is_map_style, as_dataset
     from .data.spec import open_data
@@ -120,7 +122,6 @@ def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bo
                 on_error: str, progress: bool) -> tuple[Any, Tensor, Any, Tensor, Any]:
     """``(train ds, idx, val ds, idx, manifest)`` of what :func:`train` was given. A resumed run
     whose data changed since it started is refused (its manifest says so)."""
-    import os
 
     from .data import few_shot
     from .data.manifest import Manifest
@@ -180,9 +181,14 @@ class TrainResult:
     timings: dict[str, float]
     chosen: dict[str, Any] = field(default_factory=dict)  # hyper-parameters chosen on validation
     tried: list[dict[str, Any]] = field(default_factory=list)
-    advice: Advice | dict | None = None
+    advice: Advice | None = None  # the advisor's (auto's) advice, after train and after load
     out: Path | None = None
     manifest: Any = None  # the Manifest of the data (also out/manifest.json), or None
+
+    @property
+    def spec(self) -> RunSpec:
+        """The run spec this result was trained with (its config.json, typed)."""
+        return RunSpec.from_dict(self.config)
 
     @property
     def frozen_fraction(self) -> float:
@@ -215,8 +221,7 @@ class TrainResult:
             with writing_run(out):
                 self.manifest.save(out / "manifest.json")
         if self.advice is not None:
-            adv = self.advice.to_dict() if isinstance(self.advice, Advice) else self.advice
-            _write_json(out / "advice.json", adv)
+            _write_json(out / "advice.json", self.advice.to_dict())
         self.out = out
         return out
 
@@ -247,7 +252,7 @@ class TrainResult:
         return cls(
             model=net, strategy=res["strategy"], plan=plan, val_accuracy=res["val_accuracy"],
             history=res["history"], config=config, timings=res["timings"], chosen=res["chosen"],
-            tried=res["tried"], advice=read_json(adv) if adv.is_file() else None, out=folder,
+            tried=res["tried"], advice=Advice.from_dict(read_json(adv)) if adv.is_file() else None, out=folder,
         )
 
     def transform(self) -> Callable[[Tensor], Tensor]:
@@ -259,30 +264,6 @@ class TrainResult:
         return transforms_for(self.model, train=False, size=self.config.get("size"))
 
 
-def _check_recipe(recipe: Recipe) -> None:
-    """Refuse, before any work, a training setting that would fail or train nothing."""
-    import math
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    checks = (
-        ("lr", "--lr", number(recipe.lr) and recipe.lr > 0, "a positive finite number, e.g. 1e-3"),
-        ("weight_decay", "--weight-decay", number(recipe.weight_decay) and recipe.weight_decay >= 0,
-         "a finite number >= 0, e.g. 1e-4"),
-        ("batch_size", "--batch-size", isinstance(recipe.batch_size, int) and not isinstance(recipe.batch_size, bool)
-         and recipe.batch_size >= 1, "a positive integer, e.g. 32"),
-        ("head_lr_mult", "head_lr_mult", number(recipe.head_lr_mult) and recipe.head_lr_mult > 0,
-         "a positive number, e.g. 10"),
-        ("warmup", "warmup", number(recipe.warmup) and 0 <= recipe.warmup < 1, "a fraction in [0, 1)"),
-        ("patience", "--patience", recipe.patience is None or (isinstance(recipe.patience, int)
-         and not isinstance(recipe.patience, bool) and recipe.patience >= 1), "None or a positive integer"),
-    )
-    for name, flag, ok, what in checks:
-        if not ok:
-            raise ConfigError(f"{name}={getattr(recipe, name)!r} ({flag}) must be {what}")
-
-
 def _same_folder(a: Path, b: Path) -> bool:
     return a.expanduser().resolve() == Path(b).expanduser().resolve()
 
@@ -291,11 +272,9 @@ def _same_folder(a: Path, b: Path) -> bool:
 # each for both front ends (keyword argument / CLI flag).
 _RESUME_NAMES = {
     "strategy": "strategy (--strategy)", "options": "options (--option)", "seed": "seed (--seed)",
-    "epochs": "epochs (--epochs)", "size": "size (--size)", "sync_bn": "sync_bn (--sync-bn)",
-    "transform": "transform", "backbone": "backbone (--backbone)", "samples": "the data (--data, --per-class)",
-    "lr": "lr (--lr)", "weight_decay": "weight_decay (--weight-decay)", "batch_size": "batch_size (--batch-size)",
-    "optimizer": "optimizer (--optimizer)", "patience": "patience (--patience)", "amp": "amp (--amp)",
-    "channels_last": "channels_last (--channels-last)", "head_lr_mult": "head_lr_mult", "warmup": "warmup",
+    "size": "size (--size)", "sync_bn": "sync_bn (--sync-bn)", "transform": "transform",
+    "backbone": "backbone (--backbone)", "samples": "the data (--data, --per-class)",
+    **{f.name: option_name(f.name) for f in fields(Recipe)},
 }
 
 
@@ -394,21 +373,6 @@ def read_result(folder: Path) -> dict[str, Any]:
     return res
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=_jsonable)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    if hasattr(v, "to_dict"):
-        return v.to_dict()
-    return repr(v)
-
-
 def build_model(config: dict[str, Any], backbone: nn.Module | None = None) -> nn.Module:
     """The untrained network a run's weights fit (backbone, new head, probe wrapper)."""
     from .models import load_backbone, replace_head
@@ -453,6 +417,33 @@ def _resolve_backbone(backbone: Any) -> tuple[Callable[[], nn.Module], str, bool
     raise ConfigError(f"backbone must be a name (see list_backbones()) or an nn.Module, got {type(backbone).__name__}")
 
 
+@dataclass
+class _Data:
+    """The images a run trains and validates on, and what was found about them."""
+
+    ds: Any
+    idx: Tensor
+    val_ds: Any
+    val_idx: Tensor
+    manifest: Any
+    classes: list[str]
+    targets: Tensor  # labels of ds[idx]
+
+
+@dataclass
+class _Model:
+    """The backbone resolved once: a maker of fresh models and the transforms."""
+
+    make_model: Callable[[], nn.Module]
+    name: str
+    is_name: bool
+    train_tf: Callable[[Tensor], Tensor]
+    eval_tf: Callable[[Tensor], Tensor]
+    geometry: Any  # the backbone's evaluation transform: the size, crop and interpolation images are read at
+    rank: int
+    world: int
+
+
 def train(
     backbone: Any,
     train_data: Any,
@@ -463,13 +454,13 @@ def train(
     epochs: int | None = None,
     lr: float | None = None,
     lr_grid: Any = None,
-    batch_size: int = 32,
-    optimizer: str = "adamw",
-    weight_decay: float = 1e-4,
-    head_lr_mult: float = 10.0,
-    warmup: float = 0.1,
-    patience: int | None = PATIENCE,
-    eval_every: int | None = None,
+    batch_size: int = Recipe.batch_size,
+    optimizer: str = Recipe.optimizer,
+    weight_decay: float = Recipe.weight_decay,
+    head_lr_mult: float = Recipe.head_lr_mult,
+    warmup: float = Recipe.warmup,
+    patience: int | None = Recipe.patience,
+    eval_every: int | None = Recipe.eval_every,
     size: int | None = None,
     transform: Any = None,
     source: Any = None,
@@ -478,9 +469,9 @@ def train(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
-    val_fraction: float = 0.2,
-    amp: str | None = None,
-    channels_last: bool = True,
+    val_fraction: float = DataSpec.val_fraction,
+    amp: str | None = Recipe.amp,
+    channels_last: bool = Recipe.channels_last,
     sync_bn: bool = False,
     data_info: dict[str, Any] | None = None,
     per_class: int | None = None,
@@ -501,197 +492,223 @@ def train(
     :func:`evaluate`; the draw is recorded by file in ``out/manifest.json``. Images of a
     folder, CSV or dict dataset are read at the backbone's evaluation geometry, so mixed sizes
     batch; ``on_error`` (``raise`` / ``skip``) says what an unreadable file does. ``device``:
-    ``'auto'`` (default: CUDA, MPS, CPU) or a device name, checked before anything is written. The backbone's own transforms are used (evaluation transform for
-    profiles and probe features, augmentation for training) unless ``transform=`` gives one
-    callable or a ``(train, eval)`` pair. ``source``: D_pre for the smart strategies (a loader,
-    a folder of images or a saved profile; default the BatchNorm statistics). ``out``: the run
-    folder (checkpoints every validation, ``resume=True`` continues there). ``options`` go to the
-    strategy. Under ``torch.distributed`` each rank trains on its share of every batch.
+    ``'auto'`` (default: CUDA, MPS, CPU) or a device name, checked before anything is written.
+    The backbone's own transforms are used (evaluation transform for profiles and probe
+    features, augmentation for training) unless ``transform=`` gives one callable or a
+    ``(train, eval)`` pair. ``source``: D_pre for the smart strategies (a loader, a folder of
+    images or a saved profile; default the BatchNorm statistics). ``out``: the run folder
+    (checkpoints every validation, ``resume=True`` continues there). ``options`` go to the
+    strategy (see its ``StrategyInfo.options_type``). Under ``torch.distributed`` each rank
+    trains on its share of every batch.
 
-    The recipe of every gradient-trained strategy (see :class:`~smart_transfer.strategies.Recipe`):
-    ``steps`` optimizer steps (default 300) or, instead, ``epochs`` passes over the training
-    images; validation every ``eval_every`` steps, the best state kept, early stopping after
-    ``patience`` steps without a better validation score; the pretrained layers' learning rate
-    chosen on validation from ``lr_grid`` (default 1e-4, 3e-4, 1e-3; lowest validation loss,
-    ties to the higher accuracy), or fixed with ``lr=``. ``amp="bf16"`` autocasts on CUDA and
-    on CPUs (see :func:`smart_transfer.training.cpu_bf16_supported`).
+    The keywords build a :class:`~smart_transfer.spec.RunSpec` (``config.json`` is its
+    ``to_dict()`` plus the facts found); the recipe of every gradient-trained strategy is its
+    :class:`~smart_transfer.spec.Recipe`: ``steps`` optimizer steps (default 300) or, instead,
+    ``epochs`` passes over the training images; validation every ``eval_every`` steps, the best
+    state kept, early stopping after ``patience`` steps without a better validation score; the
+    pretrained layers' learning rate chosen on validation from ``lr_grid`` (default 1e-4, 3e-4,
+    1e-3; lowest validation loss, ties to the higher accuracy), or fixed with ``lr=``.
+    ``amp="bf16"`` autocasts on CUDA and on CPUs (see :func:`smart_transfer.training.cpu_bf16_supported`).
+
+    (Longer than 60 lines only for the keyword list and this docstring: the body is the six
+    steps, each its own function.)
     """
     from ._device import resolve_device
-    from .data import loader, transforms_for
-    from .strategies.base import check_options
-    from .strategies.registry import list_strategies
 
     started = time.perf_counter()
     dev = resolve_device(device, "device")
-    info = get_strategy(strategy)
-    check_options(strategy, options, info.options)
-    head = _head_option(options)
-    steps, lr, grid = _budget_and_rates(steps, epochs, lr, lr_grid)
-    recipe = Recipe(steps=steps, epochs=epochs, lr=lr, lr_grid=grid, head_lr_mult=head_lr_mult,
-                    weight_decay=weight_decay, optimizer=optimizer, batch_size=batch_size, warmup=warmup,
-                    patience=patience, eval_every=eval_every, amp=amp, channels_last=channels_last)
-    if optimizer not in ("adamw", "sgd"):
-        raise ConfigError(f"unknown optimizer {optimizer!r}; use 'adamw' or 'sgd'")
-    _check_recipe(recipe)
-    if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1):
-        raise ConfigError(f"eval_every must be a positive integer (optimizer steps) or None, got {eval_every!r}")
+    recipe = Recipe.build(steps=steps, epochs=epochs, lr=lr, lr_grid=lr_grid, batch_size=batch_size,
+                          optimizer=optimizer, weight_decay=weight_decay, head_lr_mult=head_lr_mult,
+                          warmup=warmup, patience=patience, eval_every=eval_every, amp=amp,
+                          channels_last=channels_last)
+    data_spec = DataSpec.from_dict(data_info) if data_info else DataSpec(
+        spec=os.fspath(train_data) if isinstance(train_data, (str, os.PathLike)) else None,
+        per_class=per_class, val_fraction=val_fraction, test_fraction=test_fraction, on_error=on_error, seed=seed)
+    spec = _resolve_spec(backbone, strategy, options, recipe, data_spec, size=size, device=str(dev), seed=seed,
+                         source=source, transform=transform, sync_bn=sync_bn)
+    out_dir = _check_run_folder(spec, out, resume, {"train_data": train_data, "val_data": val_data, "source": source})
+    data = _resolve_data(spec, train_data, val_data, out_dir, resume, manifest, progress)
+    model = _resolve_model(spec, backbone, transform, data, dev)
+    ctx = _context(spec, data, model, out_dir, resume, progress, source, dev)
+    config = _config(spec, data, model, data_info)
+    if out_dir is not None and model.rank == 0:
+        _start_run_folder(out_dir, resume, config, data)
+    t0 = time.perf_counter()
+    outcome = get_strategy(spec.strategy).run(ctx, **options)
+    timings = {"train_s": time.perf_counter() - t0, "total_s": time.perf_counter() - started}
+    return _finish(spec, config, outcome, data, out_dir, model.rank, timings)
+
+
+def _resolve_spec(backbone: Any, strategy: str, options: dict[str, Any], recipe: Recipe, data: DataSpec, *,
+                  size: int | None, device: str, seed: int, source: Any, transform: Any, sync_bn: bool) -> RunSpec:
+    """The run spec of :func:`train`'s arguments; the strategy's options checked (names, types,
+    ranges) before any work. ``options`` loses its ``head`` (the context carries it)."""
+    get_strategy(strategy).check(options)
+    head = str(options.pop("head", CONTEXT_DEFAULTS["head"]))
+    if transform is not None and not (callable(transform) or (isinstance(transform, (tuple, list)) and len(transform) == 2)):
+        raise ConfigError("transform must be a callable or a (train, eval) pair of callables")
+    return RunSpec(
+        backbone=str(backbone) if isinstance(backbone, (str, Path)) else type(backbone).__name__,
+        backbone_is_name=isinstance(backbone, (str, Path)), data=data, recipe=recipe, strategy=strategy,
+        options=plain(options), head=head, size=size, device=device, seed=seed,
+        source="batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+        transform="backbone" if transform is None else "custom", sync_bn=sync_bn,
+    )
+
+
+def _check_run_folder(spec: RunSpec, out: PathLike | None, resume: bool, data: dict[str, Any]) -> Path | None:
+    """The run folder, checked before any data is read: not inside a data folder, not another
+    run's (unless resuming), and a resumed run's spec as it was started."""
     out_dir = Path(out) if out is not None else None
     if resume and (out_dir is None or not (out_dir / "config.json").is_file()):
         raise ConfigError(f"nothing to resume: {str(out_dir)!r} holds no run (no config.json)")
-    if out_dir is not None:
-        _check_out_folder(out_dir, resume, {"train_data": train_data, "val_data": val_data, "source": source})
+    if out_dir is None:
+        return None
+    _check_out_folder(out_dir, resume, data)
     if resume:
-        _check_resume(out_dir, read_config(out_dir), {  # type: ignore[arg-type]
-            "strategy": strategy, "options": _plain(options), "seed": seed, "epochs": epochs,
-            "size": size, "sync_bn": sync_bn, "recipe": _plain(recipe.to_dict()),
-            "transform": "backbone" if transform is None else "custom",
-            "backbone": backbone if isinstance(backbone, str) else None,
-        })
+        new = {k: v for k, v in spec.to_dict().items() if k in ("strategy", "options", "seed", "size", "sync_bn",
+                                                                "recipe", "transform")}
+        new["epochs"] = spec.recipe.epochs
+        if spec.backbone_is_name:
+            new["backbone"] = spec.backbone
+        _check_resume(out_dir, read_config(out_dir), new)
+    return out_dir
 
+
+def _resolve_data(spec: RunSpec, train_data: Any, val_data: Any, out_dir: Path | None, resume: bool,
+                  manifest: Any, progress: bool) -> _Data:
+    """The training and validation images (a resumed run's from its manifest), checked to hold
+    at least two classes."""
+    d = spec.data
     ds, idx, val_ds, val_idx, manifest = _train_data(
-        train_data, val_data, out_dir, resume, manifest, per_class=per_class, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed, on_error=on_error, progress=progress)
+        train_data, val_data, out_dir, resume, manifest, per_class=d.per_class, val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction, seed=spec.seed, on_error=d.on_error, progress=progress)
     if len(idx) == 0 or len(val_idx) == 0:
         raise DataError("training and validation sets must both be non-empty; give more samples per class")
     targets = _targets(ds, idx)
     classes = _classes(ds, torch.cat([targets, _targets(val_ds, val_idx)]))
     _check_classes(classes, "the training data")
-    num_classes = len(classes)
+    return _Data(ds, idx, val_ds, val_idx, manifest, classes, targets)
 
-    torch.manual_seed(seed)  # a backbone without pretrained weights is initialised from the seed
-    make, backbone_name, is_name = _resolve_backbone(backbone)
+
+def _resolve_model(spec: RunSpec, backbone: Any, transform: Any, data: _Data, dev: torch.device) -> _Model:
+    """The backbone loaded once, its head sized for the classes, and the transforms; the data
+    set to read images at its evaluation geometry."""
+    from .data import transforms_for
     from .models import replace_head
-
-    template = make()
-    geo_tf = transforms_for(template, train=False, size=size)  # the backbone's evaluation geometry
-    if transform is None:
-        train_tf, eval_tf = transforms_for(template, train=True, size=size), transforms_for(template, train=False, size=size)
-    elif isinstance(transform, (tuple, list)) and len(transform) == 2:
-        train_tf, eval_tf = transform
-    elif callable(transform):
-        train_tf = eval_tf = transform
-    else:
-        raise ConfigError("transform must be a callable or a (train, eval) pair of callables")
-    del template
-    ds, val_ds = _with_geometry(ds, geo_tf), _with_geometry(val_ds, geo_tf)
     from .training.distributed import world as _world
 
+    torch.manual_seed(spec.seed)  # a backbone without pretrained weights is initialised from the seed
+    make, name, is_name = _resolve_backbone(backbone)
+    template = make()
+    geo_tf = transforms_for(template, train=False, size=spec.size)
+    if transform is None:
+        train_tf = transforms_for(template, train=True, size=spec.size)
+        eval_tf = transforms_for(template, train=False, size=spec.size)
+    elif isinstance(transform, (tuple, list)):
+        train_tf, eval_tf = transform
+    else:
+        train_tf = eval_tf = transform
+    del template
+    data.ds, data.val_ds = _with_geometry(data.ds, geo_tf), _with_geometry(data.val_ds, geo_tf)
     rank, world = _world()
-    if sync_bn and world > 1 and dev.type != "cuda":
+    if spec.sync_bn and world > 1 and dev.type != "cuda":
         raise ConfigError(f"sync_bn needs CUDA (SyncBatchNorm works on GPU modules only), and this run is on "
                           f"{dev.type!r}; leave --sync-bn / sync_bn=True off, or train on CUDA devices")
+    k, sync = len(data.classes), spec.sync_bn and world > 1
 
     def make_model() -> nn.Module:
-        m = replace_head(make(), num_classes)
-        if sync_bn and world > 1:
-            m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
-        return m
+        m = replace_head(make(), k)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(m) if sync else m
 
-    train_loader: Any = loader(ds, idx, batch_size=batch_size, shuffle=True, seed=seed)
-    if world > 1:
+    return _Model(make_model, name, is_name, train_tf, eval_tf, geo_tf, rank, world)
+
+
+def _context(spec: RunSpec, data: _Data, model: _Model, out_dir: Path | None, resume: bool, progress: bool,
+             source: Any, dev: torch.device) -> Context:
+    """The :class:`Context` a strategy runs in: loaders (sharded under torchrun), transforms,
+    recipe and run folder."""
+    from .data import loader
+
+    bs, train_tf = spec.recipe.batch_size, model.train_tf
+    train_loader: Any = loader(data.ds, data.idx, batch_size=bs, shuffle=True, seed=spec.seed)
+    if model.world > 1:
         from .training.distributed import ShardedBatches
 
-        train_loader = ShardedBatches(train_loader, rank, world, train_tf)
-        train_tf_ctx: Any = _identity
-    else:
-        train_tf_ctx = train_tf
-    counts = torch.bincount(targets, minlength=num_classes).float()
-    ctx = Context(
-        make_model=make_model, backbone_name=backbone_name, num_classes=num_classes,
-        train=train_loader, val=loader(val_ds, val_idx, batch_size=max(batch_size, 128)),
-        train_eval=loader(ds, idx, batch_size=max(batch_size, 64)),
-        train_tf=train_tf_ctx, eval_tf=eval_tf, recipe=recipe, seed=seed, out=out_dir,
+        train_loader = ShardedBatches(train_loader, model.rank, model.world, train_tf)
+        train_tf = _identity  # the shards are augmented already
+    return Context(
+        make_model=model.make_model, backbone_name=model.name, num_classes=len(data.classes),
+        train=train_loader, val=loader(data.val_ds, data.val_idx, batch_size=max(bs, 128)),
+        train_eval=loader(data.ds, data.idx, batch_size=max(bs, 64)),
+        train_tf=train_tf, eval_tf=model.eval_tf, recipe=spec.recipe, seed=spec.seed, out=out_dir,
         resume=resume, progress=progress, source=source, device=dev,
-        samples_per_class=float((len(idx) + len(val_idx)) / num_classes), head=head,
+        samples_per_class=float((len(data.idx) + len(data.val_idx)) / len(data.classes)), head=spec.head,
     )
-    config = {
-        "schema_version": SCHEMA_VERSION, "version": __version__, "strategy": strategy,
-        "options": {k: _plain(v) for k, v in options.items()}, "head": head, "backbone": backbone_name,
-        "backbone_is_name": is_name, "num_classes": num_classes, "class_names": classes,
-        "size": size, "seed": seed, "epochs": epochs, "steps": steps, "recipe": recipe.to_dict(),
-        "samples": int(len(idx) + len(val_idx)), "train_samples": len(idx),
-        "val_samples": len(val_idx), "per_class_counts": counts.tolist(),
-        "source": "batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
-        "transform": "backbone" if transform is None else "custom", "device": str(dev),
-        "world_size": world, "sync_bn": sync_bn, "data": {**(data_info or {}), **_data_record(manifest)},
-        "geometry": {"size": None if geo_tf.size is None else list(geo_tf.size),
-                     "crop_pct": geo_tf.crop_pct, "interpolation": geo_tf.interpolation},
+
+
+def _config(spec: RunSpec, data: _Data, model: _Model, data_info: dict[str, Any] | None) -> dict[str, Any]:
+    """config.json: the spec's ``to_dict()`` plus the facts resolved on the way (classes,
+    counts, geometry, versions); ``model`` and ``frozen_fraction`` follow once trained."""
+    from .strategies.registry import list_strategies
+
+    k = len(data.classes)
+    extra = {key: v for key, v in (data_info or {}).items() if key not in spec.data.to_dict() and key != "cli"}
+    geo = model.geometry
+    return {
+        **spec.to_dict(), "version": __version__, "backbone": model.name, "backbone_is_name": model.is_name,
+        "num_classes": k, "class_names": data.classes, "epochs": spec.recipe.epochs, "steps": spec.recipe.steps,
+        "samples": int(len(data.idx) + len(data.val_idx)), "train_samples": len(data.idx),
+        "val_samples": len(data.val_idx), "per_class_counts": torch.bincount(data.targets, minlength=k).float().tolist(),
+        "world_size": model.world, "data": {**spec.data.to_dict(), **plain(extra), **_data_record(data.manifest)},
+        "geometry": {"size": None if geo.size is None else list(geo.size), "crop_pct": geo.crop_pct,
+                     "interpolation": geo.interpolation},
         "torch": torch.__version__, "python": platform.python_version(), "strategies": list_strategies(),
     }
-    if out_dir is not None and rank == 0:
-        if resume:
-            _check_resume(out_dir, read_config(out_dir), {k: config[k] for k in ("backbone", "samples")})
-        else:
-            claim_run_folder(out_dir, "out")  # exclusive: of two runs started together, one goes on
-        _write_json(out_dir / "config.json", config)
-        if manifest is not None and not (resume and (out_dir / "manifest.json").is_file()):
-            with writing_run(out_dir):  # the run's own manifest.json
-                manifest.save(out_dir / "manifest.json")
-        _save_samples(out_dir / "samples.safetensors", val_ds, val_idx, _targets(val_ds, val_idx), num_classes)
 
-    t0 = time.perf_counter()
-    outcome = info.run(ctx, **options)
-    train_s = time.perf_counter() - t0
-    model = outcome.model
+
+def _start_run_folder(out_dir: Path, resume: bool, config: dict[str, Any], data: _Data) -> None:
+    """Claim the run folder (or check a resumed one holds the same data) and write what is known
+    before training: config.json, manifest.json, the report's sample images."""
+    if resume:
+        _check_resume(out_dir, read_config(out_dir), {k: config[k] for k in ("backbone", "samples")})
+    else:
+        claim_run_folder(out_dir, "out")  # exclusive: of two runs started together, one goes on
+    _write_json(out_dir / "config.json", config)
+    if data.manifest is not None and not (resume and (out_dir / "manifest.json").is_file()):
+        with writing_run(out_dir):  # the run's own manifest.json
+            data.manifest.save(out_dir / "manifest.json")
+    _save_samples(out_dir / "samples.safetensors", data.val_ds, data.val_idx, _targets(data.val_ds, data.val_idx),
+                  len(data.classes))
+
+
+def _finish(spec: RunSpec, config: dict[str, Any], outcome: Any, data: _Data, out_dir: Path | None, rank: int,
+            timings: dict[str, float]) -> TrainResult:
+    """The :class:`TrainResult` of a strategy's outcome, saved into the run folder by rank 0."""
     config["model"] = outcome.model_kind
-    config["frozen_fraction"] = _frozen_fraction(model, outcome)
-    history = outcome.fit.history if outcome.fit is not None else []
+    config["frozen_fraction"] = _frozen_fraction(outcome.model, outcome)
     advice = outcome.extra.get("advice")
     result = TrainResult(
-        model=model, strategy=strategy, plan=outcome.plan, val_accuracy=float(outcome.val_accuracy),
-        history=history, config=config,
-        timings={"train_s": train_s, "total_s": time.perf_counter() - started},
-        chosen=_plain(outcome.chosen), tried=_plain(outcome.tried), advice=advice, manifest=manifest,
+        model=outcome.model, strategy=spec.strategy, plan=outcome.plan, val_accuracy=float(outcome.val_accuracy),
+        history=outcome.fit.history if outcome.fit is not None else [], config=config, timings=timings,
+        chosen=plain(outcome.chosen), tried=plain(outcome.tried),
+        advice=Advice.from_dict(advice) if isinstance(advice, dict) else advice, manifest=data.manifest,
     )
-    if out_dir is not None and rank == 0:
-        result.out = out_dir  # claimed above: save() writes into its own run folder
-        result.save(out_dir)
-        if "profile_pre" in outcome.extra:
-            outcome.extra["profile_pre"].save(out_dir / "profile_pre.pt")
-            outcome.extra["profile_new"].save(out_dir / "profile_new.pt")
-        if outcome.log_tag is not None:
-            src_log = out_dir / "checkpoints" / outcome.log_tag / "log.jsonl"
-            if src_log.is_file():
-                shutil.copyfile(src_log, out_dir / "log.jsonl")
-    elif out_dir is not None:
-        result.out = out_dir
+    if out_dir is None:
+        return result
+    result.out = out_dir  # claimed by _start_run_folder: save() writes into its own run folder
+    if rank != 0:
+        return result
+    result.save(out_dir)
+    if "profile_pre" in outcome.extra:
+        outcome.extra["profile_pre"].save(out_dir / "profile_pre.pt")
+        outcome.extra["profile_new"].save(out_dir / "profile_new.pt")
+    if outcome.log_tag is not None:
+        src_log = out_dir / "checkpoints" / outcome.log_tag / "log.jsonl"
+        if src_log.is_file():
+            shutil.copyfile(src_log, out_dir / "log.jsonl")
     return result
 
-
-def _head_option(options: dict[str, Any]) -> str:
-    """Take the ``head`` option out of a gradient-trained strategy's options (the context
-    carries it to every model the strategy trains)."""
-    head = options.pop("head", "linear")
-    if head not in ("linear", "mlp"):
-        raise ConfigError(f"head must be 'linear' or 'mlp' (seed 001's head), got {head!r}")
-    return str(head)
-
-
-def _budget_and_rates(steps: Any, epochs: Any, lr: Any, lr_grid: Any) -> tuple[int | None, float, tuple[float, ...] | None]:
-    """``(steps, lr, lr_grid)`` of the recipe: the step budget (default 300) unless epochs are
-    given; the grid searched on validation (default 1e-4, 3e-4, 1e-3) unless ``lr`` fixes one rate."""
-    import math
-
-    from .strategies.base import LR_GRID, STEPS
-
-    for name, value in (("steps", steps), ("epochs", epochs)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if steps is not None and epochs is not None:
-        raise ConfigError("give the budget as steps= (optimizer steps) or epochs=, not both")
-    if steps is None and epochs is None:
-        steps = STEPS
-    if lr is not None and lr_grid is not None:
-        raise ConfigError("give lr= (one fixed rate) or lr_grid= (rates chosen on validation), not both")
-    grid = None if lr is not None else (LR_GRID if lr_grid is None else
-                                        tuple([lr_grid] if isinstance(lr_grid, (int, float)) else lr_grid))
-    for value in ([lr] if lr is not None else list(grid or ())):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"a learning rate must be a positive number, got {value!r} (lr= / lr_grid=, --lr / --lr-grid)")
-    if grid is not None and not grid:
-        raise ConfigError("lr_grid is empty; give at least one learning rate (or lr= for a fixed one)")
-    return steps, float(lr if lr is not None else grid[0] if grid and len(grid) == 1 else 3e-4), (
-        tuple(float(g) for g in grid) if grid else None)
 
 
 def _frozen_fraction(model: nn.Module, outcome: Any) -> float:
@@ -711,20 +728,6 @@ def _frozen_fraction(model: nn.Module, outcome: Any) -> float:
 
 def _identity(x: Tensor) -> Tensor:
     return x
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, Tensor):
-        return v.tolist()
-    return repr(v)
 
 
 def _save_samples(path: Path, ds: Any, idx: Tensor, targets: Tensor, num_classes: int,
@@ -817,7 +820,6 @@ def _run_manifest(result: TrainResult) -> Any:
 
 def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, Tensor, str, list[str] | None]:
     """``(dataset, positions, description, test files)`` of what :func:`evaluate` tests on."""
-    import os
 
     from .data.spec import describe, open_data
 
@@ -899,40 +901,23 @@ def advise(
     ``device``: where the network runs (``'auto'`` / None: CUDA, MPS, CPU)."""
     from ._device import resolve_device
     from .data import loader, transforms_for
-    from .freeze import plan_freeze
-    from .measures import compare
-    from .models.heads import find_head
-    from .stats import profile
-    from .strategies import advice as adv
-    from .strategies.base import Transformed
-    from .strategies.smart import source_profile
+    from .strategies.auto import advice_for
 
     dev = resolve_device(device, "device")
     make, _, _ = _resolve_backbone(model)
-    net = make().to(dev)
     ds, idx = _dataset_and_indices(train_data, "train_data", on_error=on_error)
     targets = _targets(ds, idx)
     classes = _classes(ds, targets)
     _check_classes(classes, "the data")
-    per_class = len(idx) / max(len(classes), 1)
-    eval_tf = transforms_for(net, train=False, size=size)
+    eval_tf = transforms_for(make(), train=False, size=size)
     ds = _with_geometry(ds, eval_tf)
     g = torch.Generator().manual_seed(0)
     sub = idx[torch.randperm(len(idx), generator=g)[:max_images]]
-    head_name, _ = find_head(net)
     ctx = Context(make_model=make, backbone_name="", num_classes=len(classes), train=None, val=None,
-                  train_eval=None, train_tf=eval_tf, eval_tf=eval_tf, recipe=Recipe(batch_size=batch_size),
-                  source=source)
-    pre = source_profile(ctx, net, [head_name])
-    new = profile(net, Transformed(loader(ds, sub, batch_size=batch_size), eval_tf), exclude=[head_name],
-                  progress=False, device=dev)
-    sim = compare(pre, new, measure="gaussian_kl")
-    plan = plan_freeze(sim, quantile=0.5)
-    return adv.decide(
-        per_class, sim.layer_scores, sim.source, plan.frozen_fraction,
-        small_per_class=adv.SMALL_PER_CLASS if small_per_class is None else small_per_class,
-        similar=adv.SIMILAR if similar is None else similar,
-    )
+                  train_eval=loader(ds, sub, batch_size=batch_size), train_tf=eval_tf, eval_tf=eval_tf,
+                  recipe=Recipe(batch_size=batch_size), source=source, device=dev,
+                  samples_per_class=len(idx) / max(len(classes), 1))
+    return advice_for(ctx, small_per_class, similar)  # type: ignore[no-any-return]
 
 
 def list_strategies(details: bool = False) -> list[Any]:

@@ -18,12 +18,14 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ._atomic import Terminated, atomic_open
 from ._paths import check_output_folders, check_outputs, is_run_folder
 from .errors import ConfigError, SmartTransferError
+from .spec import DataSpec, Recipe, RunSpec, default_text
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -104,6 +106,7 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
 
 DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
 QUICK_STEPS = 30  # demo --quick: a few minutes on two CPU cores
+DEMO_LR = Recipe.lr  # the demo trains at one fixed rate, the recipe's, instead of searching the grid
 
 
 def cmd_compare_strategies(args: argparse.Namespace) -> int:
@@ -115,8 +118,7 @@ def cmd_compare_strategies(args: argparse.Namespace) -> int:
         options["auto"] = {"budget_s": args.auto_budget}
     st.compare_strategies(
         args.backbone, args.data, strategies=args.strategies, seeds=args.seeds, per_class=args.per_class,
-        size=args.size, out=args.out, steps=args.steps, epochs=args.epochs, lr=args.lr, lr_grid=args.lr_grid,
-        batch_size=args.batch_size,
+        size=args.size, out=args.out, **_recipe_kwargs(args),
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_size=args.test_size,
         device=args.device, options=options, advise=not args.no_advice, report=args.report or True,
         overwrite=args.overwrite, progress=not args.no_progress,
@@ -233,14 +235,18 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _check_strategy_options(strategy: str, options: dict[str, Any]) -> None:
-    from .strategies import get_strategy
-    from .strategies.base import check_options
+def _data_spec(args: argparse.Namespace) -> DataSpec:
+    """The data flags as a :class:`DataSpec` (``--test-data`` absolute: evaluate and --resume run
+    from anywhere)."""
+    from .data.spec import describe
 
-    check_options(strategy, options, get_strategy(strategy).options)
+    return DataSpec(spec=args.data, per_class=args.per_class, val_fraction=args.val_fraction,
+                    test_fraction=args.test_fraction,
+                    test_data=None if args.test_data is None else describe(args.test_data),
+                    on_error=args.on_error, seed=args.seed)
 
 
-def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any, Any, Any, Any]:
+def _draw(data: DataSpec, resume: str | None = None) -> tuple[Any, Any, Any, Any, Any]:
     """``(train ds, train idx, val ds, val idx, manifest)``: the test split of --data held out
     first (--test-fraction; none with --test-data; Fashion-MNIST's own), then --per-class of the
     rest drawn for train/val; the summary printed. ``resume``: the run folder, whose manifest
@@ -260,33 +266,29 @@ def _draw(args: argparse.Namespace, resume: str | None = None) -> tuple[Any, Any
             print(f"data: {manifest.root} (manifest.json of {resume}, unchanged): "
                   + ", ".join(f"{k} {v}" for k, v in manifest.counts().items()))
         return ds, idx_train, val_ds, idx_val, manifest
-    ds = open_data(args.data, "train", on_error=args.on_error, check=True)
+    if data.spec is None:
+        raise ConfigError(f"{resume!r} was not made by 'smart-transfer train'; resume it from Python")
+    ds = open_data(data.spec, "train", on_error=data.on_error, check=True)
     if resume is not None:  # a run from before manifests: its recorded positions
         import torch
 
         old = json.loads((Path(resume) / "config.json").read_text(encoding="utf-8")).get("data", {})
         if "train_indices" in old:
             return (ds, torch.tensor(old["train_indices"]), ds, torch.tensor(old["val_indices"]), None)
-    test_data = getattr(args, "test_data", None)
-    fraction = args.test_fraction
+    fraction = data.test_fraction
     if fraction is None:
-        fraction = 0.0 if (test_data or is_fashion(args.data)) else 0.2
-    splits = draw_splits(ds.targets, args.per_class, args.val_fraction, fraction, args.seed, classes=ds.classes)
-    manifest = Manifest.record(ds, splits, args.data, args.on_error)
-    if test_data:
-        note = f"test images: {describe(test_data)}"
-    elif is_fashion(args.data) and fraction == 0:
+        fraction = 0.0 if (data.test_data or is_fashion(data.spec)) else 0.2
+    splits = draw_splits(ds.targets, data.per_class, data.val_fraction, fraction, data.seed, classes=ds.classes)
+    manifest = Manifest.record(ds, splits, data.spec, data.on_error)
+    if data.test_data:
+        note = f"test images: {describe(data.test_data)}"
+    elif is_fashion(data.spec) and fraction == 0:
         note = "test images: Fashion-MNIST's test split"
     else:
-        note = f"test: {fraction:.0%} of every class held out first, seed {args.seed}"
+        note = f"test: {fraction:.0%} of every class held out first, seed {data.seed}"
     if not quiet:
-        print(summary(ds, describe(args.data), {k: len(v) for k, v in splits.items()}, note))
+        print(summary(ds, describe(data.spec), {k: len(v) for k, v in splits.items()}, note))
     return ds, splits["train"], ds, splits["val"], manifest
-
-
-_TRAIN_KEYS = ("backbone", "data", "per_class", "strategy", "epochs", "steps", "eval_every", "lr_grid", "seed",
-               "lr", "batch_size", "optimizer", "weight_decay", "patience", "size", "val_fraction", "test_fraction",
-               "test_data", "on_error", "source", "option", "amp", "channels_last", "sync_bn", "device")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -298,91 +300,115 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, world)
 
 
-def _train(args: argparse.Namespace, world: int) -> int:
-    import smart_transfer as st
-
-    from .errors import ConfigError
-    from .training import TrainingInterrupted
-
+def _run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run the flags describe: a new one's from the flags, a resumed one's from its
+    config.json (a flag given now must agree with it, see :func:`_check_resume_flags`)."""
     if args.resume:
-        _resume_args(args)
-    elif not args.out:
+        folder = Path(args.resume)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
+        if "out" in getattr(args, "_given", set()) and args.out is not None and Path(args.out).resolve() != folder.resolve():
+            raise ConfigError(f"--resume continues in {args.resume!r}; drop --out {args.out}")
+        spec = RunSpec.from_json(folder)
+        if not spec.backbone_is_name:
+            raise ConfigError(f"{args.resume!r} was trained from a model object; resume it from Python")
+        _check_resume_flags(args, spec)
+        return spec
+    if not args.out:
         raise ConfigError("say where the run goes: --out DIR (or --resume DIR to continue one)")
-    elif args.data is None:
+    if args.data is None:
         raise ConfigError("say what to train on: --data fashion-mnist, a folder of class subfolders, or an .npz")
-    elif is_run_folder(args.out):
+    if is_run_folder(args.out):
         raise ConfigError(f"{args.out!r} already holds a run; use --resume {args.out} or another --out")
-    check_output_folders({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data,
-                                               "--source": args.source, "--test-data": args.test_data})
-    _check_strategy_options(args.strategy, _options(args.option))  # before the data is read
-    if world > 1:  # every rank has checked the folder before rank 0 writes into it
-        import torch.distributed
+    options = _options(args.option)
+    head = options.pop("head", "linear")
+    return RunSpec(backbone=args.backbone, data=_data_spec(args), recipe=Recipe(), strategy=args.strategy,
+                   options=options, head=head, size=args.size, seed=args.seed,
+                   source=args.source or "batchnorm", sync_bn=args.sync_bn)
 
-        torch.distributed.barrier()
-    from .data.spec import describe
 
-    if args.test_data is not None and not args.resume:  # absolute: evaluate and --resume run anywhere
-        args.test_data = describe(args.test_data)
-    ds, idx_train, val_ds, idx_val, manifest = _draw(args, args.resume)
-    info = {"spec": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
-            "test_fraction": args.test_fraction, "seed": args.seed,
-            "test_data": None if args.test_data is None else describe(args.test_data),
-            "cli": {k: getattr(args, k) for k in _TRAIN_KEYS}}
-    source = None if args.source in (None, "batchnorm") else args.source
-    try:
-        result = st.train(
-            args.backbone, (ds, idx_train), (val_ds, idx_val), strategy=args.strategy, epochs=args.epochs,
-            steps=args.steps, eval_every=args.eval_every, lr=args.lr, lr_grid=args.lr_grid,
-            batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
-            patience=args.patience, size=args.size, source=source, seed=args.seed, out=args.out,
-            resume=bool(args.resume), progress=not args.no_progress, device=args.device or "auto",
-            amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, data_info=info,
-            manifest=manifest, on_error=args.on_error,
-            **_options(args.option),
-        )
-    except TrainingInterrupted:
-        print(f"\ninterrupted; the last finished epoch is saved. Resume with:\n"
-              f"  smart-transfer train --resume {args.out}", file=sys.stderr)
-        return 130
-    if _rank() == 0:
-        print(f"{result.strategy}: validation accuracy {result.val_accuracy:.4f}, "
-              f"frozen {result.frozen_fraction:.1%}, {result.timings['train_s']:.0f} s -> {args.out}")
-        if result.chosen:
-            print(f"chosen on validation: {json.dumps(result.chosen)}")
-    return 0
+def _spec_flags(spec: RunSpec) -> dict[str, Any]:
+    """The value of every train flag (argparse destination) as the spec records it."""
+    d = spec.data
+    return {"backbone": spec.backbone, "data": d.spec, "per_class": d.per_class, "val_fraction": d.val_fraction,
+            "test_fraction": d.test_fraction, "test_data": d.test_data, "on_error": d.on_error, "seed": spec.seed,
+            "size": spec.size, "source": spec.source, "strategy": spec.strategy, "sync_bn": spec.sync_bn,
+            "option": {**spec.options, **({"head": spec.head} if spec.head != "linear" else {})},
+            **{f.name: getattr(spec.recipe, f.name) for f in fields(Recipe) if f.metadata.get("flag")}}
 
 
 # Flags that --resume honours: they change how the run is shown or where it runs, not what
 # it computes from the checkpoint.
-_RESUME_FREE = ("resume", "no_progress", "device")
+_RESUME_FREE = ("resume", "no_progress", "device", "out")
 
 
-def _resume_args(args: argparse.Namespace) -> None:
-    """Fill ``args`` from the run's recorded command line; refuse a flag given now whose value
-    differs from the recorded one (resume could not honour it, and would record it falsely)."""
-    from .api import read_config
+def _check_resume_flags(args: argparse.Namespace, spec: RunSpec) -> None:
+    """Refuse a flag given with --resume whose value differs from the run's spec (resume could
+    not honour it, and config.json would record it falsely)."""
+    from .data.spec import describe
 
-    folder = Path(args.resume)
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"nothing to resume in {args.resume!r}: no config.json there")
-    cfg = read_config(folder)
-    saved = cfg.get("data", {}).get("cli")
-    if not saved or not isinstance(saved, dict):
-        raise ConfigError(f"{args.resume!r} was not made by 'smart-transfer train'; resume it from Python")
-    given: set[str] = getattr(args, "_given", set())
-    if "out" in given and args.out is not None and Path(args.out).resolve() != folder.resolve():
-        raise ConfigError(f"--resume continues in {args.resume!r}; drop --out {args.out}")
-    for key in sorted(given - set(_RESUME_FREE) - {"out"}):
-        if key in saved and getattr(args, key) != saved[key]:
+    saved = _spec_flags(spec)
+    for key in sorted(set(getattr(args, "_given", set())) - set(_RESUME_FREE)):
+        if key not in saved:
+            continue
+        now = getattr(args, key)
+        now = _options(now) if key == "option" else describe(now) if key == "test_data" else now
+        now = "batchnorm" if key == "source" and now is None else now
+        was = saved[key]
+        if (tuple(now) if isinstance(now, list) else now) != was:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(
-                f"{flag} {getattr(args, key)!r} differs from the run's {saved[key]!r}, and --resume "
+                f"{flag} {getattr(args, key)!r} differs from the run's {was!r}, and --resume "
                 f"continues a run as it was started; drop {flag} (or start a new run with --out)"
             )
-    for k, v in saved.items():
-        if k in _TRAIN_KEYS and (k not in _RESUME_FREE or k not in given):
-            setattr(args, k, v)
-    args.out = args.resume
+
+
+def _recipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe flags that were given (the others keep the :class:`Recipe` default)."""
+    return {f.name: getattr(args, f.name) for f in fields(Recipe)
+            if f.metadata.get("flag") and getattr(args, f.name, None) is not None}
+
+
+def _train(args: argparse.Namespace, world: int) -> int:
+    import smart_transfer as st
+
+    from .training import TrainingInterrupted
+
+    spec = _run_spec(args)
+    out = args.resume or args.out
+    check_output_folders({"--out": out}, {"--backbone": spec.backbone, "--data": spec.data.spec,
+                                          "--source": None if spec.source == "batchnorm" else spec.source,
+                                          "--test-data": spec.data.test_data})
+    from .strategies import get_strategy
+
+    options = dict(spec.options) if args.resume else _options(args.option)
+    get_strategy(spec.strategy).check(options)  # before the data is read
+    if world > 1:  # every rank has checked the folder before rank 0 writes into it
+        import torch.distributed
+
+        torch.distributed.barrier()
+    if args.resume and spec.head != "linear":
+        options["head"] = spec.head
+    recipe = spec.recipe.keywords() if args.resume else _recipe_kwargs(args)
+    ds, idx_train, val_ds, idx_val, manifest = _draw(spec.data, args.resume)
+    try:
+        result = st.train(
+            spec.backbone, (ds, idx_train), (val_ds, idx_val), strategy=spec.strategy, size=spec.size,
+            source=None if spec.source == "batchnorm" else spec.source, seed=spec.seed, out=out,
+            resume=bool(args.resume), progress=not args.no_progress, device=args.device or "auto",
+            sync_bn=spec.sync_bn, data_info=spec.data.to_dict(), manifest=manifest, on_error=spec.data.on_error,
+            **recipe, **options,
+        )
+    except TrainingInterrupted:
+        print(f"\ninterrupted; the last finished epoch is saved. Resume with:\n"
+              f"  smart-transfer train --resume {out}", file=sys.stderr)
+        return 130
+    if _rank() == 0:
+        print(f"{result.strategy}: validation accuracy {result.val_accuracy:.4f}, "
+              f"frozen {result.frozen_fraction:.1%}, {result.timings['train_s']:.0f} s -> {out}")
+        if result.chosen:
+            print(f"chosen on validation: {json.dumps(result.chosen)}")
+    return 0
 
 
 def _given_flags(argv: Sequence[str]) -> set[str]:
@@ -429,7 +455,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         own = manifest is not None and describe(args.data) in (manifest.root, manifest.source)
         test = None if own else args.data
     if test is None:  # trained with --test-data: that is its test set
-        test = result.config.get("data", {}).get("test_data")
+        test = result.spec.data.test_data
     metrics = st.evaluate(result, test, overwrite=args.overwrite, device=dev, on_error=args.on_error,
                           progress=True)
     print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({metrics['test_data']}) "
@@ -468,7 +494,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     check_outputs({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data, "--source": args.source})
     dev = _device(args)
-    ds, idx_train, _, idx_val, _ = _draw(args)
+    ds, idx_train, _, idx_val, _ = _draw(_data_spec(args))
     import torch
 
     source = None if args.source in (None, "batchnorm") else args.source
@@ -583,43 +609,84 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def recipe_args(q: argparse.ArgumentParser) -> None:
-    """The training budget and learning rate, shared by train and compare-strategies."""
-    budget = q.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=positive_int, default=None,
-                        help="optimizer steps at most, whatever the dataset size (default 300)")
-    budget.add_argument("--epochs", type=positive_int, default=None,
-                        help="instead of --steps: passes over the training images")
-    rate = q.add_mutually_exclusive_group()
-    rate.add_argument("--lr", type=positive_float, default=None,
-                      help="one fixed learning rate for the pretrained layers (default: chosen from --lr-grid)")
-    rate.add_argument("--lr-grid", type=positive_float, nargs="+", default=None, metavar="LR",
-                      help="learning rates tried on validation, the lowest validation loss kept "
-                           "(default 1e-4 3e-4 1e-3)")
-    q.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+def unit_fraction(text: str) -> float:
+    """argparse type: a fraction in [0, 1) (the warm-up share)."""
+    return _number(text, "a fraction in [0, 1), e.g. 0.1", lambda v: 0 <= v < 1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an error (any position)"
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+_TYPES = {"positive_int": positive_int, "positive_float": positive_float, "nonneg_float": nonneg_float,
+          "unit_fraction": unit_fraction}
 
-    def io_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                       help="an unreadable image file or an empty class folder: stop naming it (raise), or "
-                            "leave it out and say so in the summary (skip) (default raise)")
-        q.add_argument("--device", default=None,
-                       help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
-        q.add_argument("--image-size", type=_size, default=None, help="deprecated alias of --size")
 
-    def plan_args(q: argparse.ArgumentParser) -> None:
-        g = q.add_mutually_exclusive_group()
-        g.add_argument("--threshold", type=float, help="freeze channels with similarity >= T")
-        g.add_argument("--quantile", type=float, help="freeze this fraction of each layer (default 0.5)")
-        g.add_argument("--budget", type=float, help="fraction of plannable parameters left trainable")
+def recipe_args(q: argparse.ArgumentParser, names: Sequence[str] | None = None,
+                defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None) -> None:
+    """The recipe flags, generated from the :class:`~smart_transfer.spec.Recipe` fields' metadata
+    (``names``: only these fields). Their argparse default is None, so a flag not given keeps
+    the Recipe's default, which ``--help`` shows; ``defaults`` / ``helps`` override a
+    subcommand's own (the demo's fixed learning rate)."""
+    defaults, helps = defaults or {}, helps or {}
+    groups: dict[str, Any] = {}
+    for f in fields(Recipe):
+        flag = f.metadata.get("flag")
+        if not flag or (names is not None and f.name not in names):
+            continue
+        cli = dict(f.metadata["cli"])
+        group, kind = cli.pop("group", None), cli.pop("type", None)
+        if group is not None and group not in groups:
+            groups[group] = q.add_mutually_exclusive_group()
+        target = q if group is None else groups[group]
+        default = defaults.get(f.name)
+        text = f"{helps.get(f.name, f.metadata['help'])} (default {default_text(f) if default is None else default})"
+        if kind == "bool":
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            target.add_argument(flag, type=_TYPES.get(kind, str), default=default, help=text, **cli)
 
+
+_EXAMPLES = argparse.RawDescriptionHelpFormatter
+
+
+def _io_args(q: argparse.ArgumentParser) -> None:
+    """--on-error, --device and the deprecated --image-size."""
+    q.add_argument("--on-error", choices=("raise", "skip"), default=DataSpec.on_error,
+                   help="an unreadable image file or an empty class folder: stop naming it (raise), or "
+                        "leave it out and say so in the summary (skip) (default raise)")
+    q.add_argument("--device", default=None,
+                   help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)")
+    q.add_argument("--image-size", type=_size, default=None, help="deprecated alias of --size (default: --size)")
+
+
+def _plan_args(q: argparse.ArgumentParser) -> None:
+    """What a freeze plan freezes: --threshold, --quantile or --budget."""
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, help="freeze channels with similarity >= T")
+    g.add_argument("--quantile", type=float, help="freeze this fraction of each layer (default 0.5)")
+    g.add_argument("--budget", type=float, help="fraction of plannable parameters left trainable")
+
+
+def _data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
+    """The data and its split (a DataSpec), the backbone, size and D_pre source."""
+    q.add_argument("--backbone", default="efficientnet_lite0",
+                   help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)")
+    q.add_argument("--data", required=required,
+                   help=DATA_HELP + " (no default: " + ("required" if required else "required unless --resume") + ")")
+    q.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
+                   help="labelled images drawn per class for train+validation (default all)")
+    q.add_argument("--val-fraction", type=open_fraction, default=DataSpec.val_fraction,
+                   help=f"validation share of the drawn images (default {DataSpec.val_fraction})")
+    q.add_argument("--test-data", default=None,
+                   help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)")
+    q.add_argument("--test-fraction", type=float, default=None,
+                   help="share of every class of --data held out as the test split, drawn first (default 0.2 "
+                        "for a folder/CSV/.npz without --test-data; Fashion-MNIST uses its test split)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the draw and of training (default 0)")
+    q.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
+    q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
+    _io_args(q)
+
+
+def _add_demo(sub: Any) -> None:
+    """demo: compare-strategies on its embedded default."""
     d = sub.add_parser(
         "demo", help="EfficientNet-Lite0 -> Fashion-MNIST, 200 images: advice and five strategies side by side",
         epilog="example: smart-transfer demo --quick   (writes runs/demo/report.html)",
@@ -628,14 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
     d.add_argument("--per-class", type=_per_class, default=20, metavar="N|all", help="labelled images per class, validation included (default 20)")
     d.add_argument("--size", type=int, default=96, help="input resolution (default 96 on CPU)")
-    demo_budget = d.add_mutually_exclusive_group()
-    demo_budget.add_argument("--steps", type=positive_int, default=None,
-                             help="optimizer steps per trained model (default 300)")
-    demo_budget.add_argument("--epochs", type=positive_int, default=None,
-                             help="instead of --steps: passes over the images")
-    d.add_argument("--lr", type=positive_float, default=3e-4,
-                   help="one fixed learning rate: the demo does not search train's grid (default 3e-4)")
-    d.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    recipe_args(d, ("steps", "epochs", "lr", "batch_size"), defaults={"lr": DEMO_LR},
+                helps={"lr": "one fixed learning rate: the demo does not search train's grid"})
     d.add_argument("--test-size", type=int, default=None, help="a fixed test subset of this size (default: all 10,000)")
     d.add_argument("--auto-budget", type=float, default=300.0, help="seconds for auto's candidates (default 300)")
     d.add_argument("--quick", action="store_true",
@@ -646,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     d.set_defaults(func=cmd_demo)
 
+
+def _add_compare_strategies(sub: Any) -> None:
+    """compare-strategies: several strategies on the same splits, over seeds."""
     cs = sub.add_parser(
         "compare-strategies", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train several strategies on the same splits of your data, over seeds; test each once; one table",
@@ -654,9 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
                "writes runs/cmp/comparison.json, comparison.md, report.html and seed-S/STRATEGY/ run folders",
     )
     cs.add_argument("--backbone", default="efficientnet_lite0", help="a name (smart-transfer list backbones); default efficientnet_lite0")
-    cs.add_argument("--data", required=True, help="'fashion-mnist', a folder of class subfolders, or an .npz")
+    cs.add_argument("--data", required=True, help=DATA_HELP + " (no default: required)")
     cs.add_argument("--strategies", nargs="+", required=True, metavar="STRATEGY",
-                    help="strategies to compare (smart-transfer list strategies)")
+                    help="strategies to compare (smart-transfer list strategies; no default: required)")
     cs.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
                     help="one split and one training per seed (default: 0)")
     cs.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
@@ -666,24 +730,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of every class held out for the test first (default 0.2; Fashion-MNIST: its test split)")
     cs.add_argument("--test-size", type=int, default=None, help="test on a fixed subset of this many test images (default: all)")
     cs.add_argument("--size", type=int, default=None, help="network input size (default: the backbone's)")
-    recipe_args(cs)
+    recipe_args(cs, ("steps", "epochs", "lr", "lr_grid", "batch_size"))
     cs.add_argument("--auto-budget", type=float, default=None, help="seconds for auto's candidates (default: auto's own, 900)")
     cs.add_argument("--report", metavar="STRATEGY", default=None,
                     help="the strategy whose run the report shows (default: the best by mean validation accuracy)")
     cs.add_argument("--no-advice", action="store_true", help="skip the advisor (default: advise on the first seed's images)")
     cs.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; default), cuda, mps or cpu")
-    cs.add_argument("--out", required=True, help="the comparison folder")
+    cs.add_argument("--out", required=True, help="the comparison folder (no default: required)")
     cs.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison in --out")
     cs.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     cs.set_defaults(func=cmd_compare_strategies)
 
+
+def _add_profile_compare(sub: Any) -> None:
+    """profile and compare: the method's steps one at a time."""
     pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)")
     pr.add_argument("--backbone", default="efficientnet_lite0")
     pr.add_argument("--source", choices=("data", "batchnorm"), default="data")
     pr.add_argument("--data", default="fashion-mnist", help=DATA_HELP + " (default fashion-mnist)")
     pr.add_argument("--split", default="train", help="Fashion-MNIST's split: train or test (default train)")
     pr.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
-    io_args(pr)
+    _io_args(pr)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--max-batches", type=int, default=None)
     pr.add_argument("--out", required=True)
@@ -693,59 +760,37 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two saved profiles, optionally write a freeze plan")
     c.add_argument("pre")
     c.add_argument("new")
-    c.add_argument("--measure", default="lognormal_kl")
+    c.add_argument("--measure", default="gaussian_kl", help="a measure (smart-transfer list measures); default gaussian_kl")
     c.add_argument("--out", help="write the similarity as JSON")
     c.add_argument("--plan", help="write a freeze plan as JSON")
     c.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
-    plan_args(c)
+    _plan_args(c)
     c.set_defaults(func=cmd_compare)
 
 
-    def data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
-        q.add_argument("--backbone", default="efficientnet_lite0", help="a name (smart-transfer list backbones) or a weights file")
-        q.add_argument("--data", required=required, help=DATA_HELP)
-        q.add_argument("--per-class", type=_per_class, default=None, metavar="N|all",
-                       help="labelled images drawn per class for train+validation (default all)")
-        q.add_argument("--val-fraction", type=open_fraction, default=0.2, help="validation share of the drawn images (default 0.2)")
-        q.add_argument("--test-data", default=None,
-                       help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)")
-        q.add_argument("--test-fraction", type=float, default=None,
-                       help="share of every class of --data held out as the test split, drawn first (default 0.2 "
-                            "for a folder/CSV/.npz without --test-data; Fashion-MNIST uses its test split)")
-        q.add_argument("--seed", type=int, default=0, help="seed of the draw and of training (default 0)")
-        q.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
-        q.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or a folder of source images")
-        io_args(q)
-
-    examples = argparse.RawDescriptionHelpFormatter
-    t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=examples,
+def _add_train(sub: Any) -> None:
+    """train: one strategy on few labelled images (or --resume a run)."""
+    t = sub.add_parser("train", help="train a backbone on few labelled images with one strategy", formatter_class=_EXAMPLES,
                        epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data fashion-mnist "
                               "--per-class 20 --strategy smart-kernel --steps 300 --seed 0 --out runs/x\n"
                               "  smart-transfer train --resume runs/x\n"
                               "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp")
-    data_args(t, required=False)
+    _data_args(t, required=False)
     t.add_argument("--strategy", default="auto", help="see: smart-transfer list strategies (default auto)")
     recipe_args(t)
-    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
-    t.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="on conv/linear weights; never on "
-                   "biases and norm layers (default 1e-4)")
-    t.add_argument("--patience", type=positive_int, default=100,
-                   help="early stopping: optimizer steps without a better validation score (default 100)")
-    t.add_argument("--eval-every", type=positive_int, default=None,
-                   help="validate every this many steps (default: every pass over the images, at most 10 steps)")
-    t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable)")
-    t.add_argument("--out", help="the run folder")
-    t.add_argument("--resume", metavar="DIR", help="continue an interrupted run (needs nothing but its folder)")
-    t.add_argument("--amp", choices=("bf16", "fp16"), default=None,
-                   help="mixed precision: bf16 on CUDA or the CPU, fp16 on CUDA (default off)")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="image batches in channels-last memory format, faster convolutions (default on; "
-                        "on CUDA the model too)")
+    t.add_argument("--option", action="append", metavar="KEY=VALUE", help="a strategy option, e.g. quantile=0.3 (repeatable; default: the strategy's own, see "
+                        "smart-transfer list strategies)")
+    t.add_argument("--out", help="the run folder (no default: required unless --resume)")
+    t.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted run (needs nothing but its folder; default: a new run)")
     t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test a finished run once; writes DIR/metrics.json", formatter_class=examples,
+
+def _add_run_commands(sub: Any) -> None:
+    """evaluate, predict and advise: what a user does with data and a run."""
+    e = sub.add_parser("evaluate", help="test a finished run once; writes DIR/metrics.json", formatter_class=_EXAMPLES,
                        epilog="example:\n  smart-transfer evaluate runs/x --data fashion-mnist")
     e.add_argument("run")
     e.add_argument("--data", help="the data the run was trained on (default: as recorded in the run)")
@@ -758,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pd = sub.add_parser("predict", help="predict the class of new images with a finished run; writes a CSV",
-                        formatter_class=examples,
+                        formatter_class=_EXAMPLES,
                         epilog="examples:\n  smart-transfer predict runs/photos new_photos/ --top-k 3 --out predictions.csv\n"
                                "  smart-transfer predict runs/photos 'new/*.jpg' photo.png --on-error skip")
     pd.add_argument("run", metavar="RUN", help="the run folder (the --out of smart-transfer train)")
@@ -774,36 +819,39 @@ def build_parser() -> argparse.ArgumentParser:
                          "default raise")
     pd.set_defaults(func=cmd_predict)
 
-    a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=examples,
+    a = sub.add_parser("advise", help="which strategy fits the data, with the evidence", formatter_class=_EXAMPLES,
                        epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ --per-class 20")
-    data_args(a)
+    _data_args(a)
     a.add_argument("--out", help="also write the advice as JSON")
     a.set_defaults(func=cmd_advise)
 
-    pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=examples,
+
+def _add_tools(sub: Any) -> None:
+    """plan, report, export and list."""
+    pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=_EXAMPLES,
                         epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 --out plan.json")
     pl.add_argument("--backbone", default="efficientnet_lite0")
     pl.add_argument("--data", required=True, help=DATA_HELP)
     pl.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or an image folder")
     pl.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
-    io_args(pl)
+    _io_args(pl)
     pl.add_argument("--batch-size", type=int, default=64)
     pl.add_argument("--max-batches", type=int, default=None)
     pl.add_argument("--measure", default="gaussian_kl")
     pl.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
     pl.add_argument("--out", required=True)
     pl.add_argument("--no-progress", action="store_true")
-    plan_args(pl)
+    _plan_args(pl)
     pl.set_defaults(func=cmd_plan)
 
-    rp = sub.add_parser("report", help="write DIR/report.html for a run", formatter_class=examples,
+    rp = sub.add_parser("report", help="write DIR/report.html for a run", formatter_class=_EXAMPLES,
                         epilog="example:\n  smart-transfer report runs/x")
     rp.add_argument("run")
     rp.add_argument("--out", default=None, help="where the HTML goes (default DIR/report.html)")
     rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("export", help="write a run's network as TorchScript, ONNX or a timm-style folder",
-                        formatter_class=examples,
+                        formatter_class=_EXAMPLES,
                         epilog="examples:\n  smart-transfer export runs/x --format onnx --out model.onnx\n"
                                "  smart-transfer export runs/x --format folder --out exported/x\n"
                                "the network takes the preprocessed (B, C, H, W) float batch and returns logits; "
@@ -820,6 +868,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"))
     ls.add_argument("--backbone", default="efficientnet_lite0")
     ls.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="smart-transfer", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (any position)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_demo(sub)
+    _add_compare_strategies(sub)
+    _add_profile_compare(sub)
+    _add_train(sub)
+    _add_run_commands(sub)
+    _add_tools(sub)
     return p
 
 

@@ -110,7 +110,7 @@ def test_resume_with_a_checkpoint_of_another_backbone_is_one_line(made, tmp_path
     st.training.checkpoint.save_weights(unit / WEIGHTS, other, metadata={"epoch": "1"})
     (run / "checkpoints" / "full-finetune" / "done.json").unlink()
     cfg = json.loads((run / "config.json").read_text())
-    cfg["epochs"] = cfg["data"]["cli"]["epochs"] = 2
+    cfg["epochs"] = 2
     cfg["recipe"]["epochs"] = 2
     (run / "config.json").write_text(json.dumps(cfg))
     rc, _, err = _resume(run, capsys)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._json import plain
 from ..errors import ConfigError, IncompatibleError, ProfileError, UnknownNameError
 from ..stats.fingerprint import check_same_model
 from ..stats.profile import ActivationProfile, LayerProfile
@@ -27,10 +28,6 @@ def _few(names: Iterable[str], k: int = 5) -> str:
         return "none"
     shown = ", ".join(repr(n) for n in names[:k])
     return shown if len(names) <= k else f"{shown} and {len(names) - k} more"
-
-
-def _jsonable(v: Any) -> Any:
-    return v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
 
 
 def _select_layers(
@@ -154,7 +151,7 @@ def _check_options(m: Measure, options: dict[str, Any]) -> None:
 def compare(
     prof_pre: ActivationProfile,
     prof_new: ActivationProfile,
-    measure: str | Measure = "lognormal_kl",
+    measure: str | Measure = "gaussian_kl",
     layers: str | Iterable[str] | None = None,
     *,
     check_model: bool = True,
@@ -250,7 +247,7 @@ def compare(
         "level": m.level,
         "assumption": m.assumption,
         "score": m.score_rule,
-        "options": {k: _jsonable(v) for k, v in options.items()},
+        "options": {k: plain(v) for k, v in options.items()},
         "num_samples": {
             "pre": int(getattr(prof_pre, "num_samples", 0)),
             "new": int(getattr(prof_new, "num_samples", 0)),

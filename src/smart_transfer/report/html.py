@@ -183,7 +183,7 @@ def _write_page(run: RunData, model: nn.Module | None, out_path: Path, figures: 
         if sid == "run" and left_out:
             body += _left_out_line(run, left_out)
         parts.append(f'<section id="{sid}">\n<h2>{_e(title)}</h2>\n{body}\n</section>')
-    title = f"smart-transfer report: {run.config.get('strategy', run.path.name)}"
+    title = f"smart-transfer report: {run.setting('strategy') or run.path.name}"
     if "comparison.json" in run.moved:
         rows = (run.comparison or {}).get("rows")
         n = len(rows) if isinstance(rows, list) else "several"
@@ -384,7 +384,7 @@ def _class_name(run: RunData, c: int) -> str:
 def _transform(run: RunData, model: nn.Module) -> Any:
     from ..data import transforms_for
 
-    size = run.config.get("size")
+    size = run.setting("size")
     return transforms_for(model, train=False, size=size if isinstance(size, int) else None)
 
 
@@ -456,11 +456,11 @@ def _run_section(ctx: _Context) -> str:
             f" on {m['test_images']} test images" if isinstance(m.get("test_images"), int) else ""
         )
     rows: list[tuple[str, Any]] = [
-        ("strategy", cfg.get("strategy", "?")),
-        ("backbone", cfg.get("backbone", "?")),
+        ("strategy", run.strategy),
+        ("backbone", run.setting("backbone") or "?"),
         ("training samples", cfg.get("samples", "?")),
         ("classes", f"{len(run.class_names)}: {', '.join(run.class_names)}"),
-        ("image size", cfg.get("size", "?")),
+        ("image size", run.setting("size") if "size" in cfg else "?"),
         ("D_pre source", source_text),
         ("test accuracy", test_text),
     ]
@@ -474,7 +474,7 @@ def _run_section(ctx: _Context) -> str:
     for key in ("epochs", "seed"):
         if key in cfg:
             rows.append((key, cfg[key]))
-    options = cfg.get("options")
+    options = run.setting("options")
     out = _table(["", ""], rows)
     if isinstance(options, dict) and options:
         out += "<p>options: <code>" + _e(json.dumps(options, sort_keys=True)) + "</code></p>"

@@ -24,6 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from ..errors import DataError, SmartTransferError
+from ..spec import RunSpec
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -77,9 +78,28 @@ class RunData:
         return str(self.moved.get(name, self.path / name))
 
     @property
+    def spec(self) -> RunSpec | None:
+        """The run spec of config.json, typed (None: no config.json, or one that holds no spec
+        this version reads; the report then shows what the other files say)."""
+        if not self.config:
+            return None
+        try:
+            return RunSpec.from_dict(self.config)
+        except (SmartTransferError, TypeError, ValueError):
+            return None
+
+    def setting(self, name: str) -> Any:
+        """A field of the run spec (``strategy``, ``options``, ``size``, ``source``...), typed when
+        config.json holds a spec; None when config.json does not record it."""
+        if name not in self.config:
+            return None
+        spec = self.spec
+        return getattr(spec, name) if spec is not None and hasattr(spec, name) else self.config[name]
+
+    @property
     def strategy(self) -> str:
         """The strategy the run was trained with ("?" when unknown)."""
-        s = self.config.get("strategy") or (self.result or {}).get("strategy")
+        s = self.setting("strategy") or (self.result or {}).get("strategy")
         return s if isinstance(s, str) else "?"
 
     @property
@@ -106,7 +126,7 @@ class RunData:
     @property
     def measure(self) -> str:
         """The measure the run compared profiles with (config options, then the plan's meta)."""
-        options = self.config.get("options")
+        options = self.setting("options")
         if isinstance(options, dict) and isinstance(options.get("measure"), str):
             return str(options["measure"])
         if self.plan is not None and isinstance(self.plan.meta.get("measure"), str):
@@ -116,7 +136,7 @@ class RunData:
     @property
     def source(self) -> str | None:
         """Where the D_pre statistics came from: ``"batchnorm"``, ``"data"`` or None."""
-        src = self.config.get("source")
+        src = self.setting("source")
         if isinstance(src, str):
             return src
         if self.profile_pre is not None:

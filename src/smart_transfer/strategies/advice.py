@@ -66,6 +66,22 @@ class Advice:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Advice:
+        """The advice of an ``advice.json`` (keys of other versions ignored); a file that is not
+        one is a :class:`~smart_transfer.errors.DataError` naming what it lacks."""
+        from dataclasses import fields
+
+        from ..errors import DataError
+
+        known = {f.name for f in fields(cls)}
+        missing = [k for k in ("strategy", "quadrant", "similarity", "layer", "reasons", "samples_per_class")
+                   if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise DataError(f"advice.json lacks {missing[0]!r}; the run folder is damaged: restore the file "
+                            "or train the run again")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
     def __str__(self) -> str:
         lines = [f"advice: {self.strategy} ({self.quadrant})"] + [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)

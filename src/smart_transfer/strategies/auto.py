@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..freeze import plan_freeze
-from .advice import decide
+from .advice import SIMILAR, SMALL_PER_CLASS, decide
 from .base import Context, Outcome
 from .probe import cv_accuracy
 from .registry import get_strategy
@@ -34,10 +34,15 @@ SIMPLEST_FIRST = ("linear-probe", "multi-layer-probe", "linear-probe-best-layer"
                   "lp-ft", "first-k-frozen", "smart-layer", "smart-kernel", "random-mask", "full-finetune")
 
 
-def advice_for(ctx: Context) -> Any:
+def advice_for(ctx: Context, small_per_class: float | None = None, similar: float | None = None) -> Any:
+    """The advice for the context's training images (the one implementation: ``auto`` and
+    :func:`smart_transfer.advise` both call it): their ``gaussian_kl`` similarity to D_pre, what
+    a quantile-0.5 plan would freeze, and the samples per class, read by :func:`decide`."""
     sim = similarity(ctx, "gaussian_kl")
     plan = plan_freeze(sim, quantile=0.5)
-    return decide(ctx.samples_per_class, sim.layer_scores, sim.source, plan.frozen_fraction)
+    return decide(ctx.samples_per_class, sim.layer_scores, sim.source, plan.frozen_fraction,
+                  small_per_class=SMALL_PER_CLASS if small_per_class is None else small_per_class,
+                  similar=SIMILAR if similar is None else similar)
 
 
 def _simplicity(name: str) -> int:

@@ -22,51 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..spec import LR_GRID, PATIENCE, STEPS, Recipe  # noqa: F401  (the recipe is part of the run spec)
 from ..training import FitResult, fit
 from ..training import checkpoint as ckpt
 from ..training.distributed import world
-
-STEPS = 300  # default budget in optimizer steps (see Recipe)
-LR_GRID = (1e-4, 3e-4, 1e-3)  # default learning rates tried on validation
-PATIENCE = 100  # default early-stopping patience, in optimizer steps
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The training recipe shared by every gradient-trained strategy.
-
-    The budget is counted in optimizer steps, whatever the dataset size: 300 by default, as
-    BiT's HyperRule (500 steps below 20k images) and VTAB-1k's protocol do, cut to what two CPU
-    cores train in a few minutes for EfficientNet-Lite0 at 96 px; 300 steps are 60 passes over
-    160 training images at batch 32, four times the earlier 15 epochs (75 steps), after which
-    full fine-tuning in the issue's pilot had not converged. The pretrained layers' learning rate
-    is chosen on validation from ``lr_grid`` (the same grid and budget for every strategy):
-    the lowest validation loss of the kept weights wins, ties go to the higher validation
-    accuracy (see :func:`smart_transfer.strategies.finetune.choose_rate`)."""
-
-    steps: int | None = STEPS  # optimizer steps at most (early stopping may end sooner); None: epochs
-    epochs: int | None = None  # instead of steps: passes over the training images (epochs * batches steps)
-    lr: float = 3e-4  # learning rate of the pretrained layers when no grid is searched
-    lr_grid: tuple[float, ...] | None = LR_GRID  # rates tried on validation; None: lr alone
-    head_lr_mult: float = 10.0  # the new head learns this many times faster
-    weight_decay: float = 1e-4  # on conv/linear weights only, never on biases and norm layers
-    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, nesterov)
-    batch_size: int = 32
-    warmup: float = 0.1  # fraction of the steps with a linear warm-up, then cosine decay
-    patience: int | None = PATIENCE  # early stopping: optimizer steps without a better validation score
-    eval_every: int | None = None  # validate every this many steps (default: every pass, at most 10 steps)
-    amp: str | None = None  # "bf16" autocast (CUDA or CPU), "fp16" (CUDA)
-    channels_last: bool = True  # image batches channels-last (faster convolutions); on CUDA the model too
-
-    def rates(self) -> list[float]:
-        """The learning rates to try: the grid, or the one fixed rate."""
-        return [float(r) for r in self.lr_grid] if self.lr_grid else [float(self.lr)]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["lr_grid"] = list(self.lr_grid) if self.lr_grid else None
-        return d
 
 
 @dataclass
@@ -184,13 +143,9 @@ class Transformed:
         return len(self.loader)  # type: ignore[arg-type]
 
 
-def check_options(name: str, options: dict[str, Any], known: Iterable[str]) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
-            f"{', '.join(sorted(known)) or 'none'} (see smart_transfer.list_strategies(details=True))"
-        )
-    from .option_values import check_option_values
+def check_options(name: str, options: dict[str, Any], known: Iterable[str] | None = None) -> None:
+    """Refuse, before any work, an option ``name`` does not have or a value it cannot take
+    (see :meth:`~smart_transfer.strategies.StrategyInfo.check`)."""
+    from .registry import get_strategy
 
-    check_option_values(name, options)
+    get_strategy(name).check(options, known)

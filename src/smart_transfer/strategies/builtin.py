@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .base import Context
 from .finetune import run_fine_tune, run_first_k_frozen, run_full_finetune, run_head_only, run_lp_ft
 from .probe import run_best_layer, run_linear_probe
-from .registry import StrategyInfo, register
+from .registry import StrategyInfo, get_strategy, register
 from .smart import run_random_mask, run_smart
 
 HEAD_OPTION = {"head": "the new head: 'linear' (default) or 'mlp' (seed 001's: BatchNorm1d, Linear to 2x, ReLU, "
@@ -200,3 +201,26 @@ register(StrategyInfo(
                       "validation split only)"},
     _auto,
 ))
+
+# The functions whose keyword parameters give each strategy's option defaults (the first wins);
+# StrategyInfo.options_type is built from them and the help strings above.
+_PARAMS = {
+    "linear-probe": (".probe:run_linear_probe",),
+    "linear-probe-best-layer": (".probe:run_best_layer",),
+    "head-only": (".finetune:run_head_only",),
+    "first-k-frozen": (".finetune:run_first_k_frozen",),
+    "full-finetune": (".finetune:run_full_finetune",),
+    "fine-tune": (".finetune:run_fine_tune",),
+    "lp-ft": (".finetune:run_lp_ft",),
+    "smart-kernel": (".smart:run_smart",),
+    "smart-layer": (".smart:run_smart",),
+    "random-mask": (".smart:run_random_mask", ".smart:run_smart"),
+    "smart-probe": (".adapt_probe:run_adapt_probe",),
+    "random-probe": (".adapt_probe:run_adapt_probe",),
+    "multi-layer-probe": (".multi_probe:run_multi_probe",),
+    "smart-multi-probe": (".multi_probe:run_multi_probe",),
+    "random-multi-probe": (".multi_probe:run_multi_probe",),
+    "auto": (".auto:run_auto",),
+}
+for _name, _refs in _PARAMS.items():
+    register(replace(get_strategy(_name), params=_refs))
