@@ -21,7 +21,7 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from .errors import ConfigError
 
@@ -48,6 +48,19 @@ def _resolved(path: Path) -> Path:
         return path.expanduser().resolve(strict=False)
     except (OSError, RuntimeError):  # a symlink loop: compare the absolute spelling instead
         return Path(os.path.abspath(path.expanduser()))
+
+
+def _input_paths(inputs: Mapping[str, Any] | None) -> list[tuple[str, Any, Path]]:
+    """``(option, value, path)`` of every input given as a path (None and non-paths skipped)."""
+    out = []
+    for option, value in (inputs or {}).items():
+        if value is None:
+            continue
+        try:
+            out.append((option, value, Path(os.fspath(value)).expanduser()))
+        except TypeError:
+            continue
+    return out
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -156,13 +169,7 @@ def check_outputs(
                     f"so pass a different path to one of them."
                 )
         checked[option] = p
-    for in_option, in_path in (inputs or {}).items():
-        if in_path is None:
-            continue
-        try:
-            q = Path(os.fspath(in_path)).expanduser()
-        except TypeError:
-            continue
+    for in_option, in_path, q in _input_paths(inputs):
         for option, p in checked.items():
             if _same_file(p, q):
                 raise ConfigError(
@@ -293,13 +300,7 @@ def check_not_in_inputs(
 ) -> None:
     """Refuse an output inside an input that is a folder (a data folder, a source folder):
     the file would be read back as data (a class folder, an image) by the next run."""
-    for in_option, in_path in (inputs or {}).items():
-        if in_path is None:
-            continue
-        try:
-            q = Path(os.fspath(in_path)).expanduser()
-        except TypeError:
-            continue
+    for in_option, in_path, q in _input_paths(inputs):
         if not q.is_dir():
             continue
         here = _resolved(q)

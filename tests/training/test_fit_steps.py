@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_resume import _Flat, _setup
+from test_resume import _Flat, _setup, _Wrapped
 from torch import nn
 
 import smart_transfer as st
@@ -13,18 +13,12 @@ from smart_transfer.errors import DataError
 from smart_transfer.training import Callback, Trainer, fit, loop, predict
 
 
-class _DictBatches:
+class _DictBatches(_Wrapped):
     """The same batches as ``loader``, as ``{"inputs": x, "labels": y}`` dicts."""
 
     def __init__(self, loader, keys=("inputs", "labels")):
-        self.loader, self.keys = loader, keys
-
-    @property
-    def generator(self):
-        return self.loader.generator
-
-    def __len__(self):
-        return len(self.loader)
+        super().__init__(loader)
+        self.keys = keys
 
     def __iter__(self):
         for x, y in self.loader:

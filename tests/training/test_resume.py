@@ -38,11 +38,11 @@ def _noisy(x):  # a random training transform: resume must restore the global ge
     return x + 0.1 * torch.randn_like(x)
 
 
-class _InterruptAt:
-    """A loader that raises KeyboardInterrupt at the given (epoch, batch), like Ctrl-C."""
+class _Wrapped:
+    """A loader standing in for ``loader``: the same length and shuffling generator."""
 
-    def __init__(self, loader, epoch, batch):
-        self.loader, self.epoch, self.batch, self.seen = loader, epoch, batch, 0
+    def __init__(self, loader):
+        self.loader = loader
 
     @property
     def generator(self):
@@ -50,6 +50,14 @@ class _InterruptAt:
 
     def __len__(self):
         return len(self.loader)
+
+
+class _InterruptAt(_Wrapped):
+    """A loader that raises KeyboardInterrupt at the given (epoch, batch), like Ctrl-C."""
+
+    def __init__(self, loader, epoch, batch):
+        super().__init__(loader)
+        self.epoch, self.batch, self.seen = epoch, batch, 0
 
     def __iter__(self):
         self.seen += 1
