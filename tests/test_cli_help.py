@@ -78,3 +78,38 @@ def test_compare_defaults_to_the_measure_every_default_source_serves():
     assert inspect.signature(st.compare).parameters["measure"].default == "gaussian_kl"
     args = build_parser().parse_args(["compare", "pre.pt", "new.pt"])
     assert args.measure == "gaussian_kl"
+
+
+def _subparsers():
+    import argparse
+
+    from smart_transfer.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_subcommand_has_an_example_and_every_option_a_help_line():
+    import argparse
+
+    missing = []
+    for name, sp in _subparsers().items():
+        if "example" not in (sp.epilog or ""):
+            missing.append(f"{name}: no example")
+        for action in sp._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.help:
+                missing.append(f"{name} {action.dest}: no help")
+            elif action.option_strings and action.default not in (None, False) and "default" not in action.help:
+                missing.append(f"{name} {action.option_strings[0]}: default {action.default!r} not said")
+    assert missing == []
+
+
+def test_version(capsys):
+    from smart_transfer import __version__
+    from smart_transfer.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"smart-transfer {__version__}"

@@ -173,3 +173,25 @@ def test_cli_on_a_folder_with_every_image(tmp_path: Path, capsys: pytest.Capture
     assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe",
                  "--out", str(data / "cmp")]) == 2
     assert "inside the input folder" in capsys.readouterr().err and not (data / "cmp").exists()
+
+
+def test_on_error_skip_leaves_a_corrupt_photo_out_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for c in CLASSES:
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)))  # mixed sizes
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    (data / "bee" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    args = ["compare-strategies", "--data", str(data), "--strategies", "linear-probe", "--backbone", "small_vgg",
+            "--size", "16", "--no-advice", "--no-progress", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "--on-error skip" in err and not (tmp_path / "a" / "seed-0").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "left out: 1 unreadable (bee/broken.jpg)" in out
+    assert "18 images, 3 classes (ant 6, bee 6, cow 6)" in out
+    comp = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    assert [r["strategy"] for r in comp["rows"]] == ["linear-probe"]

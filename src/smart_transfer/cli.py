@@ -121,7 +121,7 @@ def cmd_compare_strategies(args: argparse.Namespace) -> int:
         size=args.size, out=args.out, **_recipe_kwargs(args),
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_size=args.test_size,
         device=args.device, options=options, advise=not args.no_advice, report=args.report or True,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, on_error=getattr(args, "on_error", "raise"),
     )
     return 0
 
@@ -735,6 +735,9 @@ def _add_compare_strategies(sub: Any) -> None:
     cs.add_argument("--report", metavar="STRATEGY", default=None,
                     help="the strategy whose run the report shows (default: the best by mean validation accuracy)")
     cs.add_argument("--no-advice", action="store_true", help="skip the advisor (default: advise on the first seed's images)")
+    cs.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="an unreadable image file or an empty class folder: stop naming it (raise), or "
+                         "leave it out and say so in the summary (skip) (default raise)")
     cs.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; default), cuda, mps or cpu")
     cs.add_argument("--out", required=True, help="the comparison folder (no default: required)")
     cs.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison in --out")
@@ -744,26 +747,34 @@ def _add_compare_strategies(sub: Any) -> None:
 
 def _add_profile_compare(sub: Any) -> None:
     """profile and compare: the method's steps one at a time."""
-    pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)")
-    pr.add_argument("--backbone", default="efficientnet_lite0")
-    pr.add_argument("--source", choices=("data", "batchnorm"), default="data")
+    pr = sub.add_parser("profile", help="profile a backbone on a dataset (or from its BatchNorm statistics)",
+                        formatter_class=_EXAMPLES,
+                        epilog="examples:\n  smart-transfer profile --data photos/ --size 96 --out new.pt\n"
+                               "  smart-transfer profile --source batchnorm --out pre.pt")
+    pr.add_argument("--backbone", default="efficientnet_lite0",
+                    help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)")
+    pr.add_argument("--source", choices=("data", "batchnorm"), default="data",
+                    help="profile images (data) or read the BatchNorm running statistics (default data)")
     pr.add_argument("--data", default="fashion-mnist", help=DATA_HELP + " (default fashion-mnist)")
     pr.add_argument("--split", default="train", help="Fashion-MNIST's split: train or test (default train)")
     pr.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
     _io_args(pr)
-    pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--max-batches", type=int, default=None)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    pr.add_argument("--max-batches", type=positive_int, default=None, help="stop after this many batches (default: all)")
+    pr.add_argument("--out", required=True, help="the profile file to write (.pt; required)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_profile)
 
-    c = sub.add_parser("compare", help="compare two saved profiles, optionally write a freeze plan")
-    c.add_argument("pre")
-    c.add_argument("new")
+    c = sub.add_parser("compare", help="compare two saved profiles, optionally write a freeze plan",
+                       formatter_class=_EXAMPLES,
+                       epilog="example:\n  smart-transfer compare pre.pt new.pt --quantile 0.5 --plan plan.json")
+    c.add_argument("pre", help="the profile of the pretraining data (D_pre)")
+    c.add_argument("new", help="the profile of the new data (D_new)")
     c.add_argument("--measure", default="gaussian_kl", help="a measure (smart-transfer list measures); default gaussian_kl")
-    c.add_argument("--out", help="write the similarity as JSON")
-    c.add_argument("--plan", help="write a freeze plan as JSON")
-    c.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
+    c.add_argument("--out", help="write the similarity as JSON (default: not written)")
+    c.add_argument("--plan", help="write a freeze plan as JSON (default: not written)")
+    c.add_argument("--scope", choices=("kernel", "layer"), default="kernel",
+                   help="freeze single kernels or whole layers (default kernel)")
     _plan_args(c)
     c.set_defaults(func=cmd_compare)
 
@@ -792,7 +803,7 @@ def _add_run_commands(sub: Any) -> None:
     """evaluate, predict and advise: what a user does with data and a run."""
     e = sub.add_parser("evaluate", help="test a finished run once; writes DIR/metrics.json", formatter_class=_EXAMPLES,
                        epilog="example:\n  smart-transfer evaluate runs/x --data fashion-mnist")
-    e.add_argument("run")
+    e.add_argument("run", help="the run folder (the --out of train)")
     e.add_argument("--data", help="the data the run was trained on (default: as recorded in the run)")
     e.add_argument("--test-data", help="a separate test set (folder, CSV or .npz) whose class names are the run's "
                                        "(default: the run's held-out test split in manifest.json)")
@@ -830,23 +841,25 @@ def _add_tools(sub: Any) -> None:
     """plan, report, export and list."""
     pl = sub.add_parser("plan", help="profile, compare and write a freeze plan in one step", formatter_class=_EXAMPLES,
                         epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 --out plan.json")
-    pl.add_argument("--backbone", default="efficientnet_lite0")
+    pl.add_argument("--backbone", default="efficientnet_lite0",
+                    help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)")
     pl.add_argument("--data", required=True, help=DATA_HELP)
     pl.add_argument("--source", default=None, help="D_pre: 'batchnorm' (default), a saved profile or an image folder")
     pl.add_argument("--size", type=_size, default=None, help=SIZE_HELP)
     _io_args(pl)
-    pl.add_argument("--batch-size", type=int, default=64)
-    pl.add_argument("--max-batches", type=int, default=None)
-    pl.add_argument("--measure", default="gaussian_kl")
-    pl.add_argument("--scope", choices=("kernel", "layer"), default="kernel")
-    pl.add_argument("--out", required=True)
-    pl.add_argument("--no-progress", action="store_true")
+    pl.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    pl.add_argument("--max-batches", type=positive_int, default=None, help="stop after this many batches (default: all)")
+    pl.add_argument("--measure", default="gaussian_kl", help="a measure (smart-transfer list measures); default gaussian_kl")
+    pl.add_argument("--scope", choices=("kernel", "layer"), default="kernel",
+                    help="freeze single kernels or whole layers (default kernel)")
+    pl.add_argument("--out", required=True, help="the plan file to write (.json; required)")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bar")
     _plan_args(pl)
     pl.set_defaults(func=cmd_plan)
 
     rp = sub.add_parser("report", help="write DIR/report.html for a run", formatter_class=_EXAMPLES,
                         epilog="example:\n  smart-transfer report runs/x")
-    rp.add_argument("run")
+    rp.add_argument("run", help="the run folder (or a compare-strategies --out)")
     rp.add_argument("--out", default=None, help="where the HTML goes (default DIR/report.html)")
     rp.set_defaults(func=cmd_report)
 
@@ -864,9 +877,11 @@ def _add_tools(sub: Any) -> None:
     ex.add_argument("--out", required=True, help="the file to write (a folder for --format folder)")
     ex.set_defaults(func=cmd_export)
 
-    ls = sub.add_parser("list", help="list measures, backbones or the layers of a backbone")
-    ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"))
-    ls.add_argument("--backbone", default="efficientnet_lite0")
+    ls = sub.add_parser("list", help="list measures, backbones, strategies or the layers of a backbone",
+                        formatter_class=_EXAMPLES,
+                        epilog="examples:\n  smart-transfer list strategies\n  smart-transfer list layers --backbone small_vgg")
+    ls.add_argument("what", choices=("measures", "backbones", "layers", "strategies"), help="what to list")
+    ls.add_argument("--backbone", default="efficientnet_lite0", help="whose layers (default efficientnet_lite0)")
     ls.set_defaults(func=cmd_list)
 
 
@@ -875,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (any position)"
     )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"smart-transfer {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     _add_demo(sub)

@@ -147,7 +147,7 @@ class _Data:
     is_spec: bool = True  # opened from a name or path that can open it again (recorded in the runs)
 
 
-def _open(data: Any) -> _Data:
+def _open(data: Any, on_error: str = "raise") -> _Data:
     from torch.utils.data import Dataset
 
     from .data.spec import is_fashion, open_data
@@ -157,7 +157,7 @@ def _open(data: Any) -> _Data:
         if is_fashion(spec):
             return _Data(open_data(spec, "train"), open_data(spec, "test"), "fashion-mnist",
                          _class_names(open_data(spec, "test")))
-        ds = open_data(spec, "train")
+        ds = open_data(spec, "train", on_error=on_error, check=True)
         return _Data(ds, None, spec, _class_names(ds))
     if isinstance(data, Dataset):
         return _Data(data, None, type(data).__name__, _class_names(data), is_spec=False)
@@ -278,6 +278,7 @@ def compare_strategies(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    on_error: str = "raise",
 ) -> StrategyTable:
     """Train every strategy on the same splits for every seed, test each run once, tabulate.
 
@@ -292,7 +293,8 @@ def compare_strategies(
     as :func:`~smart_transfer.train` takes it (default: its step budget and learning-rate grid).
     ``report``: write ``out/report.html`` for one run (``True``: the best strategy by mean
     validation accuracy, or a strategy name). ``progress``: the training progress bars;
-    ``log``: where the progress lines go (``None``: nowhere).
+    ``log``: where the progress lines go (``None``: nowhere). ``on_error``: ``"skip"`` leaves
+    unreadable images out of a folder (listed in the data summary), ``"raise"`` stops naming them.
     """
     from ._device import resolve_device
 
@@ -307,11 +309,16 @@ def compare_strategies(
     _run_folders(out, seeds, names, overwrite, inputs)
     started = time.perf_counter()
     bname = str(backbone) if isinstance(backbone, (str, Path)) else type(backbone).__name__
-    d = _open(data)
+    d = _open(data, on_error)
     say(f"[1/4] {bname} -> {d.spec}: {', '.join(names)}; seed{'s' if len(seeds) > 1 else ''} "
         f"{' '.join(map(str, seeds))}; {'all' if per_class is None else per_class} images per class")
     splits = {s: split_for_seed(d, s, per_class, val_fraction, test_fraction, test_size) for s in seeds}
     first = splits[seeds[0]]
+    from .data.manifest import summary
+
+    for line in summary(d.train, d.spec, {k: len(first[k]) for k in ("train", "val", "test")},
+                        f"seed {seeds[0]}; each seed draws its own split").splitlines():
+        say("      " + line)
     advice = None
     if advise:
         from .api import advise as _advise
