@@ -306,8 +306,9 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     assert lib.parent == tmp_path / "kernels" and lib.exists()
     mtime = lib.stat().st_mtime_ns
     assert native._build(cc) == lib and lib.stat().st_mtime_ns == mtime  # not rebuilt
-    # no temporary left behind: the library and the sha256 recorded at build time
-    assert sorted(p.name for p in lib.parent.iterdir()) == [lib.name, lib.name + ".sha256"]
+    # no temporary left behind: the library, the sha256 recorded at build time, the build lock
+    names = sorted(p.name for p in lib.parent.iterdir())
+    assert names == sorted([lib.name, lib.name + ".sha256", "build.lock"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import ctypes
