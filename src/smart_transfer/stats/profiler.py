@@ -9,8 +9,9 @@ same train/eval flags, same BatchNorm statistics, no hooks left.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,22 +240,10 @@ def profile(
     )
     if config is not None and seed != 0:
         raise ConfigError("pass seed either in config=StatsConfig(seed=...) or as seed=, not both")
-    names = select_layers(model, layers, types, exclude)
-    points, skipped = resolve_points(model, names, point)
-    model_device, model_dtype = _model_device_dtype(model)
-    run_device = model_device if device is None else torch.device(device)
-    if (
-        device is not None
-        and model_dtype is not None
-        and not _same_device(run_device, model_device)
-    ):
-        raise ConfigError(
-            f"the model is on {model_device} but device={str(device)!r}; move the model with "
-            f"model.to({str(device)!r}) or leave device=None"
-        )
+    points, skipped = resolve_points(model, select_layers(model, layers, types, exclude), point)
+    run_device, model_dtype = _run_device(model, device)
     world = distributed_world(distributed)
     rank = distributed_rank() if world > 1 else 0
-
     generator = torch.Generator().manual_seed(cfg.seed + rank)
     scratch = Scratch()
     accs = {
@@ -271,20 +260,42 @@ def profile(
         "hooked": {p.name: p.hooked for p in points},
         "skipped": skipped,
     }
+    run = functools.partial(
+        _run, model, loader, points, accs, run_device, model_dtype, max_batches,
+        progress and rank == 0,
+    )
+    return _profile_ranks(run, model, points, accs, meta, world)
 
+
+def _run_device(
+    model: nn.Module, device: torch.device | str | None
+) -> tuple[torch.device, torch.dtype | None]:
+    """Where the profile runs (the model's device; ``device`` may only name that one) and the
+    model's floating dtype."""
+    model_device, model_dtype = _model_device_dtype(model)
+    run_device = model_device if device is None else torch.device(device)
+    if device is not None and model_dtype is not None and not _same_device(run_device, model_device):
+        raise ConfigError(
+            f"the model is on {model_device} but device={str(device)!r}; move the model with "
+            f"model.to({str(device)!r}) or leave device=None"
+        )
+    return run_device, model_dtype
+
+
+def _profile_ranks(
+    run: Callable[[], tuple[int, int]],
+    model: nn.Module,
+    points: list[_Point],
+    accs: dict[str, RunningStats],
+    meta: dict[str, Any],
+    world: int,
+) -> ActivationProfile:
+    """``run()`` this process's batches and finish its profile; with several processes, every
+    rank gets the combined profile (an error on one rank is raised on every rank)."""
     local: ActivationProfile | None = None
     error: BaseException | None = None
     try:
-        num_samples, num_batches = _run(
-            model,
-            loader,
-            points,
-            accs,
-            run_device,
-            model_dtype,
-            max_batches,
-            progress and rank == 0,
-        )
+        num_samples, num_batches = run()
         if num_batches > 0:
             local = _finish(model, points, accs, num_samples, num_batches, meta)
         elif world == 1:
