@@ -39,7 +39,7 @@ from torch import nn
 import smart_transfer as st
 from smart_transfer._atomic import atomic_write_text
 from smart_transfer.models.small import SmallVGG
-from smart_transfer.stats import native
+from smart_transfer.stats import StatsConfig, native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _machine
@@ -81,10 +81,33 @@ def _time_forward(model: nn.Module, batches: list[torch.Tensor]) -> tuple[float,
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _time_profile(model: nn.Module, batches: list[torch.Tensor]) -> tuple[float, float]:
+def _time_profile(
+    model: nn.Module, batches: list[torch.Tensor], config: StatsConfig | None = None
+) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
-    st.profile(model, batches, progress=False)
+    st.profile(model, batches, progress=False, config=config)
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+# --stats: the sets of statistics a profile may compute, by name ("full": the default).
+STATS_SETS: dict[str, StatsConfig] = {
+    "full": StatsConfig(),
+    "moments": StatsConfig(stats=("moments",)),  # what a gaussian_kl plan needs
+    "logs": StatsConfig(stats=("moments", "logs")),  # lognormal_kl
+    "histogram": StatsConfig(stats=("moments", "histogram")),  # js, ks, wasserstein
+}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians and quartiles of one statistics set's repeats."""
+    ratios = sorted(x["ratio"] for x in rows)
+    return {
+        "median_profile_images_per_s": statistics.median(x["profile_images_per_s"] for x in rows),
+        "median_ratio": statistics.median(ratios),
+        "ratio_quartiles": [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]],
+        "median_cpu_ratio": statistics.median(x["cpu_ratio"] for x in rows),
+        "min_ratio": ratios[0],
+    }
 
 
 def run_s1(
@@ -97,7 +120,11 @@ def run_s1(
     record: Callable[[], None],
     rows: list[dict[str, Any]],
     channels_last: bool = False,
+    extra: dict[str, StatsConfig] | None = None,
 ) -> dict[str, Any]:
+    """S1 of one model: the default profile (and each of ``extra``'s statistics sets, timed in
+    the same interleaved rounds against the same forward) over a plain forward."""
+    extra = extra or {}
     torch.manual_seed(0)
     model = factory().eval()
     gen = torch.Generator().manual_seed(1)
@@ -116,13 +143,18 @@ def run_s1(
         "channels_last": channels_last,
         "repeats": rows,
     }
+    for cfg in extra.values():
+        _time_profile(model, batches[:1], cfg)
     for r in range(repeats):
-        order = ("forward", "profile") if r % 2 == 0 else ("profile", "forward")
+        whats = ["forward", "profile", *extra]
+        order = whats if r % 2 == 0 else whats[::-1]
         secs, cpus = {}, {}
         for what in order:
-            fn = _time_forward if what == "forward" else _time_profile
-            secs[what], cpus[what] = fn(model, batches)
-        row = {
+            if what == "forward":
+                secs[what], cpus[what] = _time_forward(model, batches)
+            else:
+                secs[what], cpus[what] = _time_profile(model, batches, extra.get(what))
+        row: dict[str, Any] = {
             "repeat": r,
             "forward_images_per_s": images / secs["forward"],
             "profile_images_per_s": images / secs["profile"],
@@ -131,6 +163,17 @@ def run_s1(
             "cpu_ratio": cpus["forward"] / cpus["profile"],
             "loadavg_1min": os.getloadavg()[0],
         }
+        if extra:
+            row["by_stats"] = {
+                label: {
+                    "profile_images_per_s": images / secs[label],
+                    "ratio": secs["forward"] / secs[label],
+                    "cpu_ratio": cpus["forward"] / cpus[label],
+                }
+                for label in extra
+            }
+            for label, v in row["by_stats"].items():
+                print(f"  S1 {name} repeat {r}, stats={label}: ratio {v['ratio']:.3f}", flush=True)
         rows.append(row)
         print(
             f"  S1 {name} repeat {r}: forward {row['forward_images_per_s']:.1f} img/s, "
@@ -156,6 +199,11 @@ def run_s1(
         )
         result["target"] = TARGET_S1
         result["meets_target"] = result["median_ratio"] >= TARGET_S1
+        if extra:
+            result["by_stats"] = {
+                label: {"stats": list(cfg.stats), **_summary([x["by_stats"][label] for x in rows])}
+                for label, cfg in extra.items()
+            }
         record()
     return result
 
@@ -271,6 +319,7 @@ def _markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`  ",
         _machine.header_line(res.get("cpu")),
+        *([f"Note: {res['note']}  "] if res.get("note") else []),
         (
             f"torch {res['torch']}, {res['cpu_count']} CPUs, {res['threads']} torch threads, "
             f"{res['platform']}, {res['date']}"
@@ -314,6 +363,30 @@ def _markdown(res: dict[str, Any]) -> str:
             f"{(res.get('loadavg_end') or [float('nan')])[0]:.2f} on {res['cpu_count']} CPUs."
         ),
     ]
+    by = [(r, label, v) for r in res["s1"].values() for label, v in (r.get("by_stats") or {}).items()]
+    if by:
+        lines += [
+            "",
+            "## S1 by the statistics computed (same interleaved rounds, same forward)",
+            "",
+            "| model | image | statistics | profile img/s | ratio (median) | quartiles | CPU-time ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in res["s1"].values():
+            if "median_ratio" in r and r.get("by_stats"):
+                lines.append(
+                    f"| {r['model']} | {r['image_size']} px | full (default) | "
+                    f"{r['median_profile_images_per_s']:.1f} | **{r['median_ratio']:.3f}** | "
+                    f"{r['ratio_quartiles'][0]:.3f}-{r['ratio_quartiles'][1]:.3f} | "
+                    f"{r['median_cpu_ratio']:.3f} |"
+                )
+        for r, label, v in by:
+            lines.append(
+                f"| {r['model']} | {r['image_size']} px | {label} ({', '.join(v['stats'])}) | "
+                f"{v['median_profile_images_per_s']:.1f} | **{v['median_ratio']:.3f}** | "
+                f"{v['ratio_quartiles'][0]:.3f}-{v['ratio_quartiles'][1]:.3f} | "
+                f"{v['median_cpu_ratio']:.3f} |"
+            )
     s2 = res.get("s2") or {}
     if "ratio" in s2:
         mib = 2**20
@@ -365,9 +438,20 @@ def main(argv: list[str] | None = None) -> int:
         help="model and batches in channels-last memory format (forward and profile alike)",
     )
     ap.add_argument(
+        "--stats", default="full",
+        help=f"comma-separated statistics sets to time against the forward, from {list(STATS_SETS)}; "
+        "'full' (the default profile) is always timed, the others in the same interleaved rounds",
+    )
+    ap.add_argument("--note", default=None, help="a remark recorded in the results (e.g. the load)")
+    ap.add_argument(
         "--_rss-child", dest="rss_child", type=int, default=None, help=argparse.SUPPRESS
     )
     args = ap.parse_args(argv)
+    labels = [x.strip() for x in args.stats.split(",") if x.strip()]
+    unknown = [x for x in labels if x not in STATS_SETS]
+    if unknown:
+        ap.error(f"--stats: unknown set(s) {unknown}; choose from {list(STATS_SETS)}")
+    extra = {x: STATS_SETS[x] for x in labels if x != "full"}
     if args.rss_child is not None:
         _rss_child(args.rss_child, args.batch, args.size)
         return 0
@@ -382,10 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "channels_last": args.channels_last,
         "fused_statistics": native.kernels() is not None,
+        "stats_sets": {"full": list(STATS_SETS["full"].stats), **{k: list(v.stats) for k, v in extra.items()}},
         "platform": platform.platform(),
         "cpu": _machine.cpu(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_start": list(os.getloadavg()),
+        "note": args.note,
         "s1": {},
         "s2": None,
     }
@@ -405,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         res["s1"][name] = {"model": name, "repeats": rows}
         print(f"S1 {name} at {size} px, batch {args.batch}, {nb} batches, {reps} repeats")
         res["s1"][name] = run_s1(
-            name, factory, size, args.batch, nb, reps, record, rows, args.channels_last
+            name, factory, size, args.batch, nb, reps, record, rows, args.channels_last, extra
         )
         res["loadavg_end"] = list(os.getloadavg())
     if not args.no_s2:

@@ -119,11 +119,11 @@ def test_block_samples_are_the_same_in_both_paths(name, monkeypatch):
     """The default samples (every 4th block of 16 positions for the logs, every 3rd here for
     the histogram) are the same positions in the kernels and in the eager path, and a
     numpy computation over exactly those positions gives the same numbers."""
-    from smart_transfer.stats import running
+    from smart_transfer.stats import sampling
 
     # these batches are small: sample them at the full rates all the same
-    monkeypatch.setattr(running, "MIN_LOG_POSITIONS", 1)
-    monkeypatch.setattr(running, "MIN_HIST_POSITIONS", 1)
+    monkeypatch.setattr(sampling, "MIN_LOG_POSITIONS", 1)
+    monkeypatch.setattr(sampling, "MIN_HIST_POSITIONS", 1)
     batches = LAYOUTS[name]()
     fused, eager = _both(batches, sample_per_batch=0.25, hist_sample_per_batch=1 / 3,
                          cov_sample_per_batch=16)
@@ -306,8 +306,9 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     assert lib.parent == tmp_path / "kernels" and lib.exists()
     mtime = lib.stat().st_mtime_ns
     assert native._build(cc) == lib and lib.stat().st_mtime_ns == mtime  # not rebuilt
-    # no temporary left behind: the library and the sha256 recorded at build time
-    assert sorted(p.name for p in lib.parent.iterdir()) == [lib.name, lib.name + ".sha256"]
+    # no temporary left behind: the library, the sha256 recorded at build time, the build lock
+    names = sorted(p.name for p in lib.parent.iterdir())
+    assert names == sorted([lib.name, lib.name + ".sha256", "build.lock"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import ctypes

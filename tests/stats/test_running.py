@@ -12,7 +12,7 @@ from hypothesis import strategies as st_
 from stats_helpers import ref_stats
 
 from smart_transfer.errors import ConfigError, IncompatibleError, ProfileError
-from smart_transfer.stats import running
+from smart_transfer.stats import moments
 from smart_transfer.stats.running import RunningStats, hist_edges, merge_stats, to_layer_profile
 
 EDGES = hist_edges(16, 0.05, 50.0)
@@ -132,7 +132,7 @@ def test_chunked_reduction_equals_whole_batch(monkeypatch, side):
     batches = [_conv_like(7, 3, side, side, seed=s) for s in range(2)]
     whole = _accumulate(batches).to_layer_profile("l", "conv", {})
     # one image per chunk and thread: several chunks, the last one shorter
-    monkeypatch.setattr(running, "CHUNK_ELEMS", 3 * side * side)
+    monkeypatch.setattr(moments, "CHUNK_ELEMS", 3 * side * side)
     chunked = _accumulate(batches).to_layer_profile("l", "conv", {})
     for key in ("count", "min", "max", "zero_frac", "hist", "log_count"):
         assert torch.equal(getattr(whole, key), getattr(chunked, key)), key

@@ -12,6 +12,7 @@ import torch
 
 from .._json import plain
 from ..errors import ConfigError, IncompatibleError, ProfileError, UnknownNameError
+from ..stats.config import profile_hint
 from ..stats.fingerprint import check_same_model
 from ..stats.profile import ActivationProfile, LayerProfile
 from .registry import Measure, MeasureValues, get_measure, runnable_measures
@@ -92,6 +93,13 @@ def _check_requirements(
                 else ""
             )
             can = runnable_measures(avail_pre & avail_new)
+            hint = profile_hint(missing, m.name) if prof.source == "data" else ""
+            if hint:  # a data profile made with a lighter StatsConfig
+                raise ConfigError(
+                    f"measure {m.name!r} needs the statistics {', '.join(missing)}, which the "
+                    f"{label} profile lacks (profiled with stats={prof.meta.get('stats')}); "
+                    f"{hint}."
+                )
             raise ConfigError(
                 f"measure {m.name!r} needs the statistics {', '.join(missing)}, which the "
                 f"{label} profile (source {prof.source!r}) lacks{why}; use one of the measures "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .batchnorm import profile_from_batchnorm
+from .config import StatsConfig
 from .profile import SCHEMA_VERSION, ActivationProfile, LayerProfile
 from .profiler import profile
 from .running import RunningStats, hist_edges
@@ -12,6 +13,7 @@ __all__ = [
     "ActivationProfile",
     "LayerProfile",
     "RunningStats",
+    "StatsConfig",
     "hist_edges",
     "profile",
     "profile_from_batchnorm",

@@ -28,6 +28,7 @@
  * of channels-last batches given by offsets; both from the value's bits (exponent + a polynomial for the mantissa), so
  * that the loops vectorise; zeros are masked out.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -618,11 +619,58 @@ void st_sample_logs(const float *x, int64_t C, int64_t sc, const int64_t *off, i
         }                                                                    \
     } while (0)
 
-void st_moments_par(int nt, const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
+static void st_moments_par(int nt, const float *x, int64_t n_img, int64_t C, int64_t L, int64_t sn,
                     int64_t sc, int64_t sl, int64_t c0, int64_t c1, const int64_t *cfg,
                     double *out, const int64_t *hoff, const int32_t *low, const float *cut,
                     double *hist, const int64_t *coff, float *sub) {
     SPLIT(st_moments(x, n_img, C, L, sn, sc, sl, a, b, cfg, out, hoff, low, cut, hist, coff, sub));
+}
+
+/* Everything one st_moments call reads and writes, by name: native.py mirrors this struct field
+ * for field (class MomentsArgs) and checks sizeof and the field offsets through st_args_layout
+ * before the first call, so the two cannot drift apart silently. Pointers the call does not
+ * use are NULL (hoff, low, cut, hist without a histogram; coff, sub without a covariance
+ * sample). */
+typedef struct {
+    const float *x;                /* the batch: element (n, c, l) at x[n*sn + c*sc + l*sl] */
+    int64_t n_img, C, L, sn, sc, sl;
+    int64_t c0, c1;                /* the channels to reduce, [c0, c1) */
+    int64_t lrate, lphase;         /* logs: 0 none, 1 every value, R every R-th block from lphase */
+    int64_t hrate, hphase;         /* histogram blocks, the same way (0: none, or the kh offsets) */
+    int64_t kh, kc, bins;          /* histogram offsets, covariance offsets, histogram bins */
+    double *out;                   /* 9 rows of C doubles (see st_moments) */
+    const int64_t *hoff;           /* kh element offsets of channel 0 */
+    const int32_t *low;            /* the bin tables, 65536 entries each */
+    const float *cut;
+    double *hist;                  /* C rows of bins doubles the counts are added to */
+    const int64_t *coff;           /* kc element offsets of channel 0 */
+    float *sub;                    /* kc rows of C floats: the covariance sample */
+} st_moments_args;
+
+/* sizeof(st_moments_args), then the offset of every field in declaration order (23 fields). */
+int64_t st_args_layout(int64_t *offsets) {
+    static const int64_t off[] = {
+        offsetof(st_moments_args, x), offsetof(st_moments_args, n_img),
+        offsetof(st_moments_args, C), offsetof(st_moments_args, L), offsetof(st_moments_args, sn),
+        offsetof(st_moments_args, sc), offsetof(st_moments_args, sl),
+        offsetof(st_moments_args, c0), offsetof(st_moments_args, c1),
+        offsetof(st_moments_args, lrate), offsetof(st_moments_args, lphase),
+        offsetof(st_moments_args, hrate), offsetof(st_moments_args, hphase),
+        offsetof(st_moments_args, kh), offsetof(st_moments_args, kc),
+        offsetof(st_moments_args, bins), offsetof(st_moments_args, out),
+        offsetof(st_moments_args, hoff), offsetof(st_moments_args, low),
+        offsetof(st_moments_args, cut), offsetof(st_moments_args, hist),
+        offsetof(st_moments_args, coff), offsetof(st_moments_args, sub)};
+    for (int i = 0; i < (int)(sizeof off / sizeof off[0]); i++) offsets[i] = off[i];
+    return (int64_t)sizeof(st_moments_args);
+}
+
+/* st_moments_par with its arguments in one struct (the entry point native.py calls). */
+void st_moments_struct(int nt, const st_moments_args *p) {
+    const int64_t cfg[] = {[LRATE] = p->lrate, [LPHASE] = p->lphase, [HRATE] = p->hrate,
+                           [HPHASE] = p->hphase, [KH] = p->kh, [KC] = p->kc, [BINS] = p->bins};
+    st_moments_par(nt, p->x, p->n_img, p->C, p->L, p->sn, p->sc, p->sl, p->c0, p->c1, cfg,
+                   p->out, p->hoff, p->low, p->cut, p->hist, p->coff, p->sub);
 }
 
 void st_sample_logs_par(int nt, const float *x, int64_t C, int64_t sc, const int64_t *off,

@@ -25,7 +25,7 @@ SCHEMA_VERSION = 1
 FILE_FORMAT = "smart-transfer/activation-profile"
 
 # Settings in ``meta`` that must agree before two profiles may be merged.
-MERGE_SETTINGS = ("point", "hist_bins", "hist_scale", "hist_max", "covariance")
+MERGE_SETTINGS = ("point", "hist_bins", "hist_scale", "hist_max", "covariance", "stats")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -193,6 +193,8 @@ class ActivationProfile:
         for key in ("subsampled", "cov_subsampled"):
             if key in self.meta or key in other.meta:
                 meta[key] = bool(self.meta.get(key)) or bool(other.meta.get(key))
+        if self.meta.get("engine") != other.meta.get("engine"):
+            meta["engine"] = "mixed"  # the halves came from the native and the eager statistics
         return ActivationProfile(
             layers=layers,
             source="data",

@@ -9,8 +9,9 @@ same train/eval flags, same BatchNorm statistics, no hooks left.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,22 +22,16 @@ from .._checks import FORWARD_ERRORS, check_input, check_loader, forward_error
 from ..errors import ConfigError, DataError, ProfileError, SmartTransferError
 from ..layers import following_norms, layer_param_map, num_out_channels, select_layers
 from .batches import batch_input
+from .config import StatsConfig
+from .covariance import DEFAULT_COV_SAMPLE_PER_BATCH
 from .distributed import distributed_rank, distributed_world, gather_profiles
 from .fingerprint import model_fingerprint
+from .histograms import DEFAULT_HIST_BINS, DEFAULT_HIST_MAX, DEFAULT_HIST_SCALE
 from .hooks import eval_no_grad, forward_hooks
+from .moments import Scratch
 from .profile import ActivationProfile
-from .running import (
-    DEFAULT_COV_SAMPLE_PER_BATCH,
-    DEFAULT_HIST_BINS,
-    DEFAULT_HIST_MAX,
-    DEFAULT_HIST_SAMPLE_PER_BATCH,
-    DEFAULT_HIST_SCALE,
-    DEFAULT_SAMPLE_PER_BATCH,
-    RunningStats,
-    _Scratch,
-    check_sample,
-    hist_edges,
-)
+from .running import RunningStats, resolve_config
+from .sampling import DEFAULT_HIST_SAMPLE_PER_BATCH, DEFAULT_SAMPLE_PER_BATCH
 
 POINTS = ("output", "norm", "act")
 
@@ -183,6 +178,7 @@ def profile(
     hist_sample_per_batch: float | None = DEFAULT_HIST_SAMPLE_PER_BATCH,
     seed: int = 0,
     distributed: bool | None = None,
+    config: StatsConfig | None = None,
 ) -> ActivationProfile:
     """Per-layer, per-output-channel activation statistics of ``model`` on the data of ``loader``.
 
@@ -224,81 +220,82 @@ def profile(
         distributed: combine the profiles of all ranks when torch.distributed is initialised
             (None: automatically; False: keep this rank's profile). Every rank must call
             ``profile`` with its own shard and gets the global profile back.
+        config: every setting above from ``hist_bins`` to ``seed`` in one
+            :class:`~smart_transfer.stats.config.StatsConfig`, which also chooses the
+            statistics computed (``StatsConfig.for_measures(["gaussian_kl"])``: the moments
+            only, the fastest profile); those keyword arguments must then stay at their
+            defaults. The profile's ``meta`` records the statistics (``stats``) and whether
+            the fused C statistics or the eager torch ones computed them (``engine``).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_loader(loader, "loader")
     _check_int(max_batches, "max_batches")
-    check_sample("sample_per_batch", sample_per_batch)
-    check_sample("cov_sample_per_batch", cov_sample_per_batch, fraction=False)
-    check_sample("hist_sample_per_batch", hist_sample_per_batch)
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
-    names = select_layers(model, layers, types, exclude)
-    points, skipped = resolve_points(model, names, point)
-    model_device, model_dtype = _model_device_dtype(model)
-    run_device = model_device if device is None else torch.device(device)
-    if (
-        device is not None
-        and model_dtype is not None
-        and not _same_device(run_device, model_device)
-    ):
-        raise ConfigError(
-            f"the model is on {model_device} but device={str(device)!r}; move the model with "
-            f"model.to({str(device)!r}) or leave device=None"
-        )
+    cfg = resolve_config(
+        config, seed=int(seed) if config is None else 0, hist_bins=hist_bins, hist_scale=hist_scale,
+        hist_max=hist_max, covariance=covariance, sample_per_batch=sample_per_batch,
+        cov_sample_per_batch=cov_sample_per_batch, hist_sample_per_batch=hist_sample_per_batch,
+    )
+    if config is not None and seed != 0:
+        raise ConfigError("pass seed either in config=StatsConfig(seed=...) or as seed=, not both")
+    points, skipped = resolve_points(model, select_layers(model, layers, types, exclude), point)
+    run_device, model_dtype = _run_device(model, device)
     world = distributed_world(distributed)
     rank = distributed_rank() if world > 1 else 0
-
-    if hist_bins:
-        hist_edges(hist_bins, hist_scale, hist_max)  # validates the settings before any forward
-    generator = torch.Generator().manual_seed(int(seed) + rank)
-    scratch = _Scratch()
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
+    scratch = Scratch()
     accs = {
         p.name: RunningStats(
-            p.num_channels,
-            hist_bins=hist_bins,
-            hist_scale=hist_scale,
-            hist_max=hist_max,
-            covariance=covariance,
-            sample_per_batch=sample_per_batch,
-            cov_sample_per_batch=cov_sample_per_batch,
-            hist_sample_per_batch=hist_sample_per_batch,
-            generator=generator,
-            device=run_device,
-            scratch=scratch,
+            p.num_channels, config=cfg, generator=generator, device=run_device, scratch=scratch
         )
         for p in points
     }
     meta: dict[str, Any] = {
         "point": point,
-        "hist_bins": int(hist_bins or 0),
-        "hist_scale": float(hist_scale),
-        "hist_max": float(hist_max),
-        "sample_per_batch": sample_per_batch,
-        "covariance": bool(covariance),
-        "cov_sample_per_batch": cov_sample_per_batch if covariance else None,
-        "hist_sample_per_batch": hist_sample_per_batch if hist_bins else None,
-        "seed": int(seed),
+        **cfg.meta(),
         "model": type(model).__name__,
         "fingerprint": model_fingerprint(model),
         "hooked": {p.name: p.hooked for p in points},
         "skipped": skipped,
     }
+    run = functools.partial(
+        _run, model, loader, points, accs, run_device, model_dtype, max_batches,
+        progress and rank == 0,
+    )
+    return _profile_ranks(run, model, points, accs, meta, world)
 
+
+def _run_device(
+    model: nn.Module, device: torch.device | str | None
+) -> tuple[torch.device, torch.dtype | None]:
+    """Where the profile runs (the model's device; ``device`` may only name that one) and the
+    model's floating dtype."""
+    model_device, model_dtype = _model_device_dtype(model)
+    run_device = model_device if device is None else torch.device(device)
+    if device is not None and model_dtype is not None and not _same_device(run_device, model_device):
+        raise ConfigError(
+            f"the model is on {model_device} but device={str(device)!r}; move the model with "
+            f"model.to({str(device)!r}) or leave device=None"
+        )
+    return run_device, model_dtype
+
+
+def _profile_ranks(
+    run: Callable[[], tuple[int, int]],
+    model: nn.Module,
+    points: list[_Point],
+    accs: dict[str, RunningStats],
+    meta: dict[str, Any],
+    world: int,
+) -> ActivationProfile:
+    """``run()`` this process's batches and finish its profile; with several processes, every
+    rank gets the combined profile (an error on one rank is raised on every rank)."""
     local: ActivationProfile | None = None
     error: BaseException | None = None
     try:
-        num_samples, num_batches = _run(
-            model,
-            loader,
-            points,
-            accs,
-            run_device,
-            model_dtype,
-            max_batches,
-            progress and rank == 0,
-        )
+        num_samples, num_batches = run()
         if num_batches > 0:
             local = _finish(model, points, accs, num_samples, num_batches, meta)
         elif world == 1:
@@ -454,4 +451,9 @@ def _finish(
     meta["num_batches"] = num_batches
     meta["subsampled"] = any(accs[p.name].subsampled for p in reached)
     meta["cov_subsampled"] = any(accs[p.name].cov_subsampled for p in reached)
+    # "native" when the fused C statistics computed any layer (small batches whose exact
+    # covariance comes with the eager moments may still take the eager path), else "eager".
+    native = sum(accs[p.name].used_native for p in reached)
+    meta["engine"] = "native" if native else "eager"
+    meta["engine_layers"] = {"native": native, "eager": len(reached) - native}
     return ActivationProfile(layers=layers, source="data", num_samples=num_samples, meta=meta)
