@@ -31,12 +31,30 @@ PathLike = Union[str, "os.PathLike[str]"]
 RUN_MARKER = ".smart-transfer-run"
 # Every file and folder that train, evaluate and report write into a run folder (and fit into
 # a checkpoint folder). No output of another command may land on one of them.
-RUN_FILES = frozenset({
-    RUN_MARKER, "config.json", "result.json", "model.safetensors", "manifest.json", "log.jsonl",
-    "plan.json", "advice.json", "metrics.json", "profile_pre.pt", "profile_new.pt",
-    "samples.safetensors", "test_samples.safetensors", "comparison.json", "report.html",
-    "figures", "checkpoints", "state.pt", "best.safetensors", "done.json",
-})
+RUN_FILES = frozenset(
+    {
+        RUN_MARKER,
+        "config.json",
+        "result.json",
+        "model.safetensors",
+        "manifest.json",
+        "log.jsonl",
+        "plan.json",
+        "advice.json",
+        "metrics.json",
+        "profile_pre.pt",
+        "profile_new.pt",
+        "samples.safetensors",
+        "test_samples.safetensors",
+        "comparison.json",
+        "report.html",
+        "figures",
+        "checkpoints",
+        "state.pt",
+        "best.safetensors",
+        "done.json",
+    }
+)
 # Files only a run folder holds together: config.json plus one of these marks an old run
 # folder written before the marker existed.
 _RUN_EVIDENCE = ("result.json", "model.safetensors", "checkpoints", "samples.safetensors")
@@ -274,9 +292,7 @@ def writing_run(folder: PathLike) -> Iterator[None]:
         _WRITING.reset(token)
 
 
-def check_run_files(
-    outputs: Mapping[str, Path], own: Collection[str] = ()
-) -> None:
+def check_run_files(outputs: Mapping[str, Path], own: Collection[str] = ()) -> None:
     """Refuse an output onto a file or folder that a run folder holds (:data:`RUN_FILES`),
     unless its name, relative to the run folder, is in ``own`` (the files this command itself
     writes there, e.g. ``report.html``), or the run folder is being written by its own run

@@ -14,7 +14,12 @@ import smart_transfer as st
 from smart_transfer.errors import DataError, IncompatibleError
 from smart_transfer.stats import SCHEMA_VERSION, ActivationProfile
 
-EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}
+EXACT = {
+    "progress": False,
+    "sample_per_batch": None,
+    "cov_sample_per_batch": None,
+    "hist_sample_per_batch": None,
+}
 
 
 @pytest.fixture(scope="module")

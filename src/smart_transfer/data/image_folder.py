@@ -158,10 +158,16 @@ class ImageFiles(Dataset):
         """The evaluation geometry images are read with (None: their own size)."""
         if self.size is None:
             return None
-        return {"size": list(self.size), "crop_pct": self.crop_pct, "interpolation": self.interpolation}
+        return {
+            "size": list(self.size),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
 
     def with_geometry(
-        self, size: int | tuple[int, int] | None, crop_pct: float | None = None,
+        self,
+        size: int | tuple[int, int] | None,
+        crop_pct: float | None = None,
         interpolation: str = "bilinear",
     ) -> ImageFiles:
         """A copy that reads images at this evaluation geometry (the files are not read again)."""
@@ -249,8 +255,10 @@ class ImageFiles(Dataset):
             self.skip_reasons.setdefault("unreadable", []).extend(bad)
             shown = ", ".join(str(p) for p in bad[:3])
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            warnings.warn(f"skipped {len(bad)} unreadable image file(s) under {self.root}: {shown}{more}",
-                          stacklevel=3)
+            warnings.warn(
+                f"skipped {len(bad)} unreadable image file(s) under {self.root}: {shown}{more}",
+                stacklevel=3,
+            )
         self.samples = kept
         self._drop_empty_classes()
         return self
@@ -319,8 +327,17 @@ class ImageFolder(ImageFiles):
             )
         root = Path(root).expanduser()
         classes, samples, ignored, empty = _scan(root, exts, skip_empty=on_error == "skip")
-        super().__init__(samples, classes, root, on_error=on_error, mode=mode, size=size,
-                         crop_pct=crop_pct, interpolation=interpolation, transform=transform)
+        super().__init__(
+            samples,
+            classes,
+            root,
+            on_error=on_error,
+            mode=mode,
+            size=size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            transform=transform,
+        )
         self.extensions = exts
         self.ignored_files = ignored
         self.empty_folders = empty
@@ -511,12 +528,22 @@ def image_csv(
         p = p if p.is_absolute() else root / p
         if not p.is_file():
             if on_error == "raise":
-                raise DataError(f"{file} line {line} lists {p}, which does not exist; fix the row or {SKIP_HINT}.")
+                raise DataError(
+                    f"{file} line {line} lists {p}, which does not exist; fix the row or {SKIP_HINT}."
+                )
             missing.append(p)
             continue
         samples.append((p, index[label]))
-    ds = ImageFiles(samples, classes, root, on_error=on_error, mode=mode, size=size,
-                    crop_pct=crop_pct, interpolation=interpolation)
+    ds = ImageFiles(
+        samples,
+        classes,
+        root,
+        on_error=on_error,
+        mode=mode,
+        size=size,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+    )
     ds.source = file.resolve()  # type: ignore[attr-defined]
     if missing:
         ds.skip_reasons["missing"] = missing
@@ -550,6 +577,8 @@ def _csv_rows(file: Path) -> list[tuple[str, str, int]]:
     rows = []
     for line, r in numbered:
         if len(r) <= max(pcol, lcol) or not r[pcol].strip() or not r[lcol].strip():
-            raise DataError(f"{file} line {line} is not a 'path,label' row ({delimiter.join(r)!r}); fix it.")
+            raise DataError(
+                f"{file} line {line} is not a 'path,label' row ({delimiter.join(r)!r}); fix it."
+            )
         rows.append((r[pcol].strip(), r[lcol].strip(), line))
     return rows

@@ -206,7 +206,9 @@ def eval_geometry(
     the resized image, pixel for pixel. uint8 stays uint8 (rounded), floats stay floats.
     """
     if interpolation not in _MODES:
-        raise ConfigError(f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}.")
+        raise ConfigError(
+            f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}."
+        )
     target = _as_size(size)
     if target is None:
         return image

@@ -201,7 +201,9 @@ def compare(
             )
     m = get_measure(measure)
     if check_model:
-        check_same_model(getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {})
+        check_same_model(
+            getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {}
+        )
     point_pre = (getattr(prof_pre, "meta", None) or {}).get("point")
     point_new = (getattr(prof_new, "meta", None) or {}).get("point")
     if point_pre is not None and point_new is not None and point_pre != point_new:

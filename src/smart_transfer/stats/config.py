@@ -89,8 +89,10 @@ class StatsConfig:
         """The config of the individual keyword arguments of ``profile`` / ``RunningStats``
         (``hist_bins`` 0 or None: no histogram; ``covariance=False``: no covariance)."""
         stats = tuple(
-            s for s in ALL_STATS
-            if not (s == "histogram" and not hist_bins) and not (s == "covariance" and not covariance)
+            s
+            for s in ALL_STATS
+            if not (s == "histogram" and not hist_bins)
+            and not (s == "covariance" and not covariance)
         )
         return cls(stats=stats, hist_bins=int(hist_bins or DEFAULT_HIST_BINS), **settings)
 

@@ -282,7 +282,9 @@ class ActivationProfile:
 
 def _as_path(path: Any, verb: str) -> Path:
     if isinstance(path, (str, os.PathLike)) and not str(path):
-        raise ConfigError(f"{verb} needs a file path, got an empty one; e.g. prof.{verb}('profile.pt')")
+        raise ConfigError(
+            f"{verb} needs a file path, got an empty one; e.g. prof.{verb}('profile.pt')"
+        )
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(
             f"{verb} needs a file path (a str or pathlib.Path), got {type(path).__name__}; "

@@ -234,9 +234,15 @@ def profile(
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
     cfg = resolve_config(
-        config, seed=int(seed) if config is None else 0, hist_bins=hist_bins, hist_scale=hist_scale,
-        hist_max=hist_max, covariance=covariance, sample_per_batch=sample_per_batch,
-        cov_sample_per_batch=cov_sample_per_batch, hist_sample_per_batch=hist_sample_per_batch,
+        config,
+        seed=int(seed) if config is None else 0,
+        hist_bins=hist_bins,
+        hist_scale=hist_scale,
+        hist_max=hist_max,
+        covariance=covariance,
+        sample_per_batch=sample_per_batch,
+        cov_sample_per_batch=cov_sample_per_batch,
+        hist_sample_per_batch=hist_sample_per_batch,
     )
     if config is not None and seed != 0:
         raise ConfigError("pass seed either in config=StatsConfig(seed=...) or as seed=, not both")
@@ -261,7 +267,14 @@ def profile(
         "skipped": skipped,
     }
     run = functools.partial(
-        _run, model, loader, points, accs, run_device, model_dtype, max_batches,
+        _run,
+        model,
+        loader,
+        points,
+        accs,
+        run_device,
+        model_dtype,
+        max_batches,
         progress and rank == 0,
     )
     return _profile_ranks(run, model, points, accs, meta, world)
@@ -274,7 +287,11 @@ def _run_device(
     model's floating dtype."""
     model_device, model_dtype = _model_device_dtype(model)
     run_device = model_device if device is None else torch.device(device)
-    if device is not None and model_dtype is not None and not _same_device(run_device, model_device):
+    if (
+        device is not None
+        and model_dtype is not None
+        and not _same_device(run_device, model_device)
+    ):
         raise ConfigError(
             f"the model is on {model_device} but device={str(device)!r}; move the model with "
             f"model.to({str(device)!r}) or leave device=None"

@@ -21,9 +21,15 @@ from ..errors import ConfigError, UnknownNameError
 
 # option -> the values it may take, wherever it appears (checked with option_values' rules)
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "select": ("fixed", "val"), "bn_stats": ("adapt", "freeze", "update"), "point": ("output", "norm", "act"),
-    "init": ("pretrained", "probe"), "rule": ("one-se", "best"), "prefer": ("simplest", "advice"),
-    "direction": ("similar", "shifted", "val"), "classifier": ("logistic", "svm"), "head": ("linear", "mlp"),
+    "select": ("fixed", "val"),
+    "bn_stats": ("adapt", "freeze", "update"),
+    "point": ("output", "norm", "act"),
+    "init": ("pretrained", "probe"),
+    "rule": ("one-se", "best"),
+    "prefer": ("simplest", "advice"),
+    "direction": ("similar", "shifted", "val"),
+    "classifier": ("logistic", "svm"),
+    "head": ("linear", "mlp"),
 }
 # options every gradient-trained strategy takes from the context rather than its function
 CONTEXT_DEFAULTS: dict[str, Any] = {"head": "linear"}
@@ -40,7 +46,12 @@ class StrategyInfo:
     params: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "trains": self.trains, "needs": self.needs, "options": dict(self.options)}
+        return {
+            "name": self.name,
+            "trains": self.trains,
+            "needs": self.needs,
+            "options": dict(self.options),
+        }
 
     @cached_property
     def options_type(self) -> type:
@@ -61,8 +72,10 @@ class StrategyInfo:
     def defaults(self) -> dict[str, Any]:
         """Every option with its default."""
         typ = self.options_type
-        return {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
-                for f in fields(typ)}
+        return {
+            f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
+            for f in fields(typ)
+        }
 
     def check(self, options: dict[str, Any], known: Iterable[str] | None = None) -> Any:
         """Refuse an option this strategy does not have, or a value of the wrong type or out of
@@ -112,9 +125,7 @@ def get_strategy(name: str) -> StrategyInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-        raise UnknownNameError(
-            f"unknown strategy {name!r}; {hint}known: {', '.join(_REGISTRY)}"
-        )
+        raise UnknownNameError(f"unknown strategy {name!r}; {hint}known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
