@@ -122,8 +122,8 @@ def speed(name: str, steps: int, repeats: int) -> dict[str, Any]:
         got["forward_ratio"] = got["forward_bf16"] / got["forward_fp32"]
         rows.append(got)
         print(
-            f"  {name} {r}: train fp32 {got['train_fp32']:.3f} bf16 {got['train_bf16']:.3f} s/step; "
-            f"forward ratio {got['forward_ratio']:.3f}",
+            f"  {name} {r}: train fp32 {got['train_fp32']:.3f} bf16 {got['train_bf16']:.3f} "
+            f"s/step; forward ratio {got['forward_ratio']:.3f}",
             flush=True,
         )
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
@@ -192,7 +192,8 @@ def p1_runs(steps: int, out: Path) -> list[dict[str, Any]]:
             }
         )
         print(
-            f"  P1 {amp or 'fp32'}: val {r.val_accuracy:.3f} test {m['accuracy']:.4f} {seconds:.0f} s",
+            f"  P1 {amp or 'fp32'}: val {r.val_accuracy:.3f} test {m['accuracy']:.4f} "
+            f"{seconds:.0f} s",
             flush=True,
         )
     return rows
@@ -253,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`{record['command'].strip()}`  ",
         (
-            f"{record['cpu']['model']} (flags: {', '.join(record['cpu']['isa'])}), native bf16 detected: "
-            f"{record['cpu_bf16_supported']}; {record['threads']} torch thread(s), torch {record['torch']}; "
-            f"load average {record['load_average_at_start'][0]:.1f} at the start (a shared machine: times are "
-            "CPU seconds of this process, wall times in the JSON)."
+            f"{record['cpu']['model']} (flags: {', '.join(record['cpu']['isa'])}), native bf16 "
+            f"detected: {record['cpu_bf16_supported']}; {record['threads']} torch thread(s), torch "
+            f"{record['torch']}; load average {record['load_average_at_start'][0]:.1f} at the "
+            "start (a shared machine: times are CPU seconds of this process, wall times in the "
+            "JSON)."
         ),
         "",
-        "| setting | batch | train fp32 (CPU s/step) | train bf16 (CPU s/step) | paired ratio | forward paired ratio |",
+        "| setting | batch | train fp32 (CPU s/step) | train bf16 (CPU s/step) | paired ratio | "
+        "forward paired ratio |",
         "|---|---|---|---|---|---|",
     ]
     for s in record["speed"]:
@@ -272,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     md += [
         "",
         (
-            f"Pretrained Lite0 logits on {lg['images']} Fashion-MNIST test images at 96 px: top-1 agreement "
-            f"{lg['top1_agreement']:.4f}, largest difference {lg['max_abs_diff']:.3f} (largest logit "
-            f"{lg['max_abs_logit']:.1f}), mean difference {lg['mean_abs_diff']:.4f}."
+            f"Pretrained Lite0 logits on {lg['images']} Fashion-MNIST test images at 96 px: top-1 "
+            f"agreement {lg['top1_agreement']:.4f}, largest difference {lg['max_abs_diff']:.3f} "
+            f"(largest logit {lg['max_abs_logit']:.1f}), mean difference {lg['mean_abs_diff']:.4f}."
         ),
     ]
     if record["p1"]:

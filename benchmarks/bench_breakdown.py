@@ -144,7 +144,8 @@ def _markdown(res: dict[str, Any]) -> str:
         ),
         "",
         "Milliseconds per batch, medians over the rounds; the parts below the first two rows are",
-        "differences of medians or times taken inside the default profile, so they need not add up.",
+        "differences of medians or times taken inside the default profile, so they need not add "
+        "up.",
         "",
         "| part | ms per batch | share of the forward |",
         "|---|---|---|",

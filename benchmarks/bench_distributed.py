@@ -128,14 +128,14 @@ def _markdown(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`  ",
         _machine.header_line(res.get("cpu")),
         (
-            f"torch {res['torch']}, {res['cpus']} CPUs, {res['date']}; load average (1 min) {res['load_start']:.2f} "
-            f"at start, {res['load_end']:.2f} at end."
+            f"torch {res['torch']}, {res['cpus']} CPUs, {res['date']}; load average (1 min) "
+            f"{res['load_start']:.2f} at start, {res['load_end']:.2f} at end."
         ),
         "",
         (
-            f"SmallVGG with BatchNorm, {res['images']} images of {res['size']} px, batch {res['batch']}, default "
-            "statistics. Seconds from the first batch to the finished profile (all-reduced under torch.distributed), "
-            "median of the repeats."
+            f"SmallVGG with BatchNorm, {res['images']} images of {res['size']} px, batch "
+            f"{res['batch']}, default statistics. Seconds from the first batch to the finished "
+            "profile (all-reduced under torch.distributed), median of the repeats."
         ),
         "",
         "| setting | seconds | images/s | throughput vs 1 process, 1 thread |",
@@ -143,13 +143,15 @@ def _markdown(res: dict[str, Any]) -> str:
     ]
     for row in res["rows"]:
         lines.append(
-            f"| {row['setting']} | {row['seconds']:.2f} | {row['images_per_s']:.1f} | {row['speedup']:.2f}x |"
+            f"| {row['setting']} | {row['seconds']:.2f} | {row['images_per_s']:.1f} | "
+            f"{row['speedup']:.2f}x |"
         )
     lines += [
         "",
         (
-            f"Exact statistics (count, mean, variance, min/max, zero fraction) of the distributed profile against the "
-            f"one-process profile: largest relative difference {res['max_relative_difference']:.1e}."
+            "Exact statistics (count, mean, variance, min/max, zero fraction) of the distributed "
+            "profile against the one-process profile: largest relative difference "
+            f"{res['max_relative_difference']:.1e}."
         ),
         "",
     ]

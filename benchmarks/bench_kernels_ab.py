@@ -182,13 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Fused statistics: `{args.against}` against this checkout",
         "",
-        f"Command: `python benchmarks/bench_kernels_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+        "Command: `python benchmarks/bench_kernels_ab.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`  ",
         (
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}; every statistic of every value (moments, logs, histogram)."
+            f"{time.strftime('%Y-%m-%d %H:%M')}; every statistic of every value (moments, logs, "
+            "histogram)."
         ),
         "",
-        "| batch (N, C, L) | baseline ns/value | this checkout ns/value | speed-up | same sums and counts |",
+        "| batch (N, C, L) | baseline ns/value | this checkout ns/value | speed-up | same sums and "
+        "counts |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
@@ -199,15 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     if models:
         lines += [
             "",
-            f"End to end: `st.profile` with the default statistics, medians of {args.model_rounds} rounds.",
+            f"End to end: `st.profile` with the default statistics, medians of {args.model_rounds} "
+            "rounds.",
             "",
-            "| model | forward s | profile s, baseline | profile s, this checkout | baseline / this checkout |",
+            "| model | forward s | profile s, baseline | profile s, this checkout | baseline / "
+            "this checkout |",
             "|---|---|---|---|---|",
         ]
         for m in models:
             lines.append(
-                f"| {m['model']} | {m['forward_s']:.2f} | {m['baseline_s']:.2f} | {m['new_s']:.2f} | "
-                f"{m['baseline_s'] / m['new_s']:.2f}x |"
+                f"| {m['model']} | {m['forward_s']:.2f} | {m['baseline_s']:.2f} | {m['new_s']:.2f} "
+                f"| {m['baseline_s'] / m['new_s']:.2f}x |"
             )
     md = "\n".join(lines) + "\n"
     print(md)

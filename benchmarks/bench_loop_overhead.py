@@ -213,26 +213,28 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`{record['command']}`  ",
         (
-            f"{record['cpu']['model']}, {record['threads']} torch thread(s), torch {record['torch']}; CPU seconds "
-            "of this process (a shared machine: wall times in the JSON); "
-            f"{args.steps} steps per timed run, {args.repeats} interleaved repeats, medians."
+            f"{record['cpu']['model']}, {record['threads']} torch thread(s), torch "
+            f"{record['torch']}; CPU seconds of this process (a shared machine: wall times in the "
+            f"JSON); {args.steps} steps per timed run, {args.repeats} interleaved repeats, medians."
         ),
         "",
-        "| setting | batch | bare loop (CPU s/step) | fit, n steps (CPU s/step) | ratio | fit, one more step (CPU s) | ratio |",
+        "| setting | batch | bare loop (CPU s/step) | fit, n steps (CPU s/step) | ratio | fit, one "
+        "more step (CPU s) | ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         md.append(
-            f"| {r['setting']} | {r['batch']} | {r['median_bare_s']:.4f} | {r['median_loop_s']:.4f} | "
-            f"{r['median_paired_ratio']:.3f} | {r['median_loop_marginal_s']:.4f} | "
-            f"{r['median_marginal_ratio']:.3f} |"
+            f"| {r['setting']} | {r['batch']} | {r['median_bare_s']:.4f} | "
+            f"{r['median_loop_s']:.4f} | {r['median_paired_ratio']:.3f} | "
+            f"{r['median_loop_marginal_s']:.4f} | {r['median_marginal_ratio']:.3f} |"
         )
     met = all(r["median_marginal_ratio"] <= TARGET for r in results)
     md += [
         "",
-        f"Ratios are medians of the per-repeat ratios. 'n steps': fit with its fixed costs (an initial and "
-        f"a last validation on two images, copies of the kept state) over n = {args.steps} steps; 'one more "
-        f"step': the difference of a {2 * args.steps}-step and an {args.steps}-step fit, per step. "
+        "Ratios are medians of the per-repeat ratios. 'n steps': fit with its fixed costs (an "
+        "initial and a last validation on two images, copies of the kept state) over n = "
+        f"{args.steps} steps; 'one more step': the difference of a {2 * args.steps}-step and an "
+        f"{args.steps}-step fit, per step. "
         f"Target: one more step <= {TARGET} x the bare step: " + ("met." if met else "not met."),
     ]
     atomic_write_text(args.out / "loop_overhead.md", "\n".join(md) + "\n")

@@ -178,34 +178,38 @@ def _markdown(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`  ",
         _machine.header_line(res.get("cpu")),
         (
-            f"torch {res['torch']}, {res['cpus']} CPUs, {res['threads']} torch threads, {res['date']}; "
-            f"load average (1 min) {res['load_start']:.2f} at start, {res['load_end']:.2f} at end."
+            f"torch {res['torch']}, {res['cpus']} CPUs, {res['threads']} torch threads, "
+            f"{res['date']}; load average (1 min) {res['load_start']:.2f} at start, "
+            f"{res['load_end']:.2f} at end."
         ),
         "",
         (
-            f"SmallVGG with BatchNorm, {res['size']} px, batch {res['batch']}, random weights; D_pre and D_new "
-            "are random images of two distributions, made batch by batch. End to end: profile (or collect) "
-            "both data sets, compare, plan. Each figure is the median of the repeats, each repeat a fresh "
-            "process; peak memory is that process's `ru_maxrss`."
+            f"SmallVGG with BatchNorm, {res['size']} px, batch {res['batch']}, random weights; "
+            "D_pre and D_new are random images of two distributions, made batch by batch. End to "
+            "end: profile (or collect) both data sets, compare, plan. Each figure is the median "
+            "of the repeats, each repeat a fresh process; peak memory is that process's "
+            "`ru_maxrss`."
         ),
         "",
         (
-            "| images (D_pre + D_new) | original s | smart-transfer s | plain forward s | speed-up (original / smart) "
-            "| bound (original / forward) | original peak MB | smart-transfer peak MB | forward peak MB |"
+            "| images (D_pre + D_new) | original s | smart-transfer s | plain forward s | speed-up "
+            "(original / smart) | bound (original / forward) | original peak MB | smart-transfer "
+            "peak MB | forward peak MB |"
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["rows"]:
         lines.append(
-            f"| 2 x {row['images']} | {row['original_s']:.2f} | {row['smart_s']:.2f} | {row['forward_s']:.2f} | "
-            f"**{row['speedup']:.2f}x** | {row['bound']:.2f}x | {row['original_mb']:.0f} | {row['smart_mb']:.0f} | "
-            f"{row['forward_mb']:.0f} |"
+            f"| 2 x {row['images']} | {row['original_s']:.2f} | {row['smart_s']:.2f} | "
+            f"{row['forward_s']:.2f} | **{row['speedup']:.2f}x** | {row['bound']:.2f}x | "
+            f"{row['original_mb']:.0f} | {row['smart_mb']:.0f} | {row['forward_mb']:.0f} |"
         )
     lines += [
         "",
         (
-            f"Target: speed-up >= {TARGET_RATIO:g}x at 2 x 512 images, with smart-transfer's memory flat in the "
-            "number of images. Every repeat is in the JSON file of the same name."
+            f"Target: speed-up >= {TARGET_RATIO:g}x at 2 x 512 images, with smart-transfer's "
+            "memory flat in the number of images. Every repeat is in the JSON file of the same "
+            "name."
         ),
         "",
     ]
@@ -255,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[what].append(got)
                 res["repeats"].append({**got, "repeat": r, "loadavg_1min": os.getloadavg()[0]})
                 print(
-                    f"  {images} images, {what}: {got['seconds']:.2f} s, peak {got['peak_rss_mb']:.0f} MB",
+                    f"  {images} images, {what}: {got['seconds']:.2f} s, peak "
+                    f"{got['peak_rss_mb']:.0f} MB",
                     flush=True,
                 )
 

@@ -330,8 +330,9 @@ def _markdown(res: dict[str, Any]) -> str:
         ),
         "",
         (
-            f"Memory format: {'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} "
-            "for the model and the batches, in the forward and the profile alike. Statistics: "
+            "Memory format: "
+            f"{'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} for the model "
+            "and the batches, in the forward and the profile alike. Statistics: "
             + ("fused C kernels" if res.get("fused_statistics") else "eager torch operations")
             + "."
         ),
@@ -375,7 +376,8 @@ def _markdown(res: dict[str, Any]) -> str:
             "",
             "## S1 by the statistics computed (same interleaved rounds, same forward)",
             "",
-            "| model | image | statistics | profile img/s | ratio (median) | quartiles | CPU-time ratio |",
+            "| model | image | statistics | profile img/s | ratio (median) | quartiles | CPU-time "
+            "ratio |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in res["s1"].values():
@@ -420,8 +422,9 @@ def _markdown(res: dict[str, Any]) -> str:
             (
                 f"Peak RSS ratio {s2['large_images']} / {s2['small_images']} images: "
                 f"**{s2['ratio']:.3f}**; memory added by profiling: "
-                f"{s2.get('added_ratio', float('nan')):.3f}; ru_maxrss: {s2['ratio_ru_maxrss']:.3f} "
-                "(ru_maxrss of a child also counts pages shared with its parent before exec)."
+                f"{s2.get('added_ratio', float('nan')):.3f}; ru_maxrss: "
+                f"{s2['ratio_ru_maxrss']:.3f} (ru_maxrss of a child also counts pages shared with "
+                "its parent before exec)."
             ),
         ]
     lines += ["", "Every repeat is in the JSON file of the same name."]
@@ -449,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--stats",
         default="full",
-        help=f"comma-separated statistics sets to time against the forward, from {list(STATS_SETS)}; "
-        "'full' (the default profile) is always timed, the others in the same interleaved rounds",
+        help="comma-separated statistics sets to time against the forward, from "
+        f"{list(STATS_SETS)}; 'full' (the default profile) is always timed, the others in the same "
+        "interleaved rounds",
     )
     ap.add_argument("--note", default=None, help="a remark recorded in the results (e.g. the load)")
     ap.add_argument(

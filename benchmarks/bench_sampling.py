@@ -120,8 +120,8 @@ def _markdown(res: dict[str, Any]) -> str:
         "",
         (
             f"EfficientNet-Lite0 (ImageNet), {res['size']} px, D_pre {res['images']} Fashion-MNIST "
-            f"images of classes 5-9, D_new {res['images']} of classes 0-4; quantile=0.5 plans against "
-            "plans from exact statistics"
+            f"images of classes 5-9, D_new {res['images']} of classes 0-4; quantile=0.5 plans "
+            "against plans from exact statistics"
             + ("; timing: 4 random batches of 64 at 96 px" if res.get("speed") else "")
             + ". Per "
             "measure: channels with the same decision over the network (%), mean over seeds; in "

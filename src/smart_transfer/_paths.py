@@ -234,9 +234,9 @@ def check_output_folders(
             here = _resolved(f)
             if q.is_dir() and q in here.parents:
                 raise ConfigError(
-                    f"{option}={str(f)!r} lies inside the input folder {str(in_path)!r} ({in_option}); "
-                    f"its files would be read as data by the next run, so pass a folder outside "
-                    f"it to {option}."
+                    f"{option}={str(f)!r} lies inside the input folder {str(in_path)!r} "
+                    f"({in_option}); its files would be read as data by the next run, so pass a "
+                    f"folder outside it to {option}."
                 )
             if q == here or (replaced and here in q.parents):
                 what = "is" if q == here else "holds"

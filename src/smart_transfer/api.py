@@ -295,7 +295,8 @@ class TrainResult:
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise DataError(
-                f"{str(folder)!r} is not a run folder (no config.json); pass the --out of a train run"
+                f"{str(folder)!r} is not a run folder (no config.json); pass the --out of a train "
+                "run"
             )
         config = read_config(folder)
         res_path = folder / "result.json"
@@ -434,7 +435,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     for key, kind in (("recipe", dict), ("data", dict), ("options", dict), ("strategy", str)):
         if key in cfg and not isinstance(cfg[key], kind):
             raise DataError(
-                f"{str(path)!r} has {key} of type {type(cfg[key]).__name__}, not {kind.__name__}; {fix}"
+                f"{str(path)!r} has {key} of type {type(cfg[key]).__name__}, not {kind.__name__}; "
+                f"{fix}"
             )
     return cfg
 
@@ -474,7 +476,8 @@ def build_model(config: dict[str, Any], backbone: nn.Module | None = None) -> nn
         name = config.get("backbone")
         if not config.get("backbone_is_name", True):
             raise ConfigError(
-                f"this run was trained from a model object ({name}); pass it: TrainResult.load(dir, model=...)"
+                f"this run was trained from a model object ({name}); pass it: "
+                "TrainResult.load(dir, model=...)"
             )
         backbone = load_backbone(name, pretrained=False)  # type: ignore[arg-type]
     else:
@@ -506,7 +509,8 @@ def _resolve_backbone(backbone: Any) -> tuple[Callable[[], nn.Module], str, bool
         template = load_backbone(backbone)
         return (lambda: copy.deepcopy(template)), str(backbone), True
     raise ConfigError(
-        f"backbone must be a name (see list_backbones()) or an nn.Module, got {type(backbone).__name__}"
+        "backbone must be a name (see list_backbones()) or an nn.Module, got "
+        f"{type(backbone).__name__}"
     )
 
 
@@ -1108,8 +1112,9 @@ def _test_set(
         and describe(os.fspath(test_data)) == manifest.root
     ):
         raise DataError(
-            f"{os.fspath(test_data)} is the file this run trained and validated on, so the test would "
-            "flatter it; drop --test-data to test on the run's held-out split, or pass other images"
+            f"{os.fspath(test_data)} is the file this run trained and validated on, so the test "
+            "would flatter it; drop --test-data to test on the run's held-out split, or pass "
+            "other images"
         )
     if test_data is None:
         if manifest is None:
@@ -1151,8 +1156,8 @@ def _by_name(ds: Any, classes: list[str]) -> Any:
     unknown = [n for n in names if n not in classes]
     if unknown:
         raise DataError(
-            f"the test data has class {unknown[0]!r}, which the run was not trained on (its classes: "
-            f"{', '.join(classes)}); test on images of those classes, named as in training"
+            f"the test data has class {unknown[0]!r}, which the run was not trained on (its "
+            f"classes: {', '.join(classes)}); test on images of those classes, named as in training"
         )
     mapping = {i: classes.index(n) for i, n in enumerate(names)}
     t = torch.as_tensor(ds.targets, dtype=torch.int64)
@@ -1167,9 +1172,9 @@ def _refuse_leak(ds: Any, idx: Tensor, manifest: Any) -> None:
     leaked = [ds.samples[i][0] for i in idx.tolist() if Path(ds.samples[i][0]).resolve() in used]
     if leaked:
         raise DataError(
-            f"{len(leaked)} test image(s) were used to train or validate this run (e.g. {leaked[0]}), "
-            "so the test would flatter it; drop --test-data to test on the run's held-out split, or "
-            "pass images the run has not seen"
+            f"{len(leaked)} test image(s) were used to train or validate this run (e.g. "
+            f"{leaked[0]}), so the test would flatter it; drop --test-data to test on the run's "
+            "held-out split, or pass images the run has not seen"
         )
 
 

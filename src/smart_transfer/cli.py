@@ -88,8 +88,8 @@ def _deprecated_image_size(args: argparse.Namespace) -> None:
     if getattr(args, "image_size", None) is None:
         return
     print(
-        "warning: --image-size is deprecated and will be removed; use --size (images of any size are "
-        "resized and centre-cropped to it)",
+        "warning: --image-size is deprecated and will be removed; use --size (images of any size "
+        "are resized and centre-cropped to it)",
         file=sys.stderr,
     )
     if getattr(args, "size", None) is None:
@@ -160,8 +160,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             args.steps = min(args.steps or QUICK_STEPS, QUICK_STEPS)
         args.test_size = min(args.test_size or 2000, 2000)
         print(
-            f"--quick: {args.steps or args.epochs} optimizer {'steps' if args.epochs is None else 'epochs'} "
-            "and a fixed 2,000-image test subset"
+            f"--quick: {args.steps or args.epochs} optimizer "
+            f"{'steps' if args.epochs is None else 'epochs'} and a fixed 2,000-image test subset"
         )
     args.data, args.strategies, args.seeds = "fashion-mnist", list(DEMO_STRATEGIES), [args.seed]
     args.val_fraction, args.test_fraction, args.no_advice, args.lr_grid = 0.2, 0.2, False, None
@@ -574,8 +574,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result, test, overwrite=args.overwrite, device=dev, on_error=args.on_error, progress=True
     )
     print(
-        f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images ({metrics['test_data']}) "
-        f"-> {Path(args.run) / 'metrics.json'}"
+        f"test accuracy {metrics['accuracy']:.4f} on {metrics['test_images']} images "
+        f"({metrics['test_data']}) -> {Path(args.run) / 'metrics.json'}"
     )
     return 0
 
@@ -709,7 +709,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         else f"preprocessing in {beside}"
     )
     print(
-        f"{args.format} -> {path} ({what}); input: the preprocessed (B, C, H, W) float batch, output: logits"
+        f"{args.format} -> {path} ({what}); input: the preprocessed (B, C, H, W) float batch, "
+        "output: logits"
     )
     return 0
 
@@ -823,7 +824,8 @@ def _io_args(q: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--device",
         default=None,
-        help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default auto)",
+        help="where the network runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps "
+        "(default auto)",
     )
     q.add_argument(
         "--image-size",
@@ -848,7 +850,8 @@ def _data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
     q.add_argument(
         "--backbone",
         default="efficientnet_lite0",
-        help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)",
+        help="a name (smart-transfer list backbones) or a weights file (default "
+        "efficientnet_lite0)",
     )
     q.add_argument(
         "--data",
@@ -874,7 +877,8 @@ def _data_args(q: argparse.ArgumentParser, required: bool = True) -> None:
     q.add_argument(
         "--test-data",
         default=None,
-        help="a separate test set (folder, CSV or .npz); then nothing of --data is held out (default none)",
+        help="a separate test set (folder, CSV or .npz); then nothing of --data is held out "
+        "(default none)",
     )
     q.add_argument(
         "--test-fraction",
@@ -899,7 +903,8 @@ def _add_demo(sub: Any) -> None:
     """demo: compare-strategies on its embedded default."""
     d = sub.add_parser(
         "demo",
-        help="EfficientNet-Lite0 -> Fashion-MNIST, 200 images: advice and five strategies side by side",
+        help="EfficientNet-Lite0 -> Fashion-MNIST, 200 images: advice and five strategies side by "
+        "side",
         epilog="example: smart-transfer demo --quick   (writes runs/demo/report.html)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -951,10 +956,12 @@ def _add_compare_strategies(sub: Any) -> None:
     cs = sub.add_parser(
         "compare-strategies",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="train several strategies on the same splits of your data, over seeds; test each once; one table",
-        epilog="example:\n  smart-transfer compare-strategies --data photos/ --strategies linear-probe lp-ft "
-        "smart-kernel random-mask --seeds 0 1 2 --size 96 --out runs/cmp\n"
-        "writes runs/cmp/comparison.json, comparison.md, report.html and seed-S/STRATEGY/ run folders",
+        help="train several strategies on the same splits of your data, over seeds; test each "
+        "once; one table",
+        epilog="example:\n  smart-transfer compare-strategies --data photos/ --strategies "
+        "linear-probe lp-ft smart-kernel random-mask --seeds 0 1 2 --size 96 --out "
+        "runs/cmp\nwrites runs/cmp/comparison.json, comparison.md, report.html and "
+        "seed-S/STRATEGY/ run folders",
     )
     cs.add_argument(
         "--backbone",
@@ -994,7 +1001,8 @@ def _add_compare_strategies(sub: Any) -> None:
         "--test-fraction",
         type=float,
         default=0.2,
-        help="share of every class held out for the test first (default 0.2; Fashion-MNIST: its test split)",
+        help="share of every class held out for the test first (default 0.2; Fashion-MNIST: its "
+        "test split)",
     )
     cs.add_argument(
         "--test-size",
@@ -1016,7 +1024,8 @@ def _add_compare_strategies(sub: Any) -> None:
         "--report",
         metavar="STRATEGY",
         default=None,
-        help="the strategy whose run the report shows (default: the best by mean validation accuracy)",
+        help="the strategy whose run the report shows (default: the best by mean validation "
+        "accuracy)",
     )
     cs.add_argument(
         "--no-advice",
@@ -1057,7 +1066,8 @@ def _add_profile_compare(sub: Any) -> None:
     pr.add_argument(
         "--backbone",
         default="efficientnet_lite0",
-        help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)",
+        help="a name (smart-transfer list backbones) or a weights file (default "
+        "efficientnet_lite0)",
     )
     pr.add_argument(
         "--source",
@@ -1115,10 +1125,10 @@ def _add_train(sub: Any) -> None:
         "train",
         help="train a backbone on few labelled images with one strategy",
         formatter_class=_EXAMPLES,
-        epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data fashion-mnist "
-        "--per-class 20 --strategy smart-kernel --steps 300 --seed 0 --out runs/x\n"
-        "  smart-transfer train --resume runs/x\n"
-        "  torchrun --nproc-per-node 2 -m smart_transfer.cli train ... --out runs/ddp",
+        epilog="examples:\n  smart-transfer train --backbone efficientnet_lite0 --data "
+        "fashion-mnist --per-class 20 --strategy smart-kernel --steps 300 --seed 0 --out runs/x\n  "
+        "smart-transfer train --resume runs/x\n  torchrun --nproc-per-node 2 -m smart_transfer.cli "
+        "train ... --out runs/ddp",
     )
     _data_args(t, required=False)
     t.add_argument(
@@ -1178,8 +1188,9 @@ def _add_run_commands(sub: Any) -> None:
         "predict",
         help="predict the class of new images with a finished run; writes a CSV",
         formatter_class=_EXAMPLES,
-        epilog="examples:\n  smart-transfer predict runs/photos new_photos/ --top-k 3 --out predictions.csv\n"
-        "  smart-transfer predict runs/photos 'new/*.jpg' photo.png --on-error skip",
+        epilog="examples:\n  smart-transfer predict runs/photos new_photos/ --top-k 3 --out "
+        "predictions.csv\n  smart-transfer predict runs/photos 'new/*.jpg' photo.png --on-error "
+        "skip",
     )
     pd.add_argument("run", metavar="RUN", help="the run folder (the --out of smart-transfer train)")
     pd.add_argument(
@@ -1226,7 +1237,8 @@ def _add_run_commands(sub: Any) -> None:
         "advise",
         help="which strategy fits the data, with the evidence",
         formatter_class=_EXAMPLES,
-        epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ --per-class 20",
+        epilog="example:\n  smart-transfer advise --backbone efficientnet_lite0 --data photos/ "
+        "--per-class 20",
     )
     _data_args(a)
     a.add_argument("--out", help="also write the advice as JSON")
@@ -1239,12 +1251,14 @@ def _add_tools(sub: Any) -> None:
         "plan",
         help="profile, compare and write a freeze plan in one step",
         formatter_class=_EXAMPLES,
-        epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 --out plan.json",
+        epilog="example:\n  smart-transfer plan --data fashion-mnist --size 96 --max-batches 10 "
+        "--out plan.json",
     )
     pl.add_argument(
         "--backbone",
         default="efficientnet_lite0",
-        help="a name (smart-transfer list backbones) or a weights file (default efficientnet_lite0)",
+        help="a name (smart-transfer list backbones) or a weights file (default "
+        "efficientnet_lite0)",
     )
     pl.add_argument("--data", required=True, help=DATA_HELP)
     pl.add_argument(
@@ -1314,7 +1328,8 @@ def _add_tools(sub: Any) -> None:
         "list",
         help="list measures, backbones, strategies or the layers of a backbone",
         formatter_class=_EXAMPLES,
-        epilog="examples:\n  smart-transfer list strategies\n  smart-transfer list layers --backbone small_vgg",
+        epilog="examples:\n  smart-transfer list strategies\n  smart-transfer list layers "
+        "--backbone small_vgg",
     )
     ls.add_argument(
         "what", choices=("measures", "backbones", "layers", "strategies"), help="what to list"

@@ -119,8 +119,9 @@ class StrategyTable:
             "",
             (
                 f"{m.get('train_images', '?')} training, {m.get('val_images', '?')} validation and "
-                f"{m.get('test_images', '?')} test images per seed ({m.get('test', 'test split')}); "
-                f"seeds {', '.join(str(s) for s in seeds)}; mean ± std over seeds."
+                f"{m.get('test_images', '?')} test images per seed "
+                f"({m.get('test', 'test split')}); seeds {', '.join(str(s) for s in seeds)}; mean "
+                "± std over seeds."
             ),
             "",
             "| strategy | val accuracy | test accuracy | frozen | seconds |",
@@ -424,8 +425,9 @@ def compare_strategies(
     else:
         say("[2/4] advice: skipped")
     say(
-        f"[3/4] {len(first['train'])} training, {len(first['val'])} validation and {len(first['test'])} test "
-        f"images per seed ({_recipe_text(steps, epochs, lr, lr_grid)}, {size or 'native'} px)"
+        f"[3/4] {len(first['train'])} training, {len(first['val'])} validation and "
+        f"{len(first['test'])} test images per seed ({_recipe_text(steps, epochs, lr, lr_grid)}, "
+        f"{size or 'native'} px)"
     )
     order = sorted(names, key=lambda n: n == "random-mask" and "smart-kernel" in names)
     records: list[dict[str, Any]] = []
@@ -453,8 +455,9 @@ def compare_strategies(
             records.append(rec)
             results[(seed, name)] = res
             say(
-                f"      seed {seed}  {name:<16} val {rec['val_accuracy']:.3f}  test {rec['test_accuracy']:.3f}  "
-                f"frozen {rec['frozen_fraction']:5.1%}  {rec['seconds']:4.0f} s"
+                f"      seed {seed}  {name:<16} val {rec['val_accuracy']:.3f}  test "
+                f"{rec['test_accuracy']:.3f}  frozen {rec['frozen_fraction']:5.1%}  "
+                f"{rec['seconds']:4.0f} s"
             )
     records.sort(key=lambda r: (seeds.index(r["seed"]), names.index(r["strategy"])))
     meta = _meta(bname, d, seeds, names, first, per_class, size, epochs, test_size, advice)
@@ -466,8 +469,8 @@ def compare_strategies(
     }
     table = StrategyTable.from_records(records, names, meta)
     say(
-        f"[4/4] test accuracy on {meta['test_images']} test images ({meta['test']}); "
-        f"mean {'± std ' if len(seeds) > 1 else ''}over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+        f"[4/4] test accuracy on {meta['test_images']} test images ({meta['test']}); mean "
+        f"{'± std ' if len(seeds) > 1 else ''}over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
     )
     for line in table.lines():
         say("      " + line)
@@ -483,10 +486,12 @@ def compare_strategies(
     _write(out, table, advice, report, results, seeds)
     if report:
         say(
-            f"      report: {out / 'report.html'} (the run {table.meta['report_run']}, with the comparison)"
+            f"      report: {out / 'report.html'} (the run {table.meta['report_run']}, with the "
+            "comparison)"
         )
     say(
-        f"      wrote {out / 'comparison.json'} and comparison.md ({time.perf_counter() - started:.0f} s in all)"
+        f"      wrote {out / 'comparison.json'} and comparison.md "
+        f"({time.perf_counter() - started:.0f} s in all)"
     )
     return table
 
@@ -503,7 +508,8 @@ def _recipe_text(
     rate = (
         f"AdamW lr={lr}"
         if lr is not None
-        else f"AdamW lr chosen on validation from {', '.join(f'{r:g}' for r in (lr_grid or LR_GRID))}"
+        else f"AdamW lr chosen on validation from "
+        f"{', '.join(f'{r:g}' for r in (lr_grid or LR_GRID))}"
     )
     return f"{budget}, {rate}"
 
@@ -606,7 +612,8 @@ def _meta(
         else {"strategy": advice.strategy, "quadrant": advice.quadrant},
         "note": NOTE_ONE_SEED
         if len(seeds) == 1
-        else f"{len(seeds)} seeds: mean ± sample standard deviation over seeds; each seed draws its own split.",
+        else f"{len(seeds)} seeds: mean ± sample standard deviation over seeds; each seed draws "
+        f"its own split.",
     }
 
 

@@ -65,7 +65,8 @@ def preprocessing(transform: Any) -> dict[str, Any]:
     mean, std = getattr(transform, "mean", None), getattr(transform, "std", None)
     if size is None or mean is None or std is None:
         raise ConfigError(
-            "the run's evaluation transform has no fixed input size; train with --size N to export it"
+            "the run's evaluation transform has no fixed input size; train with --size N to export "
+            "it"
         )
     return {
         "input_size": [channels, int(size[0]), int(size[1])],

@@ -359,7 +359,8 @@ class RunSpec:
             raise DataError(
                 f"{where} has schema_version {version!r}, which this smart-transfer cannot read "
                 f"(it reads 1 to {SCHEMA_VERSION}); use the smart-transfer version that wrote it "
-                f"({d.get('version', 'unknown') if isinstance(d, dict) else 'unknown'}) or train again"
+                f"({d.get('version', 'unknown') if isinstance(d, dict) else 'unknown'}) or train "
+                "again"
             )
         recipe = dict(d.get("recipe") or {})
         if version == 1 and not recipe:  # the first runs recorded the budget at the top level

@@ -149,7 +149,8 @@ def _from_batches(data: Any, what: str, classes: Sequence[str] | None) -> Datase
         for batch in data:
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
                 raise DataError(
-                    f"{what} yielded a {type(batch).__name__}; batches must be (images, labels) pairs."
+                    f"{what} yielded a {type(batch).__name__}; batches must be (images, labels) "
+                    "pairs."
                 )
             xs.append(
                 torch.as_tensor(

@@ -172,7 +172,8 @@ def _check_split(
     if tuple(labels.shape) != (n,) or (len(labels) and int(labels.max()) >= len(CLASSES)):
         raise DataError(
             f"{labels_path} holds shape {tuple(labels.shape)} with labels up to "
-            f"{int(labels.max()) if len(labels) else None}, not {n} labels in 0..9; replace the file."
+            f"{int(labels.max()) if len(labels) else None}, not {n} labels in 0..9; replace the "
+            "file."
         )
 
 

@@ -323,7 +323,8 @@ class ImageFolder(ImageFiles):
             raise ConfigError("extensions is empty; pass suffixes such as ('.jpg', '.png').")
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigError(
-                f"root must be the path of a folder (str or os.PathLike), got {type(root).__name__}."
+                "root must be the path of a folder (str or os.PathLike), got "
+                f"{type(root).__name__}."
             )
         root = Path(root).expanduser()
         classes, samples, ignored, empty = _scan(root, exts, skip_empty=on_error == "skip")
@@ -529,7 +530,8 @@ def image_csv(
         if not p.is_file():
             if on_error == "raise":
                 raise DataError(
-                    f"{file} line {line} lists {p}, which does not exist; fix the row or {SKIP_HINT}."
+                    f"{file} line {line} lists {p}, which does not exist; fix the row or "
+                    f"{SKIP_HINT}."
                 )
             missing.append(p)
             continue

@@ -181,8 +181,8 @@ class Manifest:
             "kind": self.kind,
             "on_error": self.on_error,
             "classes": self.classes,
-            "change_check": f"{CHANGE_CHECK}: a file whose size in bytes or modification time differs "
-            "from this record counts as changed",
+            "change_check": f"{CHANGE_CHECK}: a file whose size in bytes or modification time "
+            "differs from this record counts as changed",
             "counts": self.counts(),
         }
         if self.source is not None:
@@ -274,8 +274,8 @@ class Manifest:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             where = self.root if self.kind == "npz" else str(Path(self.root) / bad[0])
             raise DataError(
-                f"the data changed since the run started ({where}{more} differs from manifest.json: "
-                f"missing, or another size or modification time), so {doing}; {fix}."
+                f"the data changed since the run started ({where}{more} differs from "
+                f"manifest.json: missing, or another size or modification time), so {doing}; {fix}."
             )
 
     def files(self, split: str) -> list[dict[str, Any]]:

@@ -67,6 +67,7 @@ def open_data(
             "nor an .npz file"
         )
     raise DataError(
-        f"no data at {spec!r}: it does not exist (check the path); pass 'fashion-mnist', a folder with one subfolder of images per "
-        "class, a CSV of path,label rows, or an .npz file with images and labels"
+        f"no data at {spec!r}: it does not exist (check the path); pass 'fashion-mnist', a folder "
+        "with one subfolder of images per class, a CSV of path,label rows, or an .npz file with "
+        "images and labels"
     )

@@ -66,7 +66,8 @@ class BatchTransform(nn.Module):
         super().__init__()
         if interpolation not in _MODES:
             raise ConfigError(
-                f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}."
+                f"interpolation must be one of {', '.join(map(repr, _MODES))}, got "
+                f"{interpolation!r}."
             )
         if crop_pct is not None and not (0 < float(crop_pct) <= 1):
             raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}.")

@@ -113,10 +113,10 @@ def _check_variance(lp: LayerProfile, label: str) -> None:
     if bad.numel():
         c = int(bad[0])
         raise ProfileError(
-            f"layer {lp.name!r} of the {label} profile has a negative variance "
-            f"({float(var[c]):g} in channel {c}{f' and {bad.numel() - 1} more' if bad.numel() > 1 else ''}); "
-            "a variance cannot be negative, so the profile (or the BatchNorm running_var it "
-            "was read from) is damaged; re-create it."
+            f"layer {lp.name!r} of the {label} profile has a negative variance ({float(var[c]):g} "
+            f"in channel {c}{f' and {bad.numel() - 1} more' if bad.numel() > 1 else ''}); a "
+            "variance cannot be negative, so the profile (or the BatchNorm running_var it was "
+            "read from) is damaged; re-create it."
         )
 
 

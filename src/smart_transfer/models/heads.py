@@ -311,7 +311,8 @@ def mlp_head(model: nn.Module, num_classes: int) -> nn.Module:
         return model
     if not isinstance(head, nn.Linear):
         raise ConfigError(
-            f"head='mlp' needs a Linear classifier; {type(model).__name__}'s is a {type(head).__name__}"
+            f"head='mlp' needs a Linear classifier; {type(model).__name__}'s is a "
+            f"{type(head).__name__}"
         )
     new = MLPHead(head.in_features, num_classes).to(
         device=head.weight.device, dtype=head.weight.dtype

@@ -89,8 +89,9 @@ class Summary:
         t = self.total
         if t.get("params"):
             lines.append(
-                f"trainable {t['trainable'] / t['params']:.1%}, frozen {t['frozen'] / t['params']:.1%} "
-                f"of {t['params']:,} parameters (frozen counts from {self.source})"
+                f"trainable {t['trainable'] / t['params']:.1%}, frozen "
+                f"{t['frozen'] / t['params']:.1%} of {t['params']:,} parameters (frozen counts "
+                f"from {self.source})"
             )
         return "\n".join(lines)
 

@@ -362,7 +362,8 @@ def _compare(run: RunData) -> tuple[Similarity | None, str]:
         sim = compare(run.profile_pre, run.profile_new, measure="gaussian_kl")
         return (
             sim,
-            f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with gaussian_kl",
+            f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with "
+            "gaussian_kl",
         )
 
 
@@ -847,10 +848,10 @@ def _comparison_table(ctx: _Context, comp: dict[str, Any]) -> str:
     if isinstance(seeds, list) and seeds:
         out += (
             f"<p>{_e(comp.get('backbone', '?'))} on {_e(comp.get('data', '?'))}: "
-            f"{_e(comp.get('train_images', '?'))} training, {_e(comp.get('val_images', '?'))} validation "
-            f"and {_e(comp.get('test_images', '?'))} test images per seed ({_e(comp.get('test', ''))}); "
-            f"seeds {_e(', '.join(str(x) for x in seeds))}. This page shows the run "
-            f"{_e(comp.get('report_run', ''))}.</p>"
+            f"{_e(comp.get('train_images', '?'))} training, {_e(comp.get('val_images', '?'))} "
+            f"validation and {_e(comp.get('test_images', '?'))} test images per seed "
+            f"({_e(comp.get('test', ''))}); seeds {_e(', '.join(str(x) for x in seeds))}. This "
+            f"page shows the run {_e(comp.get('report_run', ''))}.</p>"
         )
     out += _table(
         ["strategy", "val accuracy", "test accuracy", "frozen", "seconds", "seeds"],
@@ -915,8 +916,8 @@ def _advice_table(run: RunData, advice: dict[str, Any]) -> str:
     for key in ("similarity", "samples_per_class"):
         if key in advice and advice[key] is not None and finite(advice[key]) is None:
             return _note(
-                f"not drawn: {run.file('advice.json')!r} holds {key}={advice[key]!r}, not a number; "
-                "run the advisor again (smart-transfer advise)"
+                f"not drawn: {run.file('advice.json')!r} holds {key}={advice[key]!r}, not a "
+                "number; run the advisor again (smart-transfer advise)"
             )
     out = _table(
         ["", ""],

@@ -132,8 +132,9 @@ def profile_hint(missing: Iterable[str], measure: str) -> str:
     if not [g for g in groups_for(missing) if g != "moments"]:
         return ""
     return (
-        f"profile it again with config=smart_transfer.stats.StatsConfig.for_measures([{measure!r}]) "
-        "or the default StatsConfig() (every statistic)"
+        "profile it again with "
+        f"config=smart_transfer.stats.StatsConfig.for_measures([{measure!r}]) or the default "
+        "StatsConfig() (every statistic)"
     )
 
 

@@ -317,7 +317,8 @@ def _profile_ranks(
             local = _finish(model, points, accs, num_samples, num_batches, meta)
         elif world == 1:
             raise DataError(
-                "the loader yielded no batches (or only empty ones); pass a loader over at least one image"
+                "the loader yielded no batches (or only empty ones); pass a loader over at least "
+                "one image"
             )
     except Exception as e:
         if world == 1:
@@ -432,8 +433,8 @@ def _check_batch(
                     "clean or drop those images"
                 )
             raise ProfileError(
-                f"layer {name!r} produced NaN or Inf activations on batch {index} (counting from 0); "
-                "check the model's weights and that batch's values"
+                f"layer {name!r} produced NaN or Inf activations on batch {index} (counting from "
+                "0); check the model's weights and that batch's values"
             )
     for p in points:
         if isinstance(p.module, ACT_TYPES) and calls.get(p.name, 0) > 1:

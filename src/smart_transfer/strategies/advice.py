@@ -152,7 +152,8 @@ def decide(
     )
     if frozen_fraction is not None:
         reasons.append(
-            f"a smart-kernel plan (quantile 0.5) would freeze {frozen_fraction:.1%} of the planned parameters"
+            f"a smart-kernel plan (quantile 0.5) would freeze {frozen_fraction:.1%} of the planned "
+            "parameters"
         )
     return Advice(
         strategy=strategy,

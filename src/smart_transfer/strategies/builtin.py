@@ -12,8 +12,8 @@ from .registry import StrategyInfo, get_strategy, register
 from .smart import run_random_mask, run_smart
 
 HEAD_OPTION = {
-    "head": "the new head: 'linear' (default) or 'mlp' (seed 001's: BatchNorm1d, Linear to 2x, ReLU, "
-    "BatchNorm1d, Dropout 0.5, Linear)"
+    "head": "the new head: 'linear' (default) or 'mlp' (seed 001's: BatchNorm1d, Linear to "
+    "2x, ReLU, BatchNorm1d, Dropout 0.5, Linear)"
 }
 CLASSIFIER_OPTION = {
     "classifier": "'logistic' (default; softmax, multinomial logistic regression) or 'svm' "
@@ -32,7 +32,8 @@ _SMART_OPTIONS = {
     "'update' (they follow the new data)",
     "bn_prior": "with bn_stats='adapt': the source statistics count as this many images in the "
     "re-estimate (Schneider et al. 2020; default 0, plain AdaBN)",
-    "point": "where activations are profiled: 'output' (default), 'norm' or 'act' (needs source images)",
+    "point": "where activations are profiled: 'output' (default), 'norm' or 'act' (needs source "
+    "images)",
     "invert": "freeze the most shifted channels instead (an ablation; default False)",
     "init": "'pretrained' (default) or 'probe': start from a linear probe's head, as LP-FT does",
     "head_lr_mult": "learning-rate multiplier of the new head (default: the recipe's, 10)",
@@ -61,7 +62,8 @@ register(
         {
             "layer": "layer whose pooled output feeds the classifier (default penultimate)",
             "C": "inverse L2 strength, or a list chosen on validation (default 0.001 ... 10)",
-            "refit": "after choosing on validation, fit the probe again on the training and validation samples together (default True)",
+            "refit": "after choosing on validation, fit the probe again on the training and "
+            "validation samples together (default True)",
             **CLASSIFIER_OPTION,
         },
         run_linear_probe,
@@ -111,8 +113,9 @@ register(
         "nothing",
         {
             "head_lr_mult": "head learning-rate multiplier (default 10)",
-            "layer_decay": "layer-wise learning-rate decay by block: block b of n learns at lr * decay ** (n - b), "
-            "the head's block n at lr (times head_lr_mult); in (0, 1] (default off)",
+            "layer_decay": "layer-wise learning-rate decay by block: block b of n learns at lr * "
+            "decay ** (n - b), the head's block n at lr (times head_lr_mult); in (0, 1] (default "
+            "off)",
             **HEAD_OPTION,
         },
         run_full_finetune,
@@ -126,10 +129,10 @@ register(
         "nothing",
         {
             "head_fraction": "share of the step budget that trains the head alone (default 0.2)",
-            "lr_mult": "after unfreezing, the first block learns this many times slower than the head, the "
-            "blocks between geometrically (default 100, fastai's slice(lr/100, lr))",
-            "head_lr_mult": "head learning-rate multiplier while the backbone is frozen (default: the recipe's, 10); "
-            "half of it after unfreezing",
+            "lr_mult": "after unfreezing, the first block learns this many times slower than the "
+            "head, the blocks between geometrically (default 100, fastai's slice(lr/100, lr))",
+            "head_lr_mult": "head learning-rate multiplier while the backbone is frozen (default: "
+            "the recipe's, 10); half of it after unfreezing",
             **HEAD_OPTION,
         },
         run_fine_tune,
@@ -193,8 +196,9 @@ register(
 )
 _PROBE_OPTIONS = {
     "measure": "similarity measure (default gaussian_kl; see list_measures())",
-    "quantile": "keep the source BatchNorm statistics of this fraction of the most similar channels per "
-    "layer, re-estimate the rest on the training images (default: chosen on validation)",
+    "quantile": "keep the source BatchNorm statistics of this fraction of the most similar "
+    "channels per layer, re-estimate the rest on the training images (default: chosen on "
+    "validation)",
     "select": "'val' (default): choose the quantile on validation among `quantiles`; 'fixed': 0.5",
     "quantiles": "candidates for select='val' (default 0, 0.5, 1: AdaBN everywhere, half, nowhere)",
     "layer": "layer whose pooled output feeds the classifier (default penultimate)",
@@ -296,8 +300,8 @@ register(
         {
             "budget_s": "time budget in seconds for the candidates (default 900)",
             "candidates": "strategies to try (default: the advisor's)",
-            "rule": "'one-se' (default): the simplest candidate within one standard error of the best "
-            "validation accuracy; 'best': the highest validation accuracy",
+            "rule": "'one-se' (default): the simplest candidate within one standard error of "
+            "the best validation accuracy; 'best': the highest validation accuracy",
             "prefer": "for 'one-se': 'simplest' (default) or 'advice' (the earliest of the "
             "advisor's candidates)",
             "cv": "folds of the stratified cross-validation over every labelled sample that ranks "

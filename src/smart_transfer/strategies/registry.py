@@ -84,8 +84,9 @@ class StrategyInfo:
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ConfigError(
-                f"strategy {self.name!r} has no option {', '.join(map(repr, unknown))}; its options are "
-                f"{', '.join(sorted(known)) or 'none'} (see smart_transfer.list_strategies(details=True))"
+                f"strategy {self.name!r} has no option {', '.join(map(repr, unknown))}; its "
+                f"options are {', '.join(sorted(known)) or 'none'} (see "
+                "smart_transfer.list_strategies(details=True))"
             )
         from .option_values import check_option_values
 
@@ -95,7 +96,8 @@ class StrategyInfo:
             if allowed is not None and value not in allowed:
                 raise ConfigError(
                     f"option {opt}={value!r} of strategy {self.name!r} must be one of "
-                    f"{', '.join(map(repr, allowed))}; e.g. --option {opt}={allowed[0]} (Python: {opt}=...)"
+                    f"{', '.join(map(repr, allowed))}; e.g. --option {opt}={allowed[0]} (Python: "
+                    f"{opt}=...)"
                 )
         return self.options_type(**{k: v for k, v in options.items() if k in self.options})
 
