@@ -79,7 +79,8 @@ def _convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def original(
     model: nn.Module, pre: Any, new: Any, stats_value: float = 0.5
 ) -> dict[str, np.ndarray]:
-    """The original algorithm: every activation kept as float64, one fit and scipy t-test per kernel."""
+    """The original algorithm: every activation kept as float64, one fit and scipy t-test per
+    kernel."""
     from scipy import stats
 
     def collect(batches: Any) -> dict[str, np.ndarray]:

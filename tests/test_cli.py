@@ -109,7 +109,8 @@ def test_public_api_names_resolve():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
-    """The README's main job, shrunk: advice, five strategies on the same images, test once, report."""
+    """The README's main job, shrunk: advice, five strategies on the same images, test once,
+    report."""
     out = tmp_path / "demo"
     rc = main(
         [

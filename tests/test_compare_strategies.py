@@ -1,4 +1,5 @@
-"""compare_strategies / compare-strategies: the same splits for every strategy, tested once, a table."""
+"""compare_strategies / compare-strategies: the same splits for every strategy, tested once, a
+table."""
 
 from __future__ import annotations
 

@@ -118,7 +118,8 @@ OUTSIDE = textwrap.dedent("""
             np.save(job["out_ts"], ts(torch.from_numpy(x)).numpy())
         sess = ort.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"])
         np.save(job["out_onnx"], sess.run(["logits"], {"input": x})[0])
-    assert not any(m.startswith("smart_transfer.") for m in sys.modules), "smart_transfer was loaded"
+    loaded = [m for m in sys.modules if m.startswith("smart_transfer.")]
+    assert not loaded, "smart_transfer was loaded"
     print("ran", len(jobs))
 """)
 
@@ -225,7 +226,8 @@ def test_config_json_describes_the_preprocessing(vgg_runs, photos):
 
 
 def _plain_probe_logits(net: torch.nn.Module, layers: list[str], weight, bias, x) -> torch.Tensor:
-    """What config.json["probe"] says, in plain PyTorch: hooks on the layers, mean over positions."""
+    """What config.json["probe"] says, in plain PyTorch: hooks on the layers, mean over
+    positions."""
     got, handles = {}, []
     for name in layers:
         handles.append(

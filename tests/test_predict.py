@@ -1,4 +1,5 @@
-"""st.predict and `smart-transfer predict` on photos of mixed sizes, checked against the network itself."""
+"""st.predict and `smart-transfer predict` on photos of mixed sizes, checked against the network
+itself."""
 
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ def check_outputs(
                     f"so pass a different path to one of them."
                 )
         checked[option] = p
-    for in_option, in_path, q in _input_paths(inputs):
+    for in_option, _in_path, q in _input_paths(inputs):
         for option, p in checked.items():
             if _same_file(p, q):
                 raise ConfigError(
@@ -316,7 +316,7 @@ def check_not_in_inputs(
 ) -> None:
     """Refuse an output inside an input that is a folder (a data folder, a source folder):
     the file would be read back as data (a class folder, an image) by the next run."""
-    for in_option, in_path, q in _input_paths(inputs):
+    for in_option, _in_path, q in _input_paths(inputs):
         if not q.is_dir():
             continue
         here = _resolved(q)

@@ -1,4 +1,5 @@
-"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`predict`, :func:`advise`.
+"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`predict`,
+:func:`advise`.
 
 ``train`` resolves the backbone, the data and the transforms once, hands a strategy a plain
 :class:`~smart_transfer.strategies.Context`, and returns a :class:`TrainResult`; ``evaluate``
@@ -49,8 +50,9 @@ def _dataset_and_indices(
     ``path,label``, an ``.npz`` or ``'fashion-mnist'``; every file decoded once, ``on_error``
     says what an unreadable one does); a dataset (this package's, a torch one, or any
     map-style one with ``(image, label)`` or dict items, Hugging Face style); ``(dataset,
-    indices)``; or raw ``(x, y)`` batches, checked and remapped as :func:`~smart_transfer.data.arrays`
-    does (``classes``: the names their labels index, for evaluation).
+    indices)``; or raw ``(x, y)`` batches, checked and remapped as
+    :func:`~smart_transfer.data.arrays` does (``classes``: the names their labels index, for
+    evaluation).
     """
 
     from .data.adapt import _is_map_style, as_dataset
@@ -247,7 +249,8 @@ class TrainResult:
         return float(self.config.get("frozen_fraction", 0.0))
 
     def save(self, out: PathLike) -> Path:
-        """Write the run folder: config.json, result.json, log.jsonl, model.safetensors, plan.json."""
+        """Write the run folder: config.json, result.json, log.jsonl, model.safetensors,
+        plan.json."""
         out = Path(out)
         if self.out is None or not _same_folder(out, self.out):
             claim_run_folder(out, "out")  # never into a folder that holds another run
@@ -270,7 +273,8 @@ class TrainResult:
             f.write("".join(json.dumps(h) + "\n" for h in self.history))
         from .exporting import weights_metadata
 
-        # architecture, class names and preprocessing travel with the weights (str -> str, JSON inside)
+        # architecture, class names and preprocessing travel with the weights (str -> str, JSON
+        # inside)
         ckpt.save_weights(
             out / "model.safetensors", self.model.state_dict(), metadata=weights_metadata(self)
         )
@@ -452,7 +456,8 @@ _RESULT_KEYS: dict[str, Any] = {
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """``result.json`` of a finished run, checked to hold every key :meth:`TrainResult.load` reads."""
+    """``result.json`` of a finished run, checked to hold every key :meth:`TrainResult.load`
+    reads."""
     path = folder / "result.json"
     res = read_json(path, " (the run has not finished: resume it first)")
     fix = "the run folder is damaged: restore the file or train the run again"
@@ -536,7 +541,8 @@ class _Model:
     is_name: bool
     train_tf: Callable[[Tensor], Tensor]
     eval_tf: Callable[[Tensor], Tensor]
-    geometry: Any  # the backbone's evaluation transform: the size, crop and interpolation images are read at
+    # the backbone's evaluation transform: the size, crop and interpolation images are read at
+    geometry: Any
     rank: int
     world: int
 
@@ -605,7 +611,8 @@ def train(
     state kept, early stopping after ``patience`` steps without a better validation score; the
     pretrained layers' learning rate chosen on validation from ``lr_grid`` (default 1e-4, 3e-4,
     1e-3; lowest validation loss, ties to the higher accuracy), or fixed with ``lr=``.
-    ``amp="bf16"`` autocasts on CUDA and on CPUs (see :func:`smart_transfer.training.cpu_bf16_supported`).
+    ``amp="bf16"`` autocasts on CUDA and on CPUs (see
+    :func:`smart_transfer.training.cpu_bf16_supported`).
 
     (Longer than 60 lines only for the keyword list and this docstring: the body is the six
     steps, each its own function.)

@@ -1,7 +1,8 @@
 """Command-line interface: thin subcommands over the library.
 
-smart-transfer demo                      # EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST, 200 images
-smart-transfer compare-strategies --data photos/ --strategies linear-probe lp-ft --seeds 0 1 2 --out runs/cmp
+smart-transfer demo       # EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST, 200 images
+smart-transfer compare-strategies --data photos/ --strategies linear-probe lp-ft \\
+    --seeds 0 1 2 --out runs/cmp
 smart-transfer profile --data fashion-mnist --out new.pt
 smart-transfer profile --source batchnorm --out pre.pt
 smart-transfer compare pre.pt new.pt --measure gaussian_kl --quantile 0.5 --plan plan.json
@@ -113,7 +114,7 @@ def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
     return rule or {"quantile": 0.5}
 
 
-# --------------------------------------------------------------------------- demo / compare-strategies
+# ------------------------------------------------------------------------ demo / compare-strategies
 
 DEMO_STRATEGIES = ("linear-probe", "full-finetune", "smart-kernel", "random-mask", "auto")
 QUICK_STEPS = 30  # demo --quick: a few minutes on two CPU cores
@@ -123,7 +124,8 @@ DEMO_LR = (
 
 
 def cmd_compare_strategies(args: argparse.Namespace) -> int:
-    """Train each strategy on the same splits per seed, test each once, print and write the table."""
+    """Train each strategy on the same splits per seed, test each once, print and write the
+    table."""
     import smart_transfer as st
 
     options: dict[str, dict[str, Any]] = {}
@@ -800,7 +802,8 @@ def recipe_args(
             groups[group] = q.add_mutually_exclusive_group()
         target = q if group is None else groups[group]
         default = defaults.get(f.name)
-        text = f"{helps.get(f.name, f.metadata['help'])} (default {default_text(f) if default is None else default})"
+        shown = default_text(f) if default is None else default
+        text = f"{helps.get(f.name, f.metadata['help'])} (default {shown})"
         if kind == "bool":
             target.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=text

@@ -1,7 +1,8 @@
 """``compare_strategies``: several strategies on the same splits of one's own data, over seeds.
 
     table = st.compare_strategies("efficientnet_lite0", "photos/", seeds=[0, 1, 2],
-                                  strategies=["linear-probe", "lp-ft", "smart-kernel"], out="runs/cmp")
+                                  strategies=["linear-probe", "lp-ft", "smart-kernel"],
+                                  out="runs/cmp")
     print(table)        # mean +- std over seeds of validation and test accuracy per strategy
 
 Why one split per seed, shared by every strategy: the differences between strategies on a few
@@ -45,9 +46,9 @@ class StrategyTable:
 
     ``rows``: dicts with ``strategy``, ``val_accuracy`` / ``val_std``, ``test_accuracy`` /
     ``test_std`` (std over seeds, ``None`` with one seed), ``frozen_fraction``, ``seconds``
-    (mean training time of one run, backbone loading included) and ``seeds`` (how many). ``records``: one dict
-    per (seed, strategy) run. ``meta``: what was compared (backbone, data, split sizes, ...).
-    ``str(table)`` is the aligned table the command prints.
+    (mean training time of one run, backbone loading included) and ``seeds`` (how many).
+    ``records``: one dict per (seed, strategy) run. ``meta``: what was compared (backbone, data,
+    split sizes, ...). ``str(table)`` is the aligned table the command prints.
     """
 
     rows: list[dict[str, Any]]

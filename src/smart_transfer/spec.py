@@ -280,9 +280,8 @@ def _integer(v: Any, low: int) -> bool:
 class DataSpec:
     """Which images a run trains on and how they are split (the draw itself is in manifest.json)."""
 
-    spec: str | None = (
-        None  # what --data named: 'fashion-mnist', a folder, a CSV/TSV, an .npz; None: a dataset object
-    )
+    # what --data named: 'fashion-mnist', a folder, a CSV/TSV, an .npz; None: a dataset object
+    spec: str | None = None
     per_class: int | None = None  # labelled images drawn per class for train+val; None: all
     val_fraction: float = 0.2  # stratified share of the drawn images kept for validation
     test_fraction: float | None = (
@@ -313,7 +312,8 @@ class DataSpec:
 class RunSpec:
     """Everything that decides what a run computes; ``config.json`` is its :meth:`to_dict`."""
 
-    backbone: str = "efficientnet_lite0"  # a name (list_backbones()), a weights file, or an nn.Module's class name
+    # a name (list_backbones()), a weights file, or an nn.Module's class name
+    backbone: str = "efficientnet_lite0"
     backbone_is_name: bool = True  # False: trained from a model object, which loading needs again
     data: DataSpec = field(default_factory=DataSpec)  # the images and their split
     recipe: Recipe = field(default_factory=Recipe)  # steps, learning rates, batch size, ...
@@ -337,7 +337,8 @@ class RunSpec:
 
     def typed_options(self) -> Any:
         """The options as the strategy's own frozen dataclass (``StrategyInfo.options_type``),
-        every option not given at its default; checked as :func:`~smart_transfer.train` checks them."""
+        every option not given at its default; checked as :func:`~smart_transfer.train` checks
+        them."""
         from .strategies import get_strategy
 
         info = get_strategy(self.strategy)
@@ -381,7 +382,8 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, path: str | Path) -> RunSpec:
-        """The spec recorded in a run's ``config.json`` (a damaged file: one DataError naming it)."""
+        """The spec recorded in a run's ``config.json`` (a damaged file: one DataError naming
+        it)."""
         from .api import read_config
 
         path = Path(path)

@@ -1,4 +1,5 @@
-"""Data intake: evaluation geometry per image, CSV / dict datasets, raw batches, splits, manifest."""
+"""Data intake: evaluation geometry per image, CSV / dict datasets, raw batches, splits,
+manifest."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _reference(img: torch.Tensor, size: int, crop_pct: float) -> torch.Tensor:
 @pytest.mark.parametrize("hw", [(37, 53), (64, 23), (16, 16), (12, 30)])
 def test_transform_of_one_image_is_the_dataset_preprocessing(hw, crop_pct):
     """transforms_for(train=False) on one raw image (1, C, H, W) = torchvision's Resize+CenterCrop,
-    and = the same transform on the image as a dataset reads it (eval_geometry), up to uint8 rounding."""
+    and = the same transform on the image as a dataset reads it (eval_geometry), up to uint8
+    rounding."""
     g = torch.Generator().manual_seed(hw[0])
     img = torch.randint(0, 256, (3, *hw), generator=g, dtype=torch.uint8)
     cfg = {"input_size": (3, 16, 16), "mean": (0.0,) * 3, "std": (1.0,) * 3, "crop_pct": crop_pct}
@@ -69,7 +71,8 @@ def test_mixed_size_folder_batches_at_the_network_geometry(photos: Path):
     assert [p.name for p in ds.skipped_files] == ["broken.jpg"]
     names = {p.name for p, _ in ds.samples}
     assert "cat00.JPG" in names and not any(n.startswith(".") for n in names)
-    # colour classes survive: red > blue for cat, blue > red for owl (RGBA and gray read as 3 channels)
+    # colour classes survive: red > blue for cat, blue > red for owl (RGBA and gray read as 3
+    # channels)
     means = x.float().mean((2, 3))
     assert (means[y == 0, 0] > means[y == 0, 2]).all() and (
         means[y == 2, 2] > means[y == 2, 0]

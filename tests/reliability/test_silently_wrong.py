@@ -158,7 +158,7 @@ def test_a_misspelt_layer_or_exclude_name_is_an_error_with_close_matches():
         st.plan_freeze(sim, quantile=0.5, layers=["feature.3"])
 
 
-# ------------------------------------------------------------------ profiles of other models / order
+# ----------------------------------------------------------------- profiles of other models / order
 
 
 def test_profiles_of_different_models_or_in_the_wrong_order_are_refused():
@@ -284,7 +284,8 @@ def test_a_hand_edited_plan_is_refused_not_truncated(tmp_path, edit, says):
 
 
 class _Diverging(torch.nn.Module):
-    """A classifier whose output turns NaN on a chosen training call, as a diverging model's does."""
+    """A classifier whose output turns NaN on a chosen training call, as a diverging model's
+    does."""
 
     def __init__(self, at: int) -> None:
         super().__init__()

@@ -132,7 +132,8 @@ def assert_layer_matches(
 
 
 def profiles_equal(a, b, *, rtol: float = 1e-9) -> None:
-    """Two ActivationProfiles agree: same layers, exact counts/extremes/histograms, close moments."""
+    """Two ActivationProfiles agree: same layers, exact counts/extremes/histograms, close
+    moments."""
     assert list(a.layers) == list(b.layers)
     assert a.num_samples == b.num_samples
     assert a.source == b.source

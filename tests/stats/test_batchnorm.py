@@ -99,7 +99,8 @@ def test_batchnorm_profile_matches_data_profile_of_the_same_images():
     lp, bp = data_prof["features.0"], bn_prof["features.0"]
     # Equal batch sizes: the average of the batch means is the mean over all images.
     torch.testing.assert_close(bp.mean, lp.mean, rtol=1e-5, atol=1e-6)
-    # BN keeps the average of each batch's *unbiased* variance; rebuild that from per-batch profiles.
+    # BN keeps the average of each batch's *unbiased* variance; rebuild that from per-batch
+    # profiles.
     per_batch = [
         st.profile(
             model,

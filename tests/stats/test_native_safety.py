@@ -86,17 +86,33 @@ def test_preconditions_raise_under_python_O(tmp_path):
             "negative offsets": lambda: native.moments(x, 1, cov=(off - 1_000, sub)),
             "sample too small": lambda: native.moments(x, 1, cov=(off, torch.empty(4, 3))),
             "int32 offsets": lambda: native.moments(x, 1, cov=(off.int(), sub)),
-            "hist counts float32": lambda: native.moments(x, 1, hist=(1, 0, None, low, cut, counts.float())),
-            "hist counts of 2 channels": lambda: native.moments(x, 1, hist=(1, 0, None, low, cut, counts[:2])),
-            "short bin table": lambda: native.moments(x, 1, hist=(1, 0, None, low[:10], cut, counts)),
-            "bins past the counts": lambda: native.moments(x, 1, hist=(1, 0, None, low + 8, cut, counts)),
-            "hist offsets past the batch": lambda: native.moments(x, 1, hist=(0, 0, off + 10_000, low, cut, counts)),
+            "hist counts float32": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low, cut, counts.float())
+            ),
+            "hist counts of 2 channels": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low, cut, counts[:2])
+            ),
+            "short bin table": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low[:10], cut, counts)
+            ),
+            "bins past the counts": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low + 8, cut, counts)
+            ),
+            "hist offsets past the batch": lambda: native.moments(
+                x, 1, hist=(0, 0, off + 10_000, low, cut, counts)
+            ),
             "merge with float32 totals": lambda: native.merge(out, 80, 0, (t[0].float(), *t[1:])),
             "merge with a short total": lambda: native.merge(out, 80, 0, (t[0][:2], *t[1:])),
             "merge with half the logs": lambda: native.merge(out, 80, 0, (*t[:6], None, None)),
-            "sample_logs into a short out": lambda: native.sample_logs(x, off, torch.zeros(8, 3, dtype=torch.float64)),
-            "cov_finish with float64 a32": lambda: native.cov_finish(torch.zeros(3, 3, dtype=torch.float64), None, t[0], 1.0, 1.0),
-            "cov_finish with a short delta": lambda: native.cov_finish(torch.zeros(3, 3), None, t[0][:2], 1.0, 1.0),
+            "sample_logs into a short out": lambda: native.sample_logs(
+                x, off, torch.zeros(8, 3, dtype=torch.float64)
+            ),
+            "cov_finish with float64 a32": lambda: native.cov_finish(
+                torch.zeros(3, 3, dtype=torch.float64), None, t[0], 1.0, 1.0
+            ),
+            "cov_finish with a short delta": lambda: native.cov_finish(
+                torch.zeros(3, 3), None, t[0][:2], 1.0, 1.0
+            ),
         }
         for name, call in bad.items():
             try:

@@ -140,7 +140,8 @@ def test_smart_multi_probe_keeps_the_channels_the_divergence_ranks_first(
         start += len(kl[layer])
     mask = torch.zeros(w.shape[1], dtype=torch.bool)
     mask[used] = True
-    # (a kept feature that is constant on the training images, e.g. a dead ReLU channel, gets no weight either)
+    # (a kept feature that is constant on the training images, e.g. a dead ReLU channel, gets no
+    # weight either)
     varies = torch.from_numpy(
         _pooled_concat(
             tiny_net, ctx.eval_tf(tiny_data.get_batch(TRAIN)[0]), out.chosen["layers"]

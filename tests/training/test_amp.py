@@ -1,4 +1,5 @@
-"""bfloat16 autocast on the CPU: detected, not assumed; predictions as fp32's within a stated tolerance."""
+"""bfloat16 autocast on the CPU: detected, not assumed; predictions as fp32's within a stated
+tolerance."""
 
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ _CHANNEL_SIZES = (1, 3, 4)
 
 
 class ArrayDataset(TensorImageDataset):
-    """Images from arrays, stored as ``(N, H, W)`` (gray) or ``(N, C, H, W)``; see :func:`arrays`."""
+    """Images from arrays, stored as ``(N, H, W)`` (gray) or ``(N, C, H, W)``; see
+    :func:`arrays`."""
 
 
 def arrays(

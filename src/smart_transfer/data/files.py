@@ -64,7 +64,8 @@ def read_image(path: str | os.PathLike[str], mode: str | None = "RGB") -> torch.
 
 
 def images_in_folder(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Every image file below ``folder`` (subfolders too), hidden files and folders left out, sorted."""
+    """Every image file below ``folder`` (subfolders too), hidden files and folders left out,
+    sorted."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))

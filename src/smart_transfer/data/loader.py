@@ -184,7 +184,8 @@ def loader(
     drop_last: bool = False,
     device: str | torch.device | None = None,
 ) -> Loader:
-    """Iterate ``(x, y)`` batches of ``ds``, ``x`` passed through ``transform``; see :class:`Loader`.
+    """Iterate ``(x, y)`` batches of ``ds``, ``x`` passed through ``transform``; see
+    :class:`Loader`.
 
     ``ds`` is any map-style dataset whose items are ``(image, label)``: the datasets of this
     package, or e.g. a torchvision dataset built with ``transform=PILToTensor()``.

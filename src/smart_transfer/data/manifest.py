@@ -107,7 +107,8 @@ class Manifest:
     def record(
         cls, ds: Any, splits: dict[str, torch.Tensor], spec: Any = None, on_error: str = "raise"
     ) -> Manifest | None:
-        """The manifest of ``splits`` of ``ds`` (None for data that has neither files nor a spec)."""
+        """The manifest of ``splits`` of ``ds`` (None for data that has neither files nor a
+        spec)."""
         classes = [str(c) for c in ds.classes]
         samples = getattr(ds, "samples", None)
         if samples is not None and hasattr(ds, "relative"):

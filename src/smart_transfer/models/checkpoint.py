@@ -1,4 +1,5 @@
-"""Reading weights files: ``.pt`` / ``.pth`` / ``.bin`` state dicts or full checkpoints, ``.safetensors``.
+"""Reading weights files: ``.pt`` / ``.pth`` / ``.bin`` state dicts or full checkpoints,
+``.safetensors``.
 
 Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
 never arbitrary pickled code.  A full checkpoint is a dict holding the state dict under
@@ -28,7 +29,8 @@ SHOWN = 4  # keys quoted in a mismatch message
 
 
 def looks_like_path(name: Any) -> bool:
-    """True for an ``os.PathLike``, an existing file, or a string with a checkpoint suffix / separator."""
+    """True for an ``os.PathLike``, an existing file, or a string with a checkpoint suffix /
+    separator."""
     if isinstance(name, os.PathLike):
         return True
     if not isinstance(name, str):

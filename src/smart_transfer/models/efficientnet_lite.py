@@ -172,7 +172,8 @@ def drop_connect(x: Tensor, rate: float, training: bool) -> Tensor:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual block: [1x1 expand -> BN -> ReLU6] -> depthwise -> BN -> ReLU6 -> 1x1 project -> BN.
+    """Inverted residual block: [1x1 expand -> BN -> ReLU6] -> depthwise -> BN -> ReLU6 -> 1x1
+    project -> BN.
 
     The residual connection (with drop-connect while training) is used when the block keeps
     the resolution and the channel count.

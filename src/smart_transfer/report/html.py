@@ -721,7 +721,10 @@ def _training_section(ctx: _Context) -> str:
     plots.training_curves(log, "accuracy", ax=axes[0][1])
     secs = [finite(r.get("seconds")) for r in log]
     total = sum(v for v in secs if v is not None)
-    caption = f"Loss and accuracy per epoch on the training and validation splits ({len(log)} epochs, {total:.1f} s)."
+    caption = (
+        "Loss and accuracy per epoch on the training and validation splits "
+        f"({len(log)} epochs, {total:.1f} s)."
+    )
     return ctx.figures.html(fig, "training_curves", caption)
 
 

@@ -5,9 +5,9 @@ A run directory is what training and evaluation write (``config.json``, ``result
 ``samples.safetensors``, ``test_samples.safetensors``, ``advice.json``,
 ``comparison.json``). The folder of a strategy comparison (``comparison.json`` naming its
 ``report_run``, no ``config.json``) reads as that run with the comparison's own
-``comparison.json`` and ``advice.json``. :func:`load_run` reads what is there into a :class:`RunData`; a
-missing file leaves its field ``None`` and the report says so in the section that needed it.
-A file that is there but unreadable is a mistake worth stopping for: it raises
+``comparison.json`` and ``advice.json``. :func:`load_run` reads what is there into a
+:class:`RunData`; a missing file leaves its field ``None`` and the report says so in the section
+that needed it. A file that is there but unreadable is a mistake worth stopping for: it raises
 :class:`~smart_transfer.errors.DataError` naming the file.
 """
 

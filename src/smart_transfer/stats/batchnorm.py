@@ -76,7 +76,7 @@ def profile_from_batchnorm(
     params = layer_param_map(model, [c[0] for c in chosen])
     out: dict[str, LayerProfile] = {}
     tracked = {}
-    for name, bn_name, bn in chosen:
+    for name, _bn_name, bn in chosen:
         c = num_out_channels(modules[name])
         out[name] = LayerProfile(
             name=name,

@@ -329,7 +329,8 @@ def run_linear_probe(
 
 
 def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
-    """``n`` conv/linear layers evenly spaced from the input to the output, then the head's input."""
+    """``n`` conv/linear layers evenly spaced from the input to the output, then the head's
+    input."""
     from ..layers import select_layers
 
     head_name, _ = find_head(model)
