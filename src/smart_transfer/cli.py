@@ -1374,7 +1374,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - one except per exit status
     """Run one subcommand; map every outcome to one line on stderr and an exit status.
 
     0: done. 2: a mistake of the user (a bad argument, path, file or data: a

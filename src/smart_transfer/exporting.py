@@ -273,9 +273,9 @@ def _write_onnx(model: nn.Module, path: Path, config: dict[str, Any], example: T
             torch.onnx.export(  # the TorchScript-based exporter; it writes to a file object too
                 graph,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]
                 dynamo=False,
-                input_names=["input"],  # type: ignore[arg-type]
+                input_names=["input"],
                 output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=17,

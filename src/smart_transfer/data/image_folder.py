@@ -384,9 +384,8 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return (pair[0], pair[1])
 
 
-def _scan(
-    root: Path, exts: tuple[str, ...], skip_empty: bool = False
-) -> tuple[list[str], list[tuple[Path, int]], list[Path], list[str]]:
+def _check_root(root: Path) -> None:
+    """Refuse a missing root (naming a built-in dataset it resembles) or a file."""
     if not root.exists():
         key = "".join(ch for ch in root.name.lower() if ch.isalnum())
         known = {"".join(ch for ch in n if ch.isalnum()): n for n in DATASET_NAMES}
@@ -397,6 +396,28 @@ def _scan(
         raise DataError(
             f"{root} is a file, not a folder; pass the folder that holds one subfolder per class."
         )
+
+
+def _class_files(folder: str, exts: tuple[str, ...], ignored: list[Path]) -> list[Path]:
+    """The images below one class folder (subfolders too, hidden ones left out, sorted); other
+    files are appended to ``ignored``."""
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for n in sorted(filenames):
+            if n.startswith("."):
+                continue
+            if os.path.splitext(n)[1].lower() in exts:
+                files.append(Path(dirpath) / n)
+            else:
+                ignored.append(Path(dirpath) / n)
+    return files
+
+
+def _scan(
+    root: Path, exts: tuple[str, ...], skip_empty: bool = False
+) -> tuple[list[str], list[tuple[Path, int]], list[Path], list[str]]:
+    _check_root(root)
 
     def visible(entry: os.DirEntry) -> bool:
         return not entry.name.startswith(".")
@@ -421,16 +442,7 @@ def _scan(
     empty: list[str] = []
     names: list[str] = []
     for d in class_dirs:
-        files: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(d.path, followlinks=True):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-            for n in sorted(filenames):
-                if n.startswith("."):
-                    continue
-                if os.path.splitext(n)[1].lower() in exts:
-                    files.append(Path(dirpath) / n)
-                else:
-                    ignored.append(Path(dirpath) / n)
+        files = _class_files(d.path, exts, ignored)
         if not files:
             empty.append(d.name)
             if skip_empty:

@@ -120,7 +120,7 @@ def _budget_prefix(
     return out, True
 
 
-def plan_freeze(
+def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, each a few lines
     sim: Similarity,
     threshold: float | None = None,
     quantile: float | None = None,

@@ -122,11 +122,11 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
     else:  # a 1x1 Conv2d classifier (SqueezeNet style)
         new = nn.Conv2d(
-            old.in_channels,
+            old.in_channels,  # type: ignore[arg-type]
             num_classes,
-            old.kernel_size,
+            old.kernel_size,  # type: ignore[arg-type]
             stride=old.stride,  # type: ignore[arg-type]
-            padding=old.padding,
+            padding=old.padding,  # type: ignore[arg-type]
             bias=old.bias is not None,
             **factory,  # type: ignore[arg-type]
         )

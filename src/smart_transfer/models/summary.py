@@ -160,6 +160,71 @@ def _shapes_and_macs(
     return shapes, macs
 
 
+def _count(
+    names: list[str], params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor] | None
+) -> dict[str, int]:
+    """Parameter counts of ``names``: all, trainable, frozen whole and frozen per channel."""
+    total = trainable = whole = channelwise = 0
+    for pname in names:
+        p = params[pname]
+        n = p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+        if masks is None:
+            whole += 0 if p.requires_grad else n
+        elif pname in masks:
+            k = int(masks[pname].sum())
+            if k == masks[pname].numel():
+                whole += n
+            elif k:
+                channelwise += k * (n // p.shape[0])
+    return {
+        "params": total,
+        "trainable": trainable,
+        "frozen": whole + channelwise,
+        "frozen_whole": whole,
+        "frozen_channelwise": channelwise,
+    }
+
+
+def _frozen_channels(
+    weight: str,
+    params: dict[str, nn.Parameter],
+    masks: dict[str, torch.Tensor] | None,
+    channels: int,
+) -> int:
+    """Output channels of a layer's ``weight`` frozen by the plan (or by requires_grad)."""
+    if weight not in params:
+        return 0
+    if masks is None:
+        return 0 if params[weight].requires_grad else channels
+    return int(masks[weight].sum()) if weight in masks else 0
+
+
+def _maybe_shapes_and_macs(
+    model: nn.Module, layers: list[str], input_size: Any | None
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]] | None:
+    """:func:`_shapes_and_macs` for ``summary``'s ``input_size`` ("auto": the model's own size,
+    and no columns when the model does not take it; None: no forward pass)."""
+    auto = isinstance(input_size, str) and input_size == "auto"
+    if auto:
+        cfg = getattr(model, "pretrained_cfg", None)
+        input_size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+    if input_size is None or not layers:
+        return None
+    try:
+        return _shapes_and_macs(model, layers, input_size)
+    except Exception as e:
+        if not auto:
+            raise ConfigError(
+                f"a forward pass of one {tuple(input_size)} image through "
+                f"{type(model).__name__} failed ({type(e).__name__}: {e}); pass the "
+                "input_size=(C, H, W) the model takes, or input_size=None"
+            ) from e
+        # the configured size does not fit the model as built: no shape / MAC columns
+        return None
+
+
 def summary(model: nn.Module, plan: Any | None = None, input_size: Any | None = "auto") -> Summary:
     """Per layer: parameters, trainable parameters, frozen parameters (whole / per channel).
 
@@ -182,30 +247,6 @@ def summary(model: nn.Module, plan: Any | None = None, input_size: Any | None = 
         layers = []
     claimed: set[str] = set()
     rows: list[dict[str, Any]] = []
-
-    def count(names: list[str], params: dict[str, nn.Parameter]) -> dict[str, int]:
-        total = trainable = whole = channelwise = 0
-        for pname in names:
-            p = params[pname]
-            n = p.numel()
-            total += n
-            trainable += n if p.requires_grad else 0
-            if masks is None:
-                whole += 0 if p.requires_grad else n
-            elif pname in masks:
-                k = int(masks[pname].sum())
-                if k == masks[pname].numel():
-                    whole += n
-                elif k:
-                    channelwise += k * (n // p.shape[0])
-        return {
-            "params": total,
-            "trainable": trainable,
-            "frozen": whole + channelwise,
-            "frozen_whole": whole,
-            "frozen_channelwise": channelwise,
-        }
-
     params = dict(model.named_parameters())
     for layer in layers:
         owners = [layer] + ([norms[layer]] if layer in norms else [])
@@ -216,40 +257,19 @@ def summary(model: nn.Module, plan: Any | None = None, input_size: Any | None = 
         ]
         names = [n for n in names if n in params and n not in claimed]
         claimed.update(names)
-        weight = f"{layer}.weight"
         channels = num_out_channels(modules[layer])
-        if weight not in params:
-            frozen_ch = 0
-        elif masks is None:
-            frozen_ch = 0 if params[weight].requires_grad else channels
-        else:
-            frozen_ch = int(masks[weight].sum()) if weight in masks else 0
+        frozen_ch = _frozen_channels(f"{layer}.weight", params, masks, channels)
         rows.append(
             {
                 "layer": layer,
                 "type": type(modules[layer]).__name__,
                 "norm": norms.get(layer),
                 "channels": channels,
-                **count(names, params),
+                **_count(names, params, masks),
                 "frozen_channels": frozen_ch,
             }
         )
-    auto = isinstance(input_size, str) and input_size == "auto"
-    if auto:
-        cfg = getattr(model, "pretrained_cfg", None)
-        input_size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
-    shapes_macs = None
-    if input_size is not None and layers:
-        try:
-            shapes_macs = _shapes_and_macs(model, layers, input_size)
-        except Exception as e:
-            if not auto:
-                raise ConfigError(
-                    f"a forward pass of one {tuple(input_size)} image through "
-                    f"{type(model).__name__} failed ({type(e).__name__}: {e}); pass the "
-                    "input_size=(C, H, W) the model takes, or input_size=None"
-                ) from e
-            # the configured size does not fit the model as built: no shape / MAC columns
+    shapes_macs = _maybe_shapes_and_macs(model, layers, input_size)
     if shapes_macs is not None:
         shapes, macs = shapes_macs
         for row in rows:
@@ -263,7 +283,7 @@ def summary(model: nn.Module, plan: Any | None = None, input_size: Any | None = 
                 "type": "",
                 "norm": None,
                 "channels": None,
-                **count(rest, params),
+                **_count(rest, params, masks),
                 "frozen_channels": None,
             }
         )

@@ -331,6 +331,30 @@ def _profile_ranks(
     return local
 
 
+def _batches(
+    loader: Iterable[Any], max_batches: int | None, progress: bool
+) -> tuple[Iterable[Any], Any]:
+    """The loader's batches (at most ``max_batches``), behind a progress bar when asked;
+    returns (batches, the bar or None) so that the caller can close the bar."""
+    try:
+        total: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if total is not None and max_batches is not None:
+        total = min(total, max_batches)
+    batches: Iterable[Any] = (
+        loader if max_batches is None else itertools.islice(loader, max_batches)
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        # disable=None: tqdm shows the bar only when writing to a terminal
+        bar = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
+        batches = bar
+    return batches, bar
+
+
 def _run(
     model: nn.Module,
     loader: Iterable[Any],
@@ -360,22 +384,7 @@ def _run(
 
         return hook
 
-    try:
-        total: int | None = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    if total is not None and max_batches is not None:
-        total = min(total, max_batches)
-    batches: Iterable[Any] = (
-        loader if max_batches is None else itertools.islice(loader, max_batches)
-    )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        # disable=None: tqdm shows the bar only when writing to a terminal
-        bar = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
-        batches = bar
+    batches, bar = _batches(loader, max_batches, progress)
     num_samples = num_batches = 0
     with contextlib.ExitStack() as stack:
         if bar is not None:
