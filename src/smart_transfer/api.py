@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,10 @@ from .strategies import Context, get_strategy
 from .strategies.advice import Advice
 from .strategies.registry import CONTEXT_DEFAULTS
 from .training import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from .freeze import FreezePlan
+    from .strategies.base import Outcome
 
 SAMPLES_PER_CLASS = 4  # images per class kept in samples.safetensors for the report
 
@@ -963,14 +967,15 @@ def _finish(
     return result
 
 
-def _frozen_fraction(model: nn.Module, outcome: Any) -> float:
+def _frozen_fraction(model: nn.Module, outcome: Outcome) -> float:
     """Frozen parameters over all parameters: the plan's, or everything but the head for
     strategies that train only a classifier."""
     from .models.heads import find_head
 
     total = sum(p.numel() for p in model.parameters())
-    if outcome.plan is not None:
-        return sum(outcome.plan.frozen_params(n) for n in outcome.plan.masks) / max(total, 1)
+    plan: FreezePlan | None = outcome.plan
+    if plan is not None:
+        return sum(plan.frozen_params(n) for n in plan.masks) / max(total, 1)
     if outcome.extra.get("head_only"):
         head = (
             getattr(model, "head", None)

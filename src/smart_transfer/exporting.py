@@ -34,7 +34,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -202,7 +202,7 @@ def _graph(model: nn.Module) -> nn.Module:
     scriptable = getattr(model, "scriptable", None)
     if callable(scriptable):
         try:
-            return scriptable()
+            return cast(nn.Module, scriptable())
         except ConfigError:
             return model
     return model
@@ -299,7 +299,7 @@ def _with_onnx_metadata(blob: bytes, config: dict[str, Any]) -> bytes:
     proto = onnx.load_from_string(blob)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "config.json", json.dumps(config)
-    return proto.SerializeToString()
+    return cast(bytes, proto.SerializeToString())
 
 
 def _check_onnx(blob: bytes, model: nn.Module, example: Tensor) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import numpy as np
 import torch
@@ -314,7 +314,7 @@ def _check_image(x: Any, channels: int, name: str) -> Tensor:
             f"{name} has {c} channels (shape {tuple(x.shape)}) but the network takes {want}{hint}"
         )
     if x.dtype == torch.uint8:
-        return x
+        return cast(Tensor, x)
     if not x.is_floating_point():
         raise DataError(f"{name} has {x.dtype} pixels; pass uint8 (0..255) or floats in [0, 1]")
     lo, hi = float(x.min()), float(x.max())
@@ -323,7 +323,7 @@ def _check_image(x: Any, channels: int, name: str) -> Tensor:
             f"{name} has float pixels in [{lo:g}, {hi:g}]; pass floats in [0, 1] or uint8 "
             "0..255, not normalised (the run's own mean and std are applied)"
         )
-    return x
+    return cast(Tensor, x)
 
 
 # --------------------------------------------------------------------------- predict

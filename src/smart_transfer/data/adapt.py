@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -176,7 +176,7 @@ def _from_batches(data: Any, what: str, classes: Sequence[str] | None) -> Datase
     return arrays(x, y, classes=classes)
 
 
-def _with_names(ds: Any, what: str) -> Any:
+def _with_names(ds: Any, what: str) -> Dataset:
     """A dataset of ``(image, label)`` pairs with ``classes``: its own, or from its labels."""
     names = _names_attr(ds)
     t = getattr(ds, "targets", None)
@@ -189,7 +189,7 @@ def _with_names(ds: Any, what: str) -> Any:
             )
         if t is None or not isinstance(t, torch.Tensor):
             return Relabelled(ds, y, names, {i: i for i in range(len(names))})
-        return ds
+        return cast(Dataset, ds)
     y2, names, mapping = dense(y)
     return Relabelled(ds, y2, names, mapping or {i: i for i in range(len(names))})
 

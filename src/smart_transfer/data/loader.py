@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class _BatchView(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, indices: Sequence[int]) -> Batch:
-        return self.dataset.get_batch(indices)
+        return cast(Batch, self.dataset.get_batch(indices))
 
 
 def collate(samples: Sequence[Any]) -> Batch:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -327,7 +327,7 @@ def _config_of(model_or_cfg: Any) -> Mapping[str, Any]:
         if isinstance(cfg, Mapping):
             return cfg
         if cfg is not None and hasattr(cfg, "to_dict"):  # timm's PretrainedCfg dataclass
-            return cfg.to_dict()
+            return cast(Mapping[str, Any], cfg.to_dict())
     if isinstance(model_or_cfg, nn.Module):
         return {}
     raise ConfigError(

@@ -107,7 +107,9 @@ def torchvision_backbone(
             f"or load_backbone(path, arch={arch!r})"
         )
     try:
-        model = tv.models.get_model(name, weights=weights if pretrained else None, **kwargs)
+        model: nn.Module = tv.models.get_model(
+            name, weights=weights if pretrained else None, **kwargs
+        )
     except (OSError, http.client.HTTPException) as exc:
         url = getattr(weights, "url", "the weights file")
         raise _offline_error(
@@ -156,7 +158,7 @@ def timm_backbone(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Modul
     if not timm.is_model(name):
         raise _unknown("timm", name, timm_names())
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        model: nn.Module = timm.create_model(name, pretrained=pretrained, **kwargs)
     except SmartTransferError:
         raise
     except (OSError, http.client.HTTPException) as exc:

@@ -42,7 +42,7 @@ class SmallVGG(nn.Module):
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        return cast(Tensor, self.classifier(self.flatten(self.pool(self.features(x)))))
 
 
 @register_backbone("small_vgg")

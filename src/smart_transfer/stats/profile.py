@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from torch import Tensor
@@ -297,7 +297,7 @@ def _as_path(path: Any, verb: str) -> Path:
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` reduced to JSON types, so that loading never needs to unpickle objects."""
-    return json.loads(json.dumps(meta, default=str))
+    return cast(dict[str, Any], json.loads(json.dumps(meta, default=str)))
 
 
 def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:

@@ -86,7 +86,7 @@ def layer_kind(module: nn.Module) -> str:
 
 def _next_activation(model: nn.Module, after: str) -> str | None:
     """Name of the activation module registered right after ``after`` (skipping no-ops)."""
-    names = [n for n, m in model.named_modules() if n]
+    names: list[str] = [n for n, m in model.named_modules() if n]
     modules = dict(model.named_modules())
     if after not in modules:
         return None

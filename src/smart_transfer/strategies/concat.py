@@ -13,6 +13,7 @@ ONNX and gives the same logits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,10 @@ class ConcatProbe(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        return self.head(torch.cat([got[n].to(self.head.weight.dtype) for n in self.layers], 1))
+        return cast(
+            Tensor,
+            self.head(torch.cat([got[n].to(self.head.weight.dtype) for n in self.layers], 1)),
+        )
 
     def scriptable(self) -> GraphProbe:
         """The same function without hooks (see :func:`graph_probe`); parameters are shared."""
@@ -115,7 +119,7 @@ class GraphProbe(nn.Module):
         feats: list[Tensor] = []
         for i, pool in enumerate(self.pools):
             feats.append(pool(outs[i]).to(self.head.weight.dtype))
-        return self.head(torch.cat(feats, 1))
+        return cast(Tensor, self.head(torch.cat(feats, 1)))
 
 
 class _LeafTracer(torch.fx.Tracer):

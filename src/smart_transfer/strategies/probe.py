@@ -10,7 +10,7 @@ layer a :class:`ProbeModel` (feature extractor + linear layer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class ProbeModel(nn.Module):
             self.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": "head"}
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        return cast(Tensor, self.head(self.features(x)))
 
     def scriptable(self) -> nn.Module:
         """The same function without the feature extractor's hook and early-exit exception:
@@ -258,9 +258,11 @@ def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, i
     return float((pred == y).mean()), k
 
 
-def _features(
-    ctx: Context, model: nn.Module, layers: Sequence[str]
-) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+# (train features per layer, train labels, validation features per layer, validation labels)
+_Features = tuple[dict, np.ndarray, dict, np.ndarray]
+
+
+def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> _Features:
     key = ("features", tuple(layers))
     if key not in ctx.cache:
         # Features of the pretrained network: any cached superset of these layers holds them
@@ -274,11 +276,11 @@ def _features(
                     {n: fva[n] for n in layers},
                     yva,
                 )
-                return ctx.cache[key]
+                return cast(_Features, ctx.cache[key])
         ftr, ytr = layer_features(model, layers, ctx.train_eval, ctx.eval_tf)
         fva, yva = layer_features(model, layers, ctx.val, ctx.eval_tf)
         ctx.cache[key] = (ftr, ytr, fva, yva)
-    return ctx.cache[key]
+    return cast(_Features, ctx.cache[key])
 
 
 def probe_model(
