@@ -24,8 +24,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._atomic import PathLike, atomic_open
-from ._json import plain
-from ._json import write_json as _write_json
+from ._json import plain, write_json as _write_json
 from ._paths import claim_run_folder, writing_run
 from .errors import ConfigError, DataError
 from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict, cast
 
 from ._atomic import Terminated, atomic_open
 from ._paths import check_output_folders, check_outputs, is_run_folder
@@ -108,10 +108,18 @@ SIZE_HELP = (
 )
 
 
-def _plan_rule(args: argparse.Namespace) -> dict[str, float]:
+class _PlanRule(TypedDict, total=False):
+    """The freezing rule given on the command line (one of the three)."""
+
+    threshold: float
+    quantile: float
+    budget: float
+
+
+def _plan_rule(args: argparse.Namespace) -> _PlanRule:
     rule = {k: getattr(args, k) for k in ("threshold", "quantile", "budget")}
     rule = {k: v for k, v in rule.items() if v is not None}
-    return rule or {"quantile": 0.5}
+    return cast(_PlanRule, rule or {"quantile": 0.5})
 
 
 # ------------------------------------------------------------------------ demo / compare-strategies

@@ -8,8 +8,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hst
+from hypothesis import HealthCheck, given, settings, strategies as hst
 
 from smart_transfer.errors import (
     ConfigError,

@@ -14,8 +14,7 @@ from torch import nn
 
 import smart_transfer as st
 from smart_transfer.errors import DataError, StorageError
-from smart_transfer.training import TrainingInterrupted, fit
-from smart_transfer.training import checkpoint as ckpt
+from smart_transfer.training import TrainingInterrupted, checkpoint as ckpt, fit
 
 
 def _setup(seed: int = 0, width: int = 16, groups: int = 1):

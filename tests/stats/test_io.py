@@ -6,8 +6,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st_
+from hypothesis import HealthCheck, given, settings, strategies as st_
 from stats_helpers import image_batches, profiles_equal, tiny_vgg
 
 import smart_transfer as st

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st_
+from hypothesis import HealthCheck, given, settings, strategies as st_
 from stats_helpers import ref_stats
 
 from smart_transfer.errors import ConfigError, IncompatibleError, ProfileError

@@ -8,8 +8,7 @@ import torch
 from test_resume import _Flat, _InterruptAt, _noisy, _setup
 
 from smart_transfer.errors import ConfigError
-from smart_transfer.training import TrainingInterrupted, fit
-from smart_transfer.training import checkpoint as ckpt
+from smart_transfer.training import TrainingInterrupted, checkpoint as ckpt, fit
 
 
 def test_steps_cross_passes_and_validate_every_few_steps():

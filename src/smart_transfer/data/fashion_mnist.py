@@ -25,8 +25,7 @@ from typing import Callable, Union
 import torch
 
 from ..errors import ConfigError, DataError
-from .download import cache_dir
-from .download import download as _download
+from .download import cache_dir, download as _download
 from .idx import read_idx
 from .tensor_dataset import TensorImageDataset
 

@@ -38,8 +38,7 @@ from ..errors import (
     SmartTransferError,
     StorageError,
 )
-from . import maps as mapsmod
-from . import plots
+from . import maps as mapsmod, plots
 from .run import RunData, Samples, advice_curve, class_scores, confusion, finite, load_run
 
 if TYPE_CHECKING:

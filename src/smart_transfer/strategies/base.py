@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from ..spec import LR_GRID, PATIENCE, STEPS, Recipe  # noqa: F401  (the recipe is part of the run spec)
-from ..training import FitResult, fit
-from ..training import checkpoint as ckpt
+from ..training import FitResult, checkpoint as ckpt, fit
 from ..training.distributed import world
 
 
