@@ -100,9 +100,31 @@ def test_list_commands(capsys):
     assert capsys.readouterr().out.split() == st.list_layers(st.load_backbone("small_vgg"))
 
 
-def test_public_api_names_resolve():
-    for name in st.__all__:
-        assert getattr(st, name) is not None
+def test_public_api_names_resolve_to_their_modules_and_match_the_typed_imports():
+    """Every st.name is its module's object at run time, and the TYPE_CHECKING imports that
+    editors and mypy read name exactly the same objects (a name added to one list only fails)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from smart_transfer import _EXPORTS
+
+    for name, module in _EXPORTS.items():
+        assert getattr(st, name) is getattr(
+            importlib.import_module(f"smart_transfer.{module}"), name
+        )
+    tree = ast.parse(Path(st.__file__).read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    )
+    typed = {
+        alias.asname or alias.name: (node.module or "")
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {k: v for k, v in typed.items() if v} == _EXPORTS
+    assert set(st.__all__) - {"__version__"} <= set(typed)
     with pytest.raises(AttributeError):
         st.no_such_name  # noqa: B018
 

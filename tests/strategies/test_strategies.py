@@ -70,12 +70,12 @@ def test_first_k_frozen_chooses_k_on_validation_and_freezes_those_layers(tiny_ne
     for layer in layers:
         w = dict(r.model.named_parameters())[f"{layer}.weight"]
         assert torch.equal(w, before[f"{layer}.weight"]), layer
+    # the layers after the first k train: the kept state (an epoch >= 1) has moved them
+    assert r.history and min(h["epoch"] for h in r.history) >= 1
     last = st.list_layers(tiny_net)[-2]
-    best_epoch = max(r.history, key=lambda h: h["val_accuracy"])["epoch"] if r.history else 0
-    if max(h["val_accuracy"] for h in r.history) > r.history[0]["val_accuracy"] - 1 and best_epoch:
-        assert not torch.equal(
-            dict(r.model.named_parameters())[f"{last}.weight"], before[f"{last}.weight"]
-        )
+    assert not torch.equal(
+        dict(r.model.named_parameters())[f"{last}.weight"], before[f"{last}.weight"]
+    )
 
 
 def test_smart_kernel_keeps_its_plan_bit_exact_and_random_mask_matches_its_counts(
