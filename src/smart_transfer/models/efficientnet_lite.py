@@ -23,7 +23,7 @@ import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -143,12 +143,14 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         # the module's own conv call (not ``super().forward``), so that TorchScript compiles it
         if self.symmetric:
-            return cast(Tensor, self._conv_forward(x, self.weight, self.bias))
+            y: Tensor = self._conv_forward(x, self.weight, self.bias)  # TorchScript: no cast()
+            return y
         top, bottom = _same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = _same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if top > 0 or bottom > 0 or left > 0 or right > 0:
             x = F.pad(x, [left, right, top, bottom])
-        return cast(Tensor, self._conv_forward(x, self.weight, self.bias))
+        out: Tensor = self._conv_forward(x, self.weight, self.bias)  # TorchScript: no cast()
+        return out
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -285,11 +287,13 @@ class EfficientNetLite(nn.Module):
         x = self._act_stem(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return cast(Tensor, self._act_head(self._bn1(self._conv_head(x))))
+        out: Tensor = self._act_head(self._bn1(self._conv_head(x)))  # TorchScript: no cast()
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._flatten(self._avg_pooling(self.forward_features(x)))
-        return cast(Tensor, self._fc(self._dropout(x)))
+        out: Tensor = self._fc(self._dropout(x))  # TorchScript: no cast()
+        return out
 
 
 def weights_file(name: str) -> Path:

@@ -119,7 +119,8 @@ class GraphProbe(nn.Module):
         feats: list[Tensor] = []
         for i, pool in enumerate(self.pools):
             feats.append(pool(outs[i]).to(self.head.weight.dtype))
-        return cast(Tensor, self.head(torch.cat(feats, 1)))
+        out: Tensor = self.head(torch.cat(feats, 1))  # TorchScript: no cast()
+        return out
 
 
 class _LeafTracer(torch.fx.Tracer):

@@ -37,7 +37,8 @@ class ProbeModel(nn.Module):
             self.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": "head"}
 
     def forward(self, x: Tensor) -> Tensor:
-        return cast(Tensor, self.head(self.features(x)))
+        out: Tensor = self.head(self.features(x))  # TorchScript: no cast()
+        return out
 
     def scriptable(self) -> nn.Module:
         """The same function without the feature extractor's hook and early-exit exception:
