@@ -49,7 +49,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no covariance": {"covariance": False},
     "no covariance, no histogram": {"covariance": False, "hist_bins": 0},
     "no covariance, no histogram, logs of 1 position": {
-        "covariance": False, "hist_bins": 0, "sample_per_batch": 1,
+        "covariance": False,
+        "hist_bins": 0,
+        "sample_per_batch": 1,
     },
 }
 TIMED = ("kernels", "update", "finish")
@@ -107,17 +109,27 @@ def _markdown(res: dict[str, Any]) -> str:
         ("plain forward", f),
         ("profile, default statistics", d),
         ("  of which the fused kernels (timed inside)", med["kernels"]),
-        ("  of which the per-layer work around them (update - kernels)", med["update"] - med["kernels"]),
+        (
+            "  of which the per-layer work around them (update - kernels)",
+            med["update"] - med["kernels"],
+        ),
         ("  of which finishing the layers (timed inside)", med["finish"]),
         ("covariance (default - no covariance)", d - med["no covariance"]),
         ("histogram", med["no covariance"] - med["no covariance, no histogram"]),
-        ("log moments", med["no covariance, no histogram"]
-         - med["no covariance, no histogram, logs of 1 position"]),
-        ("the rest: moments, hooks, glue (last variant - forward)",
-         med["no covariance, no histogram, logs of 1 position"] - f),
+        (
+            "log moments",
+            med["no covariance, no histogram"]
+            - med["no covariance, no histogram, logs of 1 position"],
+        ),
+        (
+            "the rest: moments, hooks, glue (last variant - forward)",
+            med["no covariance, no histogram, logs of 1 position"] - f,
+        ),
         ("forward with an empty hook on every profiled layer", med["forward, empty hooks"]),
-        ("forward with one per-channel sum of every value in each hook",
-         med["forward, a sum in every hook"]),
+        (
+            "forward with one per-channel sum of every value in each hook",
+            med["forward, a sum in every hook"],
+        ),
     ]
     lines = [
         f"# Where the time of profiling goes: {res['model']}",
@@ -132,7 +144,8 @@ def _markdown(res: dict[str, Any]) -> str:
         ),
         "",
         "Milliseconds per batch, medians over the rounds; the parts below the first two rows are",
-        "differences of medians or times taken inside the default profile, so they need not add up.",
+        "differences of medians or times taken inside the default profile, so they need not add "
+        "up.",
         "",
         "| part | ms per batch | share of the forward |",
         "|---|---|---|",
@@ -151,15 +164,22 @@ def _markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a script: options, rounds, table
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="efficientnet_lite0_96px",
-                    help="a model name of bench_profile.py's S1 table")
+    ap.add_argument(
+        "--model",
+        default="efficientnet_lite0_96px",
+        help="a model name of bench_profile.py's S1 table",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--size", type=int, default=None, help="image size (default: the model's S1 size)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and Markdown files")
+    ap.add_argument(
+        "--size", type=int, default=None, help="image size (default: the model's S1 size)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for the JSON and Markdown files"
+    )
     args = ap.parse_args(argv)
     models = _models(64, quick=False)
     if args.model not in models:
@@ -197,10 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     forward()  # warm-up
     st.profile(model, batches[:1], progress=False)
     res: dict[str, Any] = {
-        "model": args.model, "image_size": size, "batch_size": args.batch,
-        "batches": args.batches, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _machine.cpu(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": list(os.getloadavg()),
+        "model": args.model,
+        "image_size": size,
+        "batch_size": args.batch,
+        "batches": args.batches,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _machine.cpu(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "loadavg_start": list(os.getloadavg()),
         "seconds": {k: [] for k in ("forward", *VARIANTS, *TIMED, *HOOKED)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     timers = _Timers()
     steps = ["forward", *VARIANTS, *HOOKED]
     for r in range(args.repeats):
-        order = steps[r % len(steps):] + steps[: r % len(steps)]
+        order = steps[r % len(steps) :] + steps[: r % len(steps)]
         for what in order:
             if what == "forward":
                 res["seconds"]["forward"].append(_timed(forward))
@@ -228,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 for k in TIMED:
                     res["seconds"][k].append(timers.secs[k])
         res["loadavg_end"] = list(os.getloadavg())
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res["seconds"].items()),
-              flush=True)
+        print(
+            f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res["seconds"].items()),
+            flush=True,
+        )
         atomic_write_text(stem.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
         atomic_write_text(stem.with_suffix(".md"), _markdown(res))
     print(_markdown(res))

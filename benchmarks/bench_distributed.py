@@ -55,7 +55,10 @@ def _model() -> torch.nn.Module:
 
 def _batches(images: int, batch: int, size: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    return [torch.randn(min(batch, images - i), 3, size, size, generator=gen) for i in range(0, images, batch)]
+    return [
+        torch.randn(min(batch, images - i), 3, size, size, generator=gen)
+        for i in range(0, images, batch)
+    ]
 
 
 def _free_port() -> int:
@@ -66,7 +69,9 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, images: int, batch: int, size: int, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
     with launched_group("cpu"):  # a gloo group; every rank waits for the others before it ends
         model = _model()
         shard = _batches(images, batch, size)[rank::world]
@@ -96,7 +101,9 @@ def one_process(images: int, batch: int, size: int, threads: int) -> tuple[float
 
 def distributed(images: int, batch: int, size: int, world: int) -> tuple[float, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(world, _free_port(), images, batch, size, tmp), nprocs=world, join=True)
+        mp.spawn(
+            _worker, args=(world, _free_port(), images, batch, size, tmp), nprocs=world, join=True
+        )
         seconds = json.loads((Path(tmp) / "dist.json").read_text())["seconds"]
         return seconds, st.ActivationProfile.load(Path(tmp) / "dist.pt")
 
@@ -120,29 +127,41 @@ def _markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`  ",
         _machine.header_line(res.get("cpu")),
-        (f"torch {res['torch']}, {res['cpus']} CPUs, {res['date']}; load average (1 min) {res['load_start']:.2f} "
-        f"at start, {res['load_end']:.2f} at end."),
+        (
+            f"torch {res['torch']}, {res['cpus']} CPUs, {res['date']}; load average (1 min) "
+            f"{res['load_start']:.2f} at start, {res['load_end']:.2f} at end."
+        ),
         "",
-        (f"SmallVGG with BatchNorm, {res['images']} images of {res['size']} px, batch {res['batch']}, default "
-        "statistics. Seconds from the first batch to the finished profile (all-reduced under torch.distributed), "
-        "median of the repeats."),
+        (
+            f"SmallVGG with BatchNorm, {res['images']} images of {res['size']} px, batch "
+            f"{res['batch']}, default statistics. Seconds from the first batch to the finished "
+            "profile (all-reduced under torch.distributed), median of the repeats."
+        ),
         "",
         "| setting | seconds | images/s | throughput vs 1 process, 1 thread |",
         "|---|---|---|---|",
     ]
     for row in res["rows"]:
-        lines.append(f"| {row['setting']} | {row['seconds']:.2f} | {row['images_per_s']:.1f} | {row['speedup']:.2f}x |")
+        lines.append(
+            f"| {row['setting']} | {row['seconds']:.2f} | {row['images_per_s']:.1f} | "
+            f"{row['speedup']:.2f}x |"
+        )
     lines += [
         "",
-        (f"Exact statistics (count, mean, variance, min/max, zero fraction) of the distributed profile against the "
-        f"one-process profile: largest relative difference {res['max_relative_difference']:.1e}."),
+        (
+            "Exact statistics (count, mean, variance, min/max, zero fraction) of the distributed "
+            "profile against the one-process profile: largest relative difference "
+            f"{res['max_relative_difference']:.1e}."
+        ),
         "",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
@@ -152,15 +171,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     res: dict[str, Any] = {
-        "command": "python benchmarks/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "torch": torch.__version__, "cpus": os.cpu_count(), "cpu": _machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_start": os.getloadavg()[0], "images": args.images, "batch": args.batch, "size": args.size,
+        "command": "python benchmarks/bench_distributed.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "cpu": _machine.cpu(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_start": os.getloadavg()[0],
+        "images": args.images,
+        "batch": args.batch,
+        "size": args.size,
         "repeats": [],
     }
     settings = {
         "1 process, 1 thread": lambda: one_process(args.images, args.batch, args.size, 1),
-        f"1 process, {args.threads} threads": lambda: one_process(args.images, args.batch, args.size, args.threads),
-        f"{args.world} gloo processes, 1 thread each": lambda: distributed(args.images, args.batch, args.size, args.world),
+        f"1 process, {args.threads} threads": lambda: one_process(
+            args.images, args.batch, args.size, args.threads
+        ),
+        f"{args.world} gloo processes, 1 thread each": lambda: distributed(
+            args.images, args.batch, args.size, args.world
+        ),
     }
     times: dict[str, list[float]] = {k: [] for k in settings}
     profiles: dict[str, Any] = {}
@@ -169,11 +199,25 @@ def main(argv: list[str] | None = None) -> int:
             seconds, prof = settings[name]()
             times[name].append(seconds)
             profiles[name] = prof
-            res["repeats"].append({"setting": name, "repeat": r, "seconds": seconds, "loadavg_1min": os.getloadavg()[0]})
+            res["repeats"].append(
+                {
+                    "setting": name,
+                    "repeat": r,
+                    "seconds": seconds,
+                    "loadavg_1min": os.getloadavg()[0],
+                }
+            )
             print(f"  {name}: {seconds:.2f} s", flush=True)
     base = statistics.median(times["1 process, 1 thread"])
-    res["rows"] = [{"setting": k, "seconds": statistics.median(v), "images_per_s": args.images / statistics.median(v),
-                    "speedup": base / statistics.median(v)} for k, v in times.items()]
+    res["rows"] = [
+        {
+            "setting": k,
+            "seconds": statistics.median(v),
+            "images_per_s": args.images / statistics.median(v),
+            "speedup": base / statistics.median(v),
+        }
+        for k, v in times.items()
+    ]
     names = list(settings)
     res["max_relative_difference"] = max_difference(profiles[names[2]], profiles[names[0]])
     res["load_end"] = os.getloadavg()[0]

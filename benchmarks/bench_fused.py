@@ -29,9 +29,18 @@ from smart_transfer.stats.running import RunningStats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [
-    (64, 64, 64, 64), (64, 128, 32, 32), (64, 256, 16, 16), (64, 512, 8, 8),  # SmallVGG
-    (64, 32, 48, 48), (64, 96, 24, 24), (64, 144, 24, 24), (64, 240, 12, 12),  # EfficientNet
-    (64, 480, 6, 6), (64, 672, 6, 6), (64, 1152, 3, 3), (64, 1280, 3, 3),
+    (64, 64, 64, 64),
+    (64, 128, 32, 32),
+    (64, 256, 16, 16),
+    (64, 512, 8, 8),  # SmallVGG
+    (64, 32, 48, 48),
+    (64, 96, 24, 24),
+    (64, 144, 24, 24),
+    (64, 240, 12, 12),  # EfficientNet
+    (64, 480, 6, 6),
+    (64, 672, 6, 6),
+    (64, 1152, 3, 3),
+    (64, 1280, 3, 3),
 ]
 
 
@@ -63,14 +72,29 @@ def main(argv: list[str] | None = None) -> int:
             eager = _time(RunningStats(shape[1], native=False), v, args.repeats)
             fused = _time(RunningStats(shape[1], native=True), v, args.repeats)
             used = native.supported(v.flatten(2))
-            rows.append({"shape": list(shape), "format": fmt, "eager_ms": eager * 1e3,
-                         "fused_ms": fused * 1e3, "speedup": eager / fused, "routed": used})
-            print(f"{shape} {fmt:13s} eager {eager * 1e3:7.2f} ms  fused {fused * 1e3:7.2f} ms  "
-                  f"x{eager / fused:.2f}  {'fused' if used else 'eager'} by default", flush=True)
-    res = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "loadavg": list(os.getloadavg()), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "rows": rows}
+            rows.append(
+                {
+                    "shape": list(shape),
+                    "format": fmt,
+                    "eager_ms": eager * 1e3,
+                    "fused_ms": fused * 1e3,
+                    "speedup": eager / fused,
+                    "routed": used,
+                }
+            )
+            print(
+                f"{shape} {fmt:13s} eager {eager * 1e3:7.2f} ms  fused {fused * 1e3:7.2f} ms  "
+                f"x{eager / fused:.2f}  {'fused' if used else 'eager'} by default",
+                flush=True,
+            )
+    res = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg": list(os.getloadavg()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": rows,
+    }
     out = Path(args.out)
     atomic_write_text(out / "fused.json", json.dumps(res, indent=2) + "\n")
     lines = [
@@ -85,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {tuple(r['shape'])} | {r['format']} | {r['eager_ms']:.2f} | "
-                     f"{r['fused_ms']:.2f} | {r['speedup']:.2f}x | "
-                     f"{'fused' if r['routed'] else 'eager'} |")
+        lines.append(
+            f"| {tuple(r['shape'])} | {r['format']} | {r['eager_ms']:.2f} | "
+            f"{r['fused_ms']:.2f} | {r['speedup']:.2f}x | "
+            f"{'fused' if r['routed'] else 'eager'} |"
+        )
     atomic_write_text(out / "fused.md", "\n".join(lines) + "\n")
     return 0
 

@@ -94,25 +94,45 @@ def _end_to_end(libs: dict[str, Any], names: list[str], rounds: int) -> list[dic
             for key in _order(libs, r):
                 native._lib = libs[key]
                 secs[key].append(_time_profile(model, batches)[0])
-            print(f"  {name} round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in secs.items()),
-                  flush=True)
+            print(
+                f"  {name} round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in secs.items()),
+                flush=True,
+            )
         med = {k: statistics.median(v) for k, v in secs.items()}
-        out.append({"model": name, "forward_s": med["forward"], "baseline_s": med["baseline"],
-                    "new_s": med["this checkout"], "rounds": secs})
+        out.append(
+            {
+                "model": name,
+                "forward_s": med["forward"],
+                "baseline_s": med["baseline"],
+                "new_s": med["this checkout"],
+                "rounds": secs,
+            }
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--against", default="HEAD~1", help="git revision whose kernels are the baseline")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--against", default="HEAD~1", help="git revision whose kernels are the baseline"
+    )
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (JSON beside it)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="Markdown file to write (JSON beside it)"
+    )
     ap.add_argument("--models", nargs="*", default=[], help="S1 models to profile end to end")
     ap.add_argument("--model-rounds", type=int, default=3)
     args = ap.parse_args(argv)
-    text = subprocess.run(["git", "show", f"{args.against}:{KERNELS}"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["git", "show", f"{args.against}:{KERNELS}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     with tempfile.TemporaryDirectory() as tmp:
         base_src = Path(tmp) / "_kernels.c"
         base_src.write_text(text)
@@ -132,49 +152,76 @@ def main(argv: list[str] | None = None) -> int:
                     native._lib = libs[name]
                     counts = torch.zeros(shape[1], bins, dtype=torch.float64)
                     outs[name] = (native.moments(x, 1, hist=(1, 0, None, low, cut, counts)), counts)
-                    secs = _best(functools.partial(native.moments, x, 1,
-                                                   hist=(1, 0, None, low, cut, counts)), args.calls)
+                    secs = _best(
+                        functools.partial(
+                            native.moments, x, 1, hist=(1, 0, None, low, cut, counts)
+                        ),
+                        args.calls,
+                    )
                     times[name].append(secs / x.numel() * 1e9)
             (sa, ca), (sb, cb) = outs["baseline"], outs["this checkout"]
             same = bool(torch.equal(sa, sb) and torch.equal(ca, cb))
             base, new = (statistics.median(times[k]) for k in libs)
-            rows.append({"shape": list(shape), "baseline_ns": base, "new_ns": new,
-                         "speedup": base / new, "same_results": same, "rounds": times})
-            print(f"  {shape}: {base:.2f} -> {new:.2f} ns a value ({base / new:.2f}x), same: {same}",
-                  flush=True)
+            rows.append(
+                {
+                    "shape": list(shape),
+                    "baseline_ns": base,
+                    "new_ns": new,
+                    "speedup": base / new,
+                    "same_results": same,
+                    "rounds": times,
+                }
+            )
+            print(
+                f"  {shape}: {base:.2f} -> {new:.2f} ns a value ({base / new:.2f}x), same: {same}",
+                flush=True,
+            )
         models = _end_to_end(libs, args.models, args.model_rounds)
     finally:
         native._lib = saved
     lines = [
         f"# Fused statistics: `{args.against}` against this checkout",
         "",
-        f"Command: `python benchmarks/bench_kernels_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
-        (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-         f"{time.strftime('%Y-%m-%d %H:%M')}; every statistic of every value (moments, logs, histogram)."),
+        "Command: `python benchmarks/bench_kernels_ab.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+        (
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{time.strftime('%Y-%m-%d %H:%M')}; every statistic of every value (moments, logs, "
+            "histogram)."
+        ),
         "",
-        "| batch (N, C, L) | baseline ns/value | this checkout ns/value | speed-up | same sums and counts |",
+        "| batch (N, C, L) | baseline ns/value | this checkout ns/value | speed-up | same sums and "
+        "counts |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {tuple(row['shape'])} | {row['baseline_ns']:.2f} | {row['new_ns']:.2f} | "
-                     f"{row['speedup']:.2f}x | {'yes' if row['same_results'] else '**no**'} |")
+        lines.append(
+            f"| {tuple(row['shape'])} | {row['baseline_ns']:.2f} | {row['new_ns']:.2f} | "
+            f"{row['speedup']:.2f}x | {'yes' if row['same_results'] else '**no**'} |"
+        )
     if models:
         lines += [
             "",
-            f"End to end: `st.profile` with the default statistics, medians of {args.model_rounds} rounds.",
+            f"End to end: `st.profile` with the default statistics, medians of {args.model_rounds} "
+            "rounds.",
             "",
-            "| model | forward s | profile s, baseline | profile s, this checkout | baseline / this checkout |",
+            "| model | forward s | profile s, baseline | profile s, this checkout | baseline / "
+            "this checkout |",
             "|---|---|---|---|---|",
         ]
         for m in models:
-            lines.append(f"| {m['model']} | {m['forward_s']:.2f} | {m['baseline_s']:.2f} | {m['new_s']:.2f} | "
-                         f"{m['baseline_s'] / m['new_s']:.2f}x |")
+            lines.append(
+                f"| {m['model']} | {m['forward_s']:.2f} | {m['baseline_s']:.2f} | {m['new_s']:.2f} "
+                f"| {m['baseline_s'] / m['new_s']:.2f}x |"
+            )
     md = "\n".join(lines) + "\n"
     print(md)
     if args.out is not None:
         atomic_write_text(args.out, md)
-        atomic_write_text(args.out.with_suffix(".json"),
-                          json.dumps({"kernels": rows, "models": models}, indent=1) + "\n")
+        atomic_write_text(
+            args.out.with_suffix(".json"),
+            json.dumps({"kernels": rows, "models": models}, indent=1) + "\n",
+        )
     return 0 if all(r["same_results"] for r in rows) else 1
 
 

@@ -66,10 +66,17 @@ SETTINGS = {  # name: (backbone, input size, batch)
 }
 
 
-def _batches(size: int, batch: int, n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    size: int, batch: int, n: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(n)]
+    return [
+        (
+            torch.randn(batch, 3, size, size, generator=g),
+            torch.randint(0, 10, (batch,), generator=g),
+        )
+        for _ in range(n)
+    ]
 
 
 def _optimizer(model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -98,8 +105,17 @@ def loop(model: nn.Module, batches: list, val: list) -> float:
     """Seconds per step of :func:`fit` (its two validations on two images included)."""
     opt, _ = _optimizer(model)
     t0 = _clock()
-    fit(model, opt, batches, val, steps=len(batches), eval_every=len(batches), scheduler="cosine",
-        progress=False, channels_last=True)
+    fit(
+        model,
+        opt,
+        batches,
+        val,
+        steps=len(batches),
+        eval_every=len(batches),
+        scheduler="cosine",
+        progress=False,
+        channels_last=True,
+    )
     return _since(t0, len(batches))
 
 
@@ -119,18 +135,39 @@ def measure(name: str, steps: int, repeats: int) -> dict[str, Any]:
         got = {}
         for kind in order:
             m = copy.deepcopy(base)
-            got[kind] = (bare(m, batches[:steps]) if kind == "bare" else
-                         loop(m, batches[:steps], val) if kind == "loop" else loop(m, batches, val))
+            got[kind] = (
+                bare(m, batches[:steps])
+                if kind == "bare"
+                else loop(m, batches[:steps], val)
+                if kind == "loop"
+                else loop(m, batches, val)
+            )
         # fit's fixed costs (the initial and last validation, the kept state's copies) cancel
         # in the difference of a 2n-step and an n-step run: what one more step costs
         marginal = (2 * steps * got["loop2"] - steps * got["loop"]) / steps
-        rows.append({"repeat": r, "bare_s": got["bare"], "loop_s": got["loop"], "loop_marginal_s": marginal,
-                     "ratio": got["loop"] / got["bare"], "marginal_ratio": marginal / got["bare"]})
-        print(f"  {name} repeat {r}: bare {got['bare']:.4f} s/step, fit {got['loop']:.4f} s/step "
-              f"(ratio {got['loop'] / got['bare']:.3f}), one more step of fit {marginal:.4f} s "
-              f"(ratio {marginal / got['bare']:.3f})", flush=True)
+        rows.append(
+            {
+                "repeat": r,
+                "bare_s": got["bare"],
+                "loop_s": got["loop"],
+                "loop_marginal_s": marginal,
+                "ratio": got["loop"] / got["bare"],
+                "marginal_ratio": marginal / got["bare"],
+            }
+        )
+        print(
+            f"  {name} repeat {r}: bare {got['bare']:.4f} s/step, fit {got['loop']:.4f} s/step "
+            f"(ratio {got['loop'] / got['bare']:.3f}), one more step of fit {marginal:.4f} s "
+            f"(ratio {marginal / got['bare']:.3f})",
+            flush=True,
+        )
     return {
-        "setting": name, "backbone": backbone, "size": size, "batch": batch, "steps": steps, "repeats": rows,
+        "setting": name,
+        "backbone": backbone,
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "repeats": rows,
         "median_bare_s": statistics.median(r["bare_s"] for r in rows),
         "median_loop_s": statistics.median(r["loop_s"] for r in rows),
         "median_loop_marginal_s": statistics.median(r["loop_marginal_s"] for r in rows),
@@ -145,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--quick", action="store_true", help="n = 3, 2 repeats")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time is then the work)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: CPU time is then the work)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -154,28 +196,47 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "loop overhead: smart_transfer.training.fit against a bare PyTorch loop",
         "command": "python benchmarks/bench_loop_overhead.py" + (" --quick" if args.quick else ""),
-        "cpu": cpu(), "torch": torch.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "target_ratio": TARGET, "results": results,
+        "cpu": cpu(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "target_ratio": TARGET,
+        "results": results,
         "timing": "CPU time of this process (time.process_time), one torch thread unless --threads",
-        "wall_seconds_per_step": WALL, "load_average_at_end": os.getloadavg(),
+        "wall_seconds_per_step": WALL,
+        "load_average_at_end": os.getloadavg(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "loop_overhead.json", json.dumps(record, indent=1) + "\n")
-    md = ["# Training loop against a bare PyTorch loop", "", f"`{record['command']}`  ",
-          (f"{record['cpu']['model']}, {record['threads']} torch thread(s), torch {record['torch']}; CPU seconds "
-           "of this process (a shared machine: wall times in the JSON); "
-          f"{args.steps} steps per timed run, {args.repeats} interleaved repeats, medians."), "",
-          "| setting | batch | bare loop (CPU s/step) | fit, n steps (CPU s/step) | ratio | fit, one more step (CPU s) | ratio |",
-          "|---|---|---|---|---|---|---|"]
+    md = [
+        "# Training loop against a bare PyTorch loop",
+        "",
+        f"`{record['command']}`  ",
+        (
+            f"{record['cpu']['model']}, {record['threads']} torch thread(s), torch "
+            f"{record['torch']}; CPU seconds of this process (a shared machine: wall times in the "
+            f"JSON); {args.steps} steps per timed run, {args.repeats} interleaved repeats, medians."
+        ),
+        "",
+        "| setting | batch | bare loop (CPU s/step) | fit, n steps (CPU s/step) | ratio | fit, one "
+        "more step (CPU s) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        md.append(f"| {r['setting']} | {r['batch']} | {r['median_bare_s']:.4f} | {r['median_loop_s']:.4f} | "
-                  f"{r['median_paired_ratio']:.3f} | {r['median_loop_marginal_s']:.4f} | "
-                  f"{r['median_marginal_ratio']:.3f} |")
+        md.append(
+            f"| {r['setting']} | {r['batch']} | {r['median_bare_s']:.4f} | "
+            f"{r['median_loop_s']:.4f} | {r['median_paired_ratio']:.3f} | "
+            f"{r['median_loop_marginal_s']:.4f} | {r['median_marginal_ratio']:.3f} |"
+        )
     met = all(r["median_marginal_ratio"] <= TARGET for r in results)
-    md += ["", f"Ratios are medians of the per-repeat ratios. 'n steps': fit with its fixed costs (an initial and "
-           f"a last validation on two images, copies of the kept state) over n = {args.steps} steps; 'one more "
-           f"step': the difference of a {2 * args.steps}-step and an {args.steps}-step fit, per step. "
-           f"Target: one more step <= {TARGET} x the bare step: " + ("met." if met else "not met.")]
+    md += [
+        "",
+        "Ratios are medians of the per-repeat ratios. 'n steps': fit with its fixed costs (an "
+        "initial and a last validation on two images, copies of the kept state) over n = "
+        f"{args.steps} steps; 'one more step': the difference of a {2 * args.steps}-step and an "
+        f"{args.steps}-step fit, per step. "
+        f"Target: one more step <= {TARGET} x the bare step: " + ("met." if met else "not met."),
+    ]
     atomic_write_text(args.out / "loop_overhead.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -76,15 +76,23 @@ def _convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def original(model: nn.Module, pre: Any, new: Any, stats_value: float = 0.5) -> dict[str, np.ndarray]:
-    """The original algorithm: every activation kept as float64, one fit and scipy t-test per kernel."""
+def original(
+    model: nn.Module, pre: Any, new: Any, stats_value: float = 0.5
+) -> dict[str, np.ndarray]:
+    """The original algorithm: every activation kept as float64, one fit and scipy t-test per
+    kernel."""
     from scipy import stats
 
     def collect(batches: Any) -> dict[str, np.ndarray]:
         acts: dict[str, list[np.ndarray]] = {n: [] for n, _ in _convs(model)}
-        hooks = [m.register_forward_hook(
-            lambda _m, _i, out, n=n: acts[n].append(np.abs(out.detach().cpu().numpy() + 1e-4).astype(np.float64)))
-            for n, m in _convs(model)]
+        hooks = [
+            m.register_forward_hook(
+                lambda _m, _i, out, n=n: acts[n].append(
+                    np.abs(out.detach().cpu().numpy() + 1e-4).astype(np.float64)
+                )
+            )
+            for n, m in _convs(model)
+        ]
         try:
             with torch.no_grad():
                 for x in batches:
@@ -106,7 +114,10 @@ def original(model: nn.Module, pre: Any, new: Any, stats_value: float = 0.5) -> 
     for name in a_pre:
         p = np.ones(a_pre[name].shape[1])
         for k in range(a_pre[name].shape[1]):
-            (mu_p, sd_p), (mu_n, sd_n) = fit(a_pre[name][:, k].ravel()), fit(a_new[name][:, k].ravel())
+            (mu_p, sd_p), (mu_n, sd_n) = (
+                fit(a_pre[name][:, k].ravel()),
+                fit(a_new[name][:, k].ravel()),
+            )
             draw_p, draw_n = rng.normal(mu_p, sd_p, 200), rng.normal(mu_n, sd_n, 200)
             p[k] = stats.ttest_ind(draw_p, draw_n, equal_var=False).pvalue
         frozen[name] = p >= np.percentile(p, 100 * stats_value)
@@ -135,13 +146,28 @@ def child(what: str, images: int, batch: int, size: int) -> dict[str, Any]:
     fn(model, _batches(images, batch, size, 0.0, 1), _batches(images, batch, size, 0.5, 2))
     seconds = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"what": what, "images": images, "seconds": seconds, "peak_rss_mb": rss / 1024,
-            "rss_before_mb": rss_before / 1024}
+    return {
+        "what": what,
+        "images": images,
+        "seconds": seconds,
+        "peak_rss_mb": rss / 1024,
+        "rss_before_mb": rss_before / 1024,
+    }
 
 
 def _run_child(what: str, images: int, batch: int, size: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", what, "--images", str(images), "--batch", str(batch),
-           "--size", str(size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        what,
+        "--images",
+        str(images),
+        "--batch",
+        str(batch),
+        "--size",
+        str(size),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -152,37 +178,53 @@ def _markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`  ",
         _machine.header_line(res.get("cpu")),
-        (f"torch {res['torch']}, {res['cpus']} CPUs, {res['threads']} torch threads, {res['date']}; "
-        f"load average (1 min) {res['load_start']:.2f} at start, {res['load_end']:.2f} at end."),
+        (
+            f"torch {res['torch']}, {res['cpus']} CPUs, {res['threads']} torch threads, "
+            f"{res['date']}; load average (1 min) {res['load_start']:.2f} at start, "
+            f"{res['load_end']:.2f} at end."
+        ),
         "",
-        (f"SmallVGG with BatchNorm, {res['size']} px, batch {res['batch']}, random weights; D_pre and D_new "
-        "are random images of two distributions, made batch by batch. End to end: profile (or collect) "
-        "both data sets, compare, plan. Each figure is the median of the repeats, each repeat a fresh "
-        "process; peak memory is that process's `ru_maxrss`."),
+        (
+            f"SmallVGG with BatchNorm, {res['size']} px, batch {res['batch']}, random weights; "
+            "D_pre and D_new are random images of two distributions, made batch by batch. End to "
+            "end: profile (or collect) both data sets, compare, plan. Each figure is the median "
+            "of the repeats, each repeat a fresh process; peak memory is that process's "
+            "`ru_maxrss`."
+        ),
         "",
-        ("| images (D_pre + D_new) | original s | smart-transfer s | plain forward s | speed-up (original / smart) "
-        "| bound (original / forward) | original peak MB | smart-transfer peak MB | forward peak MB |"),
+        (
+            "| images (D_pre + D_new) | original s | smart-transfer s | plain forward s | speed-up "
+            "(original / smart) | bound (original / forward) | original peak MB | smart-transfer "
+            "peak MB | forward peak MB |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["rows"]:
         lines.append(
-            f"| 2 x {row['images']} | {row['original_s']:.2f} | {row['smart_s']:.2f} | {row['forward_s']:.2f} | "
-            f"**{row['speedup']:.2f}x** | {row['bound']:.2f}x | {row['original_mb']:.0f} | {row['smart_mb']:.0f} | "
-            f"{row['forward_mb']:.0f} |"
+            f"| 2 x {row['images']} | {row['original_s']:.2f} | {row['smart_s']:.2f} | "
+            f"{row['forward_s']:.2f} | **{row['speedup']:.2f}x** | {row['bound']:.2f}x | "
+            f"{row['original_mb']:.0f} | {row['smart_mb']:.0f} | {row['forward_mb']:.0f} |"
         )
     lines += [
         "",
-        (f"Target: speed-up >= {TARGET_RATIO:g}x at 2 x 512 images, with smart-transfer's memory flat in the "
-        "number of images. Every repeat is in the JSON file of the same name."),
+        (
+            f"Target: speed-up >= {TARGET_RATIO:g}x at 2 x 512 images, with smart-transfer's "
+            "memory flat in the number of images. Every repeat is in the JSON file of the same "
+            "name."
+        ),
         "",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=512, help="images in each of D_pre and D_new")
-    ap.add_argument("--also", type=int, nargs="*", default=[128], help="smaller image counts, for memory growth")
+    ap.add_argument(
+        "--also", type=int, nargs="*", default=[128], help="smaller image counts, for memory growth"
+    )
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
@@ -193,26 +235,44 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.images, args.batch, args.size)))
         return 0
     res: dict[str, Any] = {
-        "command": "python benchmarks/bench_original.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-        "platform": platform.platform(), "cpu": _machine.cpu(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_start": os.getloadavg()[0], "size": args.size, "batch": args.batch, "rows": [], "repeats": [],
+        "command": "python benchmarks/bench_original.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cpu": _machine.cpu(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_start": os.getloadavg()[0],
+        "size": args.size,
+        "batch": args.batch,
+        "rows": [],
+        "repeats": [],
     }
     for images in sorted(set(args.also) | {args.images}):
         runs: dict[str, list[dict[str, Any]]] = {"original": [], "smart": [], "forward": []}
         for r in range(args.repeats):
-            order = ("original", "smart", "forward") if r % 2 == 0 else ("forward", "smart", "original")
+            order = (
+                ("original", "smart", "forward") if r % 2 == 0 else ("forward", "smart", "original")
+            )
             for what in order:
                 got = _run_child(what, images, args.batch, args.size)
                 runs[what].append(got)
                 res["repeats"].append({**got, "repeat": r, "loadavg_1min": os.getloadavg()[0]})
-                print(f"  {images} images, {what}: {got['seconds']:.2f} s, peak {got['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  {images} images, {what}: {got['seconds']:.2f} s, peak "
+                    f"{got['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
 
         def med(what: str, field: str, runs: dict[str, list[dict[str, Any]]] = runs) -> float:
             return statistics.median(x[field] for x in runs[what])
 
-        row = {"images": images, **{f"{w}_s": med(w, "seconds") for w in runs},
-               **{f"{w}_mb": med(w, "peak_rss_mb") for w in runs}}
+        row = {
+            "images": images,
+            **{f"{w}_s": med(w, "seconds") for w in runs},
+            **{f"{w}_mb": med(w, "peak_rss_mb") for w in runs},
+        }
         row["speedup"] = row["original_s"] / row["smart_s"]
         row["bound"] = row["original_s"] / row["forward_s"]
         res["rows"].append(row)

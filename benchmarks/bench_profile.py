@@ -62,10 +62,14 @@ def _models(size_vgg: int, quick: bool) -> dict[str, tuple[Callable[[], nn.Modul
         out["efficientnet_lite0_224px"] = (lambda: load_backbone("efficientnet_lite0"), 224, big)
         # random weights are fine for speed
         out["torchvision_resnet50_224px"] = (
-            lambda: load_backbone("torchvision:resnet50", pretrained=False), 224, big
+            lambda: load_backbone("torchvision:resnet50", pretrained=False),
+            224,
+            big,
         )
         out["timm_convnext_tiny_224px"] = (
-            lambda: load_backbone("timm:convnext_tiny", pretrained=False), 224, big
+            lambda: load_backbone("timm:convnext_tiny", pretrained=False),
+            224,
+            big,
         )
     except Exception as e:  # noqa: BLE001 - any failure just means "skip this model"
         print(f"skipping backbones: {type(e).__name__}: {e}", file=sys.stderr)
@@ -326,8 +330,9 @@ def _markdown(res: dict[str, Any]) -> str:
         ),
         "",
         (
-            f"Memory format: {'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} "
-            "for the model and the batches, in the forward and the profile alike. Statistics: "
+            "Memory format: "
+            f"{'channels-last' if res.get('channels_last') else 'contiguous (NCHW)'} for the model "
+            "and the batches, in the forward and the profile alike. Statistics: "
             + ("fused C kernels" if res.get("fused_statistics") else "eager torch operations")
             + "."
         ),
@@ -363,13 +368,16 @@ def _markdown(res: dict[str, Any]) -> str:
             f"{(res.get('loadavg_end') or [float('nan')])[0]:.2f} on {res['cpu_count']} CPUs."
         ),
     ]
-    by = [(r, label, v) for r in res["s1"].values() for label, v in (r.get("by_stats") or {}).items()]
+    by = [
+        (r, label, v) for r in res["s1"].values() for label, v in (r.get("by_stats") or {}).items()
+    ]
     if by:
         lines += [
             "",
             "## S1 by the statistics computed (same interleaved rounds, same forward)",
             "",
-            "| model | image | statistics | profile img/s | ratio (median) | quartiles | CPU-time ratio |",
+            "| model | image | statistics | profile img/s | ratio (median) | quartiles | CPU-time "
+            "ratio |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in res["s1"].values():
@@ -414,8 +422,9 @@ def _markdown(res: dict[str, Any]) -> str:
             (
                 f"Peak RSS ratio {s2['large_images']} / {s2['small_images']} images: "
                 f"**{s2['ratio']:.3f}**; memory added by profiling: "
-                f"{s2.get('added_ratio', float('nan')):.3f}; ru_maxrss: {s2['ratio_ru_maxrss']:.3f} "
-                "(ru_maxrss of a child also counts pages shared with its parent before exec)."
+                f"{s2.get('added_ratio', float('nan')):.3f}; ru_maxrss: "
+                f"{s2['ratio_ru_maxrss']:.3f} (ru_maxrss of a child also counts pages shared with "
+                "its parent before exec)."
             ),
         ]
     lines += ["", "Every repeat is in the JSON file of the same name."]
@@ -429,18 +438,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-s2", action="store_true", help="skip the memory benchmark")
-    ap.add_argument("--only", default=None, help="run S1 only for these model names (comma-separated)")
+    ap.add_argument(
+        "--only", default=None, help="run S1 only for these model names (comma-separated)"
+    )
     ap.add_argument("--tag", default=None, help="write profile_TAG.json / .md instead")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument(
-        "--channels-last", action="store_true",
+        "--channels-last",
+        action="store_true",
         help="model and batches in channels-last memory format (forward and profile alike)",
     )
     ap.add_argument(
-        "--stats", default="full",
-        help=f"comma-separated statistics sets to time against the forward, from {list(STATS_SETS)}; "
-        "'full' (the default profile) is always timed, the others in the same interleaved rounds",
+        "--stats",
+        default="full",
+        help="comma-separated statistics sets to time against the forward, from "
+        f"{list(STATS_SETS)}; 'full' (the default profile) is always timed, the others in the same "
+        "interleaved rounds",
     )
     ap.add_argument("--note", default=None, help="a remark recorded in the results (e.g. the load)")
     ap.add_argument(
@@ -466,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "channels_last": args.channels_last,
         "fused_statistics": native.kernels() is not None,
-        "stats_sets": {"full": list(STATS_SETS["full"].stats), **{k: list(v.stats) for k, v in extra.items()}},
+        "stats_sets": {
+            "full": list(STATS_SETS["full"].stats),
+            **{k: list(v.stats) for k, v in extra.items()},
+        },
         "platform": platform.platform(),
         "cpu": _machine.cpu(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

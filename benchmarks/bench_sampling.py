@@ -81,14 +81,16 @@ def agreement(exact: Any, pre: Any, new: Any, measure: str) -> dict[str, float]:
     }
 
 
-def speed(model: torch.nn.Module, variants: dict[str, dict[str, Any]], rounds: int) -> dict[str, Any]:
+def speed(
+    model: torch.nn.Module, variants: dict[str, dict[str, Any]], rounds: int
+) -> dict[str, Any]:
     """Milliseconds per batch of each profile and of the forward, rotating the order."""
     torch.manual_seed(0)
     batches = [torch.randn(64, 3, 96, 96) for _ in range(4)]
     names = ["forward", *variants]
     secs: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t = time.perf_counter()
             if name == "forward":
                 with torch.no_grad():
@@ -99,8 +101,11 @@ def speed(model: torch.nn.Module, variants: dict[str, dict[str, Any]], rounds: i
             secs[name].append(time.perf_counter() - t)
     fwd = statistics.median(secs["forward"])
     return {
-        n: {"ms_per_batch": 1000 * statistics.median(v) / len(batches),
-            "ratio": fwd / statistics.median(v), "seconds": v}
+        n: {
+            "ms_per_batch": 1000 * statistics.median(v) / len(batches),
+            "ratio": fwd / statistics.median(v),
+            "seconds": v,
+        }
         for n, v in secs.items()
     }
 
@@ -113,13 +118,15 @@ def _markdown(res: dict[str, Any]) -> str:
         _machine.header_line(res.get("cpu")),
         f"torch {res['torch']}, {res['threads']} threads, {res['date']}.",
         "",
-        (f"EfficientNet-Lite0 (ImageNet), {res['size']} px, D_pre {res['images']} Fashion-MNIST "
-         f"images of classes 5-9, D_new {res['images']} of classes 0-4; quantile=0.5 plans against "
-         "plans from exact statistics"
-         + ("; timing: 4 random batches of 64 at 96 px" if res.get("speed") else "")
-         + ". Per "
-         "measure: channels with the same decision over the network (%), mean over seeds; in "
-         "brackets the lowest seed's worst layer."),
+        (
+            f"EfficientNet-Lite0 (ImageNet), {res['size']} px, D_pre {res['images']} Fashion-MNIST "
+            f"images of classes 5-9, D_new {res['images']} of classes 0-4; quantile=0.5 plans "
+            "against plans from exact statistics"
+            + ("; timing: 4 random batches of 64 at 96 px" if res.get("speed") else "")
+            + ". Per "
+            "measure: channels with the same decision over the network (%), mean over seeds; in "
+            "brackets the lowest seed's worst layer."
+        ),
         "",
         "| setting | " + " | ".join(res["measures"]) + " | ms per batch | S1 ratio |",
         "|---|" + "---|" * (len(res["measures"]) + 2),
@@ -138,14 +145,24 @@ def _markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {tail} |")
     fwd = res.get("speed", {}).get("forward")
     if fwd:
-        lines += ["", f"Plain forward: {fwd['ms_per_batch']:.0f} ms per batch (median of the rounds)."]
+        lines += [
+            "",
+            f"Plain forward: {fwd['ms_per_batch']:.0f} ms per batch (median of the rounds).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"),
-                    help="a setting: its name and st.profile's keyword arguments as JSON")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "JSON"),
+        help="a setting: its name and st.profile's keyword arguments as JSON",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=8, help="timing rounds (0: no timing)")
     ap.add_argument("--images", type=int, default=512, help="images in each of D_pre and D_new")
@@ -158,17 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kw = json.loads(text)
         except json.JSONDecodeError as e:
-            ap.error(f"--variant {name!r}: the settings are not valid JSON ({e}); "
-                     'write them as an object, e.g. \'{"hist_sample_per_batch": 1024}\'')
+            ap.error(
+                f"--variant {name!r}: the settings are not valid JSON ({e}); "
+                "write them as an object, e.g. '{\"hist_sample_per_batch\": 1024}'"
+            )
         if not isinstance(kw, dict):
             ap.error(f"--variant {name!r}: the settings must be a JSON object, got {kw!r}")
         variants[name] = kw
     model = st.load_backbone("efficientnet_lite0").eval()
     res: dict[str, Any] = {
-        "command": "python benchmarks/bench_sampling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _machine.cpu(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": list(os.getloadavg()),
-        "measures": args.measures, "images": args.images, "size": args.size,
+        "command": "python benchmarks/bench_sampling.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _machine.cpu(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "loadavg_start": list(os.getloadavg()),
+        "measures": args.measures,
+        "images": args.images,
+        "size": args.size,
         "variants": {n: {"settings": kw, "agreement": {}} for n, kw in variants.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             pre, new = (st.profile(model, d, progress=False, **dict(kw, seed=seed)) for d in data)
             rows = {m: agreement(exact[m], pre, new, m) for m in args.measures}
             res["variants"][name]["agreement"][str(seed)] = rows
-            print(name, "seed", seed, {m: round(v["network"], 2) for m, v in rows.items()}, flush=True)
+            print(
+                name, "seed", seed, {m: round(v["network"], 2) for m, v in rows.items()}, flush=True
+            )
             record()
     if args.rounds:
         res["speed"] = speed(model, variants, args.rounds)

@@ -234,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(median paired ratio, both optimizers): {verdict}."
         ),
         (
-            f"Kernel plan bookkeeping alone (zero frozen gradient rows, restore frozen rows and "
-            f"BatchNorm statistics; median over rounds of 10 calls each): {1e3 * hook_overhead:.3f} ms per "
-            f"step, {100 * hook_overhead / full_median:.2f}% of the faster full fine-tuning step."
+            "Kernel plan bookkeeping alone (zero frozen gradient rows, restore frozen rows and "
+            "BatchNorm statistics; median over rounds of 10 calls each): "
+            f"{1e3 * hook_overhead:.3f} ms per step, {100 * hook_overhead / full_median:.2f}% of "
+            "the faster full fine-tuning step."
         ),
         f"Layer plan frozen parameters: {record['config']['layer_plan'].split(': ', 1)[1]}.",
         "",

@@ -26,9 +26,14 @@ def folder(tmp_path_factory):
 
 
 def test_profile_compare_plan_roundtrip(folder, tmp_path, capsys):
-    pre, new, plan_path, sim_path = (tmp_path / n for n in ("pre.pt", "new.pt", "plan.json", "sim.json"))
+    pre, new, plan_path, sim_path = (
+        tmp_path / n for n in ("pre.pt", "new.pt", "plan.json", "sim.json")
+    )
     torch.manual_seed(0)  # small_vgg has random weights: both profiles must see the same ones
-    assert main(["profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", str(pre)]) == 0
+    assert (
+        main(["profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", str(pre)])
+        == 0
+    )
     args = ["profile", "--backbone", "small_vgg", "--data", str(folder), "--size", "32"]
     torch.manual_seed(0)
     assert main(args + ["--batch-size", "4", "--no-progress", "--out", str(new)]) == 0
@@ -36,12 +41,27 @@ def test_profile_compare_plan_roundtrip(folder, tmp_path, capsys):
     assert prof.source == "data" and prof.num_samples == 12
     assert st.ActivationProfile.load(pre).source == "batchnorm"
 
-    rc = main(["compare", str(pre), str(new), "--measure", "gaussian_kl", "--quantile", "0.5",
-               "--out", str(sim_path), "--plan", str(plan_path)])
+    rc = main(
+        [
+            "compare",
+            str(pre),
+            str(new),
+            "--measure",
+            "gaussian_kl",
+            "--quantile",
+            "0.5",
+            "--out",
+            str(sim_path),
+            "--plan",
+            str(plan_path),
+        ]
+    )
     assert rc == 0
     plan = st.FreezePlan.load(plan_path)
     sim = json.loads(sim_path.read_text())
-    assert sim["measure"] == "gaussian_kl" and set(sim["layers"]) == set(prof.names()) - {"classifier"}
+    assert sim["measure"] == "gaussian_kl" and set(sim["layers"]) == set(prof.names()) - {
+        "classifier"
+    }
     # quantile 0.5 freezes floor(C/2) channels in each compared layer
     for rows in plan.layers.values():
         mask = plan.masks[rows[0]]
@@ -51,7 +71,10 @@ def test_profile_compare_plan_roundtrip(folder, tmp_path, capsys):
 
 def test_compare_with_a_measure_that_cannot_run_is_one_clear_error(folder, tmp_path, capsys):
     pre = tmp_path / "pre.pt"
-    assert main(["profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", str(pre)]) == 0
+    assert (
+        main(["profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", str(pre)])
+        == 0
+    )
     assert main(["compare", str(pre), str(pre), "--measure", "welch_t"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "gaussian_kl" in err and "Traceback" not in err
@@ -62,25 +85,75 @@ def test_compare_with_a_measure_that_cannot_run_is_one_clear_error(folder, tmp_p
 def test_list_commands(capsys):
     assert main(["list", "measures"]) == 0
     out = capsys.readouterr().out
-    for name in ("lognormal_kl", "gaussian_kl", "welch_t", "wasserstein", "ks", "js", "gram", "frechet"):
+    for name in (
+        "lognormal_kl",
+        "gaussian_kl",
+        "welch_t",
+        "wasserstein",
+        "ks",
+        "js",
+        "gram",
+        "frechet",
+    ):
         assert name in out
     assert main(["list", "layers", "--backbone", "small_vgg"]) == 0
     assert capsys.readouterr().out.split() == st.list_layers(st.load_backbone("small_vgg"))
 
 
-def test_public_api_names_resolve():
-    for name in st.__all__:
-        assert getattr(st, name) is not None
+def test_public_api_names_resolve_to_their_modules_and_match_the_typed_imports():
+    """Every st.name is its module's object at run time, and the TYPE_CHECKING imports that
+    editors and mypy read name exactly the same objects (a name added to one list only fails)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from smart_transfer import _EXPORTS
+
+    for name, module in _EXPORTS.items():
+        assert getattr(st, name) is getattr(
+            importlib.import_module(f"smart_transfer.{module}"), name
+        )
+    tree = ast.parse(Path(st.__file__).read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    )
+    typed = {
+        alias.asname or alias.name: (node.module or "")
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {k: v for k, v in typed.items() if v} == _EXPORTS
+    assert set(st.__all__) - {"__version__"} <= set(typed)
     with pytest.raises(AttributeError):
         st.no_such_name  # noqa: B018
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
-    """The README's main job, shrunk: advice, five strategies on the same images, test once, report."""
+    """The README's main job, shrunk: advice, five strategies on the same images, test once,
+    report."""
     out = tmp_path / "demo"
-    rc = main(["demo", "--per-class", "3", "--epochs", "1", "--size", "32", "--test-size", "40",
-               "--batch-size", "16", "--auto-budget", "1", "--no-progress", "--out", str(out)])
+    rc = main(
+        [
+            "demo",
+            "--per-class",
+            "3",
+            "--epochs",
+            "1",
+            "--size",
+            "32",
+            "--test-size",
+            "40",
+            "--batch-size",
+            "16",
+            "--auto-budget",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     comp = json.loads((out / "comparison.json").read_text())
     rows = {r["strategy"]: r for r in comp["rows"]}
@@ -88,9 +161,16 @@ def test_demo_runs_end_to_end_on_efficientnet_lite0(tmp_path, capsys):
     assert comp["train_images"] + comp["val_images"] == 30 and comp["test_images"] == 40
     for name, r in rows.items():
         sub = json.loads((out / "seed-0" / name / "metrics.json").read_text())
-        assert sub["accuracy"] == r["test_accuracy"] and sub["test_images"] == 40, name  # tested once
-    assert rows["random-mask"]["frozen_fraction"] == pytest.approx(rows["smart-kernel"]["frozen_fraction"])
-    assert 0.3 < rows["smart-kernel"]["frozen_fraction"] < 0.6 and rows["full-finetune"]["frozen_fraction"] == 0
+        assert sub["accuracy"] == r["test_accuracy"] and sub["test_images"] == 40, (
+            name
+        )  # tested once
+    assert rows["random-mask"]["frozen_fraction"] == pytest.approx(
+        rows["smart-kernel"]["frozen_fraction"]
+    )
+    assert (
+        0.3 < rows["smart-kernel"]["frozen_fraction"] < 0.6
+        and rows["full-finetune"]["frozen_fraction"] == 0
+    )
     plan = st.FreezePlan.load(out / "seed-0" / "smart-kernel" / "plan.json")
     plan.validate(st.replace_head(st.load_backbone("efficientnet_lite0"), 10))
     assert "quadrant" in (out / "advice.json").read_text()

@@ -37,7 +37,11 @@ def test_every_option_of_the_help_says_its_default(command, capsys):
     entries = _option_entries(capsys.readouterr().out)
     flags = _flags(command)
     assert len(entries) > 5
-    missing = [e for e in entries if "default" not in e and not (set(re.findall(r"--[\w-]+", e.split("  ")[0])) & flags)]
+    missing = [
+        e
+        for e in entries
+        if "default" not in e and not (set(re.findall(r"--[\w-]+", e.split("  ")[0])) & flags)
+    ]
     assert not missing, missing
 
 
@@ -55,13 +59,20 @@ def test_recipe_flags_and_defaults_come_from_the_recipe_fields(capsys):
     # a flag not given leaves the Recipe's default
     args = build_parser().parse_args(["train", "--data", "x", "--out", "y"])
     assert all(getattr(args, f.name) is None for f in fields(Recipe) if f.metadata.get("flag"))
-    args = build_parser().parse_args(["train", "--warmup", "0.2", "--no-channels-last", "--optimizer", "sgd"])
+    args = build_parser().parse_args(
+        ["train", "--warmup", "0.2", "--no-channels-last", "--optimizer", "sgd"]
+    )
     assert (args.warmup, args.channels_last, args.optimizer) == (0.2, False, "sgd")
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--warmup", "1.5"], "--warmup"), (["--batch-size", "0"], "--batch-size"), (["--optimizer", "adam"], "--optimizer"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--warmup", "1.5"], "--warmup"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--optimizer", "adam"], "--optimizer"),
+    ],
+)
 def test_out_of_range_recipe_flags_are_usage_errors(argv, named, capsys):
     assert main(["train", "--data", "x", "--out", "y", *argv]) == 2
     err = capsys.readouterr().err
@@ -102,8 +113,14 @@ def test_every_subcommand_has_an_example_and_every_option_a_help_line():
                 continue
             if not action.help:
                 missing.append(f"{name} {action.dest}: no help")
-            elif action.option_strings and action.default not in (None, False) and "default" not in action.help:
-                missing.append(f"{name} {action.option_strings[0]}: default {action.default!r} not said")
+            elif (
+                action.option_strings
+                and action.default not in (None, False)
+                and "default" not in action.help
+            ):
+                missing.append(
+                    f"{name} {action.option_strings[0]}: default {action.default!r} not said"
+                )
     assert missing == []
 
 

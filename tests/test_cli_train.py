@@ -26,13 +26,33 @@ def npz(tmp_path_factory):
 
 
 def _train_args(npz, out, *extra):
-    return ["train", "--backbone", "small_vgg", "--data", str(npz), "--per-class", "20", "--size", "16",
-            "--epochs", "3", "--lr", "0.01", "--no-progress", "--out", str(out), *extra]
+    return [
+        "train",
+        "--backbone",
+        "small_vgg",
+        "--data",
+        str(npz),
+        "--per-class",
+        "20",
+        "--size",
+        "16",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_train_evaluate_report_advise(npz, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_train_args(npz, out, "--strategy", "smart-kernel", "--option", "bn_stats=\"update\"")) == 0
+    assert (
+        main(_train_args(npz, out, "--strategy", "smart-kernel", "--option", 'bn_stats="update"'))
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["strategy"] == "smart-kernel" and cfg["options"] == {"bn_stats": "update"}
     man = json.loads((out / "manifest.json").read_text())
@@ -62,8 +82,22 @@ def test_train_evaluate_report_advise(npz, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "<img" in html and "smart-kernel" in html
 
-    assert main(["advise", "--backbone", "small_vgg", "--data", str(npz), "--size", "16",
-                 "--out", str(tmp_path / "advice.json")]) == 0
+    assert (
+        main(
+            [
+                "advise",
+                "--backbone",
+                "small_vgg",
+                "--data",
+                str(npz),
+                "--size",
+                "16",
+                "--out",
+                str(tmp_path / "advice.json"),
+            ]
+        )
+        == 0
+    )
     adv = json.loads((tmp_path / "advice.json").read_text())
     assert adv["strategy"] in st.list_strategies() and adv["quadrant"].startswith("small")
     assert "similarity curve" in capsys.readouterr().out
@@ -91,7 +125,10 @@ def test_ctrl_c_then_resume_ends_bit_identical(npz, tmp_path, monkeypatch, capsy
     assert f"smart-transfer train --resume {out}" in err and "Traceback" not in err
     monkeypatch.setattr(loop, "_score", real)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
-    a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(out / "model.safetensors")
+    a, b = (
+        load_weights(tmp_path / "full" / "model.safetensors"),
+        load_weights(out / "model.safetensors"),
+    )
     for k in a:
         assert torch.equal(a[k], b[k]), k
     from smart_transfer.training.checkpoint import WEIGHTS, latest
@@ -122,45 +159,105 @@ def test_torchrun_two_gloo_processes_train_like_one(npz, tmp_path):
 
     from smart_transfer.training.checkpoint import load_weights
 
-    args = _train_args(npz, tmp_path / "one", "--strategy", "head-only", "--optimizer", "sgd",
-                       "--batch-size", "16", "--device", "cpu")
+    args = _train_args(
+        npz,
+        tmp_path / "one",
+        "--strategy",
+        "head-only",
+        "--optimizer",
+        "sgd",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    )
     torch.set_num_threads(1)
     assert main(args) == 0
     ddp = [a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "smart_transfer.cli", *ddp]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "smart_transfer.cli",
+        *ddp,
+    ]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("head-only: validation accuracy") == 1  # rank 0 reports, rank 1 is quiet
+    assert (
+        done.stdout.count("head-only: validation accuracy") == 1
+    )  # rank 0 reports, rank 1 is quiet
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg["world_size"] == 2
     hist = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert len(hist) == 3  # three epochs of gradient descent, logged once
-    single, two = load_weights(tmp_path / "one" / "model.safetensors"), load_weights(tmp_path / "two" / "model.safetensors")
+    single, two = (
+        load_weights(tmp_path / "one" / "model.safetensors"),
+        load_weights(tmp_path / "two" / "model.safetensors"),
+    )
     assert set(two) == set(single)
     for k, v in single.items():
         torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-5, msg=k)
 
-    bad = [a if a != str(tmp_path / "two") else str(tmp_path / "three") for a in cmd] + ["--sync-bn"]
-    done = subprocess.run(bad, check=False, env=env, capture_output=True, text=True, timeout=600)  # SyncBatchNorm needs CUDA
-    assert done.returncode != 0 and "sync_bn needs CUDA" in done.stderr and "internal error" not in done.stderr
+    bad = [a if a != str(tmp_path / "two") else str(tmp_path / "three") for a in cmd] + [
+        "--sync-bn"
+    ]
+    done = subprocess.run(
+        bad, check=False, env=env, capture_output=True, text=True, timeout=600
+    )  # SyncBatchNorm needs CUDA
+    assert (
+        done.returncode != 0
+        and "sync_bn needs CUDA" in done.stderr
+        and "internal error" not in done.stderr
+    )
     assert not (tmp_path / "three" / "config.json").exists()
 
 
 def test_steps_and_lr_grid_options(npz, tmp_path, capsys):
     out = tmp_path / "grid"
-    args = ["train", "--backbone", "small_vgg", "--data", str(npz), "--per-class", "20", "--size", "16",
-            "--strategy", "full-finetune", "--steps", "4", "--eval-every", "2", "--lr-grid", "0.01", "0.03",
-            "--no-progress", "--out", str(out)]
+    args = [
+        "train",
+        "--backbone",
+        "small_vgg",
+        "--data",
+        str(npz),
+        "--per-class",
+        "20",
+        "--size",
+        "16",
+        "--strategy",
+        "full-finetune",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--lr-grid",
+        "0.01",
+        "0.03",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["steps"] == 4 and cfg["recipe"]["lr_grid"] == [0.01, 0.03] and cfg["recipe"]["eval_every"] == 2
+    assert (
+        cfg["steps"] == 4
+        and cfg["recipe"]["lr_grid"] == [0.01, 0.03]
+        and cfg["recipe"]["eval_every"] == 2
+    )
     res = json.loads((out / "result.json").read_text())
     rows = res["chosen"]["lr_grid"]
     assert [r["lr"] for r in rows] == [0.01, 0.03]
     assert res["chosen"]["lr"] == min(rows, key=lambda r: (r["val_loss"], -r["val_accuracy"]))["lr"]
     assert [h["step"] for h in res["history"]] == [2, 4]
-    assert main([*args[:-1], str(tmp_path / "both"), "--lr", "0.01"]) == 2  # --lr and --lr-grid together
-    assert main([*args[:-1], str(tmp_path / "both"), "--epochs", "2"]) == 2  # --steps and --epochs together
+    assert (
+        main([*args[:-1], str(tmp_path / "both"), "--lr", "0.01"]) == 2
+    )  # --lr and --lr-grid together
+    assert (
+        main([*args[:-1], str(tmp_path / "both"), "--epochs", "2"]) == 2
+    )  # --steps and --epochs together
     assert "not allowed with" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""compare_strategies / compare-strategies: the same splits for every strategy, tested once, a table."""
+"""compare_strategies / compare-strategies: the same splits for every strategy, tested once, a
+table."""
 
 from __future__ import annotations
 
@@ -36,9 +37,19 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[StrategyTable, P
     out = tmp_path_factory.mktemp("cmp")
     lines: list[str] = []
     table = st.compare_strategies(
-        "small_vgg", _dataset(), strategies=["linear-probe", "random-mask", "smart-kernel"], seeds=[0, 1],
-        per_class=6, size=16, epochs=1, out=out, device="cpu", advise=False, report="smart-kernel",
-        progress=False, log=lines.append,
+        "small_vgg",
+        _dataset(),
+        strategies=["linear-probe", "random-mask", "smart-kernel"],
+        seeds=[0, 1],
+        per_class=6,
+        size=16,
+        epochs=1,
+        out=out,
+        device="cpu",
+        advise=False,
+        report="smart-kernel",
+        progress=False,
+        log=lines.append,
     )
     return table, out, lines
 
@@ -48,12 +59,18 @@ def _config(out: Path, seed: int, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow  # six small_vgg runs and a report: about 20 s on two busy cores
-def test_every_strategy_trains_on_the_same_split_per_seed(compared: tuple[StrategyTable, Path, Any]) -> None:
+def test_every_strategy_trains_on_the_same_split_per_seed(
+    compared: tuple[StrategyTable, Path, Any],
+) -> None:
     _, out, _ = compared
     y = _dataset().targets
     for seed in (0, 1):
-        splits = [_config(out, seed, n)["data"] for n in ("linear-probe", "random-mask", "smart-kernel")]
-        assert all(s == splits[0] for s in splits[1:])  # the same train / val / test for each strategy
+        splits = [
+            _config(out, seed, n)["data"] for n in ("linear-probe", "random-mask", "smart-kernel")
+        ]
+        assert all(
+            s == splits[0] for s in splits[1:]
+        )  # the same train / val / test for each strategy
         tr, va, te = (set(splits[0][k]) for k in ("train_indices", "val_indices", "test_indices"))
         assert not (tr & va) and not (tr & te) and not (va & te)
         assert len(tr) + len(va) == 6 * len(CLASSES)
@@ -70,8 +87,14 @@ def test_table_is_the_mean_and_std_of_the_runs(compared: tuple[StrategyTable, Pa
     assert [r["strategy"] for r in table.rows] == ["linear-probe", "random-mask", "smart-kernel"]
     for row in table.rows:
         name = row["strategy"]
-        tests = [json.loads((out / f"seed-{s}" / name / "metrics.json").read_text())["accuracy"] for s in (0, 1)]
-        vals = [json.loads((out / f"seed-{s}" / name / "result.json").read_text())["val_accuracy"] for s in (0, 1)]
+        tests = [
+            json.loads((out / f"seed-{s}" / name / "metrics.json").read_text())["accuracy"]
+            for s in (0, 1)
+        ]
+        vals = [
+            json.loads((out / f"seed-{s}" / name / "result.json").read_text())["val_accuracy"]
+            for s in (0, 1)
+        ]
         assert row["test_accuracy"] == pytest.approx(np.mean(tests))
         assert row["test_std"] == pytest.approx(np.std(tests, ddof=1))
         assert row["val_accuracy"] == pytest.approx(np.mean(vals))
@@ -81,7 +104,9 @@ def test_table_is_the_mean_and_std_of_the_runs(compared: tuple[StrategyTable, Pa
     for seed in (0, 1):
         rm = _config(out, seed, "random-mask")
         assert rm["options"]["plan"] == str(out / f"seed-{seed}" / "smart-kernel" / "plan.json")
-        assert rm["frozen_fraction"] == pytest.approx(_config(out, seed, "smart-kernel")["frozen_fraction"])
+        assert rm["frozen_fraction"] == pytest.approx(
+            _config(out, seed, "smart-kernel")["frozen_fraction"]
+        )
 
 
 @pytest.mark.slow  # six small_vgg runs and a report: about 20 s on two busy cores
@@ -93,11 +118,18 @@ def test_printed_table_files_and_report(compared: tuple[StrategyTable, Path, Any
     lp = table.row("linear-probe")
     assert re.search(rf"linear-probe\s+{lp['val_accuracy']:.3f} ± {lp['val_std']:.3f}", text[1])
     assert next(ln for ln in lines if ln.startswith("[")).startswith("[1/4] small_vgg")
-    assert any(str(table).splitlines()[1] in ln for ln in lines)  # the table is in the progress lines
-    assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(table.to_dict()))
+    assert any(
+        str(table).splitlines()[1] in ln for ln in lines
+    )  # the table is in the progress lines
+    assert json.loads((out / "comparison.json").read_text()) == json.loads(
+        json.dumps(table.to_dict())
+    )
     md = (out / "comparison.md").read_text()
     assert "| random-mask |" in md
-    assert len(re.findall(r"^\| 0 \| ", md, re.MULTILINE)) == 3 and len(re.findall(r"^\| 1 \| ", md, re.MULTILINE)) == 3
+    assert (
+        len(re.findall(r"^\| 0 \| ", md, re.MULTILINE)) == 3
+        and len(re.findall(r"^\| 1 \| ", md, re.MULTILINE)) == 3
+    )
     page = (out / "report.html").read_text()
     assert "3 strategies compared" in page and "seed-0/smart-kernel" in page
     assert page.count('alt="comparison"') == 1 and 'alt="activation_maps"' in page
@@ -105,7 +137,10 @@ def test_printed_table_files_and_report(compared: tuple[StrategyTable, Path, Any
 
 def test_fashion_mnist_tests_on_its_official_split_or_a_fixed_subset() -> None:
     try:
-        train, test = st.data.fashion_mnist("train", download=False), st.data.fashion_mnist("test", download=False)
+        train, test = (
+            st.data.fashion_mnist("train", download=False),
+            st.data.fashion_mnist("test", download=False),
+        )
     except DataError:
         pytest.skip("Fashion-MNIST is not installed")
     d = _Data(train, test, "fashion-mnist", list(test.classes))
@@ -120,19 +155,34 @@ def test_user_mistakes_are_refused_before_any_work(tmp_path: Path) -> None:
     ds = _dataset()
     kw: dict[str, Any] = {"size": 16, "epochs": 1, "device": "cpu", "advise": False, "log": None}
     with pytest.raises(UnknownNameError):
-        st.compare_strategies("small_vgg", ds, strategies=["linear-probe", "no-such"], out=tmp_path / "a", **kw)
+        st.compare_strategies(
+            "small_vgg", ds, strategies=["linear-probe", "no-such"], out=tmp_path / "a", **kw
+        )
     with pytest.raises(ConfigError, match="named twice"):
-        st.compare_strategies("small_vgg", ds, strategies=["linear-probe"], seeds=[1, 1], out=tmp_path / "a", **kw)
+        st.compare_strategies(
+            "small_vgg", ds, strategies=["linear-probe"], seeds=[1, 1], out=tmp_path / "a", **kw
+        )
     with pytest.raises(ConfigError, match="test_fraction"):
-        st.compare_strategies("small_vgg", ds, strategies=["linear-probe"], test_fraction=1.5, out=tmp_path / "a", **kw)
+        st.compare_strategies(
+            "small_vgg",
+            ds,
+            strategies=["linear-probe"],
+            test_fraction=1.5,
+            out=tmp_path / "a",
+            **kw,
+        )
     assert not (tmp_path / "a").exists()
     stranger = tmp_path / "b" / "seed-0" / "linear-probe"
     stranger.mkdir(parents=True)
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already holds a run"):
-        st.compare_strategies("small_vgg", ds, strategies=["linear-probe"], out=tmp_path / "b", **kw)
+        st.compare_strategies(
+            "small_vgg", ds, strategies=["linear-probe"], out=tmp_path / "b", **kw
+        )
     with pytest.raises(ConfigError, match="not a run folder"):
-        st.compare_strategies("small_vgg", ds, strategies=["linear-probe"], out=tmp_path / "b", overwrite=True, **kw)
+        st.compare_strategies(
+            "small_vgg", ds, strategies=["linear-probe"], out=tmp_path / "b", overwrite=True, **kw
+        )
     assert (stranger / "notes.txt").read_text() == "mine"
 
 
@@ -147,12 +197,36 @@ def _folder(root: Path, n: int = 6) -> Path:
     return root
 
 
-def test_cli_on_a_folder_with_every_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_on_a_folder_with_every_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = _folder(tmp_path / "photos")
     out = tmp_path / "cmp"
-    rc = main(["compare-strategies", "--backbone", "small_vgg", "--data", str(data), "--strategies", "linear-probe",
-               "--seeds", "3", "--per-class", "all", "--size", "16", "--epochs", "1", "--no-advice", "--device", "cpu",
-               "--no-progress", "--out", str(out)])
+    rc = main(
+        [
+            "compare-strategies",
+            "--backbone",
+            "small_vgg",
+            "--data",
+            str(data),
+            "--strategies",
+            "linear-probe",
+            "--seeds",
+            "3",
+            "--per-class",
+            "all",
+            "--size",
+            "16",
+            "--epochs",
+            "1",
+            "--no-advice",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     comp = json.loads((out / "comparison.json").read_text())
@@ -164,31 +238,92 @@ def test_cli_on_a_folder_with_every_image(tmp_path: Path, capsys: pytest.Capture
     cfg = json.loads((out / "seed-3" / "linear-probe" / "config.json").read_text())
     assert cfg["data"]["spec"] == str(data.resolve()) and cfg["backbone"] == "small_vgg"
     assert (out / "report.html").is_file()
-    assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe", "--per-class", "x",
-                 "--out", str(tmp_path / "c2")]) == 2
+    assert (
+        main(
+            [
+                "compare-strategies",
+                "--data",
+                str(data),
+                "--strategies",
+                "linear-probe",
+                "--per-class",
+                "x",
+                "--out",
+                str(tmp_path / "c2"),
+            ]
+        )
+        == 2
+    )
     assert "--per-class takes a positive number or 'all'" in capsys.readouterr().err
-    assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe", "--device", "tpu",
-                 "--out", str(tmp_path / "c3")]) == 2
+    assert (
+        main(
+            [
+                "compare-strategies",
+                "--data",
+                str(data),
+                "--strategies",
+                "linear-probe",
+                "--device",
+                "tpu",
+                "--out",
+                str(tmp_path / "c3"),
+            ]
+        )
+        == 2
+    )
     assert "--device 'tpu'" in capsys.readouterr().err and not (tmp_path / "c3").exists()
-    assert main(["compare-strategies", "--data", str(data), "--strategies", "linear-probe",
-                 "--out", str(data / "cmp")]) == 2
+    assert (
+        main(
+            [
+                "compare-strategies",
+                "--data",
+                str(data),
+                "--strategies",
+                "linear-probe",
+                "--out",
+                str(data / "cmp"),
+            ]
+        )
+        == 2
+    )
     assert "inside the input folder" in capsys.readouterr().err and not (data / "cmp").exists()
 
 
-def test_on_error_skip_leaves_a_corrupt_photo_out_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_on_error_skip_leaves_a_corrupt_photo_out_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     data = tmp_path / "photos"
     rng = np.random.default_rng(0)
     for c in CLASSES:
         (data / c).mkdir(parents=True)
         for i in range(6):
             size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)))  # mixed sizes
-            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                data / c / f"{i}.png"
+            )
     (data / "bee" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    args = ["compare-strategies", "--data", str(data), "--strategies", "linear-probe", "--backbone", "small_vgg",
-            "--size", "16", "--no-advice", "--no-progress", "--device", "cpu"]
+    args = [
+        "compare-strategies",
+        "--data",
+        str(data),
+        "--strategies",
+        "linear-probe",
+        "--backbone",
+        "small_vgg",
+        "--size",
+        "16",
+        "--no-advice",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "broken.jpg" in err and "--on-error skip" in err and not (tmp_path / "a" / "seed-0").exists()
+    assert (
+        "broken.jpg" in err
+        and "--on-error skip" in err
+        and not (tmp_path / "a" / "seed-0").exists()
+    )
     assert main([*args, "--out", str(tmp_path / "b"), "--on-error", "skip"]) == 0
     out = capsys.readouterr().out
     assert "left out: 1 unreadable (bee/broken.jpg)" in out

@@ -31,7 +31,9 @@ def test_select_layers_defaults_and_patterns():
 
 
 def test_select_layers_no_match_is_a_clear_error():
-    with pytest.raises(UnknownNameError, match="no layer or module of Block matches layers='nothing\\*'"):
+    with pytest.raises(
+        UnknownNameError, match="no layer or module of Block matches layers='nothing\\*'"
+    ):
         select_layers(Block(), layers="nothing*")
     with pytest.raises(UnknownNameError, match="did you mean 'conv1'"):
         select_layers(Block(), layers=["conv1", "conv_1"])
@@ -52,7 +54,12 @@ def test_following_norm_requires_matching_width():
 def test_channel_params_cover_conv_and_its_norm():
     m = Block()
     got = channel_params(m, "conv1")
-    assert got == {"conv1.weight": (8, 3, 3, 3), "conv1.bias": (8,), "bn1.weight": (8,), "bn1.bias": (8,)}
+    assert got == {
+        "conv1.weight": (8, 3, 3, 3),
+        "conv1.bias": (8,),
+        "bn1.weight": (8,),
+        "bn1.bias": (8,),
+    }
     named = dict(m.named_parameters())
     for name, shape in layer_param_map(m, select_layers(m)).items():
         for pname, pshape in shape.items():

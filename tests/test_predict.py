@@ -1,4 +1,5 @@
-"""st.predict and `smart-transfer predict` on photos of mixed sizes, checked against the network itself."""
+"""st.predict and `smart-transfer predict` on photos of mixed sizes, checked against the network
+itself."""
 
 from __future__ import annotations
 
@@ -45,8 +46,17 @@ def setup(tmp_path_factory):
         h, w = (int(v) for v in rng.integers(18, 40, 2))
         _photo(rng, i % 3, h, w).save(flat / (f"p{i}.png" if i % 2 else f"p{i}.jpg"))
     ds = st.data.image_folder(base / "photos", size=24)
-    result = st.train("small_vgg", ds, strategy="full-finetune", epochs=2, lr=0.01, size=16,
-                      progress=False, out=base / "run", device="cpu")
+    result = st.train(
+        "small_vgg",
+        ds,
+        strategy="full-finetune",
+        epochs=2,
+        lr=0.01,
+        size=16,
+        progress=False,
+        out=base / "run",
+        device="cpu",
+    )
     return base, result
 
 
@@ -98,7 +108,11 @@ def test_class_names_top_k_and_table(setup):
     base, result = setup
     preds = st.predict(result, base / "photos", top_k=2)  # nested folders: every image below
     assert isinstance(preds, Predictions) and len(preds) == 36
-    assert preds.classes == CLASSES == json.loads((base / "run" / "config.json").read_text())["class_names"]
+    assert (
+        preds.classes
+        == CLASSES
+        == json.loads((base / "run" / "config.json").read_text())["class_names"]
+    )
     torch.testing.assert_close(preds.probs.sum(1), torch.ones(36))
     assert torch.equal(preds.indices, preds.probs.argmax(1))
     assert preds.labels == [CLASSES[i] for i in preds.probs.argmax(1).tolist()]
@@ -113,7 +127,9 @@ def test_class_names_top_k_and_table(setup):
     assert lines[0].split() == ["path", "predicted", "probability", "top", "2"]
     assert len(lines) == 1 + 20 + 1 and lines[-1] == "... 16 more, see to_csv()"
     first = lines[1].split()
-    assert preds.paths[0].endswith(first[0].lstrip(".")) and first[1] == preds.labels[0]  # long: its tail
+    assert (
+        preds.paths[0].endswith(first[0].lstrip(".")) and first[1] == preds.labels[0]
+    )  # long: its tail
     assert float(first[2]) == pytest.approx(preds.probs[0].max().item(), abs=5e-4)
 
 
@@ -123,14 +139,23 @@ def test_csv_columns_and_values(setup, tmp_path):
     out = preds.to_csv(tmp_path / "p.csv", top_k=2)
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "predicted_class", "probability", "top1_class", "top1_probability",
-                       "top2_class", "top2_probability"]
+    assert rows[0] == [
+        "path",
+        "predicted_class",
+        "probability",
+        "top1_class",
+        "top1_probability",
+        "top2_class",
+        "top2_probability",
+    ]
     assert len(rows) == 1 + len(preds)
     for row, path, probs in zip(rows[1:], preds.paths, preds.probs):
         order = probs.argsort(descending=True).tolist()
         assert row[0] == path and row[1] == CLASSES[order[0]] == row[3]
         assert float(row[2]) == pytest.approx(probs[order[0]].item(), abs=1e-6)
-        assert row[5] == CLASSES[order[1]] and float(row[6]) == pytest.approx(probs[order[1]].item(), abs=1e-6)
+        assert row[5] == CLASSES[order[1]] and float(row[6]) == pytest.approx(
+            probs[order[1]].item(), abs=1e-6
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # no temporary file left
     with pytest.raises(ConfigError, match="destroy the input"):
         preds.to_csv(preds.paths[0])
@@ -223,14 +248,27 @@ def test_mixed_shapes_keep_their_order_and_the_model_its_state():
     from torch import nn
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(4, 2))
-    result = st.TrainResult(model=net, strategy="x", plan=None, val_accuracy=0.0, history=[],
-                            config={"num_classes": 2, "class_names": ["no", "yes"], "size": None},
-                            timings={})
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+    result = st.TrainResult(
+        model=net,
+        strategy="x",
+        plan=None,
+        val_accuracy=0.0,
+        history=[],
+        config={"num_classes": 2, "class_names": ["no", "yes"], "size": None},
+        timings={},
+    )
     g = torch.Generator().manual_seed(1)
-    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
-              for h, w in [(9, 9), (12, 7), (9, 9), (5, 11), (12, 7), (9, 9), (8, 8)]]
+    images = [
+        torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+        for h, w in [(9, 9), (12, 7), (9, 9), (5, 11), (12, 7), (9, 9), (8, 8)]
+    ]
     net.train()
     preds = st.predict(result, images, batch_size=3)
     assert net.training  # handed back as it was

@@ -76,16 +76,27 @@ def storage_error(exc: BaseException, path: PathLike) -> StorageError | None:
                 "write somewhere else"
             )
         if exc.errno in _FULL:
-            return StorageError(f"disk full while writing {name}; free some space or write somewhere else")
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR,
-                         errno.EINVAL, errno.EIO):
+            return StorageError(
+                f"disk full while writing {name}; free some space or write somewhere else"
+            )
+        if exc.errno in (
+            errno.EROFS,
+            errno.EACCES,
+            errno.EPERM,
+            errno.ENOENT,
+            errno.ENOTDIR,
+            errno.EINVAL,
+            errno.EIO,
+        ):
             return StorageError(
                 f"cannot write {name} ({os.strerror(exc.errno or 0) or type(exc).__name__}); "
                 "pass a path in a writable folder"
             )
         return None
     text = str(exc)
-    if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "file write failed" in text):
+    if isinstance(exc, RuntimeError) and (
+        "PytorchStreamWriter" in text or "file write failed" in text
+    ):
         return StorageError(
             f"disk full or file-size limit reached while writing {name}; free some space or "
             "write somewhere else"

@@ -71,7 +71,9 @@ _CHANNELS = (
     "the images have another channel count than the model takes; convert them "
     "(gray to RGB: x.expand(-1, 3, -1, -1))"
 )
-_TOO_SMALL = "the images are too small for this network; resize them larger (e.g. --size 32 or more)"
+_TOO_SMALL = (
+    "the images are too small for this network; resize them larger (e.g. --size 32 or more)"
+)
 _ONE_VALUE = (
     "a BatchNorm in training mode needs at least 2 values per channel; use batches of 2 or "
     "more images (drop_last=True)"
@@ -89,9 +91,24 @@ _INPUT_PROBLEMS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("channels, but got", "to have", "channels instead"), _CHANNELS),
     (("kernel size can't be greater", "output size is too small", "too small"), _TOO_SMALL),
     (("expected more than 1 value per channel",), _ONE_VALUE),
-    (("mat1 and mat2", "shapes cannot be multiplied", "size mismatch", "must match the size"), _FEATURES),
-    (("unbatched", "expected 2d", "expected 3d", "expected 4d", "dimensions", "expected input"), _RANK),
-    (("input type", "should be the same", "expected scalar type", "not implemented for", "dtype"), _DTYPE),
+    (
+        ("mat1 and mat2", "shapes cannot be multiplied", "size mismatch", "must match the size"),
+        _FEATURES,
+    ),
+    (
+        ("unbatched", "expected 2d", "expected 3d", "expected 4d", "dimensions", "expected input"),
+        _RANK,
+    ),
+    (
+        (
+            "input type",
+            "should be the same",
+            "expected scalar type",
+            "not implemented for",
+            "dtype",
+        ),
+        _DTYPE,
+    ),
 )
 
 

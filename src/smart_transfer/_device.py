@@ -35,20 +35,27 @@ def resolve_device(device: Any = None, option: str = "--device") -> torch.device
     elif isinstance(device, str):
         spec = device.strip().lower()
     else:
-        raise ConfigError(f"{option} must be a device name such as 'cpu', 'cuda' or 'auto', "
-                          f"got {type(device).__name__}")
+        raise ConfigError(
+            f"{option} must be a device name such as 'cpu', 'cuda' or 'auto', "
+            f"got {type(device).__name__}"
+        )
     have = available_devices()
     if spec == "auto":
         return torch.device(have[0])
     try:
         dev = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"{option} {device!r} is not a device; this machine has: "
-                          f"{', '.join(have)} (or 'auto')") from None
+        raise ConfigError(
+            f"{option} {device!r} is not a device; this machine has: {', '.join(have)} (or 'auto')"
+        ) from None
     if dev.type not in have:
-        raise ConfigError(f"{option} {device!r}: there is no {dev.type} device on this machine; it has: "
-                          f"{', '.join(have)} (use --device auto or one of those)")
+        raise ConfigError(
+            f"{option} {device!r}: there is no {dev.type} device on this machine; it has: "
+            f"{', '.join(have)} (use --device auto or one of those)"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"{option} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
-                          f"device(s), numbered from 0")
+        raise ConfigError(
+            f"{option} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s), numbered from 0"
+        )
     return dev

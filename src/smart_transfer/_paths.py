@@ -31,12 +31,30 @@ PathLike = Union[str, "os.PathLike[str]"]
 RUN_MARKER = ".smart-transfer-run"
 # Every file and folder that train, evaluate and report write into a run folder (and fit into
 # a checkpoint folder). No output of another command may land on one of them.
-RUN_FILES = frozenset({
-    RUN_MARKER, "config.json", "result.json", "model.safetensors", "manifest.json", "log.jsonl",
-    "plan.json", "advice.json", "metrics.json", "profile_pre.pt", "profile_new.pt",
-    "samples.safetensors", "test_samples.safetensors", "comparison.json", "report.html",
-    "figures", "checkpoints", "state.pt", "best.safetensors", "done.json",
-})
+RUN_FILES = frozenset(
+    {
+        RUN_MARKER,
+        "config.json",
+        "result.json",
+        "model.safetensors",
+        "manifest.json",
+        "log.jsonl",
+        "plan.json",
+        "advice.json",
+        "metrics.json",
+        "profile_pre.pt",
+        "profile_new.pt",
+        "samples.safetensors",
+        "test_samples.safetensors",
+        "comparison.json",
+        "report.html",
+        "figures",
+        "checkpoints",
+        "state.pt",
+        "best.safetensors",
+        "done.json",
+    }
+)
 # Files only a run folder holds together: config.json plus one of these marks an old run
 # folder written before the marker existed.
 _RUN_EVIDENCE = ("result.json", "model.safetensors", "checkpoints", "samples.safetensors")
@@ -169,7 +187,7 @@ def check_outputs(
                     f"so pass a different path to one of them."
                 )
         checked[option] = p
-    for in_option, in_path, q in _input_paths(inputs):
+    for in_option, _in_path, q in _input_paths(inputs):
         for option, p in checked.items():
             if _same_file(p, q):
                 raise ConfigError(
@@ -216,9 +234,9 @@ def check_output_folders(
             here = _resolved(f)
             if q.is_dir() and q in here.parents:
                 raise ConfigError(
-                    f"{option}={str(f)!r} lies inside the input folder {str(in_path)!r} ({in_option}); "
-                    f"its files would be read as data by the next run, so pass a folder outside "
-                    f"it to {option}."
+                    f"{option}={str(f)!r} lies inside the input folder {str(in_path)!r} "
+                    f"({in_option}); its files would be read as data by the next run, so pass a "
+                    f"folder outside it to {option}."
                 )
             if q == here or (replaced and here in q.parents):
                 what = "is" if q == here else "holds"
@@ -274,9 +292,7 @@ def writing_run(folder: PathLike) -> Iterator[None]:
         _WRITING.reset(token)
 
 
-def check_run_files(
-    outputs: Mapping[str, Path], own: Collection[str] = ()
-) -> None:
+def check_run_files(outputs: Mapping[str, Path], own: Collection[str] = ()) -> None:
     """Refuse an output onto a file or folder that a run folder holds (:data:`RUN_FILES`),
     unless its name, relative to the run folder, is in ``own`` (the files this command itself
     writes there, e.g. ``report.html``), or the run folder is being written by its own run
@@ -300,7 +316,7 @@ def check_not_in_inputs(
 ) -> None:
     """Refuse an output inside an input that is a folder (a data folder, a source folder):
     the file would be read back as data (a class folder, an image) by the next run."""
-    for in_option, in_path, q in _input_paths(inputs):
+    for in_option, _in_path, q in _input_paths(inputs):
         if not q.is_dir():
             continue
         here = _resolved(q)

@@ -1,4 +1,5 @@
-"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`predict`, :func:`advise`.
+"""The practitioner's entry points: :func:`train`, :func:`evaluate`, :func:`predict`,
+:func:`advise`.
 
 ``train`` resolves the backbone, the data and the transforms once, hands a strategy a plain
 :class:`~smart_transfer.strategies.Context`, and returns a :class:`TrainResult`; ``evaluate``
@@ -16,15 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from . import __version__
 from ._atomic import PathLike, atomic_open
-from ._json import plain
-from ._json import write_json as _write_json
+from ._json import plain, write_json as _write_json
 from ._paths import claim_run_folder, writing_run
 from .errors import ConfigError, DataError
 from .predictions import Predictions, predict  # re-exported: st.predict, st.Predictions
@@ -34,22 +34,28 @@ from .strategies.advice import Advice
 from .strategies.registry import CONTEXT_DEFAULTS
 from .training import checkpoint as ckpt
 
+if TYPE_CHECKING:
+    from .freeze import FreezePlan
+    from .strategies.base import Outcome
+
 SAMPLES_PER_CLASS = 4  # images per class kept in samples.safetensors for the report
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _dataset_and_indices(data: Any, what: str, *, classes: list[str] | None = None,
-                         on_error: str = "raise") -> tuple[Any, Tensor]:
+def _dataset_and_indices(
+    data: Any, what: str, *, classes: list[str] | None = None, on_error: str = "raise"
+) -> tuple[Any, Tensor]:
     """What a user passes as data -> ``(dataset, positions)``.
 
     ``data``: a path (opened as ``--data`` is: a folder of class subfolders, a CSV/TSV of
     ``path,label``, an ``.npz`` or ``'fashion-mnist'``; every file decoded once, ``on_error``
     says what an unreadable one does); a dataset (this package's, a torch one, or any
     map-style one with ``(image, label)`` or dict items, Hugging Face style); ``(dataset,
-    indices)``; or raw ``(x, y)`` batches, checked and remapped as :func:`~smart_transfer.data.arrays`
-    does (``classes``: the names their labels index, for evaluation).
+    indices)``; or raw ``(x, y)`` batches, checked and remapped as
+    :func:`~smart_transfer.data.arrays` does (``classes``: the names their labels index, for
+    evaluation).
     """
 
     from .data.adapt import _is_map_style, as_dataset
@@ -58,8 +64,12 @@ def _dataset_and_indices(data: Any, what: str, *, classes: list[str] | None = No
     if isinstance(data, (str, os.PathLike)):
         ds = open_data(os.fspath(data), "train", on_error=on_error, check=True)
         return ds, torch.arange(len(ds))
-    if (isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], (Tensor, list, tuple))
-            and (isinstance(data[0], torch.utils.data.Dataset) or _is_map_style(data[0]))):
+    if (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and not isinstance(data[0], (Tensor, list, tuple))
+        and (isinstance(data[0], torch.utils.data.Dataset) or _is_map_style(data[0]))
+    ):
         idx = torch.as_tensor(data[1], dtype=torch.int64).flatten()
         return as_dataset(data[0], what), idx
     ds = as_dataset(data, what, classes)
@@ -86,8 +96,10 @@ def _classes(ds: Any, targets: Tensor) -> list[str]:
 
 def _check_classes(classes: list[str], what: str) -> None:
     if len(classes) < 2:
-        raise DataError(f"{what} has {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
-                        "needs images of at least two classes.")
+        raise DataError(
+            f"{what} has {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
+            "needs images of at least two classes."
+        )
 
 
 def _with_geometry(ds: Any, eval_tf: Any) -> Any:
@@ -96,11 +108,21 @@ def _with_geometry(ds: Any, eval_tf: Any) -> Any:
     size = getattr(eval_tf, "size", None)
     if size is None or not hasattr(ds, "with_geometry") or getattr(ds, "size", None) is not None:
         return ds
-    return ds.with_geometry(size, getattr(eval_tf, "crop_pct", None), getattr(eval_tf, "interpolation", "bilinear"))
+    return ds.with_geometry(
+        size, getattr(eval_tf, "crop_pct", None), getattr(eval_tf, "interpolation", "bilinear")
+    )
 
 
-def _open_path(data: Any, *, per_class: int | None, val_fraction: float, test_fraction: float | None,
-               seed: int, on_error: str, progress: bool) -> tuple[Any, dict[str, Tensor], Any]:
+def _open_path(
+    data: Any,
+    *,
+    per_class: int | None,
+    val_fraction: float,
+    test_fraction: float | None,
+    seed: int,
+    on_error: str,
+    progress: bool,
+) -> tuple[Any, dict[str, Tensor], Any]:
     """A path given as ``train_data``: opened, its test split held out first, then ``per_class``
     of the rest drawn for train/val; the manifest that records it."""
     from .data.manifest import Manifest, draw_splits, summary
@@ -110,16 +132,29 @@ def _open_path(data: Any, *, per_class: int | None, val_fraction: float, test_fr
     ds = open_data(spec, "train", on_error=on_error, check=True)
     if test_fraction is None:
         test_fraction = 0.0 if is_fashion(spec) else 0.2
-    splits = draw_splits(ds.targets, per_class, val_fraction, test_fraction, seed, classes=ds.classes)
+    splits = draw_splits(
+        ds.targets, per_class, val_fraction, test_fraction, seed, classes=ds.classes
+    )
     manifest = Manifest.record(ds, splits, spec, on_error)
     if progress:
         print(summary(ds, describe(spec), {k: len(v) for k, v in splits.items()}))
     return ds, splits, manifest
 
 
-def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bool, manifest: Any, *,
-                per_class: int | None, val_fraction: float, test_fraction: float | None, seed: int,
-                on_error: str, progress: bool) -> tuple[Any, Tensor, Any, Tensor, Any]:
+def _train_data(
+    train_data: Any,
+    val_data: Any,
+    out_dir: Path | None,
+    resume: bool,
+    manifest: Any,
+    *,
+    per_class: int | None,
+    val_fraction: float,
+    test_fraction: float | None,
+    seed: int,
+    on_error: str,
+    progress: bool,
+) -> tuple[Any, Tensor, Any, Tensor, Any]:
     """``(train ds, idx, val ds, idx, manifest)`` of what :func:`train` was given. A resumed run
     whose data changed since it started is refused (its manifest says so)."""
 
@@ -130,7 +165,8 @@ def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bo
     if saved is not None and saved.is_file():
         Manifest.load(saved).check_unchanged(
             "the run cannot resume on the images it started with",
-            "restore those files, or start a new run with another --out")
+            "restore those files, or start a new run with another --out",
+        )
     if isinstance(train_data, (str, os.PathLike)):
         if saved is not None and saved.is_file():  # resume on the recorded files, not a new listing
             manifest = Manifest.load(saved)
@@ -138,9 +174,19 @@ def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bo
             val_ds, val_idx = manifest.dataset("val")
             return ds, idx, val_ds, val_idx, manifest
         ds, splits, manifest = _open_path(
-            train_data, per_class=per_class, val_fraction=0.0 if val_data is not None else val_fraction,
-            test_fraction=test_fraction, seed=seed, on_error=on_error, progress=progress)
-        idx = torch.cat([splits["train"], splits["val"]]).sort().values if val_data is not None else splits["train"]
+            train_data,
+            per_class=per_class,
+            val_fraction=0.0 if val_data is not None else val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            on_error=on_error,
+            progress=progress,
+        )
+        idx = (
+            torch.cat([splits["train"], splits["val"]]).sort().values
+            if val_data is not None
+            else splits["train"]
+        )
         if val_data is None:
             return ds, idx, ds, splits["val"], manifest
         val_ds, val_idx = _dataset_and_indices(val_data, "val_data", on_error=on_error)
@@ -148,8 +194,13 @@ def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bo
     ds, idx = _dataset_and_indices(train_data, "train_data", on_error=on_error)
     if val_data is None:
         t = _targets(ds, idx)
-        tr, va = few_shot(t, per_class=per_class, val_fraction=val_fraction, seed=seed,
-                          classes=getattr(ds, "classes", None))
+        tr, va = few_shot(
+            t,
+            per_class=per_class,
+            val_fraction=val_fraction,
+            seed=seed,
+            classes=getattr(ds, "classes", None),
+        )
         idx, val_ds, val_idx = idx[tr], ds, idx[va]
     else:
         val_ds, val_idx = _dataset_and_indices(val_data, "val_data", on_error=on_error)
@@ -161,8 +212,13 @@ def _train_data(train_data: Any, val_data: Any, out_dir: Path | None, resume: bo
 def _data_record(manifest: Any) -> dict[str, Any]:
     if manifest is None:
         return {}
-    return {"root": manifest.root, "kind": manifest.kind, "on_error": manifest.on_error,
-            "counts": manifest.counts(), "manifest": "manifest.json"}
+    return {
+        "root": manifest.root,
+        "kind": manifest.kind,
+        "on_error": manifest.on_error,
+        "counts": manifest.counts(),
+        "manifest": "manifest.json",
+    }
 
 
 # --------------------------------------------------------------------------- result
@@ -196,24 +252,35 @@ class TrainResult:
         return float(self.config.get("frozen_fraction", 0.0))
 
     def save(self, out: PathLike) -> Path:
-        """Write the run folder: config.json, result.json, log.jsonl, model.safetensors, plan.json."""
+        """Write the run folder: config.json, result.json, log.jsonl, model.safetensors,
+        plan.json."""
         out = Path(out)
         if self.out is None or not _same_folder(out, self.out):
             claim_run_folder(out, "out")  # never into a folder that holds another run
         _write_json(out / "config.json", self.config)
-        _write_json(out / "result.json", {
-            "schema_version": SCHEMA_VERSION, "strategy": self.strategy,
-            "val_accuracy": self.val_accuracy, "chosen": self.chosen, "tried": self.tried,
-            "timings": self.timings, "history": self.history,
-            "frozen_fraction": self.frozen_fraction,
-            "plan": None if self.plan is None else self.plan.summary(),
-        })
+        _write_json(
+            out / "result.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "strategy": self.strategy,
+                "val_accuracy": self.val_accuracy,
+                "chosen": self.chosen,
+                "tried": self.tried,
+                "timings": self.timings,
+                "history": self.history,
+                "frozen_fraction": self.frozen_fraction,
+                "plan": None if self.plan is None else self.plan.summary(),
+            },
+        )
         with atomic_open(out / "log.jsonl", "w", encoding="utf-8") as f:
             f.write("".join(json.dumps(h) + "\n" for h in self.history))
         from .exporting import weights_metadata
 
-        # architecture, class names and preprocessing travel with the weights (str -> str, JSON inside)
-        ckpt.save_weights(out / "model.safetensors", self.model.state_dict(), metadata=weights_metadata(self))
+        # architecture, class names and preprocessing travel with the weights (str -> str, JSON
+        # inside)
+        ckpt.save_weights(
+            out / "model.safetensors", self.model.state_dict(), metadata=weights_metadata(self)
+        )
         if self.plan is not None:
             with writing_run(out):  # the run's own plan.json
                 self.plan.save(out / "plan.json")
@@ -234,25 +301,40 @@ class TrainResult:
         folder = Path(folder)
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
-            raise DataError(f"{str(folder)!r} is not a run folder (no config.json); pass the --out of a train run")
+            raise DataError(
+                f"{str(folder)!r} is not a run folder (no config.json); pass the --out of a train "
+                "run"
+            )
         config = read_config(folder)
         res_path = folder / "result.json"
         if not res_path.is_file():
-            raise DataError(f"the run in {str(folder)!r} has not finished (no result.json); resume it first")
+            raise DataError(
+                f"the run in {str(folder)!r} has not finished (no result.json); resume it first"
+            )
         res = read_result(folder)
         net = build_model(config, model)
         state = ckpt.load_weights(folder / "model.safetensors")
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise DataError(f"model.safetensors in {str(folder)!r} does not fit {config.get('backbone')}: "
-                            f"{str(exc).splitlines()[0]}") from None
+            raise DataError(
+                f"model.safetensors in {str(folder)!r} does not fit {config.get('backbone')}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
         plan = FreezePlan.load(folder / "plan.json") if (folder / "plan.json").is_file() else None
         adv = folder / "advice.json"
         return cls(
-            model=net, strategy=res["strategy"], plan=plan, val_accuracy=res["val_accuracy"],
-            history=res["history"], config=config, timings=res["timings"], chosen=res["chosen"],
-            tried=res["tried"], advice=Advice.from_dict(read_json(adv)) if adv.is_file() else None, out=folder,
+            model=net,
+            strategy=res["strategy"],
+            plan=plan,
+            val_accuracy=res["val_accuracy"],
+            history=res["history"],
+            config=config,
+            timings=res["timings"],
+            chosen=res["chosen"],
+            tried=res["tried"],
+            advice=Advice.from_dict(read_json(adv)) if adv.is_file() else None,
+            out=folder,
         )
 
     def transform(self) -> Callable[[Tensor], Tensor]:
@@ -271,9 +353,14 @@ def _same_folder(a: Path, b: Path) -> bool:
 # The train() arguments a resumed run must share with the run it continues, and how to name
 # each for both front ends (keyword argument / CLI flag).
 _RESUME_NAMES = {
-    "strategy": "strategy (--strategy)", "options": "options (--option)", "seed": "seed (--seed)",
-    "size": "size (--size)", "sync_bn": "sync_bn (--sync-bn)", "transform": "transform",
-    "backbone": "backbone (--backbone)", "samples": "the data (--data, --per-class)",
+    "strategy": "strategy (--strategy)",
+    "options": "options (--option)",
+    "seed": "seed (--seed)",
+    "size": "size (--size)",
+    "sync_bn": "sync_bn (--sync-bn)",
+    "transform": "transform",
+    "backbone": "backbone (--backbone)",
+    "samples": "the data (--data, --per-class)",
     **{f.name: option_name(f.name) for f in fields(Recipe)},
 }
 
@@ -325,7 +412,9 @@ def read_json(path: Path, what: str = "") -> Any:
     except FileNotFoundError:
         raise DataError(f"{str(path)!r} is missing{what}; the run folder is incomplete") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {str(path)!r} ({type(exc).__name__}); the run folder is damaged") from None
+        raise DataError(
+            f"cannot read {str(path)!r} ({type(exc).__name__}); the run folder is damaged"
+        ) from None
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -341,7 +430,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     cfg = read_json(path)
     fix = "the run folder is damaged: restore the file or train the run again"
     if not isinstance(cfg, dict):
-        raise DataError(f"{str(path)!r} holds a {type(cfg).__name__}, not a run configuration; {fix}")
+        raise DataError(
+            f"{str(path)!r} holds a {type(cfg).__name__}, not a run configuration; {fix}"
+        )
     k = cfg.get("num_classes")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DataError(f"{str(path)!r} has num_classes={k!r}, not a positive integer; {fix}")
@@ -350,16 +441,26 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise DataError(f"{str(path)!r} has class_names that are not a list of {k} names; {fix}")
     for key, kind in (("recipe", dict), ("data", dict), ("options", dict), ("strategy", str)):
         if key in cfg and not isinstance(cfg[key], kind):
-            raise DataError(f"{str(path)!r} has {key} of type {type(cfg[key]).__name__}, not {kind.__name__}; {fix}")
+            raise DataError(
+                f"{str(path)!r} has {key} of type {type(cfg[key]).__name__}, not {kind.__name__}; "
+                f"{fix}"
+            )
     return cfg
 
 
-_RESULT_KEYS: dict[str, Any] = {"strategy": str, "val_accuracy": (int, float), "history": list, "timings": dict,
-                "chosen": dict, "tried": list}
+_RESULT_KEYS: dict[str, Any] = {
+    "strategy": str,
+    "val_accuracy": (int, float),
+    "history": list,
+    "timings": dict,
+    "chosen": dict,
+    "tried": list,
+}
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """``result.json`` of a finished run, checked to hold every key :meth:`TrainResult.load` reads."""
+    """``result.json`` of a finished run, checked to hold every key :meth:`TrainResult.load`
+    reads."""
     path = folder / "result.json"
     res = read_json(path, " (the run has not finished: resume it first)")
     fix = "the run folder is damaged: restore the file or train the run again"
@@ -383,7 +484,8 @@ def build_model(config: dict[str, Any], backbone: nn.Module | None = None) -> nn
         name = config.get("backbone")
         if not config.get("backbone_is_name", True):
             raise ConfigError(
-                f"this run was trained from a model object ({name}); pass it: TrainResult.load(dir, model=...)"
+                f"this run was trained from a model object ({name}); pass it: "
+                "TrainResult.load(dir, model=...)"
             )
         backbone = load_backbone(name, pretrained=False)  # type: ignore[arg-type]
     else:
@@ -414,7 +516,10 @@ def _resolve_backbone(backbone: Any) -> tuple[Callable[[], nn.Module], str, bool
     if isinstance(backbone, (str, Path)):
         template = load_backbone(backbone)
         return (lambda: copy.deepcopy(template)), str(backbone), True
-    raise ConfigError(f"backbone must be a name (see list_backbones()) or an nn.Module, got {type(backbone).__name__}")
+    raise ConfigError(
+        "backbone must be a name (see list_backbones()) or an nn.Module, got "
+        f"{type(backbone).__name__}"
+    )
 
 
 @dataclass
@@ -439,7 +544,8 @@ class _Model:
     is_name: bool
     train_tf: Callable[[Tensor], Tensor]
     eval_tf: Callable[[Tensor], Tensor]
-    geometry: Any  # the backbone's evaluation transform: the size, crop and interpolation images are read at
+    # the backbone's evaluation transform: the size, crop and interpolation images are read at
+    geometry: Any
     rank: int
     world: int
 
@@ -508,7 +614,8 @@ def train(
     state kept, early stopping after ``patience`` steps without a better validation score; the
     pretrained layers' learning rate chosen on validation from ``lr_grid`` (default 1e-4, 3e-4,
     1e-3; lowest validation loss, ties to the higher accuracy), or fixed with ``lr=``.
-    ``amp="bf16"`` autocasts on CUDA and on CPUs (see :func:`smart_transfer.training.cpu_bf16_supported`).
+    ``amp="bf16"`` autocasts on CUDA and on CPUs (see
+    :func:`smart_transfer.training.cpu_bf16_supported`).
 
     (Longer than 60 lines only for the keyword list and this docstring: the body is the six
     steps, each its own function.)
@@ -517,16 +624,49 @@ def train(
 
     started = time.perf_counter()
     dev = resolve_device(device, "device")
-    recipe = Recipe.build(steps=steps, epochs=epochs, lr=lr, lr_grid=lr_grid, batch_size=batch_size,
-                          optimizer=optimizer, weight_decay=weight_decay, head_lr_mult=head_lr_mult,
-                          warmup=warmup, patience=patience, eval_every=eval_every, amp=amp,
-                          channels_last=channels_last)
-    data_spec = DataSpec.from_dict(data_info) if data_info else DataSpec(
-        spec=os.fspath(train_data) if isinstance(train_data, (str, os.PathLike)) else None,
-        per_class=per_class, val_fraction=val_fraction, test_fraction=test_fraction, on_error=on_error, seed=seed)
-    spec = _resolve_spec(backbone, strategy, options, recipe, data_spec, size=size, device=str(dev), seed=seed,
-                         source=source, transform=transform, sync_bn=sync_bn)
-    out_dir = _check_run_folder(spec, out, resume, {"train_data": train_data, "val_data": val_data, "source": source})
+    recipe = Recipe.build(
+        steps=steps,
+        epochs=epochs,
+        lr=lr,
+        lr_grid=lr_grid,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        head_lr_mult=head_lr_mult,
+        warmup=warmup,
+        patience=patience,
+        eval_every=eval_every,
+        amp=amp,
+        channels_last=channels_last,
+    )
+    data_spec = (
+        DataSpec.from_dict(data_info)
+        if data_info
+        else DataSpec(
+            spec=os.fspath(train_data) if isinstance(train_data, (str, os.PathLike)) else None,
+            per_class=per_class,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            on_error=on_error,
+            seed=seed,
+        )
+    )
+    spec = _resolve_spec(
+        backbone,
+        strategy,
+        options,
+        recipe,
+        data_spec,
+        size=size,
+        device=str(dev),
+        seed=seed,
+        source=source,
+        transform=transform,
+        sync_bn=sync_bn,
+    )
+    out_dir = _check_run_folder(
+        spec, out, resume, {"train_data": train_data, "val_data": val_data, "source": source}
+    )
     data = _resolve_data(spec, train_data, val_data, out_dir, resume, manifest, progress)
     model = _resolve_model(spec, backbone, transform, data, dev)
     ctx = _context(spec, data, model, out_dir, resume, progress, source, dev)
@@ -539,24 +679,52 @@ def train(
     return _finish(spec, config, outcome, data, out_dir, model.rank, timings)
 
 
-def _resolve_spec(backbone: Any, strategy: str, options: dict[str, Any], recipe: Recipe, data: DataSpec, *,
-                  size: int | None, device: str, seed: int, source: Any, transform: Any, sync_bn: bool) -> RunSpec:
+def _resolve_spec(
+    backbone: Any,
+    strategy: str,
+    options: dict[str, Any],
+    recipe: Recipe,
+    data: DataSpec,
+    *,
+    size: int | None,
+    device: str,
+    seed: int,
+    source: Any,
+    transform: Any,
+    sync_bn: bool,
+) -> RunSpec:
     """The run spec of :func:`train`'s arguments; the strategy's options checked (names, types,
     ranges) before any work. ``options`` loses its ``head`` (the context carries it)."""
     get_strategy(strategy).check(options)
     head = str(options.pop("head", CONTEXT_DEFAULTS["head"]))
-    if transform is not None and not (callable(transform) or (isinstance(transform, (tuple, list)) and len(transform) == 2)):
+    if transform is not None and not (
+        callable(transform) or (isinstance(transform, (tuple, list)) and len(transform) == 2)
+    ):
         raise ConfigError("transform must be a callable or a (train, eval) pair of callables")
     return RunSpec(
         backbone=str(backbone) if isinstance(backbone, (str, Path)) else type(backbone).__name__,
-        backbone_is_name=isinstance(backbone, (str, Path)), data=data, recipe=recipe, strategy=strategy,
-        options=plain(options), head=head, size=size, device=device, seed=seed,
-        source="batchnorm" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__,
-        transform="backbone" if transform is None else "custom", sync_bn=sync_bn,
+        backbone_is_name=isinstance(backbone, (str, Path)),
+        data=data,
+        recipe=recipe,
+        strategy=strategy,
+        options=plain(options),
+        head=head,
+        size=size,
+        device=device,
+        seed=seed,
+        source="batchnorm"
+        if source is None
+        else str(source)
+        if isinstance(source, (str, Path))
+        else type(source).__name__,
+        transform="backbone" if transform is None else "custom",
+        sync_bn=sync_bn,
     )
 
 
-def _check_run_folder(spec: RunSpec, out: PathLike | None, resume: bool, data: dict[str, Any]) -> Path | None:
+def _check_run_folder(
+    spec: RunSpec, out: PathLike | None, resume: bool, data: dict[str, Any]
+) -> Path | None:
     """The run folder, checked before any data is read: not inside a data folder, not another
     run's (unless resuming), and a resumed run's spec as it was started."""
     out_dir = Path(out) if out is not None else None
@@ -566,8 +734,11 @@ def _check_run_folder(spec: RunSpec, out: PathLike | None, resume: bool, data: d
         return None
     _check_out_folder(out_dir, resume, data)
     if resume:
-        new = {k: v for k, v in spec.to_dict().items() if k in ("strategy", "options", "seed", "size", "sync_bn",
-                                                                "recipe", "transform")}
+        new = {
+            k: v
+            for k, v in spec.to_dict().items()
+            if k in ("strategy", "options", "seed", "size", "sync_bn", "recipe", "transform")
+        }
         new["epochs"] = spec.recipe.epochs
         if spec.backbone_is_name:
             new["backbone"] = spec.backbone
@@ -575,30 +746,53 @@ def _check_run_folder(spec: RunSpec, out: PathLike | None, resume: bool, data: d
     return out_dir
 
 
-def _resolve_data(spec: RunSpec, train_data: Any, val_data: Any, out_dir: Path | None, resume: bool,
-                  manifest: Any, progress: bool) -> _Data:
+def _resolve_data(
+    spec: RunSpec,
+    train_data: Any,
+    val_data: Any,
+    out_dir: Path | None,
+    resume: bool,
+    manifest: Any,
+    progress: bool,
+) -> _Data:
     """The training and validation images (a resumed run's from its manifest), checked to hold
     at least two classes."""
     d = spec.data
     ds, idx, val_ds, val_idx, manifest = _train_data(
-        train_data, val_data, out_dir, resume, manifest, per_class=d.per_class, val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction, seed=spec.seed, on_error=d.on_error, progress=progress)
+        train_data,
+        val_data,
+        out_dir,
+        resume,
+        manifest,
+        per_class=d.per_class,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        seed=spec.seed,
+        on_error=d.on_error,
+        progress=progress,
+    )
     if len(idx) == 0 or len(val_idx) == 0:
-        raise DataError("training and validation sets must both be non-empty; give more samples per class")
+        raise DataError(
+            "training and validation sets must both be non-empty; give more samples per class"
+        )
     targets = _targets(ds, idx)
     classes = _classes(ds, torch.cat([targets, _targets(val_ds, val_idx)]))
     _check_classes(classes, "the training data")
     return _Data(ds, idx, val_ds, val_idx, manifest, classes, targets)
 
 
-def _resolve_model(spec: RunSpec, backbone: Any, transform: Any, data: _Data, dev: torch.device) -> _Model:
+def _resolve_model(
+    spec: RunSpec, backbone: Any, transform: Any, data: _Data, dev: torch.device
+) -> _Model:
     """The backbone loaded once, its head sized for the classes, and the transforms; the data
     set to read images at its evaluation geometry."""
     from .data import transforms_for
     from .models import replace_head
     from .training.distributed import world as _world
 
-    torch.manual_seed(spec.seed)  # a backbone without pretrained weights is initialised from the seed
+    torch.manual_seed(
+        spec.seed
+    )  # a backbone without pretrained weights is initialised from the seed
     make, name, is_name = _resolve_backbone(backbone)
     template = make()
     geo_tf = transforms_for(template, train=False, size=spec.size)
@@ -613,8 +807,10 @@ def _resolve_model(spec: RunSpec, backbone: Any, transform: Any, data: _Data, de
     data.ds, data.val_ds = _with_geometry(data.ds, geo_tf), _with_geometry(data.val_ds, geo_tf)
     rank, world = _world()
     if spec.sync_bn and world > 1 and dev.type != "cuda":
-        raise ConfigError(f"sync_bn needs CUDA (SyncBatchNorm works on GPU modules only), and this run is on "
-                          f"{dev.type!r}; leave --sync-bn / sync_bn=True off, or train on CUDA devices")
+        raise ConfigError(
+            f"sync_bn needs CUDA (SyncBatchNorm works on GPU modules only), and this run is on "
+            f"{dev.type!r}; leave --sync-bn / sync_bn=True off, or train on CUDA devices"
+        )
     k, sync = len(data.classes), spec.sync_bn and world > 1
 
     def make_model() -> nn.Module:
@@ -624,8 +820,16 @@ def _resolve_model(spec: RunSpec, backbone: Any, transform: Any, data: _Data, de
     return _Model(make_model, name, is_name, train_tf, eval_tf, geo_tf, rank, world)
 
 
-def _context(spec: RunSpec, data: _Data, model: _Model, out_dir: Path | None, resume: bool, progress: bool,
-             source: Any, dev: torch.device) -> Context:
+def _context(
+    spec: RunSpec,
+    data: _Data,
+    model: _Model,
+    out_dir: Path | None,
+    resume: bool,
+    progress: bool,
+    source: Any,
+    dev: torch.device,
+) -> Context:
     """The :class:`Context` a strategy runs in: loaders (sharded under torchrun), transforms,
     recipe and run folder."""
     from .data import loader
@@ -638,32 +842,63 @@ def _context(spec: RunSpec, data: _Data, model: _Model, out_dir: Path | None, re
         train_loader = ShardedBatches(train_loader, model.rank, model.world, train_tf)
         train_tf = _identity  # the shards are augmented already
     return Context(
-        make_model=model.make_model, backbone_name=model.name, num_classes=len(data.classes),
-        train=train_loader, val=loader(data.val_ds, data.val_idx, batch_size=max(bs, 128)),
+        make_model=model.make_model,
+        backbone_name=model.name,
+        num_classes=len(data.classes),
+        train=train_loader,
+        val=loader(data.val_ds, data.val_idx, batch_size=max(bs, 128)),
         train_eval=loader(data.ds, data.idx, batch_size=max(bs, 64)),
-        train_tf=train_tf, eval_tf=model.eval_tf, recipe=spec.recipe, seed=spec.seed, out=out_dir,
-        resume=resume, progress=progress, source=source, device=dev,
-        samples_per_class=float((len(data.idx) + len(data.val_idx)) / len(data.classes)), head=spec.head,
+        train_tf=train_tf,
+        eval_tf=model.eval_tf,
+        recipe=spec.recipe,
+        seed=spec.seed,
+        out=out_dir,
+        resume=resume,
+        progress=progress,
+        source=source,
+        device=dev,
+        samples_per_class=float((len(data.idx) + len(data.val_idx)) / len(data.classes)),
+        head=spec.head,
     )
 
 
-def _config(spec: RunSpec, data: _Data, model: _Model, data_info: dict[str, Any] | None) -> dict[str, Any]:
+def _config(
+    spec: RunSpec, data: _Data, model: _Model, data_info: dict[str, Any] | None
+) -> dict[str, Any]:
     """config.json: the spec's ``to_dict()`` plus the facts resolved on the way (classes,
     counts, geometry, versions); ``model`` and ``frozen_fraction`` follow once trained."""
     from .strategies.registry import list_strategies
 
     k = len(data.classes)
-    extra = {key: v for key, v in (data_info or {}).items() if key not in spec.data.to_dict() and key != "cli"}
+    extra = {
+        key: v
+        for key, v in (data_info or {}).items()
+        if key not in spec.data.to_dict() and key != "cli"
+    }
     geo = model.geometry
     return {
-        **spec.to_dict(), "version": __version__, "backbone": model.name, "backbone_is_name": model.is_name,
-        "num_classes": k, "class_names": data.classes, "epochs": spec.recipe.epochs, "steps": spec.recipe.steps,
-        "samples": int(len(data.idx) + len(data.val_idx)), "train_samples": len(data.idx),
-        "val_samples": len(data.val_idx), "per_class_counts": torch.bincount(data.targets, minlength=k).float().tolist(),
-        "world_size": model.world, "data": {**spec.data.to_dict(), **plain(extra), **_data_record(data.manifest)},
-        "geometry": {"size": None if geo.size is None else list(geo.size), "crop_pct": geo.crop_pct,
-                     "interpolation": geo.interpolation},
-        "torch": torch.__version__, "python": platform.python_version(), "strategies": list_strategies(),
+        **spec.to_dict(),
+        "version": __version__,
+        "backbone": model.name,
+        "backbone_is_name": model.is_name,
+        "num_classes": k,
+        "class_names": data.classes,
+        "epochs": spec.recipe.epochs,
+        "steps": spec.recipe.steps,
+        "samples": int(len(data.idx) + len(data.val_idx)),
+        "train_samples": len(data.idx),
+        "val_samples": len(data.val_idx),
+        "per_class_counts": torch.bincount(data.targets, minlength=k).float().tolist(),
+        "world_size": model.world,
+        "data": {**spec.data.to_dict(), **plain(extra), **_data_record(data.manifest)},
+        "geometry": {
+            "size": None if geo.size is None else list(geo.size),
+            "crop_pct": geo.crop_pct,
+            "interpolation": geo.interpolation,
+        },
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "strategies": list_strategies(),
     }
 
 
@@ -671,28 +906,49 @@ def _start_run_folder(out_dir: Path, resume: bool, config: dict[str, Any], data:
     """Claim the run folder (or check a resumed one holds the same data) and write what is known
     before training: config.json, manifest.json, the report's sample images."""
     if resume:
-        _check_resume(out_dir, read_config(out_dir), {k: config[k] for k in ("backbone", "samples")})
+        _check_resume(
+            out_dir, read_config(out_dir), {k: config[k] for k in ("backbone", "samples")}
+        )
     else:
         claim_run_folder(out_dir, "out")  # exclusive: of two runs started together, one goes on
     _write_json(out_dir / "config.json", config)
     if data.manifest is not None and not (resume and (out_dir / "manifest.json").is_file()):
         with writing_run(out_dir):  # the run's own manifest.json
             data.manifest.save(out_dir / "manifest.json")
-    _save_samples(out_dir / "samples.safetensors", data.val_ds, data.val_idx, _targets(data.val_ds, data.val_idx),
-                  len(data.classes))
+    _save_samples(
+        out_dir / "samples.safetensors",
+        data.val_ds,
+        data.val_idx,
+        _targets(data.val_ds, data.val_idx),
+        len(data.classes),
+    )
 
 
-def _finish(spec: RunSpec, config: dict[str, Any], outcome: Any, data: _Data, out_dir: Path | None, rank: int,
-            timings: dict[str, float]) -> TrainResult:
+def _finish(
+    spec: RunSpec,
+    config: dict[str, Any],
+    outcome: Any,
+    data: _Data,
+    out_dir: Path | None,
+    rank: int,
+    timings: dict[str, float],
+) -> TrainResult:
     """The :class:`TrainResult` of a strategy's outcome, saved into the run folder by rank 0."""
     config["model"] = outcome.model_kind
     config["frozen_fraction"] = _frozen_fraction(outcome.model, outcome)
     advice = outcome.extra.get("advice")
     result = TrainResult(
-        model=outcome.model, strategy=spec.strategy, plan=outcome.plan, val_accuracy=float(outcome.val_accuracy),
-        history=outcome.fit.history if outcome.fit is not None else [], config=config, timings=timings,
-        chosen=plain(outcome.chosen), tried=plain(outcome.tried),
-        advice=Advice.from_dict(advice) if isinstance(advice, dict) else advice, manifest=data.manifest,
+        model=outcome.model,
+        strategy=spec.strategy,
+        plan=outcome.plan,
+        val_accuracy=float(outcome.val_accuracy),
+        history=outcome.fit.history if outcome.fit is not None else [],
+        config=config,
+        timings=timings,
+        chosen=plain(outcome.chosen),
+        tried=plain(outcome.tried),
+        advice=Advice.from_dict(advice) if isinstance(advice, dict) else advice,
+        manifest=data.manifest,
     )
     if out_dir is None:
         return result
@@ -710,17 +966,21 @@ def _finish(spec: RunSpec, config: dict[str, Any], outcome: Any, data: _Data, ou
     return result
 
 
-
-def _frozen_fraction(model: nn.Module, outcome: Any) -> float:
+def _frozen_fraction(model: nn.Module, outcome: Outcome) -> float:
     """Frozen parameters over all parameters: the plan's, or everything but the head for
     strategies that train only a classifier."""
     from .models.heads import find_head
 
     total = sum(p.numel() for p in model.parameters())
-    if outcome.plan is not None:
-        return sum(outcome.plan.frozen_params(n) for n in outcome.plan.masks) / max(total, 1)
+    plan: FreezePlan | None = outcome.plan
+    if plan is not None:
+        return sum(plan.frozen_params(n) for n in plan.masks) / max(total, 1)
     if outcome.extra.get("head_only"):
-        head = getattr(model, "head", None) if outcome.model_kind["kind"] != "backbone" else find_head(model)[1]
+        head = (
+            getattr(model, "head", None)
+            if outcome.model_kind["kind"] != "backbone"
+            else find_head(model)[1]
+        )
         trainable = sum(p.numel() for p in head.parameters()) if head is not None else 0
         return 1 - trainable / max(total, 1)
     return 0.0
@@ -730,8 +990,14 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def _save_samples(path: Path, ds: Any, idx: Tensor, targets: Tensor, num_classes: int,
-                  per_class: int = SAMPLES_PER_CLASS) -> None:
+def _save_samples(
+    path: Path,
+    ds: Any,
+    idx: Tensor,
+    targets: Tensor,
+    num_classes: int,
+    per_class: int = SAMPLES_PER_CLASS,
+) -> None:
     picks = []
     for c in range(num_classes):
         picks += idx[targets == c][:per_class].tolist()
@@ -748,8 +1014,14 @@ def _save_samples(path: Path, ds: Any, idx: Tensor, targets: Tensor, num_classes
 
 
 def evaluate(
-    result: TrainResult | PathLike, test_data: Any = None, *, batch_size: int = 256, overwrite: bool = False,
-    progress: bool = False, device: str | torch.device | None = None, on_error: str = "raise",
+    result: TrainResult | PathLike,
+    test_data: Any = None,
+    *,
+    batch_size: int = 256,
+    overwrite: bool = False,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    on_error: str = "raise",
 ) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix of a trained model on its test images.
 
@@ -780,11 +1052,15 @@ def evaluate(
         result.model.to(resolve_device(device, "device"))
     ds, idx, what, files = _test_set(result, test_data, on_error)
     if len(idx) == 0:
-        raise DataError(f"there are no test images ({what}); pass test images with --test-data DIR (test_data=)")
+        raise DataError(
+            f"there are no test images ({what}); pass test images with --test-data DIR (test_data=)"
+        )
     if progress:
         print(summary(ds, what, {"test": len(idx)}))
     k = int(result.config["num_classes"])
-    logits, labels = predict(result.model, loader(ds, idx, batch_size=batch_size), result.transform())
+    logits, labels = predict(
+        result.model, loader(ds, idx, batch_size=batch_size), result.transform()
+    )
     pred = logits.argmax(1).cpu()
     labels = labels.cpu()
     if len(labels) and (int(labels.max()) >= k or int(labels.min()) < 0):
@@ -793,10 +1069,15 @@ def evaluate(
     cm.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
     per_class = (cm.diag().double() / cm.sum(1).clamp(min=1).double()).tolist()
     metrics = {
-        "schema_version": SCHEMA_VERSION, "strategy": result.strategy,
-        "accuracy": float((pred == labels).double().mean()), "per_class_accuracy": per_class,
-        "confusion_matrix": cm.tolist(), "test_images": len(labels),
-        "class_names": result.config.get("class_names"), "test_data": what, "test_files": files,
+        "schema_version": SCHEMA_VERSION,
+        "strategy": result.strategy,
+        "accuracy": float((pred == labels).double().mean()),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": cm.tolist(),
+        "test_images": len(labels),
+        "class_names": result.config.get("class_names"),
+        "test_data": what,
+        "test_files": files,
     }
     if out is not None:
         _write_json(out / "metrics.json", metrics)
@@ -818,30 +1099,47 @@ def _run_manifest(result: TrainResult) -> Any:
     return result.manifest
 
 
-def _test_set(result: TrainResult, test_data: Any, on_error: str) -> tuple[Any, Tensor, str, list[str] | None]:
+def _test_set(
+    result: TrainResult, test_data: Any, on_error: str
+) -> tuple[Any, Tensor, str, list[str] | None]:
     """``(dataset, positions, description, test files)`` of what :func:`evaluate` tests on."""
 
     from .data.spec import describe, open_data
 
     manifest = _run_manifest(result)
     classes = [str(c) for c in result.config.get("class_names") or []]
-    tf = result.transform()  # the run's evaluation geometry, also for runs older than config["geometry"]
-    geometry: dict[str, Any] = {"size": getattr(tf, "size", None), "crop_pct": getattr(tf, "crop_pct", None),
-                                "interpolation": getattr(tf, "interpolation", "bilinear")}
-    if isinstance(test_data, (str, os.PathLike)) and manifest is not None and manifest.kind == "npz" and \
-            describe(os.fspath(test_data)) == manifest.root:
-        raise DataError(f"{os.fspath(test_data)} is the file this run trained and validated on, so the test would "
-                        "flatter it; drop --test-data to test on the run's held-out split, or pass other images")
+    tf = (
+        result.transform()
+    )  # the run's evaluation geometry, also for runs older than config["geometry"]
+    geometry: dict[str, Any] = {
+        "size": getattr(tf, "size", None),
+        "crop_pct": getattr(tf, "crop_pct", None),
+        "interpolation": getattr(tf, "interpolation", "bilinear"),
+    }
+    if (
+        isinstance(test_data, (str, os.PathLike))
+        and manifest is not None
+        and manifest.kind == "npz"
+        and describe(os.fspath(test_data)) == manifest.root
+    ):
+        raise DataError(
+            f"{os.fspath(test_data)} is the file this run trained and validated on, so the test "
+            "would flatter it; drop --test-data to test on the run's held-out split, or pass "
+            "other images"
+        )
     if test_data is None:
         if manifest is None:
-            raise ConfigError("this run has no manifest.json recording its held-out test images; pass the "
-                              "test images: --test-data DIR (test_data= from Python)")
+            raise ConfigError(
+                "this run has no manifest.json recording its held-out test images; pass the "
+                "test images: --test-data DIR (test_data= from Python)"
+            )
         if manifest.kind == "fashion-mnist":
             ds = open_data("fashion-mnist", "test")
             return ds, torch.arange(len(ds)), "fashion-mnist (its test split)", None
         manifest.check_unchanged(
             "its held-out test split cannot be reproduced",
-            "restore the files, or test on other images with --test-data DIR (or train again)")
+            "restore the files, or test on other images with --test-data DIR (or train again)",
+        )
         ds, idx = manifest.dataset("test", **geometry)
         files = [e["path"] for e in manifest.files("test")] if manifest.kind != "npz" else None
         return ds, idx, f"{manifest.root} (held-out test split of manifest.json)", files
@@ -868,8 +1166,10 @@ def _by_name(ds: Any, classes: list[str]) -> Any:
         return ds
     unknown = [n for n in names if n not in classes]
     if unknown:
-        raise DataError(f"the test data has class {unknown[0]!r}, which the run was not trained on (its classes: "
-                        f"{', '.join(classes)}); test on images of those classes, named as in training")
+        raise DataError(
+            f"the test data has class {unknown[0]!r}, which the run was not trained on (its "
+            f"classes: {', '.join(classes)}); test on images of those classes, named as in training"
+        )
     mapping = {i: classes.index(n) for i, n in enumerate(names)}
     t = torch.as_tensor(ds.targets, dtype=torch.int64)
     new = torch.tensor([mapping[int(v)] for v in t.tolist()], dtype=torch.int64)
@@ -882,18 +1182,28 @@ def _refuse_leak(ds: Any, idx: Tensor, manifest: Any) -> None:
     used = manifest.used_paths()
     leaked = [ds.samples[i][0] for i in idx.tolist() if Path(ds.samples[i][0]).resolve() in used]
     if leaked:
-        raise DataError(f"{len(leaked)} test image(s) were used to train or validate this run (e.g. {leaked[0]}), "
-                        "so the test would flatter it; drop --test-data to test on the run's held-out split, or "
-                        "pass images the run has not seen")
+        raise DataError(
+            f"{len(leaked)} test image(s) were used to train or validate this run (e.g. "
+            f"{leaked[0]}), so the test would flatter it; drop --test-data to test on the run's "
+            "held-out split, or pass images the run has not seen"
+        )
 
 
 # --------------------------------------------------------------------------- advise
 
 
 def advise(
-    model: Any, train_data: Any, source: Any = None, *, size: int | None = None,
-    batch_size: int = 64, max_images: int = 512, small_per_class: float | None = None,
-    similar: float | None = None, device: str | torch.device | None = None, on_error: str = "raise",
+    model: Any,
+    train_data: Any,
+    source: Any = None,
+    *,
+    size: int | None = None,
+    batch_size: int = 64,
+    max_images: int = 512,
+    small_per_class: float | None = None,
+    similar: float | None = None,
+    device: str | torch.device | None = None,
+    on_error: str = "raise",
 ) -> Advice:
     """Which strategy fits ``train_data`` (see :mod:`smart_transfer.strategies.advice`).
 
@@ -913,10 +1223,20 @@ def advise(
     ds = _with_geometry(ds, eval_tf)
     g = torch.Generator().manual_seed(0)
     sub = idx[torch.randperm(len(idx), generator=g)[:max_images]]
-    ctx = Context(make_model=make, backbone_name="", num_classes=len(classes), train=None, val=None,
-                  train_eval=loader(ds, sub, batch_size=batch_size), train_tf=eval_tf, eval_tf=eval_tf,
-                  recipe=Recipe(batch_size=batch_size), source=source, device=dev,
-                  samples_per_class=len(idx) / max(len(classes), 1))
+    ctx = Context(
+        make_model=make,
+        backbone_name="",
+        num_classes=len(classes),
+        train=None,
+        val=None,
+        train_eval=loader(ds, sub, batch_size=batch_size),
+        train_tf=eval_tf,
+        eval_tf=eval_tf,
+        recipe=Recipe(batch_size=batch_size),
+        source=source,
+        device=dev,
+        samples_per_class=len(idx) / max(len(classes), 1),
+    )
     return advice_for(ctx, small_per_class, similar)  # type: ignore[no-any-return]
 
 
@@ -927,4 +1247,13 @@ def list_strategies(details: bool = False) -> list[Any]:
     return _list(details)
 
 
-__all__ = ["Predictions", "TrainResult", "advise", "build_model", "evaluate", "list_strategies", "predict", "train"]
+__all__ = [
+    "Predictions",
+    "TrainResult",
+    "advise",
+    "build_model",
+    "evaluate",
+    "list_strategies",
+    "predict",
+    "train",
+]

@@ -35,7 +35,8 @@ class ProfileError(SmartTransferError, RuntimeError):
 
 
 class IncompatibleError(SmartTransferError, ValueError):
-    """Two objects do not fit together: profiles with no common layer, a plan for another model..."""
+    """Two objects do not fit together: profiles with no common layer, a plan for another
+    model..."""
 
 
 class TrainingError(SmartTransferError, RuntimeError):

@@ -34,7 +34,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,10 @@ def preprocessing(transform: Any) -> dict[str, Any]:
     channels = int(getattr(transform, "channels", 3))
     mean, std = getattr(transform, "mean", None), getattr(transform, "std", None)
     if size is None or mean is None or std is None:
-        raise ConfigError("the run's evaluation transform has no fixed input size; train with --size N to export it")
+        raise ConfigError(
+            "the run's evaluation transform has no fixed input size; train with --size N to export "
+            "it"
+        )
     return {
         "input_size": [channels, int(size[0]), int(size[1])],
         "mean": [_short(v) for v in mean.flatten().tolist()],
@@ -99,40 +102,58 @@ def describe(result: Any) -> dict[str, Any]:
     net = _plain_backbone(result.model)
     from .models.heads import find_head
 
-    classes = [str(c) for c in result.config.get("class_names") or range(int(result.config["num_classes"]))]
+    classes = [
+        str(c) for c in result.config.get("class_names") or range(int(result.config["num_classes"]))
+    ]
     kind = result.config.get("model") or {"kind": "backbone"}
     probe = None
     if kind.get("kind") in ("probe", "concat"):
         layers = kind["layers"] if kind["kind"] == "concat" else [kind["layer"]]
-        probe = {"layers": list(layers), "in_features": int(kind["in_features"]),
-                 "pool": "mean over positions: (B, C, H, W) -> (B, C); tokens (B, T, C) -> (B, C)",
-                 "head": PROBE_HEAD,
-                 "note": "logits = probe_head(cat([pool(output of layer) for layer in layers], 1)); "
-                         "'penultimate' is the input of the backbone's classifier, whose own weights "
-                         "the probe does not use"}
+        probe = {
+            "layers": list(layers),
+            "in_features": int(kind["in_features"]),
+            "pool": "mean over positions: (B, C, H, W) -> (B, C); tokens (B, T, C) -> (B, C)",
+            "head": PROBE_HEAD,
+            "note": "logits = probe_head(cat([pool(output of layer) for layer in layers], 1)); "
+            "'penultimate' is the input of the backbone's classifier, whose own weights "
+            "the probe does not use",
+        }
     return {
         "architecture": architecture(result),
         "num_classes": int(result.config["num_classes"]),
         "num_features": _num_features(net),
         "label_names": classes,
-        "pretrained_cfg": {**prep, "num_classes": int(result.config["num_classes"]),
-                           "classifier": find_head(net)[0], "architecture": architecture(result)},
+        "pretrained_cfg": {
+            **prep,
+            "num_classes": int(result.config["num_classes"]),
+            "classifier": find_head(net)[0],
+            "architecture": architecture(result),
+        },
         "probe": probe,
-        "smart_transfer": {"schema_version": EXPORT_SCHEMA, "version": result.config.get("version"),
-                           "backbone": result.config.get("backbone"), "strategy": result.strategy,
-                           "input": "the preprocessed float batch (B, C, H, W): pixels scaled to [0, 1], "
-                                    "resized and cropped as pretrained_cfg says, then (x - mean) / std",
-                           "output": "logits (B, num_classes), in label_names order"},
+        "smart_transfer": {
+            "schema_version": EXPORT_SCHEMA,
+            "version": result.config.get("version"),
+            "backbone": result.config.get("backbone"),
+            "strategy": result.strategy,
+            "input": "the preprocessed float batch (B, C, H, W): pixels scaled to [0, 1], "
+            "resized and cropped as pretrained_cfg says, then (x - mean) / std",
+            "output": "logits (B, num_classes), in label_names order",
+        },
     }
 
 
 def weights_metadata(result: Any) -> dict[str, str]:
     """safetensors metadata (str -> str) of a run's or an export's weights: the architecture,
     the class names and the preprocessing, as JSON where they are not plain strings."""
-    meta = {"format": "pt", "strategy": str(result.strategy), "backbone": str(result.config.get("backbone")),
-            "architecture": architecture(result), "num_classes": str(result.config.get("num_classes")),
-            "label_names": json.dumps([str(c) for c in result.config.get("class_names") or []]),
-            "model": json.dumps(result.config.get("model") or {"kind": "backbone"})}
+    meta = {
+        "format": "pt",
+        "strategy": str(result.strategy),
+        "backbone": str(result.config.get("backbone")),
+        "architecture": architecture(result),
+        "num_classes": str(result.config.get("num_classes")),
+        "label_names": json.dumps([str(c) for c in result.config.get("class_names") or []]),
+        "model": json.dumps(result.config.get("model") or {"kind": "backbone"}),
+    }
     try:
         meta["pretrained_cfg"] = json.dumps(preprocessing(result.transform()))
     except ConfigError:
@@ -181,7 +202,7 @@ def _graph(model: nn.Module) -> nn.Module:
     scriptable = getattr(model, "scriptable", None)
     if callable(scriptable):
         try:
-            return scriptable()
+            return cast(nn.Module, scriptable())
         except ConfigError:
             return model
     return model
@@ -193,7 +214,9 @@ def compile_model(model: nn.Module, example: Tensor) -> tuple[torch.jit.ScriptMo
     (``"torch.jit.trace (...)"`` names what stopped the script)."""
     graph = _graph(model)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch >= 2.10 calls TorchScript deprecated; it still runs everywhere
+        warnings.simplefilter(
+            "ignore"
+        )  # torch >= 2.10 calls TorchScript deprecated; it still runs everywhere
         try:
             return torch.jit.script(graph), "torch.jit.script"
         except Exception as exc:  # noqa: BLE001  (TorchScript raises several error types for unsupported code)
@@ -208,8 +231,10 @@ def _check_logits(what: str, got: Tensor | Any, want: Tensor) -> None:
     got = torch.as_tensor(got)
     diff = float((got.float() - want.float()).abs().max())
     if got.shape != want.shape or not diff <= TOLERANCE:
-        raise ConfigError(f"the {what} export does not reproduce the run's logits (max difference {diff:.2e}); "
-                          "export --format folder and load the weights in PyTorch instead")
+        raise ConfigError(
+            f"the {what} export does not reproduce the run's logits (max difference {diff:.2e}); "
+            "export --format folder and load the weights in PyTorch instead"
+        )
 
 
 def _example(prep: dict[str, Any], batch: int = 2) -> Tensor:
@@ -220,7 +245,9 @@ def _example(prep: dict[str, Any], batch: int = 2) -> Tensor:
 # --------------------------------------------------------------------------- writers
 
 
-def _write_torchscript(model: nn.Module, path: Path, config: dict[str, Any], example: Tensor) -> str:
+def _write_torchscript(
+    model: nn.Module, path: Path, config: dict[str, Any], example: Tensor
+) -> str:
     """The compiled network, its config inside the file (``compiled_with`` added)."""
     compiled, how = compile_model(model, example)
     with torch.no_grad():
@@ -244,11 +271,19 @@ def _write_onnx(model: nn.Module, path: Path, config: dict[str, Any], example: T
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(  # the TorchScript-based exporter; it writes to a file object too
-                graph, (example,), buf, dynamo=False, input_names=["input"],  # type: ignore[arg-type]
-                output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17)
+                graph,
+                (example,),
+                buf,  # type: ignore[arg-type]
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+            )
         except ImportError as exc:
-            raise MissingDependencyError(f"ONNX export needs the onnx package: pip install onnx ({exc})") from exc
+            raise MissingDependencyError(
+                f"ONNX export needs the onnx package: pip install onnx ({exc})"
+            ) from exc
     blob = _with_onnx_metadata(buf.getvalue(), config)
     _check_onnx(blob, model, example)
     with atomic_open(path, "wb") as f:
@@ -264,7 +299,7 @@ def _with_onnx_metadata(blob: bytes, config: dict[str, Any]) -> bytes:
     proto = onnx.load_from_string(blob)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "config.json", json.dumps(config)
-    return proto.SerializeToString()
+    return cast(bytes, proto.SerializeToString())
 
 
 def _check_onnx(blob: bytes, model: nn.Module, example: Tensor) -> None:
@@ -285,7 +320,9 @@ def _write_folder(result: Any, model: nn.Module, folder: Path, config: dict[str,
 
     folder.mkdir(parents=True, exist_ok=True)
     meta = weights_metadata(result)
-    del meta["model"]  # the run's wrapper: the folder holds plain key names (and "probe" says the rest)
+    del meta[
+        "model"
+    ]  # the run's wrapper: the folder holds plain key names (and "probe" says the rest)
     meta["pretrained_cfg"] = json.dumps(config["pretrained_cfg"])
     if config["probe"] is not None:
         meta["probe"] = json.dumps(config["probe"])
@@ -327,17 +364,26 @@ def export(run: Any, out: PathLike, format: str = "torchscript") -> Path:
     ``result.transform()`` makes and returns logits; see the module's docstring.
     """
     if format not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)} (--format)")
+        raise ConfigError(
+            f"unknown export format {format!r}; use one of {', '.join(FORMATS)} (--format)"
+        )
     result, run_dir = _as_result(run)
-    inputs = {f"run ({p.name})": p for p in sorted(run_dir.iterdir()) if p.is_file()} if run_dir else {}
+    inputs = (
+        {f"run ({p.name})": p for p in sorted(run_dir.iterdir()) if p.is_file()} if run_dir else {}
+    )
     out = Path(out)
     if format == "folder":
         check_output_folders({"--out": out}, {"run": run_dir})
-        targets = {"--out (config.json)": out / "config.json", "--out (model.safetensors)": out / "model.safetensors"}
+        targets = {
+            "--out (config.json)": out / "config.json",
+            "--out (model.safetensors)": out / "model.safetensors",
+        }
     else:
         if out.suffix.lower() == ".json":
-            raise ConfigError(f"--out={str(out)!r} ends in .json, which is where the preprocessing goes; "
-                              "name the model file, e.g. model.onnx or model.pt")
+            raise ConfigError(
+                f"--out={str(out)!r} ends in .json, which is where the preprocessing goes; "
+                "name the model file, e.g. model.onnx or model.pt"
+            )
         targets = {"--out": out, "--out (preprocessing)": sidecar(out)}
     check_outputs(targets, inputs)
     model = copy.deepcopy(result.model).cpu().float().eval()

@@ -140,7 +140,11 @@ def following_norms(model: nn.Module) -> dict[str, str]:
     leaves = [
         (n, m)
         for n, m in model.named_modules()
-        if n and (isinstance(m, DEFAULT_TYPES + NORM_TYPES) or any(True for _ in m.parameters(recurse=False)))
+        if n
+        and (
+            isinstance(m, DEFAULT_TYPES + NORM_TYPES)
+            or any(True for _ in m.parameters(recurse=False))
+        )
     ]
     pairs: dict[str, str] = {}
     for (name, mod), (nxt_name, nxt) in zip(leaves, leaves[1:]):
@@ -174,6 +178,8 @@ def channel_params(
     return out
 
 
-def layer_param_map(model: nn.Module, layers: Iterable[str]) -> dict[str, dict[str, tuple[int, ...]]]:
+def layer_param_map(
+    model: nn.Module, layers: Iterable[str]
+) -> dict[str, dict[str, tuple[int, ...]]]:
     norms, modules = following_norms(model), dict(model.named_modules())
     return {name: channel_params(model, name, norms, modules) for name in layers}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import numpy as np
 import torch
@@ -42,8 +42,9 @@ class UnreadableImage(DataError):
     """A file could not be decoded; ``path`` names it, ``reason`` says why (one sentence)."""
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{reason}; replace or delete it, or pass on_error='skip' to leave "
-                         "unreadable files out")
+        super().__init__(
+            f"{reason}; replace or delete it, or pass on_error='skip' to leave unreadable files out"
+        )
         self.path = path
         self.reason = reason
 
@@ -83,8 +84,10 @@ class Predictions:
         k = self._k(k)
         order = self._order()[:, :k]
         p = self.probs.gather(1, order) if len(self) else self.probs[:, :k]
-        return [[(self.classes[c], float(q)) for c, q in zip(oi.tolist(), pi.tolist())]
-                for oi, pi in zip(order, p)]
+        return [
+            [(self.classes[c], float(q)) for c, q in zip(oi.tolist(), pi.tolist())]
+            for oi, pi in zip(order, p)
+        ]
 
     def to_csv(self, path: PathLike, top_k: int | None = None) -> Path:
         """Write one row per image: ``path, predicted_class, probability`` then
@@ -134,8 +137,10 @@ class Predictions:
         return self.table()
 
     def __repr__(self) -> str:
-        return (f"Predictions(n={len(self)}, classes={len(self.classes)}, skipped={len(self.skipped)}, "
-                f"top_k={self.top_k})")
+        return (
+            f"Predictions(n={len(self)}, classes={len(self.classes)}, skipped={len(self.skipped)}, "
+            f"top_k={self.top_k})"
+        )
 
     def _order(self) -> Tensor:
         # a stable sort: among equal probabilities the lower class index comes first, as argmax
@@ -149,7 +154,7 @@ class Predictions:
 
 
 def _short(path: str, width: int = 48) -> str:
-    return path if len(path) <= width else "..." + path[-(width - 3):]
+    return path if len(path) <= width else "..." + path[-(width - 3) :]
 
 
 def _skipped_line(skipped: Sequence[tuple[str, str]]) -> str:
@@ -201,25 +206,35 @@ def _sources(data: Any) -> Iterable[_Source]:
     path fails before any work), pixels are read only when the image's turn comes."""
     from torch.utils.data import Dataset
 
-    if _is_pathlike(data) or (isinstance(data, (list, tuple)) and data and all(map(_is_pathlike, data))):
+    if _is_pathlike(data) or (
+        isinstance(data, (list, tuple)) and data and all(map(_is_pathlike, data))
+    ):
         files = resolve_images([data] if _is_pathlike(data) else list(data))
         return [(str(p), partial(read_image, p)) for p in files]
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Dataset):
-        return _dataset_sources(data[0], torch.as_tensor(data[1], dtype=torch.int64).flatten().tolist())
+        return _dataset_sources(
+            data[0], torch.as_tensor(data[1], dtype=torch.int64).flatten().tolist()
+        )
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         return _dataset_sources(data, range(len(data)))  # type: ignore[arg-type]
     if isinstance(data, (list, tuple)) and not data:
-        raise DataError("data is an empty list; pass image paths, a folder, a glob, images or a tensor")
+        raise DataError(
+            "data is an empty list; pass image paths, a folder, a glob, images or a tensor"
+        )
     if data is None or isinstance(data, (bytes, dict)):
-        raise DataError(f"cannot predict on {type(data).__name__}; pass image paths, a folder, a glob "
-                        "pattern, a PIL image, a (C, H, W) tensor or an (N, C, H, W) batch")
+        raise DataError(
+            f"cannot predict on {type(data).__name__}; pass image paths, a folder, a glob "
+            "pattern, a PIL image, a (C, H, W) tensor or an (N, C, H, W) batch"
+        )
     if _is_pil(data) or isinstance(data, (Tensor, np.ndarray)):
         return list(_element(data))
     try:
         return _iterate(iter(data))
     except TypeError:
-        raise DataError(f"cannot predict on {type(data).__name__}; pass image paths, a folder, a glob "
-                        "pattern, a PIL image, a (C, H, W) tensor or an (N, C, H, W) batch") from None
+        raise DataError(
+            f"cannot predict on {type(data).__name__}; pass image paths, a folder, a glob "
+            "pattern, a PIL image, a (C, H, W) tensor or an (N, C, H, W) batch"
+        ) from None
 
 
 def _iterate(items: Iterator[Any]) -> Iterator[_Source]:
@@ -242,15 +257,18 @@ def _element(item: Any) -> Iterator[_Source]:
         elif x.dim() in (2, 3):
             yield None, partial(_const, x)
         else:
-            raise DataError(f"a tensor of images must be (C, H, W) or (N, C, H, W), got shape "
-                            f"{tuple(x.shape)}")
+            raise DataError(
+                f"a tensor of images must be (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}"
+            )
     elif isinstance(item, (tuple, list)) and item:
         yield from _element(item[0])  # (images, labels): labels are ignored
     elif isinstance(item, dict) and any(k in item for k in _IMAGE_KEYS):
         yield from _element(next(item[k] for k in _IMAGE_KEYS if k in item))
     else:
-        raise DataError(f"cannot read an image from a {type(item).__name__}; items must be paths, PIL "
-                        "images, tensors or (image, label) pairs")
+        raise DataError(
+            f"cannot read an image from a {type(item).__name__}; items must be paths, PIL "
+            "images, tensors or (image, label) pairs"
+        )
 
 
 def _const(x: Any) -> Any:
@@ -278,7 +296,9 @@ def _dataset_sources(ds: Any, indices: Sequence[int]) -> list[_Source]:
 def _check_image(x: Any, channels: int, name: str) -> Tensor:
     """``x`` as a (C, H, W) uint8 or [0, 1] float tensor the run's transform can take."""
     if not isinstance(x, (Tensor, np.ndarray)):
-        raise DataError(f"{name} is a {type(x).__name__}, not an image; pass a PIL image or a tensor")
+        raise DataError(
+            f"{name} is a {type(x).__name__}, not an image; pass a PIL image or a tensor"
+        )
     x = torch.as_tensor(x)
     if x.dim() == 2:
         x = x.unsqueeze(0)
@@ -286,19 +306,24 @@ def _check_image(x: Any, channels: int, name: str) -> Tensor:
         raise DataError(f"{name} has shape {tuple(x.shape)}; an image is (C, H, W)")
     c = int(x.shape[0])
     if c not in (1, 3, channels) and not (c == 4 and channels == 3):
-        hint = "; it looks like (H, W, C): use x.permute(2, 0, 1)" if x.shape[-1] in (1, 3, 4) else ""
+        hint = (
+            "; it looks like (H, W, C): use x.permute(2, 0, 1)" if x.shape[-1] in (1, 3, 4) else ""
+        )
         want = "1 (gray) or 3 (RGB)" if channels in (1, 3) else f"1 or {channels}"
-        raise DataError(f"{name} has {c} channels (shape {tuple(x.shape)}) but the network takes "
-                        f"{want}{hint}")
+        raise DataError(
+            f"{name} has {c} channels (shape {tuple(x.shape)}) but the network takes {want}{hint}"
+        )
     if x.dtype == torch.uint8:
-        return x
+        return cast(Tensor, x)
     if not x.is_floating_point():
         raise DataError(f"{name} has {x.dtype} pixels; pass uint8 (0..255) or floats in [0, 1]")
     lo, hi = float(x.min()), float(x.max())
     if not (0.0 <= lo and hi <= 1.0):
-        raise DataError(f"{name} has float pixels in [{lo:g}, {hi:g}]; pass floats in [0, 1] or uint8 "
-                        "0..255, not normalised (the run's own mean and std are applied)")
-    return x
+        raise DataError(
+            f"{name} has float pixels in [{lo:g}, {hi:g}]; pass floats in [0, 1] or uint8 "
+            "0..255, not normalised (the run's own mean and std are applied)"
+        )
+    return cast(Tensor, x)
 
 
 # --------------------------------------------------------------------------- predict
@@ -336,7 +361,9 @@ def predict(
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
     dev = resolve_device(device, "device")
     sources = _sources(data)  # wrong paths fail here, before the model is loaded
-    result = run_or_result if isinstance(run_or_result, TrainResult) else TrainResult.load(run_or_result)
+    result = (
+        run_or_result if isinstance(run_or_result, TrainResult) else TrainResult.load(run_or_result)
+    )
     k = int(result.config["num_classes"])
     classes = [str(c) for c in (result.config.get("class_names") or range(k))]
     if len(classes) != k:
@@ -346,12 +373,18 @@ def predict(
         tf.eval()  # no augmentation, whatever mode it was handed over in
     probs, paths, skipped = _run(result.model, tf, sources, batch_size, dev, on_error)
     if not paths:
-        raise DataError(f"none of the {len(skipped)} file(s) could be read; {_skipped_line(skipped)}")
+        raise DataError(
+            f"none of the {len(skipped)} file(s) could be read; {_skipped_line(skipped)}"
+        )
     return Predictions(classes=classes, probs=probs, paths=paths, skipped=skipped, top_k=top_k)
 
 
 def _run(
-    model: nn.Module, tf: Any, sources: Iterable[_Source], batch_size: int, dev: torch.device,
+    model: nn.Module,
+    tf: Any,
+    sources: Iterable[_Source],
+    batch_size: int,
+    dev: torch.device,
     on_error: str,
 ) -> tuple[Tensor, list[str | None], list[tuple[str, str]]]:
     """Load, check and transform each image, then batches of them through ``model`` on ``dev``."""

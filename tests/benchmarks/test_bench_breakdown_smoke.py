@@ -15,13 +15,33 @@ def test_one_round_writes_every_part_and_restores_the_timed_functions(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_breakdown", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # it puts benchmarks/ on sys.path for bench_profile
-    before = (native.moments, native.sample_logs, running.RunningStats.update,
-              running.RunningStats.to_layer_profile)
-    argv = ["--model", "smallvgg_bn_64px", "--batch", "4", "--batches", "1", "--repeats", "1",
-            "--size", "32", "--out", str(tmp_path)]
+    before = (
+        native.moments,
+        native.sample_logs,
+        running.RunningStats.update,
+        running.RunningStats.to_layer_profile,
+    )
+    argv = [
+        "--model",
+        "smallvgg_bn_64px",
+        "--batch",
+        "4",
+        "--batches",
+        "1",
+        "--repeats",
+        "1",
+        "--size",
+        "32",
+        "--out",
+        str(tmp_path),
+    ]
     assert mod.main(argv) == 0
-    after = (native.moments, native.sample_logs, running.RunningStats.update,
-             running.RunningStats.to_layer_profile)
+    after = (
+        native.moments,
+        native.sample_logs,
+        running.RunningStats.update,
+        running.RunningStats.to_layer_profile,
+    )
     assert after == before  # the timers are taken off again
     res = json.loads((tmp_path / "breakdown_smallvgg_bn_64px.json").read_text())
     secs = res["seconds"]

@@ -33,8 +33,25 @@ def test_against_head_gives_the_same_results(tmp_path):
     spec.loader.exec_module(bench)
     bench.SHAPES = [(4, 40, 9), (4, 8, 300), (4, 50, 1)]
     out = tmp_path / "ab.md"
-    assert bench.main(["--against", "HEAD", "--rounds", "2", "--calls", "1", "--out", str(out),
-                       "--models", "smallvgg_bn_64px", "--model-rounds", "1"]) == 0
+    assert (
+        bench.main(
+            [
+                "--against",
+                "HEAD",
+                "--rounds",
+                "2",
+                "--calls",
+                "1",
+                "--out",
+                str(out),
+                "--models",
+                "smallvgg_bn_64px",
+                "--model-rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.with_suffix(".json").read_text())["kernels"]
     assert [r["shape"] for r in rows] == [[4, 40, 9], [4, 8, 300], [4, 50, 1]]
     assert all(r["same_results"] and r["baseline_ns"] > 0 and r["new_ns"] > 0 for r in rows)

@@ -60,7 +60,23 @@ def test_original_freezes_the_kernels_at_or_above_the_median_p_value():
 def test_tiny_run_writes_the_table(tmp_path):
     bench = _script()
     res = tmp_path / "res"
-    assert bench.main(["--images", "16", "--also", "8", "--batch", "8", "--repeats", "1", "--results", str(res)]) == 0
+    assert (
+        bench.main(
+            [
+                "--images",
+                "16",
+                "--also",
+                "8",
+                "--batch",
+                "8",
+                "--repeats",
+                "1",
+                "--results",
+                str(res),
+            ]
+        )
+        == 0
+    )
     data = json.loads((res / "original.json").read_text())
     assert [r["images"] for r in data["rows"]] == [8, 16]
     for row in data["rows"]:

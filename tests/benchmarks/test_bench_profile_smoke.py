@@ -16,10 +16,31 @@ def test_bench_profile_records_each_statistics_set(tmp_path, monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    monkeypatch.setattr(bench, "_models", lambda size, quick: {
-        "smallvgg_bn": (lambda: bench.SmallVGG(batch_norm=True), size, 4)})
-    assert bench.main(["--no-s2", "--repeats", "2", "--size", "16", "--batch", "4",
-                       "--stats", "full,moments", "--tag", "t", "--note", "test"]) == 0
+    monkeypatch.setattr(
+        bench,
+        "_models",
+        lambda size, quick: {"smallvgg_bn": (lambda: bench.SmallVGG(batch_norm=True), size, 4)},
+    )
+    assert (
+        bench.main(
+            [
+                "--no-s2",
+                "--repeats",
+                "2",
+                "--size",
+                "16",
+                "--batch",
+                "4",
+                "--stats",
+                "full,moments",
+                "--tag",
+                "t",
+                "--note",
+                "test",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "profile_t.json").read_text())
     assert res["note"] == "test" and res["stats_sets"]["moments"] == ["moments"]
     row = res["s1"]["smallvgg_bn"]

@@ -22,13 +22,34 @@ def test_bench_sampling_writes_its_agreement_and_speed(tmp_path):
         st.load_backbone("efficientnet_lite0")
     except (st.DataError, st.MissingDependencyError) as e:
         pytest.skip(f"needs Fashion-MNIST and the EfficientNet-Lite0 weights ({e})")
-    exact = json.dumps({"sample_per_batch": None, "hist_sample_per_batch": None,
-                        "cov_sample_per_batch": None})
+    exact = json.dumps(
+        {"sample_per_batch": None, "hist_sample_per_batch": None, "cov_sample_per_batch": None}
+    )
     subprocess.run(
-        [sys.executable, str(SCRIPT), "--variant", "exact", exact, "--variant", "default", "{}",
-         "--seeds", "0", "--images", "64", "--rounds", "1", "--measures", "js", "gaussian_kl",
-         "--out", str(tmp_path)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--variant",
+            "exact",
+            exact,
+            "--variant",
+            "default",
+            "{}",
+            "--seeds",
+            "0",
+            "--images",
+            "64",
+            "--rounds",
+            "1",
+            "--measures",
+            "js",
+            "gaussian_kl",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     res = json.loads((tmp_path / "sampling.json").read_text())
     same = res["variants"]["exact"]["agreement"]["0"]
@@ -46,12 +67,16 @@ def test_bench_sampling_writes_its_agreement_and_speed(tmp_path):
 def test_bench_sampling_rejects_settings_that_are_not_an_object(tmp_path):
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--variant", "bad", "[1, 2]", "--out", str(tmp_path)],
-        check=False, capture_output=True, text=True,
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2 and "must be a JSON object" in out.stderr
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--variant", "bad", "{hist: 1}", "--out", str(tmp_path)],
-        check=False, capture_output=True, text=True,
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2 and "not valid JSON" in out.stderr
     assert "Traceback" not in out.stderr

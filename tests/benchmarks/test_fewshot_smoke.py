@@ -11,8 +11,19 @@ import pytest
 import smart_transfer as st
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fewshot.py"
-FIELDS = {"strategy", "seed", "samples", "per_class", "val_accuracy", "test_accuracy", "test_images",
-          "chosen", "train_seconds", "frozen_fraction", "plan"}
+FIELDS = {
+    "strategy",
+    "seed",
+    "samples",
+    "per_class",
+    "val_accuracy",
+    "test_accuracy",
+    "test_images",
+    "chosen",
+    "train_seconds",
+    "frozen_fraction",
+    "plan",
+}
 
 
 def _script():
@@ -35,17 +46,32 @@ def fmnist():
 def test_tiny_run_writes_every_field_and_resumes(fmnist, tmp_path, monkeypatch, protocol):
     monkeypatch.setenv("SMART_TRANSFER_BENCH_CACHE", str(tmp_path / "cache"))
     fewshot = _script()
-    args = ["--protocol", protocol, "--tiny", "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs"),
-            "--strategies", "linear-probe", "smart-kernel", "random-mask"]
+    args = [
+        "--protocol",
+        protocol,
+        "--tiny",
+        "--results",
+        str(tmp_path / "res"),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--strategies",
+        "linear-probe",
+        "smart-kernel",
+        "random-mask",
+    ]
     assert fewshot.main(args) == 0
     path = tmp_path / "res" / f"{protocol}-tiny.json"
     records = json.loads(path.read_text())
     assert [r["strategy"] for r in records] == ["linear-probe", "smart-kernel", "random-mask"]
     for r in records:
         assert FIELDS <= set(r)
-        assert r["samples"] == r["train_samples"] + r["val_samples"] and 0 <= r["test_accuracy"] <= 1
+        assert (
+            r["samples"] == r["train_samples"] + r["val_samples"] and 0 <= r["test_accuracy"] <= 1
+        )
     smart, rand = records[1], records[2]
-    assert rand["frozen_fraction"] == pytest.approx(smart["frozen_fraction"])  # the very same plan, randomised
+    assert rand["frozen_fraction"] == pytest.approx(
+        smart["frozen_fraction"]
+    )  # the very same plan, randomised
     md = path.with_suffix(".md").read_text()
     assert "| linear-probe |" in md or "| **linear-probe** |" in md
     assert fewshot.main(args) == 0  # every cell is done: nothing runs again
@@ -64,10 +90,18 @@ def test_tiny_run_writes_every_field_and_resumes(fmnist, tmp_path, monkeypatch, 
 
 def test_strategy_options_parse_as_json_or_text():
     parsed = _script().parse_strategies(
-        ["linear-probe", 'smart-kernel:bn:bn_stats=freeze,quantile=0.3,invert=true,measure="ks"', "auto::rule=simplest"]
+        [
+            "linear-probe",
+            'smart-kernel:bn:bn_stats=freeze,quantile=0.3,invert=true,measure="ks"',
+            "auto::rule=simplest",
+        ]
     )
     assert parsed == [
         ("linear-probe", "", {}),
-        ("smart-kernel", "bn", {"bn_stats": "freeze", "quantile": 0.3, "invert": True, "measure": "ks"}),
+        (
+            "smart-kernel",
+            "bn",
+            {"bn_stats": "freeze", "quantile": 0.3, "invert": True, "measure": "ks"},
+        ),
         ("auto", "", {"rule": "simplest"}),
     ]

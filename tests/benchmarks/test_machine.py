@@ -25,24 +25,43 @@ def test_cpuinfo_reads_the_first_processor_only(tmp_path):
 
 def test_caches_by_level_and_kind(tmp_path):
     for i, (level, kind, size) in enumerate(
-        [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"), (3, "Unified", "491520K")]
+        [
+            (1, "Data", "48K"),
+            (1, "Instruction", "32K"),
+            (2, "Unified", "2048K"),
+            (3, "Unified", "491520K"),
+        ]
     ):
         d = tmp_path / f"index{i}"
         d.mkdir()
         (d / "level").write_text(f"{level}\n")
         (d / "type").write_text(f"{kind}\n")
         (d / "size").write_text(f"{size}\n")
-    assert _machine._caches(tmp_path) == {"L1d": "48K", "L1i": "32K", "L2": "2048K", "L3": "491520K"}
+    assert _machine._caches(tmp_path) == {
+        "L1d": "48K",
+        "L1i": "32K",
+        "L2": "2048K",
+        "L3": "491520K",
+    }
 
 
 def test_describe_and_header_line():
-    c = {"model": "Test CPU", "family": "6", "model_number": "167",
-         "caches": {"L1d": "48K", "L2": "2048K", "L3": "491520K"}, "isa": ["avx2", "amx_tile"]}
-    assert _machine.describe(c) == "Test CPU (family 6 model 167; L2 2048K, L3 491520K; avx2 amx_tile)"
+    c = {
+        "model": "Test CPU",
+        "family": "6",
+        "model_number": "167",
+        "caches": {"L1d": "48K", "L2": "2048K", "L3": "491520K"},
+        "isa": ["avx2", "amx_tile"],
+    }
+    assert (
+        _machine.describe(c) == "Test CPU (family 6 model 167; L2 2048K, L3 491520K; avx2 amx_tile)"
+    )
     assert _machine.header_line(c) == "CPU: " + _machine.describe(c) + "  "
     assert _machine.header_line(None) == "CPU: not recorded  "
     bare = {"model": "x86_64", "family": None, "model_number": None, "caches": {}, "isa": []}
     assert _machine.describe(bare) == "x86_64 (no AVX2)"
-    live = _machine.cpu()  # this machine: every key present, the ISA list a subset of the known ones
+    live = (
+        _machine.cpu()
+    )  # this machine: every key present, the ISA list a subset of the known ones
     assert set(live) == {"model", "family", "model_number", "caches", "isa"}
     assert set(live["isa"]) <= set(_machine.ISA)

@@ -15,7 +15,8 @@ COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 200)}
 
 
 def make_odd_folder(root: Path, per_class: int = 10, seed: int = 0) -> dict[str, Path]:
-    """Write the folder; returns the paths of the odd files (``corrupt``, ``gray``, ``rgba``, ``upper``)."""
+    """Write the folder; returns the paths of the odd files (``corrupt``, ``gray``, ``rgba``,
+    ``upper``)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)

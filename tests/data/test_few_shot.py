@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st_
+from hypothesis import given, settings, strategies as st_
 
 import smart_transfer as st
 from smart_transfer.errors import ConfigError, DataError

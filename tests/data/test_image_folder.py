@@ -122,7 +122,9 @@ def test_class_left_empty_by_skipping(folder: Path, tmp_path: Path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         ds = st.data.image_folder(folder, on_error="skip")  # the class is left out, and said so
     assert ds.classes == ["bird", "cat", "dog"] and ds.empty_folders == ["empty-after"]
-    assert set(ds.targets.tolist()) == {0, 1, 2} and len(ds) == len(st.data.image_folder(folder)) - 1
+    assert (
+        set(ds.targets.tolist()) == {0, 1, 2} and len(ds) == len(st.data.image_folder(folder)) - 1
+    )
     with pytest.raises(DataError, match="x.png could not be decoded.*--on-error skip"):
         st.data.image_folder(folder).check()
 

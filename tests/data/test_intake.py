@@ -1,4 +1,5 @@
-"""Data intake: evaluation geometry per image, CSV / dict datasets, raw batches, splits, manifest."""
+"""Data intake: evaluation geometry per image, CSV / dict datasets, raw batches, splits,
+manifest."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _reference(img: torch.Tensor, size: int, crop_pct: float) -> torch.Tensor:
 @pytest.mark.parametrize("hw", [(37, 53), (64, 23), (16, 16), (12, 30)])
 def test_transform_of_one_image_is_the_dataset_preprocessing(hw, crop_pct):
     """transforms_for(train=False) on one raw image (1, C, H, W) = torchvision's Resize+CenterCrop,
-    and = the same transform on the image as a dataset reads it (eval_geometry), up to uint8 rounding."""
+    and = the same transform on the image as a dataset reads it (eval_geometry), up to uint8
+    rounding."""
     g = torch.Generator().manual_seed(hw[0])
     img = torch.randint(0, 256, (3, *hw), generator=g, dtype=torch.uint8)
     cfg = {"input_size": (3, 16, 16), "mean": (0.0,) * 3, "std": (1.0,) * 3, "crop_pct": crop_pct}
@@ -51,7 +53,10 @@ def test_transform_of_one_image_is_the_dataset_preprocessing(hw, crop_pct):
     direct = tf(img[None])[0]
     torch.testing.assert_close(direct, _reference(img, 16, crop_pct or 1.0), atol=1e-5, rtol=0)
     stored = eval_geometry(img, 16, crop_pct)
-    assert stored.dtype == torch.uint8 and stored.shape[-2:] == (math.floor(16 / (crop_pct or 1.0)),) * 2
+    assert (
+        stored.dtype == torch.uint8
+        and stored.shape[-2:] == (math.floor(16 / (crop_pct or 1.0)),) * 2
+    )
     via_dataset = tf(stored[None])[0]
     assert via_dataset.shape == (3, 16, 16)
     assert float((via_dataset - direct).abs().max()) <= 0.5 / 255 + 1e-6
@@ -66,11 +71,18 @@ def test_mixed_size_folder_batches_at_the_network_geometry(photos: Path):
     assert [p.name for p in ds.skipped_files] == ["broken.jpg"]
     names = {p.name for p, _ in ds.samples}
     assert "cat00.JPG" in names and not any(n.startswith(".") for n in names)
-    # colour classes survive: red > blue for cat, blue > red for owl (RGBA and gray read as 3 channels)
+    # colour classes survive: red > blue for cat, blue > red for owl (RGBA and gray read as 3
+    # channels)
     means = x.float().mean((2, 3))
-    assert (means[y == 0, 0] > means[y == 0, 2]).all() and (means[y == 2, 2] > means[y == 2, 0]).all()
+    assert (means[y == 0, 0] > means[y == 0, 2]).all() and (
+        means[y == 2, 2] > means[y == 2, 0]
+    ).all()
     text = summary(ds, str(photos), {"train": 1})
-    assert "cat 10, dog 10, owl 10" in text and "1 unreadable (dog/broken.jpg)" in text and "(zebra)" in text
+    assert (
+        "cat 10, dog 10, owl 10" in text
+        and "1 unreadable (dog/broken.jpg)" in text
+        and "(zebra)" in text
+    )
 
 
 def test_raise_names_the_file_and_the_flag(photos: Path):
@@ -85,14 +97,20 @@ def test_raise_names_the_file_and_the_flag(photos: Path):
 
 
 def test_csv_and_tsv_lists(photos: Path, tmp_path: Path):
-    rows = [(f"photos/{c}/{c}0{i}.{'png' if i % 2 else 'jpg'}", c) for c in ("cat", "dog") for i in (2, 3)]
+    rows = [
+        (f"photos/{c}/{c}0{i}.{'png' if i % 2 else 'jpg'}", c)
+        for c in ("cat", "dog")
+        for i in (2, 3)
+    ]
     (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in rows))
     ds = image_csv(tmp_path / "list.csv")
     assert ds.classes == ["cat", "dog"] and len(ds) == 4 and ds.targets.tolist() == [0, 0, 1, 1]
     assert ds.relative(ds.samples[0][0]) == rows[0][0]  # relative to the CSV's folder
     sub = tmp_path / "sub"
     sub.mkdir()
-    (sub / "list.tsv").write_text("".join(f"../{p}\t{c}\n" for p, c in rows) + "../photos/nope.png\tcat\n")
+    (sub / "list.tsv").write_text(
+        "".join(f"../{p}\t{c}\n" for p, c in rows) + "../photos/nope.png\tcat\n"
+    )
     with pytest.raises(DataError, match=r"line 5 lists .*nope\.png.*--on-error skip"):
         image_csv(sub / "list.tsv")
     skipped = image_csv(sub / "list.tsv", on_error="skip")
@@ -143,7 +161,10 @@ def test_hugging_face_style_dataset_trains(tmp_path: Path):
     hf.features = {}
     hf.classes = ["r", "b"]
     assert as_dataset(hf).classes == ["r", "b"]
-    items = [(torch.zeros(3, 4, 4, dtype=torch.uint8), 5), (torch.zeros(3, 4, 4, dtype=torch.uint8), 9)]
+    items = [
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), 5),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), 9),
+    ]
     with pytest.warns(UserWarning, match="mapped"):
         listed = as_dataset(items)
     assert listed.classes == ["5", "9"] and listed[1][1] == 1
@@ -160,10 +181,18 @@ def test_raw_batches_are_checked_like_arrays():
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         _dataset_and_indices([(x * 255, torch.tensor([0, 1, 0, 1, 0, 1]))], "train_data")
     with pytest.raises(DataError, match="at least two"):
-        st.train("small_vgg", [(x, torch.zeros(6, dtype=torch.int64))], strategy="head-only", size=8,
-                 epochs=1, progress=False)
+        st.train(
+            "small_vgg",
+            [(x, torch.zeros(6, dtype=torch.int64))],
+            strategy="head-only",
+            size=8,
+            epochs=1,
+            progress=False,
+        )
     # evaluation: labels index the run's classes, no remapping
-    ev, _ = _dataset_and_indices([(x, torch.tensor([0, 2, 0, 2, 0, 2]))], "test_data", classes=["a", "b", "c"])
+    ev, _ = _dataset_and_indices(
+        [(x, torch.tensor([0, 2, 0, 2, 0, 2]))], "test_data", classes=["a", "b", "c"]
+    )
     assert ev.targets.tolist() == [0, 2, 0, 2, 0, 2]
 
 
@@ -171,9 +200,19 @@ def test_a_path_trains_with_all_images_and_a_test_split(tmp_path: Path):
     x = torch.rand(40, 1, 8, 8)
     y = torch.arange(40) % 2
     x[y == 1] *= 0.2
-    np.savez(tmp_path / "d.npz", images=x.numpy(), labels=np.array(["dark", "light"])[1 - y.numpy()])
-    r = st.train("small_vgg", str(tmp_path / "d.npz"), strategy="head-only", size=8, epochs=1,
-                 progress=False, per_class=None, out=tmp_path / "run")
+    np.savez(
+        tmp_path / "d.npz", images=x.numpy(), labels=np.array(["dark", "light"])[1 - y.numpy()]
+    )
+    r = st.train(
+        "small_vgg",
+        str(tmp_path / "d.npz"),
+        strategy="head-only",
+        size=8,
+        epochs=1,
+        progress=False,
+        per_class=None,
+        out=tmp_path / "run",
+    )
     m = r.manifest
     # per class: 4 of 20 held out for test, then all 16 drawn: 3 for validation, 13 for training
     assert m.kind == "npz" and m.counts() == {"train": 26, "val": 6, "test": 8}

@@ -194,7 +194,11 @@ def test_runs_on_the_batch_device():
 
 @pytest.mark.parametrize(
     "name, hw",
-    [("convnext_tiny", (60, 80)), ("efficientnet_b0", (90, 50)), ("deit_tiny_patch16_224", (64, 64))],
+    [
+        ("convnext_tiny", (60, 80)),
+        ("efficientnet_b0", (90, 50)),
+        ("deit_tiny_patch16_224", (64, 64)),
+    ],
 )
 def test_eval_transform_equals_timms_create_transform(name, hw):
     """resize to floor(size / crop_pct) (shorter side, bicubic), centre crop, normalise.
@@ -222,8 +226,16 @@ def test_eval_transform_equals_timms_create_transform(name, hw):
 def test_eval_transform_crops_the_centre_of_the_resized_image():
     """A direct computation: crop_pct 0.5 on a 4x8 image -> resize to 4 (short side), crop 2x2."""
     x = torch.arange(32, dtype=torch.float32).view(1, 1, 4, 8) / 32
-    tf = st.data.transforms_for({"input_size": (1, 2, 2), "mean": (0.0,), "std": (1.0,), "crop_pct": 0.5,
-                         "interpolation": "nearest"}, train=False)
+    tf = st.data.transforms_for(
+        {
+            "input_size": (1, 2, 2),
+            "mean": (0.0,),
+            "std": (1.0,),
+            "crop_pct": 0.5,
+            "interpolation": "nearest",
+        },
+        train=False,
+    )
     out = tf(x)
     # floor(2 / 0.5) = 4: the 4x8 image keeps its size; the centre 2x2 block is rows 1-2, cols 3-4
     torch.testing.assert_close(out, x[..., 1:3, 3:5])

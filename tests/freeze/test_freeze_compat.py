@@ -146,6 +146,7 @@ def test_misuse_raises_config_errors(fakes):
 
 # ---------------------------------------------------------------- end to end, real modules
 
+
 def test_end_to_end_with_source_data(make_model):
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)

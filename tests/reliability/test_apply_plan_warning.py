@@ -13,7 +13,9 @@ import smart_transfer as st
 
 
 def _half_plan(model):
-    return st.FreezePlan.from_masks(model, {"features.0.weight": torch.tensor([True, False, True, False])})
+    return st.FreezePlan.from_masks(
+        model, {"features.0.weight": torch.tensor([True, False, True, False])}
+    )
 
 
 def _train(model, opt, steps=3):

@@ -14,18 +14,22 @@ from torch import nn
 
 import smart_transfer as st
 from smart_transfer.errors import DataError, StorageError
-from smart_transfer.training import TrainingInterrupted, fit
-from smart_transfer.training import checkpoint as ckpt
+from smart_transfer.training import TrainingInterrupted, checkpoint as ckpt, fit
 
 
 def _setup(seed: int = 0, width: int = 16, groups: int = 1):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 6, generator=g), torch.randint(0, 3, (48,), generator=g)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(6, width), nn.BatchNorm1d(width), nn.ReLU(),
-                          nn.Linear(width, 3))
-    train = st.data.loader(st.data.TensorImageDataset(x.view(48, 1, 1, 6), y, ["a", "b", "c"]),
-                           batch_size=8, shuffle=True, seed=3)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(6, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 3)
+    )
+    train = st.data.loader(
+        st.data.TensorImageDataset(x.view(48, 1, 1, 6), y, ["a", "b", "c"]),
+        batch_size=8,
+        shuffle=True,
+        seed=3,
+    )
     val = [(x[:16].view(16, 1, 1, 6), y[:16])]
     params = list(model.parameters())
     if groups == 1:
@@ -37,8 +41,17 @@ def _setup(seed: int = 0, width: int = 16, groups: int = 1):
 
 def _fit(folder, epochs=3, resume=False, **kw):
     model, opt, train, val = _setup(**kw)
-    fit(model, opt, train, val, epochs, scheduler="cosine", progress=False,
-        checkpoint_dir=folder, resume=resume)
+    fit(
+        model,
+        opt,
+        train,
+        val,
+        epochs,
+        scheduler="cosine",
+        progress=False,
+        checkpoint_dir=folder,
+        resume=resume,
+    )
     return model
 
 
@@ -59,7 +72,9 @@ def test_sigint_between_weights_and_state_resumes_bit_identical(tmp_path, monkey
     monkeypatch.setattr(ckpt, "save_state", real)
     unit = ckpt.latest(tmp_path / "cut")
     assert unit is not None and unit.name == "epoch-000001"  # epoch 2's weights never landed
-    assert not temp_files(tmp_path / "cut") and sorted(os.listdir(tmp_path / "cut")) == ["epoch-000001"]
+    assert not temp_files(tmp_path / "cut") and sorted(os.listdir(tmp_path / "cut")) == [
+        "epoch-000001"
+    ]
     resumed = _fit(tmp_path / "cut", resume=True, seed=7).state_dict()
     for k, v in ref.items():  # the weights kept (best on validation)
         assert torch.equal(resumed[k], v), k
@@ -74,7 +89,9 @@ def test_a_unit_whose_files_disagree_on_the_epoch_is_refused(tmp_path):
     unit = ckpt.latest(tmp_path)
     weights = ckpt.load_weights(unit / ckpt.WEIGHTS)
     ckpt.save_weights(unit / ckpt.WEIGHTS, weights, metadata={"epoch": "1"})  # epoch 1's weights
-    with pytest.raises(DataError, match=r"mixes epochs: model.safetensors is from epoch 1, state.pt from epoch 2"):
+    with pytest.raises(
+        DataError, match=r"mixes epochs: model.safetensors is from epoch 1, state.pt from epoch 2"
+    ):
         _fit(tmp_path, epochs=3, resume=True)
 
 
@@ -103,7 +120,9 @@ def test_state_without_rng_names_the_file(tmp_path):
     state = torch.load(_state_path(tmp_path), weights_only=True)
     del state["rng"]
     torch.save(state, _state_path(tmp_path))
-    with pytest.raises(DataError, match=r"state.pt' is damaged: it lacks 'rng'; start the run again"):
+    with pytest.raises(
+        DataError, match=r"state.pt' is damaged: it lacks 'rng'; start the run again"
+    ):
         _fit(tmp_path, epochs=2, resume=True)
 
 
@@ -118,7 +137,9 @@ def test_checkpoint_of_another_width_is_one_line(tmp_path):
 
 def test_an_extra_optimizer_group_is_refused(tmp_path):
     _fit(tmp_path, epochs=1, groups=2)
-    with pytest.raises(DataError, match=r"optimizer or generator state in .*state.pt.* does not fit"):
+    with pytest.raises(
+        DataError, match=r"optimizer or generator state in .*state.pt.* does not fit"
+    ):
         _fit(tmp_path, epochs=2, resume=True, groups=1)
 
 

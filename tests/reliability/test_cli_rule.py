@@ -95,16 +95,22 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ("args", "names"),
     [
         (["profile", "--backbone", "nosuch", "--out", "p.pt"], ("unknown backbone 'nosuch'",)),
-        (["profile", "--backbone", "small_vgg", "--data", "missing_dir", "--out", "p.pt"],
-         ("missing_dir", "does not exist")),
-        (["profile", "--backbone", "small_vgg", "--size", "0", "--data", "x", "--out", "p.pt"],
-         ("size",)),
+        (
+            ["profile", "--backbone", "small_vgg", "--data", "missing_dir", "--out", "p.pt"],
+            ("missing_dir", "does not exist"),
+        ),
+        (
+            ["profile", "--backbone", "small_vgg", "--size", "0", "--data", "x", "--out", "p.pt"],
+            ("size",),
+        ),
         (["compare", "pre.pt", "nothere.pt"], ("nothere.pt",)),
         (["compare", "pre.pt", "junk.pt"], ("junk.pt", "not a smart-transfer profile")),
         (["compare", "pre.pt", "new.pt", "--measure", "nosuch"], ("nosuch",)),
         (["compare", "new.pt", "pre.pt", "--measure", "gaussian_kl"], ("swapped",)),
-        (["compare", "pre.pt", "new.pt", "--measure", "gaussian_kl", "--budget", "0.5"],
-         ("--budget", "--plan")),
+        (
+            ["compare", "pre.pt", "new.pt", "--measure", "gaussian_kl", "--budget", "0.5"],
+            ("--budget", "--plan"),
+        ),
         (["list", "layers", "--backbone", "nosuch"], ("nosuch",)),
         (["list", "nothing"], ("invalid choice",)),
         (["demo", "--out", "pre.pt"], ("--out", "pre.pt", "not a folder")),
@@ -121,7 +127,8 @@ def test_a_real_internal_failure_of_a_subcommand(saved, capsys, monkeypatch):
         raise OSError(12, "Cannot allocate memory")  # (a full disk is a user-facing error, exit 2)
 
     monkeypatch.setattr(st.ActivationProfile, "save", broken)
-    rc, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm",
-                         "--out", "p.pt")
+    rc, _, err = run_cli(
+        capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", "p.pt"
+    )
     assert rc == 1 and len(err.strip().splitlines()) == 1
     assert "Cannot allocate memory" in err and "--debug" in err

@@ -56,28 +56,41 @@ def _cases(image_dir: Path) -> list[tuple[list[str], tuple[str, ...]]]:
             ("--out", "--backbone"),
         ),
         (
-            ["profile", "--backbone", "small_vgg", "--data", str(image_dir), "--out", str(image_dir)],
+            [
+                "profile",
+                "--backbone",
+                "small_vgg",
+                "--data",
+                str(image_dir),
+                "--out",
+                str(image_dir),
+            ],
             ("--out", "folder"),
         ),
-        (["demo", "--backbone", "out/comparison.json", "--out", "out"], ("comparison.json", "--backbone")),
+        (
+            ["demo", "--backbone", "out/comparison.json", "--out", "out"],
+            ("comparison.json", "--backbone"),
+        ),
         (["demo", "--backbone", "out/advice.json", "--out", "out"], ("advice.json", "--backbone")),
         (  # demo replaces its strategy folders: an input inside one would be deleted
             ["demo", "--backbone", "out/seed-0/smart-kernel/w.pt", "--out", "out"],
             ("smart-kernel", "holds the input --backbone"),
         ),
         (["train", "--data", str(image_dir), "--out", str(image_dir)], ("--out", "--data")),
-        (["advise", "--data", str(image_dir), "--out", "pre.pt", "--backbone", "pre.pt"],
-         ("--out", "--backbone")),
-        (["plan", "--data", str(image_dir), "--source", "pre.pt", "--out", "pre.pt"],
-         ("--out", "--source")),
+        (
+            ["advise", "--data", str(image_dir), "--out", "pre.pt", "--backbone", "pre.pt"],
+            ("--out", "--backbone"),
+        ),
+        (
+            ["plan", "--data", str(image_dir), "--source", "pre.pt", "--out", "pre.pt"],
+            ("--out", "--source"),
+        ),
         (["evaluate", "sub", "--test-data", "sub/metrics.json"], ("metrics.json", "--test-data")),
         (["report", "sub", "--out", "sub/config.json"], ("--out", "config.json")),
     ]
 
 
-def test_every_command_refuses_an_output_that_names_an_input(
-    profiles, work, image_dir, capsys
-):
+def test_every_command_refuses_an_output_that_names_an_input(profiles, work, image_dir, capsys):
     (work / "sub").mkdir()
     (work / "sub" / "config.json").write_text("{}")
     (work / "out").mkdir()
@@ -118,8 +131,9 @@ def test_unwritable_output_paths_are_one_line_before_any_work(work, capsys, out,
     (work / "file.txt").write_text("keep")
     os.symlink(work / "nowhere" / "x", work / "dangling.pt")
     before = snapshot(work)
-    rc, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm",
-                         "--out", out)
+    rc, _, err = run_cli(
+        capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", out
+    )
     assert rc == 2
     assert_one_line_error(err, *names)
     assert snapshot(work) == before and temp_files(work) == []
@@ -148,8 +162,16 @@ def test_read_only_output_folder_for_real(work, capsys):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        rc, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--source",
-                             "batchnorm", "--out", str(ro / "p.pt"))
+        rc, _, err = run_cli(
+            capsys,
+            "profile",
+            "--backbone",
+            "small_vgg",
+            "--source",
+            "batchnorm",
+            "--out",
+            str(ro / "p.pt"),
+        )
         assert rc == 2
         assert_one_line_error(err, "read-only")
     finally:
@@ -161,12 +183,17 @@ def test_read_only_output_folder_for_real(work, capsys):
 
 def test_save_methods_check_their_path_first(profiles, work):
     prof = st.ActivationProfile.load(profiles[1])
-    plan = st.FreezePlan.from_masks(tiny_model(), {"features.0.weight": torch.ones(4, dtype=torch.bool)})
+    plan = st.FreezePlan.from_masks(
+        tiny_model(), {"features.0.weight": torch.ones(4, dtype=torch.bool)}
+    )
     (work / "file.txt").write_text("keep")
     before = snapshot(work)
     for save in (prof.save, plan.save):
-        for bad, says in ((work, "existing folder"), (work / "file.txt" / "x", "lies below"),
-                          ("", "empty|names a folder")):
+        for bad, says in (
+            (work, "existing folder"),
+            (work / "file.txt" / "x", "lies below"),
+            ("", "empty|names a folder"),
+        ):
             with pytest.raises(ConfigError, match=says):
                 save(bad)
     assert snapshot(work) == before and temp_files(work) == []
@@ -200,7 +227,11 @@ def _child(code: str, cwd: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, "-c", _SIGINT_DEFAULT + textwrap.dedent(code)],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -236,8 +267,10 @@ def test_a_signal_during_a_library_save_leaves_the_old_file_and_no_temp_file(wor
     assert snapshot(work) == before and temp_files(work) == []
 
 
-@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
-                                                   (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
 def test_a_signal_during_a_cli_command_is_one_line_and_keeps_files(work, sig, code, word):
     model = tiny_model()
     st.profile_from_batchnorm(model).save(work / "pre.pt")

@@ -25,6 +25,7 @@ def made(tmp_path_factory):
 def _limited(kib: int):
     def set_limit():  # SIGXFSZ is ignored by Python, so a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+
     return set_limit
 
 
@@ -33,13 +34,24 @@ def _cli(args, cwd, kib):
 
     src = os.path.dirname(os.path.dirname(smart_transfer.__file__))  # this checkout, not another
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
-    return subprocess.run([sys.executable, "-m", "smart_transfer.cli", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, check=False, timeout=120,
-                          preexec_fn=_limited(kib))
+    return subprocess.run(
+        [sys.executable, "-m", "smart_transfer.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        preexec_fn=_limited(kib),
+    )
 
 
 def _leftovers(root):
-    return [str(p) for p in root.rglob("*") if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+    return [
+        str(p)
+        for p in root.rglob("*")
+        if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))
+    ]
 
 
 def test_train_under_a_file_size_limit_names_the_checkpoint(tmp_path):
@@ -47,8 +59,9 @@ def test_train_under_a_file_size_limit_names_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     done = _cli(["train", *TRAIN, "--data", data, "--out", out], tmp_path, kib=400)
     assert done.returncode == 2, done.stderr
-    assert_one_line_error(done.stderr, "file-size limit reached while writing", "epoch-000001",
-                          "ulimit -f")
+    assert_one_line_error(
+        done.stderr, "file-size limit reached while writing", "epoch-000001", "ulimit -f"
+    )
     assert ".tmp" not in done.stderr
     assert not _leftovers(out) and not list(out.rglob("epoch-*"))
 
@@ -80,9 +93,12 @@ def test_report_on_a_full_disk_mid_figures_cleans_up(made, tmp_path, capsys, mon
     assert os.listdir(tmp_path) == [] and snapshot(made[1]) == before
 
 
-@pytest.mark.parametrize("command", [
-    ("profile", "--backbone", "small_vgg", "--source", "batchnorm"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("profile", "--backbone", "small_vgg", "--source", "batchnorm"),
+    ],
+)
 def test_profile_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch, command):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -101,24 +117,41 @@ def test_advise_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "fsync", full)
-    rc, _, err = run_cli(capsys, "advise", "--backbone", "small_vgg", "--data", data, "--size", "16",
-                         "--per-class", "6", "--out", tmp_path / "advice.json")
+    rc, _, err = run_cli(
+        capsys,
+        "advise",
+        "--backbone",
+        "small_vgg",
+        "--data",
+        data,
+        "--size",
+        "16",
+        "--per-class",
+        "6",
+        "--out",
+        tmp_path / "advice.json",
+    )
     assert rc == 2
     assert_one_line_error(err, "disk full while writing", "advice.json")
     assert not temp_files(tmp_path)
 
 
 def test_profile_out_in_proc_is_one_line(capsys):
-    rc, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm",
-                         "--out", "/proc/x.pt")
+    rc, _, err = run_cli(
+        capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", "/proc/x.pt"
+    )
     assert rc == 2
     assert_one_line_error(err, "/proc/x.pt")
 
 
 def test_torch_stream_writer_failure_is_named():
-    err = atomic.storage_error(RuntimeError("[enforce fail at inline_container.cc:783] . "
-                                            "PytorchStreamWriter failed writing file data/0: file write failed"),
-                               "p.pt")
+    err = atomic.storage_error(
+        RuntimeError(
+            "[enforce fail at inline_container.cc:783] . "
+            "PytorchStreamWriter failed writing file data/0: file write failed"
+        ),
+        "p.pt",
+    )
     assert isinstance(err, StorageError) and "'p.pt'" in str(err)
 
 
@@ -156,17 +189,25 @@ class _FailingFile:
         return self._f.__exit__(*a)
 
 
-@pytest.mark.parametrize("exc, rc, says", [
-    (KeyboardInterrupt(), 130, "interrupted"),
-    (atomic.Terminated(), 143, "terminated"),
-    (OSError(errno.ENOSPC, "No space left on device"), 2, "disk full while writing"),
-])
-def test_a_signal_or_full_disk_inside_torch_save_is_not_an_internal_error(tmp_path, capsys, monkeypatch,
-                                                                         exc, rc, says):
+@pytest.mark.parametrize(
+    "exc, rc, says",
+    [
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (atomic.Terminated(), 143, "terminated"),
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "disk full while writing"),
+    ],
+)
+def test_a_signal_or_full_disk_inside_torch_save_is_not_an_internal_error(
+    tmp_path, capsys, monkeypatch, exc, rc, says
+):
     real = os.fdopen
-    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, *a, **k: _FailingFile(real(fd, *a, **k), exc))
+    monkeypatch.setattr(
+        atomic.os, "fdopen", lambda fd, *a, **k: _FailingFile(real(fd, *a, **k), exc)
+    )
     out = tmp_path / "p.pt"
-    code, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", out)
+    code, _, err = run_cli(
+        capsys, "profile", "--backbone", "small_vgg", "--source", "batchnorm", "--out", out
+    )
     assert code == rc, err
     assert says in err and "internal error" not in err and "inline_container" not in err
     assert not temp_files(tmp_path) and not out.exists()

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hs
+from hypothesis import HealthCheck, given, settings, strategies as hs
 from rel_helpers import labelled, tiny_model
 
 import smart_transfer as st
@@ -24,12 +23,33 @@ FUZZ = settings(
 )
 
 TORCH_DTYPES = [
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
-    torch.int32, torch.int64, torch.bool, torch.uint16, torch.complex64,
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.uint8,
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+    torch.uint16,
+    torch.complex64,
 ]
 NP_DTYPES = [
-    np.float32, np.float64, np.float16, np.uint8, np.int8, np.int16, np.int64, np.uint16,
-    np.uint32, np.uint64, np.bool_, np.complex64, np.str_, np.object_,
+    np.float32,
+    np.float64,
+    np.float16,
+    np.uint8,
+    np.int8,
+    np.int16,
+    np.int64,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+    np.complex64,
+    np.str_,
+    np.object_,
 ]
 FILLS = ["normal", "zeros", "unit", "pixels", "huge", "nan", "inf", "negative"]
 
@@ -66,7 +86,9 @@ def _tensor(shape: tuple[int, ...], dtype: torch.dtype, fill: str, seed: int) ->
 shapes = hs.lists(hs.integers(0, 20), min_size=0, max_size=5).map(tuple)
 image_shapes = hs.one_of(
     shapes,
-    hs.tuples(hs.integers(0, 4), hs.sampled_from([1, 3, 4]), hs.integers(1, 20), hs.integers(1, 20)),
+    hs.tuples(
+        hs.integers(0, 4), hs.sampled_from([1, 3, 4]), hs.integers(1, 20), hs.integers(1, 20)
+    ),
 )
 
 

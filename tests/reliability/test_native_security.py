@@ -15,7 +15,9 @@ import pytest
 from smart_transfer.stats import native
 
 CC = native._compiler()
-pytestmark = pytest.mark.skipif(CC is None or sys.platform != "linux", reason="needs a C compiler on Linux")
+pytestmark = pytest.mark.skipif(
+    CC is None or sys.platform != "linux", reason="needs a C compiler on Linux"
+)
 
 PLANTED = r"""
 #include <stdio.h>
@@ -36,16 +38,30 @@ def _plant(tmp_path: Path, sidecar: bool) -> Path:
     lib = folder / f"stats-{native._key(CC, True)}.so"
     subprocess.run([CC, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     if sidecar:
-        (folder / (lib.name + ".sha256")).write_text(hashlib.sha256(lib.read_bytes()).hexdigest() + "\n")
+        (folder / (lib.name + ".sha256")).write_text(
+            hashlib.sha256(lib.read_bytes()).hexdigest() + "\n"
+        )
     return lib
 
 
 def _load(tmp_path: Path) -> subprocess.CompletedProcess:
     src = os.path.dirname(os.path.dirname(os.path.dirname(native.__file__)))
-    env = {**os.environ, "SMART_TRANSFER_CACHE": str(tmp_path / "cache"), "PYTHONPATH": src,
-           "PLANTED_MARKER": str(tmp_path / "marker"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "SMART_TRANSFER_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": src,
+        "PLANTED_MARKER": str(tmp_path / "marker"),
+        "OMP_NUM_THREADS": "1",
+    }
     code = "from smart_transfer.stats import native; print('loaded', native.kernels() is not None)"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 def test_a_planted_library_without_a_record_is_rebuilt_not_loaded(tmp_path):
@@ -63,7 +79,9 @@ def test_a_planted_library_without_a_record_is_rebuilt_not_loaded(tmp_path):
 @pytest.mark.parametrize("exposure", ["library", "record", "folder"])
 def test_a_recorded_library_that_others_could_change_is_not_loaded(tmp_path, exposure):
     lib = _plant(tmp_path, sidecar=True)
-    target = {"library": lib, "record": lib.parent / (lib.name + ".sha256"), "folder": lib.parent}[exposure]
+    target = {"library": lib, "record": lib.parent / (lib.name + ".sha256"), "folder": lib.parent}[
+        exposure
+    ]
     os.chmod(target, 0o777 if exposure != "record" else 0o666)
     done = _load(tmp_path)
     assert "loaded True" in done.stdout, done.stderr

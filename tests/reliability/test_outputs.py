@@ -22,8 +22,17 @@ def made(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("made"))
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "result.json", "samples.safetensors",
-                                  "config.json", "log.jsonl", ".smart-transfer-run"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.safetensors",
+        "result.json",
+        "samples.safetensors",
+        "config.json",
+        "log.jsonl",
+        ".smart-transfer-run",
+    ],
+)
 def test_report_out_onto_a_run_file_is_refused(made, tmp_path, capsys, name):
     run = copy_run(made[1], tmp_path / "run")
     before = snapshot(run)
@@ -90,14 +99,22 @@ def test_python_train_out_inside_the_data_folder_is_refused(made, tmp_path):
     data, _ = made
     ds = st.data.image_folder(data)
     with pytest.raises(ConfigError, match="inside the input folder"):
-        st.train("small_vgg", ds, strategy="head-only", epochs=1, size=16, out=data / "run",
-                 progress=False)
+        st.train(
+            "small_vgg",
+            ds,
+            strategy="head-only",
+            epochs=1,
+            size=16,
+            out=data / "run",
+            progress=False,
+        )
 
 
 def test_advise_out_inside_the_data_folder_is_refused(made, capsys):
     data, _ = made
-    rc, _, err = run_cli(capsys, "advise", "--backbone", "small_vgg", "--data", data,
-                         "--out", data / "advice.json")
+    rc, _, err = run_cli(
+        capsys, "advise", "--backbone", "small_vgg", "--data", data, "--out", data / "advice.json"
+    )
     assert rc == 2 and "inside the input folder" in err and not (data / "advice.json").exists()
 
 
@@ -123,8 +140,11 @@ def test_a_folder_is_claimed_by_exactly_one_of_two_racing_runs(tmp_path):
     for t in threads:
         t.join()
     assert outcomes.count("claimed") == 1, outcomes
-    assert all("claimed by another run" in o or "already holds a run" in o
-               for o in outcomes if o != "claimed")
+    assert all(
+        "claimed by another run" in o or "already holds a run" in o
+        for o in outcomes
+        if o != "claimed"
+    )
     assert (folder / RUN_MARKER).is_file()
 
 
@@ -135,12 +155,23 @@ def test_two_train_processes_with_one_out_one_is_refused(made, tmp_path):
 
     data, _ = made
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "smart_transfer.cli", "train", *TRAIN, "--data", str(data),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smart_transfer.cli",
+        "train",
+        *TRAIN,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     src = os.path.dirname(os.path.dirname(st.__file__))  # this checkout, not another
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
@@ -161,8 +192,10 @@ def test_saving_a_result_into_another_runs_folder_is_refused(made, tmp_path):
     assert snapshot(other) == before
     result.save(tmp_path / "fresh")  # a new folder is claimed and written
     assert (tmp_path / "fresh" / RUN_MARKER).is_file()
-    assert torch.equal(st.TrainResult.load(tmp_path / "fresh").model.state_dict()["features.0.weight"],
-                       result.model.state_dict()["features.0.weight"])
+    assert torch.equal(
+        st.TrainResult.load(tmp_path / "fresh").model.state_dict()["features.0.weight"],
+        result.model.state_dict()["features.0.weight"],
+    )
 
 
 # ----------------------------------------------------------------------------- symlinks
@@ -178,7 +211,9 @@ def test_writing_through_ones_own_symlink_replaces_the_target_and_keeps_the_link
     assert target.read_text() == "new" and not temp_files(tmp_path)
 
 
-@pytest.mark.skipif(not hasattr(os, "lchown") or os.geteuid() != 0, reason="needs root to chown a link")
+@pytest.mark.skipif(
+    not hasattr(os, "lchown") or os.geteuid() != 0, reason="needs root to chown a link"
+)
 def test_a_symlink_owned_by_another_user_is_refused(tmp_path):
     target = tmp_path / "precious"
     target.write_text("keep")

@@ -11,15 +11,24 @@ import smart_transfer as st
 from smart_transfer.errors import ConfigError, ProfileError
 
 
-@pytest.mark.parametrize("kw, named", [
-    ({"layers": 123}, "layers="), ({"exclude": 5}, "exclude="), ({"types": 7}, "types="),
-    ({"types": ["Conv2d"]}, "types="), ({"types": "Conv2d"}, "types="),
-])
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        ({"layers": 123}, "layers="),
+        ({"exclude": 5}, "exclude="),
+        ({"types": 7}, "types="),
+        ({"types": ["Conv2d"]}, "types="),
+        ({"types": "Conv2d"}, "types="),
+    ],
+)
 @pytest.mark.parametrize("fn", ["profile", "profile_from_batchnorm"])
 def test_options_of_the_wrong_type_are_config_errors(fn, kw, named):
     model = tiny_model()
-    call = (lambda: st.profile(model, batches(), progress=False, **kw)) if fn == "profile" \
+    call = (
+        (lambda: st.profile(model, batches(), progress=False, **kw))
+        if fn == "profile"
         else (lambda: st.profile_from_batchnorm(model, **kw))
+    )
     with pytest.raises(ConfigError, match=named):
         call()
 
@@ -31,8 +40,10 @@ def test_one_module_class_for_types_is_accepted():
     assert list(one.layers) == list(listed.layers) and len(one.layers) > 0
 
 
-@pytest.mark.parametrize("buffer, value", [("running_var", float("nan")), ("running_var", -1.0),
-                                           ("running_mean", float("inf"))])
+@pytest.mark.parametrize(
+    "buffer, value",
+    [("running_var", float("nan")), ("running_var", -1.0), ("running_mean", float("inf"))],
+)
 def test_damaged_batchnorm_statistics_are_refused_naming_the_buffer(buffer, value):
     model = tiny_model()
     name, bn = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))

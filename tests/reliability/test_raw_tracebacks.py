@@ -42,10 +42,19 @@ def test_profile_batches_that_do_not_fit_the_model(shape, says):
         ((torch.randn(1, 4, 3, 16, 16), torch.arange(1)), "5-d"),
         ((torch.randn(4, 1, 16, 16), torch.arange(4) % 3), "channels"),
         ((torch.randn(4, 3, 1, 1), torch.arange(4) % 3), "too small"),
-        ((torch.zeros(4, 3, 16, 16, dtype=torch.uint16), torch.arange(4) % 3), "dtype torch.uint16"),
+        (
+            (torch.zeros(4, 3, 16, 16, dtype=torch.uint16), torch.arange(4) % 3),
+            "dtype torch.uint16",
+        ),
         ((torch.zeros(4, 3, 16, 16, dtype=torch.int64), torch.arange(4) % 3), "dtype torch.int64"),
-        ((torch.randn(4, 3, 16, 16), torch.tensor([0.0, 1, 2, 0])), "labels have dtype torch.float32"),
-        ((torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 3, 0])), "label 3 is out of range for a model with 3 outputs"),
+        (
+            (torch.randn(4, 3, 16, 16), torch.tensor([0.0, 1, 2, 0])),
+            "labels have dtype torch.float32",
+        ),
+        (
+            (torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 3, 0])),
+            "label 3 is out of range for a model with 3 outputs",
+        ),
         ((torch.randn(4, 3, 16, 16), torch.tensor([0, -1, 2, 0])), "label -1 is negative"),
         ((torch.randn(4, 3, 16, 16), torch.arange(3)), "4 images but labels of shape \\(3,\\)"),
         ((torch.randn(4, 3, 16, 16), [0, 1, 2, 0]), "labels are a list"),
@@ -88,7 +97,9 @@ def test_uint16_and_other_wide_integer_arrays():
 
 
 def test_random_like_with_a_non_integer_seed():
-    plan = st.FreezePlan.from_masks(tiny_model(), {"features.0.weight": torch.ones(4, dtype=torch.bool)})
+    plan = st.FreezePlan.from_masks(
+        tiny_model(), {"features.0.weight": torch.ones(4, dtype=torch.bool)}
+    )
     for seed in ("x", 1.5, None, True):
         with pytest.raises(ConfigError, match="seed must be an integer"):
             plan.random_like(seed=seed)  # type: ignore[arg-type]
@@ -97,7 +108,9 @@ def test_random_like_with_a_non_integer_seed():
 
 def test_plan_freeze_given_a_profile_instead_of_a_similarity():
     prof = st.profile_from_batchnorm(tiny_model())
-    with pytest.raises(ConfigError, match="needs a Similarity, got ActivationProfile; compare two profiles first"):
+    with pytest.raises(
+        ConfigError, match="needs a Similarity, got ActivationProfile; compare two profiles first"
+    ):
         st.plan_freeze(prof, quantile=0.5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="needs a Similarity, got dict"):
         st.plan_freeze({}, quantile=0.5)  # type: ignore[arg-type]
@@ -117,12 +130,14 @@ def test_few_shot_that_leaves_no_validation_set(capsys):
 def test_a_mistyped_dataset_name_suggests_the_dataset(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("fashionmnist", "Fashion_MNIST", "fashion-minst"):
-        rc, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--data", name,
-                             "--out", "p.pt")
+        rc, _, err = run_cli(
+            capsys, "profile", "--backbone", "small_vgg", "--data", name, "--out", "p.pt"
+        )
         assert rc == 2
         assert_one_line_error(err, name, "did you mean the dataset 'fashion-mnist'")
-    rc, _, err = run_cli(capsys, "profile", "--backbone", "small_vgg", "--data", "photos",
-                         "--out", "p.pt")
+    rc, _, err = run_cli(
+        capsys, "profile", "--backbone", "small_vgg", "--data", "photos", "--out", "p.pt"
+    )
     assert rc == 2 and "did you mean" not in err and "check the path" in err
 
 
@@ -161,8 +176,11 @@ def test_every_error_is_a_smart_transfer_error_and_its_builtin_kind():
     ("call", "error", "says"),
     [
         (lambda m: st.profile(m, None, progress=False), DataError, "loader is a NoneType"),
-        (lambda m: st.profile(m, torch.randn(4, 3, 16, 16), progress=False), DataError,
-         "loader is a single tensor"),
+        (
+            lambda m: st.profile(m, torch.randn(4, 3, 16, 16), progress=False),
+            DataError,
+            "loader is a single tensor",
+        ),
         (lambda m: st.apply_plan(None, None), ConfigError, "model must be a torch.nn.Module"),
         (lambda m: st.list_layers(None), ConfigError, "model must be a torch.nn.Module"),
         (lambda m: st.data.image_folder(None), ConfigError, "root must be the path of a folder"),

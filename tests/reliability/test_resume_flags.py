@@ -19,16 +19,19 @@ def made(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("made"))
 
 
-@pytest.mark.parametrize("flags, named", [
-    (("--strategy", "linear-probe"), "--strategy"),
-    (("--epochs", "9"), "--epochs"),
-    (("--lr", "0.5"), "--lr"),
-    (("--ep", "9"), "--epochs"),  # an abbreviation is the same flag
-    (("--weight-decay", "0.1"), "--weight-decay"),
-    (("--seed", "3"), "--seed"),
-    (("--option", "layer_decay=0.5"), "--option"),
-    (("--lr=0.001", "--batch-size", "4"), "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (("--strategy", "linear-probe"), "--strategy"),
+        (("--epochs", "9"), "--epochs"),
+        (("--lr", "0.5"), "--lr"),
+        (("--ep", "9"), "--epochs"),  # an abbreviation is the same flag
+        (("--weight-decay", "0.1"), "--weight-decay"),
+        (("--seed", "3"), "--seed"),
+        (("--option", "layer_decay=0.5"), "--option"),
+        (("--lr=0.001", "--batch-size", "4"), "--batch-size"),
+    ],
+)
 def test_resume_with_a_different_flag_is_refused(made, tmp_path, capsys, flags, named):
     run = copy_run(made[1], tmp_path / "run")
     before = snapshot(run)
@@ -40,8 +43,9 @@ def test_resume_with_a_different_flag_is_refused(made, tmp_path, capsys, flags, 
 
 def test_resume_with_the_same_values_goes_on(made, tmp_path, capsys):
     run = copy_run(made[1], tmp_path / "run")
-    rc, _, err = run_cli(capsys, "train", "--resume", run, "--lr", "0.001", "--epochs", "1",
-                         "--no-progress")
+    rc, _, err = run_cli(
+        capsys, "train", "--resume", run, "--lr", "0.001", "--epochs", "1", "--no-progress"
+    )
     assert rc == 0, err
 
 
@@ -57,8 +61,16 @@ def test_python_resume_with_another_lr_is_refused_before_any_work(made, tmp_path
 
     monkeypatch.setattr(api, "_dataset_and_indices", no_data)
     with pytest.raises(ConfigError, match=r"lr=0.5: the run was started with lr=0.001"):
-        st.train("small_vgg", None, strategy="full-finetune", epochs=1, size=16, out=run,
-                 resume=True, lr=0.5)
+        st.train(
+            "small_vgg",
+            None,
+            strategy="full-finetune",
+            epochs=1,
+            size=16,
+            out=run,
+            resume=True,
+            lr=0.5,
+        )
     assert snapshot(run) == before
 
 
@@ -74,7 +86,9 @@ def test_resume_with_invalid_json_config_names_the_file(made, tmp_path, capsys):
     assert_one_line_error(err, "config.json", "not valid JSON", "damaged")
 
 
-@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"num_classes": "three"}', '{"num_classes": 3, "data": 5}'])
+@pytest.mark.parametrize(
+    "content", ["[1, 2, 3]", '{"num_classes": "three"}', '{"num_classes": 3, "data": 5}']
+)
 def test_resume_with_a_config_of_the_wrong_shape_names_the_file(made, tmp_path, capsys, content):
     run = copy_run(made[1], tmp_path / "run")
     (run / "config.json").write_text(content)
@@ -119,11 +133,14 @@ def test_resume_with_a_checkpoint_of_another_backbone_is_one_line(made, tmp_path
     assert len(err) < 600
 
 
-@pytest.mark.parametrize("edit, named", [
-    (lambda r: r.pop("history"), "'history'"),
-    (lambda r: r.pop("strategy"), "'strategy'"),
-    (lambda r: r.update(val_accuracy="high"), "val_accuracy"),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda r: r.pop("history"), "'history'"),
+        (lambda r: r.pop("strategy"), "'strategy'"),
+        (lambda r: r.update(val_accuracy="high"), "val_accuracy"),
+    ],
+)
 def test_evaluate_with_a_damaged_result_names_the_file(made, tmp_path, capsys, edit, named):
     run = copy_run(made[1], tmp_path / "run")
     res = json.loads((run / "result.json").read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 
@@ -79,6 +78,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
         Image.fromarray(values).save(d / "x.png")
 
     ds = st.data.image_folder(_folder(tmp_path, make), mode="L")
+    assert Image.open(tmp_path / "a" / "x.png").mode == "I;16"  # the file really is 16-bit
     img, _ = ds[0]
     assert img.dtype == torch.uint8
     assert img[0, 0].tolist() == [0, 1, 128, 255]  # round(v / 257), not min(v, 255)
@@ -110,8 +110,14 @@ def test_float_tiff_in_0_1_is_scaled_and_outside_refused(tmp_path):
 def test_every_pillow_format_is_read_and_other_files_are_counted(tmp_path):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)
-    formats = {".webp": {"lossless": True}, ".tif": {}, ".ppm": {}, ".bmp": {}, ".gif": None,
-               ".png": {}}
+    formats = {
+        ".webp": {"lossless": True},
+        ".tif": {},
+        ".ppm": {},
+        ".bmp": {},
+        ".gif": None,
+        ".png": {},
+    }
 
     def make(d):
         for ext, kw in formats.items():
@@ -152,7 +158,7 @@ def test_a_misspelt_layer_or_exclude_name_is_an_error_with_close_matches():
         st.plan_freeze(sim, quantile=0.5, layers=["feature.3"])
 
 
-# ------------------------------------------------------------------ profiles of other models / order
+# ----------------------------------------------------------------- profiles of other models / order
 
 
 def test_profiles_of_different_models_or_in_the_wrong_order_are_refused():
@@ -162,7 +168,9 @@ def test_profiles_of_different_models_or_in_the_wrong_order_are_refused():
     assert bn_a.meta["fingerprint"] == data_a.meta["fingerprint"]
     with pytest.raises(IncompatibleError, match="different weights"):
         st.compare(bn_a, data_b, "gaussian_kl")
-    with pytest.raises(IncompatibleError, match="look swapped.*compare\\(bn_profile, data_profile\\)"):
+    with pytest.raises(
+        IncompatibleError, match="look swapped.*compare\\(bn_profile, data_profile\\)"
+    ):
         st.compare(data_a, bn_a, "gaussian_kl")
     with pytest.raises(IncompatibleError, match="D_new .* BatchNorm"):
         st.compare(bn_a, bn_a, "gaussian_kl")
@@ -174,9 +182,10 @@ def test_profiles_of_different_models_or_in_the_wrong_order_are_refused():
     assert st.compare(bn_a, data_a, "gaussian_kl").scores
     assert st.compare(bn_a, data_b, "gaussian_kl", check_model=False).scores
     # the fingerprint survives save/load
-    assert st.ActivationProfile.from_dict(data_a.to_dict()).meta["fingerprint"] == data_a.meta[
-        "fingerprint"
-    ]
+    assert (
+        st.ActivationProfile.from_dict(data_a.to_dict()).meta["fingerprint"]
+        == data_a.meta["fingerprint"]
+    )
 
 
 def test_fingerprint_sees_one_changed_weight_and_skips_other_hashes():
@@ -210,12 +219,23 @@ def test_compare_quantile_without_plan_is_refused(tmp_path, capsys, monkeypatch)
     st.profile_from_batchnorm(model).save("pre.pt")
     st.profile(model, batches(), progress=False).save("new.pt")
     for opt in ("--quantile", "--threshold", "--budget"):
-        rc, _, err = run_cli(capsys, "compare", "pre.pt", "new.pt", "--measure", "gaussian_kl",
-                             opt, "2")
+        rc, _, err = run_cli(
+            capsys, "compare", "pre.pt", "new.pt", "--measure", "gaussian_kl", opt, "2"
+        )
         assert rc == 2
         assert_one_line_error(err, opt, "--plan")
-    rc, _, err = run_cli(capsys, "compare", "pre.pt", "new.pt", "--measure", "gaussian_kl",
-                         "--quantile", "2", "--plan", "p.json")
+    rc, _, err = run_cli(
+        capsys,
+        "compare",
+        "pre.pt",
+        "new.pt",
+        "--measure",
+        "gaussian_kl",
+        "--quantile",
+        "2",
+        "--plan",
+        "p.json",
+    )
     assert rc == 2 and not (tmp_path / "p.json").exists()
     assert_one_line_error(err, "quantile=2.0", "[0, 1]")
 
@@ -228,12 +248,17 @@ def test_negative_variances_are_refused():
         st.profile_from_batchnorm(model)
     bn = st.profile_from_batchnorm(tiny_model())
     bn.layers["features.0"].var[2] = -0.5  # a profile edited after it was made: refused at compare
-    with pytest.raises(ProfileError, match=r"'features.0' of the D_pre profile has a negative variance \(-0.5 in channel 2\)"):
+    with pytest.raises(
+        ProfileError,
+        match=r"'features.0' of the D_pre profile has a negative variance \(-0.5 in channel 2\)",
+    ):
         st.compare(bn, prof, "gaussian_kl")
     edited = st.ActivationProfile.from_dict(prof.to_dict())
     edited.layers["features.3"].var[0] = -1.0
     good = st.profile_from_batchnorm(tiny_model())
-    with pytest.raises(ProfileError, match="'features.3' of the D_new profile has a negative variance"):
+    with pytest.raises(
+        ProfileError, match="'features.3' of the D_new profile has a negative variance"
+    ):
         st.compare(good, edited, "gaussian_kl")
 
 
@@ -259,7 +284,8 @@ def test_a_hand_edited_plan_is_refused_not_truncated(tmp_path, edit, says):
 
 
 class _Diverging(torch.nn.Module):
-    """A classifier whose output turns NaN on a chosen training call, as a diverging model's does."""
+    """A classifier whose output turns NaN on a chosen training call, as a diverging model's
+    does."""
 
     def __init__(self, at: int) -> None:
         super().__init__()
@@ -307,11 +333,3 @@ def test_huge_integer_labels_are_remapped_in_constant_memory():
         assert st.data.arrays(x, [2, 0, 1]).targets.tolist() == [2, 0, 1]
     with pytest.raises(DataError, match="too large for a class index"):
         st.data.arrays(x, np.array([0, 1, 2**63 + 1], dtype=np.uint64))
-
-
-def test_image_bytes_roundtrip_sanity():
-    """The 16-bit reference values above really are what Pillow stores."""
-    buf = io.BytesIO()
-    Image.fromarray(np.array([[65535]], dtype=np.uint16)).save(buf, "PNG")
-    buf.seek(0)
-    assert Image.open(buf).mode == "I;16"

@@ -15,10 +15,3 @@ def test_mypy_reports_no_error_in_src():
     out, err, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), str(ROOT / "src")])
     assert status == 0, out + err
     assert "Success: no issues found" in out
-
-
-def test_the_mypy_configuration_covers_the_untyped_packages():
-    text = (ROOT / "pyproject.toml").read_text()
-    assert "[tool.mypy]" in text
-    for module in ("torchvision.*", "timm.*", "sklearn.*", "matplotlib.*", "safetensors.*"):
-        assert f'"{module}"' in text, module

@@ -207,8 +207,10 @@ def test_minimal_run_leaves_out_what_does_not_apply_in_one_line(tmp_path: Path) 
     assert len(lines) == 1
     line = html.unescape(lines[0])
     assert line.startswith("Not shown for linear-probe: Strategy chosen by auto (only auto chooses")
-    assert ("Layer-wise similarity, Kernel distributions: D_pre and D_new, Activation maps of the most "
-            "and least similar kernels (linear-probe compares no activation distributions)") in line
+    assert (
+        "Layer-wise similarity, Kernel distributions: D_pre and D_new, Activation maps of the most "
+        "and least similar kernels (linear-probe compares no activation distributions)"
+    ) in line
     assert "Frozen fraction per layer (linear-probe freezes no kernels by plan)" in line
     assert "Training curves (linear-probe is fitted in closed form, without epochs)" in line
     assert "Strategy comparison and advice (no other strategy was compared" in line

@@ -51,7 +51,9 @@ def test_per_class_scores_are_sklearns() -> None:
     assert got["support"].tolist() == s.tolist()
 
 
-def test_the_confusion_section_tables_sklearns_scores(report_bn: tuple[Path, dict[str, Any], Path]) -> None:
+def test_the_confusion_section_tables_sklearns_scores(
+    report_bn: tuple[Path, dict[str, Any], Path],
+) -> None:
     _, data, page = report_bn
     cm = np.asarray(data["metrics"]["confusion_matrix"])
     y_true = np.repeat(np.arange(3), cm.sum(1))
@@ -67,20 +69,45 @@ def test_the_confusion_section_tables_sklearns_scores(report_bn: tuple[Path, dic
 
 def _auto_run(path: Path, kept: str, log: bool) -> None:
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"strategy": "auto", "backbone": "small_vgg",
-                                                  "class_names": ["a", "b"], "num_classes": 2}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "strategy": "auto",
+                "backbone": "small_vgg",
+                "class_names": ["a", "b"],
+                "num_classes": 2,
+            }
+        )
+    )
     tried = [
-        {"strategy": "linear-probe", "val_accuracy": 0.75, "seconds": 0.4, "cv_accuracy": 0.8125,
-         "cv_folds": 5, "cv_images": 48},
+        {
+            "strategy": "linear-probe",
+            "val_accuracy": 0.75,
+            "seconds": 0.4,
+            "cv_accuracy": 0.8125,
+            "cv_folds": 5,
+            "cv_images": 48,
+        },
         {"strategy": "lp-ft", "val_accuracy": 0.8, "seconds": 12.0},
         {"strategy": "smart-kernel", "skipped": "time budget of 10 s used (12 s)"},
     ]
-    chosen = {"strategy": kept, "selection": {"rule": "one-se", "val_images": 20, "standard_error": 0.089,
-                                              "cv": {"folds": 5, "images": 48, "kept": "linear-probe"}}}
-    (path / "result.json").write_text(json.dumps({"strategy": "auto", "chosen": chosen, "tried": tried}))
+    chosen = {
+        "strategy": kept,
+        "selection": {
+            "rule": "one-se",
+            "val_images": 20,
+            "standard_error": 0.089,
+            "cv": {"folds": 5, "images": 48, "kept": "linear-probe"},
+        },
+    }
+    (path / "result.json").write_text(
+        json.dumps({"strategy": "auto", "chosen": chosen, "tried": tried})
+    )
     if log:
-        rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_accuracy": 0.5 + 0.1 * e}
-                for e in (1, 2, 3)]
+        rows = [
+            {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_accuracy": 0.5 + 0.1 * e}
+            for e in (1, 2, 3)
+        ]
         (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -138,8 +165,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Tensor
     out = tmp_path_factory.mktemp("sk") / "run"
     idx = torch.arange(len(ds))
     train_idx, val_idx, test_idx = idx[idx % 4 < 2], idx[idx % 4 == 2], idx[idx % 4 == 3]
-    result = st.train("small_vgg", (ds, train_idx), (ds, val_idx), strategy="smart-kernel", epochs=1, size=16,
-                      out=out, progress=False, device="cpu")
+    result = st.train(
+        "small_vgg",
+        (ds, train_idx),
+        (ds, val_idx),
+        strategy="smart-kernel",
+        epochs=1,
+        size=16,
+        out=out,
+        progress=False,
+        device="cpu",
+    )
     st.evaluate(result, (ds, test_idx))
     return out, result, ds
 
@@ -166,13 +202,16 @@ def test_evaluate_records_the_misclassified_and_the_report_shows_them(
     sec = _section(text, "misclassified")
     items = [html.unescape(i) for i in re.findall(r"<li>(.*?)</li>", sec)]
     names = ds.classes
-    assert items == [f"true {names[int(labels[i])]}, predicted {names[int(pred[i])]}" for i in picks]
+    assert items == [
+        f"true {names[int(labels[i])]}, predicted {names[int(pred[i])]}" for i in picks
+    ]
     wrong = int((pred != labels).sum())
     assert f"{wrong} of {len(test_idx)} test images were misclassified" in sec
 
 
 def test_a_run_trained_from_a_name_draws_its_maps_without_being_given_the_model(
-    trained: tuple[Path, Any, TensorImageDataset], tmp_path: Path,
+    trained: tuple[Path, Any, TensorImageDataset],
+    tmp_path: Path,
 ) -> None:
     out, _, _ = trained
     page = make_report(out, out=tmp_path / "r.html").read_text(encoding="utf-8")
@@ -186,16 +225,23 @@ def test_a_run_trained_from_a_name_draws_its_maps_without_being_given_the_model(
     assert 'alt="grad_cam"' in _section(page, "grad-cam")
 
 
-def test_a_comparison_folder_cannot_point_outside_itself(tmp_path: Path, run_bn: tuple[Path, dict[str, Any]]) -> None:
+def test_a_comparison_folder_cannot_point_outside_itself(
+    tmp_path: Path, run_bn: tuple[Path, dict[str, Any]]
+) -> None:
     run_dir, _ = run_bn
     shutil.copytree(run_dir, tmp_path / "elsewhere")
     (tmp_path / "cmp").mkdir()
-    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"rows": [], "report_run": "../elsewhere"}))
+    (tmp_path / "cmp" / "comparison.json").write_text(
+        json.dumps({"rows": [], "report_run": "../elsewhere"})
+    )
     with pytest.raises(DataError, match="report_run '../elsewhere'"):
         load_run(tmp_path / "cmp")
     shutil.copytree(run_dir, tmp_path / "cmp" / "seed-0" / "x")
-    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps({"rows": [{"strategy": "x"}],
-                                                                  "report_run": "seed-0/x"}))
+    (tmp_path / "cmp" / "comparison.json").write_text(
+        json.dumps({"rows": [{"strategy": "x"}], "report_run": "seed-0/x"})
+    )
     run = load_run(tmp_path / "cmp")
     assert run.path == tmp_path / "cmp" / "seed-0" / "x" and run.comparison == {
-        "rows": [{"strategy": "x"}], "report_run": "seed-0/x"}
+        "rows": [{"strategy": "x"}],
+        "report_run": "seed-0/x",
+    }

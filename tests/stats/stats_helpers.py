@@ -132,7 +132,8 @@ def assert_layer_matches(
 
 
 def profiles_equal(a, b, *, rtol: float = 1e-9) -> None:
-    """Two ActivationProfiles agree: same layers, exact counts/extremes/histograms, close moments."""
+    """Two ActivationProfiles agree: same layers, exact counts/extremes/histograms, close
+    moments."""
     assert list(a.layers) == list(b.layers)
     assert a.num_samples == b.num_samples
     assert a.source == b.source
@@ -180,12 +181,19 @@ def dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import smart_transfer as st
     from smart_transfer.training.distributed import launched_group
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     with launched_group("cpu"):  # a gloo group; every rank waits for the others before it ends
         model = tiny_vgg()
         batches = image_batches(4, batch=3, size=12, seed=5)
-        kw = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}
+        kw = {
+            "progress": False,
+            "sample_per_batch": None,
+            "cov_sample_per_batch": None,
+            "hist_sample_per_batch": None,
+        }
         # 1. each rank a different shard: rank 0 gets batches 0, 2; rank 1 gets 1, 3
         prof = st.profile(model, batches[rank::world], **kw)
         prof.save(os.path.join(out_dir, f"sharded_rank{rank}.pt"))

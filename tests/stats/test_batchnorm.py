@@ -87,13 +87,30 @@ def test_batchnorm_profile_matches_data_profile_of_the_same_images():
     # The conv outputs do not depend on BN mode, so the data profile sees what BN saw in training
     # (conv -> BN is the first place each batch's statistics differ between modes).
     first = ["features.0"]  # later convs see BN outputs, which differ between train and eval mode
-    data_prof = st.profile(model, batches, layers=first, progress=False, sample_per_batch=None, cov_sample_per_batch=None, hist_sample_per_batch=None)
+    data_prof = st.profile(
+        model,
+        batches,
+        layers=first,
+        progress=False,
+        sample_per_batch=None,
+        cov_sample_per_batch=None,
+        hist_sample_per_batch=None,
+    )
     lp, bp = data_prof["features.0"], bn_prof["features.0"]
     # Equal batch sizes: the average of the batch means is the mean over all images.
     torch.testing.assert_close(bp.mean, lp.mean, rtol=1e-5, atol=1e-6)
-    # BN keeps the average of each batch's *unbiased* variance; rebuild that from per-batch profiles.
+    # BN keeps the average of each batch's *unbiased* variance; rebuild that from per-batch
+    # profiles.
     per_batch = [
-        st.profile(model, [x], layers=first, progress=False, sample_per_batch=None, cov_sample_per_batch=None, hist_sample_per_batch=None)["features.0"]
+        st.profile(
+            model,
+            [x],
+            layers=first,
+            progress=False,
+            sample_per_batch=None,
+            cov_sample_per_batch=None,
+            hist_sample_per_batch=None,
+        )["features.0"]
         for x in batches
     ]
     want = torch.stack([p.var * p.count / (p.count - 1) for p in per_batch]).mean(0)

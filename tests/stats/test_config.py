@@ -27,7 +27,9 @@ def test_default_config_is_the_previous_default_profile():
 def test_moments_only_profile_has_the_same_moments_and_nothing_else():
     model, data = tiny_vgg(), image_batches(2, 4, 16)
     full = st.profile(model, data, progress=False)
-    light = st.profile(model, data, progress=False, config=StatsConfig.for_measures(["gaussian_kl"]))
+    light = st.profile(
+        model, data, progress=False, config=StatsConfig.for_measures(["gaussian_kl"])
+    )
     assert light.meta["stats"] == ["moments"] and light.meta["hist_bins"] == 0
     ref = capture(model, {"features.0": "features.0"}, data)["features.0"]
     lp = light.layers["features.0"]

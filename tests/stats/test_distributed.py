@@ -34,7 +34,14 @@ def results(tmp_path_factory):
 def test_two_gloo_ranks_get_the_one_process_profile(results):
     model = tiny_vgg()
     batches = image_batches(4, batch=3, size=12, seed=5)
-    whole = st.profile(model, batches, progress=False, sample_per_batch=None, cov_sample_per_batch=None, hist_sample_per_batch=None)
+    whole = st.profile(
+        model,
+        batches,
+        progress=False,
+        sample_per_batch=None,
+        cov_sample_per_batch=None,
+        hist_sample_per_batch=None,
+    )
     rank0 = ActivationProfile.load(results / "sharded_rank0.pt")
     rank1 = ActivationProfile.load(results / "sharded_rank1.pt")
     profiles_equal(rank0, whole)
@@ -45,7 +52,14 @@ def test_two_gloo_ranks_get_the_one_process_profile(results):
 def test_an_empty_shard_contributes_nothing(results):
     model = tiny_vgg()
     batches = image_batches(4, batch=3, size=12, seed=5)
-    whole = st.profile(model, batches, progress=False, sample_per_batch=None, cov_sample_per_batch=None, hist_sample_per_batch=None)
+    whole = st.profile(
+        model,
+        batches,
+        progress=False,
+        sample_per_batch=None,
+        cov_sample_per_batch=None,
+        hist_sample_per_batch=None,
+    )
     for rank in (0, 1):
         profiles_equal(ActivationProfile.load(results / f"empty_rank{rank}.pt"), whole)
 
@@ -62,6 +76,15 @@ def test_distributed_false_keeps_the_local_shard(results):
     batches = image_batches(4, batch=3, size=12, seed=5)
     local1 = ActivationProfile.load(results / "local_rank1.pt")
     profiles_equal(
-        local1, st.profile(model, batches[1::2], progress=False, sample_per_batch=None, cov_sample_per_batch=None, hist_sample_per_batch=None), rtol=0
+        local1,
+        st.profile(
+            model,
+            batches[1::2],
+            progress=False,
+            sample_per_batch=None,
+            cov_sample_per_batch=None,
+            hist_sample_per_batch=None,
+        ),
+        rtol=0,
     )
     assert torch.equal(local1["features.0"].count, torch.full((4,), 6.0 * 144, dtype=torch.float64))

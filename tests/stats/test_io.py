@@ -6,15 +6,19 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st_
+from hypothesis import HealthCheck, given, settings, strategies as st_
 from stats_helpers import image_batches, profiles_equal, tiny_vgg
 
 import smart_transfer as st
 from smart_transfer.errors import DataError, IncompatibleError
 from smart_transfer.stats import SCHEMA_VERSION, ActivationProfile
 
-EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}
+EXACT = {
+    "progress": False,
+    "sample_per_batch": None,
+    "cov_sample_per_batch": None,
+    "hist_sample_per_batch": None,
+}
 
 
 @pytest.fixture(scope="module")

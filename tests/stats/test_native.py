@@ -50,17 +50,21 @@ LAYOUTS = {
         _relu_zeros(8, 301, 12, 12, seed=s).contiguous(memory_format=torch.channels_last)
         for s in range(2)
     ],
-    "large mean": lambda: [(torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(s))
-                           * 0.01 + 1000.0).contiguous(memory_format=torch.channels_last)
-                          for s in range(2)],
+    "large mean": lambda: [
+        (
+            torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(s)) * 0.01 + 1000.0
+        ).contiguous(memory_format=torch.channels_last)
+        for s in range(2)
+    ],
 }
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_fused_equals_eager_and_numpy(name):
     batches = LAYOUTS[name]()
-    fused, eager = _both(batches, sample_per_batch=None, hist_sample_per_batch=None,
-                         cov_sample_per_batch=16)
+    fused, eager = _both(
+        batches, sample_per_batch=None, hist_sample_per_batch=None, cov_sample_per_batch=16
+    )
     ref = torch.cat([b.double().movedim(1, -1).reshape(-1, b.shape[1]) for b in batches]).numpy()
     # every layout sums in float32 lanes of at most 64 shifted values each (then float64), with
     # float32 logs, as the eager path does
@@ -86,8 +90,12 @@ def test_fused_equals_eager_and_numpy(name):
     # the sampled covariance (the same code in both paths, centred in float32): the same
     # positions, so the same estimate up to float32 rounding
     if name != "large mean":
-        np.testing.assert_allclose(fused.comoment.numpy(), eager.comoment.numpy(), rtol=1e-4,
-                                   atol=1e-6 * float(eager.comoment.abs().max()))
+        np.testing.assert_allclose(
+            fused.comoment.numpy(),
+            eager.comoment.numpy(),
+            rtol=1e-4,
+            atol=1e-6 * float(eager.comoment.abs().max()),
+        )
 
 
 def test_routing_by_layout():
@@ -105,11 +113,13 @@ def test_sampled_statistics_use_the_same_positions():
         _relu_zeros(16, 6, 24, 24, seed=s).contiguous(memory_format=torch.channels_last)
         for s in range(3)
     ]
-    fused, eager = _both(batches, sample_per_batch=300, hist_sample_per_batch=50,
-                         cov_sample_per_batch=40)
+    fused, eager = _both(
+        batches, sample_per_batch=300, hist_sample_per_batch=50, cov_sample_per_batch=40
+    )
     for f in FIELDS:
-        np.testing.assert_allclose(getattr(fused, f).numpy(), getattr(eager, f).numpy(),
-                                   rtol=2e-5, atol=1e-9, err_msg=f)
+        np.testing.assert_allclose(
+            getattr(fused, f).numpy(), getattr(eager, f).numpy(), rtol=2e-5, atol=1e-9, err_msg=f
+        )
     np.testing.assert_array_equal(fused.hist.numpy(), eager.hist.numpy())
     assert float(fused.hist_count[0]) == 3 * 50
 
@@ -125,11 +135,13 @@ def test_block_samples_are_the_same_in_both_paths(name, monkeypatch):
     monkeypatch.setattr(sampling, "MIN_LOG_POSITIONS", 1)
     monkeypatch.setattr(sampling, "MIN_HIST_POSITIONS", 1)
     batches = LAYOUTS[name]()
-    fused, eager = _both(batches, sample_per_batch=0.25, hist_sample_per_batch=1 / 3,
-                         cov_sample_per_batch=16)
+    fused, eager = _both(
+        batches, sample_per_batch=0.25, hist_sample_per_batch=1 / 3, cov_sample_per_batch=16
+    )
     for f in ("log_count", "log_mean", "log_m2", "hist_count"):  # the moments: tested above
-        np.testing.assert_allclose(getattr(fused, f).numpy(), getattr(eager, f).numpy(),
-                                   rtol=2e-5, atol=1e-9, err_msg=f)
+        np.testing.assert_allclose(
+            getattr(fused, f).numpy(), getattr(eager, f).numpy(), rtol=2e-5, atol=1e-9, err_msg=f
+        )
     np.testing.assert_array_equal(fused.hist.numpy(), eager.hist.numpy())
     # the reference: replay the phases the generator gives, in the same order
     g = torch.Generator().manual_seed(3)
@@ -168,7 +180,12 @@ def test_block_count_is_the_number_of_block_positions():
             for rate in (1, 2, 3, 4, 7, 32):
                 for phase in {0, 1, rate - 1}:
                     want = len(native.block_positions(num, length, rate, phase))
-                    assert native.block_count(num, length, rate, phase) == want, (num, length, rate, phase)
+                    assert native.block_count(num, length, rate, phase) == want, (
+                        num,
+                        length,
+                        rate,
+                        phase,
+                    )
 
 
 def test_small_batches_keep_every_position_of_a_block_sample():
@@ -177,14 +194,20 @@ def test_small_batches_keep_every_position_of_a_block_sample():
     from smart_transfer.stats import running
 
     small = _relu_zeros(64, 4, 3, 3)
-    rs = RunningStats(4, sample_per_batch=0.25, hist_sample_per_batch=1 / 32,
-                      cov_sample_per_batch=16)
+    rs = RunningStats(
+        4, sample_per_batch=0.25, hist_sample_per_batch=1 / 32, cov_sample_per_batch=16
+    )
     rs.update(small)
     assert not rs.subsampled
     assert rs.stats.hist_count.tolist() == [64 * 9] * 4
     big = _relu_zeros(64, 2, 48, 48)
-    rs = RunningStats(2, sample_per_batch=0.25, hist_sample_per_batch=1 / 32,
-                      cov_sample_per_batch=16, generator=torch.Generator().manual_seed(0))
+    rs = RunningStats(
+        2,
+        sample_per_batch=0.25,
+        hist_sample_per_batch=1 / 32,
+        cov_sample_per_batch=16,
+        generator=torch.Generator().manual_seed(0),
+    )
     rs.update(big)
     assert rs.subsampled
     n = 64 * 48 * 48
@@ -237,8 +260,13 @@ def test_linear_and_token_outputs():
     for batches, dim in (([x], 1), ([tok], -1)):
         fused, eager = _both(batches, channel_dim=dim, cov_sample_per_batch=32)
         for f in FIELDS:
-            np.testing.assert_allclose(getattr(fused, f).numpy(), getattr(eager, f).numpy(),
-                                       rtol=2e-5, atol=1e-9, err_msg=f)
+            np.testing.assert_allclose(
+                getattr(fused, f).numpy(),
+                getattr(eager, f).numpy(),
+                rtol=2e-5,
+                atol=1e-9,
+                err_msg=f,
+            )
 
 
 def test_log_is_accurate_over_the_whole_float32_range():
@@ -247,11 +275,16 @@ def test_log_is_accurate_over_the_whole_float32_range():
     exps = torch.randint(-149, 128, (4000,), generator=g).double()
     vals = (torch.rand(4000, generator=g, dtype=torch.float64) + 0.5) * torch.pow(2.0, exps)
     vals = vals.clamp(max=3.0e38).float()
-    vals = vals[vals != 0] * torch.where(torch.rand(vals[vals != 0].shape, generator=g) < 0.5, -1, 1)
+    vals = vals[vals != 0] * torch.where(
+        torch.rand(vals[vals != 0].shape, generator=g) < 0.5, -1, 1
+    )
     ref = np.log(np.abs(vals.double().numpy()))
     # channel rows (float32 logs, as torch's) and channels-last (float64 logs)
-    for x, rtol in ((vals.view(1, 1, -1), 2e-6), (vals.view(1, -1, 1).transpose(1, 2), 2e-6),
-                    (vals.view(-1, 1).T.unsqueeze(0).contiguous().view(1, 1, -1), 2e-6)):
+    for x, rtol in (
+        (vals.view(1, 1, -1), 2e-6),
+        (vals.view(1, -1, 1).transpose(1, 2), 2e-6),
+        (vals.view(-1, 1).T.unsqueeze(0).contiguous().view(1, 1, -1), 2e-6),
+    ):
         out = native.moments(x.contiguous() if x.stride(-1) == 1 else x, logs=True)
         assert float(out[6].sum()) == len(ref)
         np.testing.assert_allclose(float(out[7].sum()), ref.sum(), rtol=rtol)
@@ -264,7 +297,8 @@ def test_log_is_accurate_over_the_whole_float32_range():
     np.testing.assert_allclose(float(out[8, 0]), ((ref - ref.mean()) ** 2).sum(), rtol=2e-6)
     one = native.moments(torch.tensor([[[1.0, 2.0, 0.5, 1.4142135, 1.4142137]]]), logs=True)
     np.testing.assert_allclose(
-        float(one[7, 0]), math.log(2.0) - math.log(2.0) + math.log(1.4142135) + math.log(1.4142137),
+        float(one[7, 0]),
+        math.log(2.0) - math.log(2.0) + math.log(1.4142135) + math.log(1.4142137),
         atol=1e-6,
     )
 

@@ -19,24 +19,41 @@ import torch
 from smart_transfer.stats import native
 
 CC = native._compiler()
-needs_cc = pytest.mark.skipif(CC is None or sys.platform != "linux", reason="needs a C compiler on Linux")
+needs_cc = pytest.mark.skipif(
+    CC is None or sys.platform != "linux", reason="needs a C compiler on Linux"
+)
 SRC = str(Path(native.__file__).resolve().parents[2])
 
 
 def _python(code: str, tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1",
-                "SMART_TRANSFER_CACHE": str(tmp_path / "cache"), **env}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": SRC,
+        "OMP_NUM_THREADS": "1",
+        "SMART_TRANSFER_CACHE": str(tmp_path / "cache"),
+        **env,
+    }
     if not full_env["SMART_TRANSFER_CACHE"]:  # the user's cache: no fresh build
         del full_env["SMART_TRANSFER_CACHE"]
-    return subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code)], env=full_env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _wrapper(tmp_path: Path, reject: str | None = None) -> Path:
     """A compiler that logs each call (one line of arguments) and then runs the real one;
     ``reject``: a flag it refuses, as Apple clang refuses -fopenmp."""
     log, cc = tmp_path / "cc.log", tmp_path / "cc-wrapper"
-    refuse = f'case " $* " in *" {reject} "*) echo "unsupported option {reject}" >&2; exit 1;; esac\n' if reject else ""
+    refuse = (
+        f'case " $* " in *" {reject} "*) echo "unsupported option {reject}" >&2; exit 1;; esac\n'
+        if reject
+        else ""
+    )
     cc.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{refuse}exec {CC} "$@"\n')
     cc.chmod(0o755)
     return cc
@@ -69,17 +86,33 @@ def test_preconditions_raise_under_python_O(tmp_path):
             "negative offsets": lambda: native.moments(x, 1, cov=(off - 1_000, sub)),
             "sample too small": lambda: native.moments(x, 1, cov=(off, torch.empty(4, 3))),
             "int32 offsets": lambda: native.moments(x, 1, cov=(off.int(), sub)),
-            "hist counts float32": lambda: native.moments(x, 1, hist=(1, 0, None, low, cut, counts.float())),
-            "hist counts of 2 channels": lambda: native.moments(x, 1, hist=(1, 0, None, low, cut, counts[:2])),
-            "short bin table": lambda: native.moments(x, 1, hist=(1, 0, None, low[:10], cut, counts)),
-            "bins past the counts": lambda: native.moments(x, 1, hist=(1, 0, None, low + 8, cut, counts)),
-            "hist offsets past the batch": lambda: native.moments(x, 1, hist=(0, 0, off + 10_000, low, cut, counts)),
+            "hist counts float32": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low, cut, counts.float())
+            ),
+            "hist counts of 2 channels": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low, cut, counts[:2])
+            ),
+            "short bin table": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low[:10], cut, counts)
+            ),
+            "bins past the counts": lambda: native.moments(
+                x, 1, hist=(1, 0, None, low + 8, cut, counts)
+            ),
+            "hist offsets past the batch": lambda: native.moments(
+                x, 1, hist=(0, 0, off + 10_000, low, cut, counts)
+            ),
             "merge with float32 totals": lambda: native.merge(out, 80, 0, (t[0].float(), *t[1:])),
             "merge with a short total": lambda: native.merge(out, 80, 0, (t[0][:2], *t[1:])),
             "merge with half the logs": lambda: native.merge(out, 80, 0, (*t[:6], None, None)),
-            "sample_logs into a short out": lambda: native.sample_logs(x, off, torch.zeros(8, 3, dtype=torch.float64)),
-            "cov_finish with float64 a32": lambda: native.cov_finish(torch.zeros(3, 3, dtype=torch.float64), None, t[0], 1.0, 1.0),
-            "cov_finish with a short delta": lambda: native.cov_finish(torch.zeros(3, 3), None, t[0][:2], 1.0, 1.0),
+            "sample_logs into a short out": lambda: native.sample_logs(
+                x, off, torch.zeros(8, 3, dtype=torch.float64)
+            ),
+            "cov_finish with float64 a32": lambda: native.cov_finish(
+                torch.zeros(3, 3, dtype=torch.float64), None, t[0], 1.0, 1.0
+            ),
+            "cov_finish with a short delta": lambda: native.cov_finish(
+                torch.zeros(3, 3), None, t[0][:2], 1.0, 1.0
+            ),
         }
         for name, call in bad.items():
             try:
@@ -89,7 +122,9 @@ def test_preconditions_raise_under_python_O(tmp_path):
             else:
                 print("NOT RAISED", name)
     """
-    done = _python(code, tmp_path, "-O", SMART_TRANSFER_CACHE=os.environ.get("SMART_TRANSFER_CACHE", ""))
+    done = _python(
+        code, tmp_path, "-O", SMART_TRANSFER_CACHE=os.environ.get("SMART_TRANSFER_CACHE", "")
+    )
     assert done.returncode == 0, done.stderr
     assert "NOT RAISED" not in done.stdout, done.stdout
     assert done.stdout.count("raised ") == 16, done.stdout
@@ -100,10 +135,23 @@ def test_preconditions_raise_under_python_O(tmp_path):
 def test_concurrent_processes_build_once(tmp_path):
     cc = _wrapper(tmp_path)
     code = "from smart_transfer.stats import native; print('loaded', native.kernels() is not None)"
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "CC": str(cc),
-           "SMART_TRANSFER_CACHE": str(tmp_path / "cache")}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC,
+        "OMP_NUM_THREADS": "1",
+        "CC": str(cc),
+        "SMART_TRANSFER_CACHE": str(tmp_path / "cache"),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all("loaded True" in o for o, _ in outs), outs
     assert len(_kernel_builds(tmp_path)) == 1, _kernel_builds(tmp_path)
@@ -140,12 +188,16 @@ def test_a_read_only_cache_builds_in_a_private_folder(tmp_path, monkeypatch):
 @pytest.mark.slow  # compiles the kernels into a fresh cache
 def test_openmp_is_left_out_where_the_compiler_rejects_it(tmp_path):
     cc = _wrapper(tmp_path, reject="-fopenmp")
-    done = _python("""
+    done = _python(
+        """
         from smart_transfer.stats import native
         import torch
         print('loaded', native.kernels() is not None, 'openmp', native._openmp)
         print('sum', float(native.moments(torch.ones(2, 3, 40), 1)[1].sum()))
-    """, tmp_path, CC=str(cc))
+    """,
+        tmp_path,
+        CC=str(cc),
+    )
     assert "loaded True openmp False" in done.stdout, done.stderr
     assert "sum 0.0" in done.stdout  # values less the shift (1.0): a working library
     builds = _kernel_builds(tmp_path)
@@ -194,17 +246,42 @@ def test_the_struct_matches_the_compiled_library():
 @pytest.mark.slow  # compiles the kernels into a fresh cache
 def test_build_entry_point(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-W", "ignore::RuntimeWarning", "-m", "smart_transfer.stats.native", "--build"],
+        [
+            sys.executable,
+            "-W",
+            "ignore::RuntimeWarning",
+            "-m",
+            "smart_transfer.stats.native",
+            "--build",
+        ],
         env={**os.environ, "PYTHONPATH": SRC, "SMART_TRANSFER_CACHE": str(tmp_path / "cache")},
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "built " in done.stdout and "target: -march=native" in done.stdout
     assert list((tmp_path / "cache" / "kernels").glob("stats-*.so.sha256"))
     failed = subprocess.run(
-        [sys.executable, "-W", "ignore::RuntimeWarning", "-m", "smart_transfer.stats.native", "--build"],
-        env={**os.environ, "PYTHONPATH": SRC, "SMART_TRANSFER_CACHE": str(tmp_path / "c2"),
-             "CC": "/bin/false", "PATH": "/nonexistent"},
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-W",
+            "ignore::RuntimeWarning",
+            "-m",
+            "smart_transfer.stats.native",
+            "--build",
+        ],
+        env={
+            **os.environ,
+            "PYTHONPATH": SRC,
+            "SMART_TRANSFER_CACHE": str(tmp_path / "c2"),
+            "CC": "/bin/false",
+            "PATH": "/nonexistent",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert failed.returncode == 1 and "could not be built" in failed.stderr

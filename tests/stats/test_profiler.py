@@ -26,7 +26,12 @@ from smart_transfer.stats import hist_edges
 
 CONVS = ["features.0", "features.3", "features.7", "features.10"]
 LAYERS = CONVS + ["classifier"]
-EXACT = {"progress": False, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}  # no subsampling: every statistic is exact
+EXACT = {
+    "progress": False,
+    "sample_per_batch": None,
+    "cov_sample_per_batch": None,
+    "hist_sample_per_batch": None,
+}  # no subsampling: every statistic is exact
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -136,8 +141,12 @@ def test_linear_on_sequences_uses_the_last_dim():
 
 def test_subsampled_profile_is_reproducible_and_records_the_sample_size():
     model, batches = tiny_vgg(), image_batches(2)
-    kw = {"progress": False, "sample_per_batch": 50, "hist_sample_per_batch": None,
-          "cov_sample_per_batch": 30}
+    kw = {
+        "progress": False,
+        "sample_per_batch": 50,
+        "hist_sample_per_batch": None,
+        "cov_sample_per_batch": 30,
+    }
     a = st.profile(model, batches, seed=3, **kw)
     b = st.profile(model, batches, seed=3, **kw)
     c = st.profile(model, batches, seed=4, **kw)

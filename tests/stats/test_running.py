@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st_
+from hypothesis import HealthCheck, given, settings, strategies as st_
 from stats_helpers import ref_stats
 
 from smart_transfer.errors import ConfigError, IncompatibleError, ProfileError
@@ -295,7 +294,14 @@ def test_merge_of_two_parts_equals_the_whole(data):
     for n in sizes:
         vals = data.draw(st_.lists(_values, min_size=n * c * length, max_size=n * c * length))
         batches.append(torch.tensor(vals, dtype=torch.float64).view(n, c, length))
-    kw = {"hist_bins": 8, "hist_scale": 0.5, "hist_max": 100.0, "sample_per_batch": None, "cov_sample_per_batch": None, "hist_sample_per_batch": None}
+    kw = {
+        "hist_bins": 8,
+        "hist_scale": 0.5,
+        "hist_max": 100.0,
+        "sample_per_batch": None,
+        "cov_sample_per_batch": None,
+        "hist_sample_per_batch": None,
+    }
     whole = _accumulate(batches, **kw)
     first = _accumulate(batches[:split], **kw)
     second = _accumulate(batches[split:], **kw)
@@ -360,7 +366,9 @@ def test_bin_index_is_exact_with_bins_narrower_than_the_lookup_cells(bins):
 
     assert (_float32_bin_table(bins, 1e-2, 1e4) is None) == (bins == 8192)
     edges = hist_edges(bins, 1e-2, 1e4)
-    v = torch.cat([edges.float(), torch.randn(5000, generator=torch.Generator().manual_seed(3)) * 50])
+    v = torch.cat(
+        [edges.float(), torch.randn(5000, generator=torch.Generator().manual_seed(3)) * 50]
+    )
     acc = RunningStats(1, hist_bins=bins)
     got = acc._bin_index(v.view(-1, 1)).view(-1)
     want = torch.bucketize(v.double(), edges[1:-1], right=True)

@@ -23,8 +23,9 @@ def test_sampled_covariance_is_unbiased():
     ref = exact.to_layer_profile("l", "conv", {}).cov
     runs = []
     for seed in range(400):
-        acc = RunningStats(4, cov_sample_per_batch=12, hist_bins=0,
-                           generator=torch.Generator().manual_seed(seed))
+        acc = RunningStats(
+            4, cov_sample_per_batch=12, hist_bins=0, generator=torch.Generator().manual_seed(seed)
+        )
         acc.update(x)
         lp = acc.to_layer_profile("l", "conv", {})
         assert lp.cov_count.tolist() == [12.0] * 4
@@ -49,8 +50,13 @@ def test_sampled_log_moments_are_unbiased():
     ref = exact.to_layer_profile("l", "conv", {}).log_mean
     means = []
     for seed in range(400):
-        acc = RunningStats(3, sample_per_batch=40, hist_bins=0, covariance=False,
-                           generator=torch.Generator().manual_seed(seed))
+        acc = RunningStats(
+            3,
+            sample_per_batch=40,
+            hist_bins=0,
+            covariance=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
         acc.update(x)
         means.append(acc.to_layer_profile("l", "conv", {}).log_mean)
     m = torch.stack(means)
@@ -87,9 +93,7 @@ def test_default_sampling_changes_no_plan():
     exact = bench.exact_plans(model, data, measures)
     default = [st.profile(model, d, progress=False) for d in data]
     assert default[0].meta["subsampled"] and default[0].meta["cov_subsampled"]
-    agreement = {
-        m: bench.agreement(exact[m], *default, m)["network"] / 100 for m in measures
-    }
+    agreement = {m: bench.agreement(exact[m], *default, m)["network"] / 100 for m in measures}
     print("plan agreement per measure:", agreement)
     for measure, value in agreement.items():
         need = 0.98 if measure in ("gaussian_kl", "lognormal_kl") else 0.95

@@ -31,7 +31,9 @@ def data():
 
 
 def test_evaluate_matches_sklearn_and_reads_the_test_set_once(net, data, tmp_path):
-    r = st.train(net, data, strategy="full-finetune", epochs=2, lr=0.01, out=tmp_path / "run", progress=False)
+    r = st.train(
+        net, data, strategy="full-finetune", epochs=2, lr=0.01, out=tmp_path / "run", progress=False
+    )
     x, y = make_images(60, seed=1)
     test = st.data.arrays(x, y)
     m = st.evaluate(r, test)
@@ -40,7 +42,9 @@ def test_evaluate_matches_sklearn_and_reads_the_test_set_once(net, data, tmp_pat
     with torch.no_grad():
         pred = r.model(tf(test.images)).argmax(1).numpy()
     assert m["accuracy"] == pytest.approx((pred == y.numpy()).mean())
-    np.testing.assert_array_equal(np.array(m["confusion_matrix"]), confusion_matrix(y.numpy(), pred, labels=[0, 1, 2]))
+    np.testing.assert_array_equal(
+        np.array(m["confusion_matrix"]), confusion_matrix(y.numpy(), pred, labels=[0, 1, 2])
+    )
     cm = np.array(m["confusion_matrix"])
     assert m["per_class_accuracy"] == pytest.approx((cm.diagonal() / cm.sum(1)).tolist())
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] == m["accuracy"]
@@ -51,19 +55,34 @@ def test_evaluate_matches_sklearn_and_reads_the_test_set_once(net, data, tmp_pat
 
 @pytest.mark.parametrize("strategy", ["smart-kernel", "linear-probe-best-layer"])
 def test_saved_run_loads_back_to_the_same_predictions(net, data, tmp_path, strategy):
-    r = st.train(net, data, strategy=strategy, epochs=1, out=tmp_path / "run", progress=False,
-                 **({"layers": ["features.0", "features.3"]} if strategy.startswith("linear") else {}))
+    r = st.train(
+        net,
+        data,
+        strategy=strategy,
+        epochs=1,
+        out=tmp_path / "run",
+        progress=False,
+        **({"layers": ["features.0", "features.3"]} if strategy.startswith("linear") else {}),
+    )
     loaded = st.TrainResult.load(tmp_path / "run", model=net)
     x = torch.rand(4, 1, 16, 16)
     r.model.eval()
     loaded.model.eval()
     with torch.no_grad():
         assert torch.equal(r.model(r.transform()(x)), loaded.model(loaded.transform()(x)))
-    assert loaded.val_accuracy == r.val_accuracy and loaded.chosen == json.loads(json.dumps(r.chosen))
+    assert loaded.val_accuracy == r.val_accuracy and loaded.chosen == json.loads(
+        json.dumps(r.chosen)
+    )
     assert (loaded.plan is None) == (r.plan is None)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["strategy"] == strategy and cfg["num_classes"] == 3 and cfg["world_size"] == 1
-    for name in ("config.json", "result.json", "model.safetensors", "samples.safetensors", "log.jsonl"):
+    for name in (
+        "config.json",
+        "result.json",
+        "model.safetensors",
+        "samples.safetensors",
+        "log.jsonl",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
 
 
@@ -74,7 +93,15 @@ def test_a_run_from_a_model_object_needs_the_model_to_load(net, data, tmp_path):
 
 
 def test_train_by_name_loads_back_without_the_model(data, tmp_path):
-    r = st.train("small_vgg", data, strategy="head-only", epochs=1, size=16, out=tmp_path / "run", progress=False)
+    r = st.train(
+        "small_vgg",
+        data,
+        strategy="head-only",
+        epochs=1,
+        size=16,
+        out=tmp_path / "run",
+        progress=False,
+    )
     loaded = st.TrainResult.load(tmp_path / "run")
     for (n, a), (_, b) in zip(r.model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), n

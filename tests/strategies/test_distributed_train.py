@@ -26,15 +26,31 @@ def _train(out=None):
     x, y = make_images(96)
     ds = st.data.arrays(x, y)
     idx = torch.arange(96)
-    r = st.train(_net(), (ds, idx[:64]), (ds, idx[64:]), strategy="full-finetune", epochs=3, lr=0.01,
-                 batch_size=16, optimizer="sgd", patience=None, progress=False, out=out)
+    r = st.train(
+        _net(),
+        (ds, idx[:64]),
+        (ds, idx[64:]),
+        strategy="full-finetune",
+        epochs=3,
+        lr=0.01,
+        batch_size=16,
+        optimizer="sgd",
+        patience=None,
+        progress=False,
+        out=out,
+    )
     return r
 
 
 def _worker(rank, world, port, out):
     # the variables torchrun sets; launched_group joins the group they describe
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     with launched_group("cpu") as (r, n):
         assert (r, n) == (rank, world)
@@ -55,7 +71,10 @@ def test_two_gloo_processes_reach_the_single_process_weights(tmp_path):
 
     _train(tmp_path / "one")
     mp.spawn(_worker, args=(2, _free_port(), tmp_path / "two"), nprocs=2, join=True)
-    last_epoch = latest(tmp_path / "one" / "checkpoints/full-finetune").relative_to(tmp_path / "one") / WEIGHTS
+    last_epoch = (
+        latest(tmp_path / "one" / "checkpoints/full-finetune").relative_to(tmp_path / "one")
+        / WEIGHTS
+    )
     for name in (last_epoch, "model.safetensors"):  # last epoch, best epoch
         single, ddp = load_weights(tmp_path / "one" / name), load_weights(tmp_path / "two" / name)
         assert set(ddp) == set(single)

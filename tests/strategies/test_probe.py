@@ -23,7 +23,9 @@ def test_folded_linear_reproduces_sklearn_decision_function():
     got = linear(torch.from_numpy(xva).float()).detach().double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert acc == pytest.approx((ref.predict(scaler.transform(xva)) == yva).mean())
-    assert [t["C"] for t in tried] == [0.1, 1.0] and c == max(tried, key=lambda t: t["val_accuracy"])["C"]
+    assert [t["C"] for t in tried] == [0.1, 1.0] and c == max(
+        tried, key=lambda t: t["val_accuracy"]
+    )["C"]
 
 
 def test_refit_fits_the_chosen_C_again_on_training_and_validation_samples():
@@ -31,13 +33,17 @@ def test_refit_fits_the_chosen_C_again_on_training_and_validation_samples():
     xtr, ytr = rng.normal(size=(45, 6)) * 3 + 1, rng.integers(0, 3, 45)
     xva, yva = rng.normal(size=(15, 6)) * 3 + 1, rng.integers(0, 3, 15)
     plain, c0, acc0, _ = fit_logistic(xtr, ytr, xva, yva, c_grid=(0.01, 1.0), num_classes=3)
-    linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, c_grid=(0.01, 1.0), num_classes=3, refit=True)
+    linear, c, acc, _ = fit_logistic(
+        xtr, ytr, xva, yva, c_grid=(0.01, 1.0), num_classes=3, refit=True
+    )
     assert (c, acc) == (c0, acc0)  # the choice and its score come from the training samples alone
     xall, yall = np.vstack([xtr, xva]), np.concatenate([ytr, yva])
     scaler = StandardScaler().fit(xall)
     ref = LogisticRegression(C=c, max_iter=3000, tol=1e-6).fit(scaler.transform(xall), yall)
     got = linear(torch.from_numpy(xall).float()).detach().double().numpy()
-    np.testing.assert_allclose(got, ref.decision_function(scaler.transform(xall)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got, ref.decision_function(scaler.transform(xall)), rtol=1e-4, atol=1e-4
+    )
     assert not torch.allclose(linear.weight, plain.weight)
 
 
@@ -53,7 +59,9 @@ def test_cv_accuracy_is_stratified_k_fold_by_hand():
     correct = 0
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=7).split(xs, ys):
         scaler = StandardScaler().fit(xs[tr])
-        clf = LogisticRegression(C=0.1, max_iter=3000, tol=1e-6).fit(scaler.transform(xs[tr]), ys[tr])
+        clf = LogisticRegression(C=0.1, max_iter=3000, tol=1e-6).fit(
+            scaler.transform(xs[tr]), ys[tr]
+        )
         correct += int((clf.predict(scaler.transform(xs[te])) == ys[te]).sum())
     assert folds == 5 and acc == pytest.approx(correct / 36)
     # folds are capped by the smallest class; under two there is nothing to cross-validate
@@ -74,7 +82,9 @@ def test_binary_and_missing_classes_fold_correctly():
 
 def test_layer_features_are_pooled_layer_outputs(tiny_net):
     x = torch.rand(5, 3, 16, 16)
-    feats, labels = layer_features(tiny_net, ["features.0", "penultimate"], [(x, torch.arange(5))], lambda t: t)
+    feats, labels = layer_features(
+        tiny_net, ["features.0", "penultimate"], [(x, torch.arange(5))], lambda t: t
+    )
     tiny_net.eval()
     with torch.no_grad():
         direct = tiny_net.features[0](x).mean((2, 3))
@@ -97,8 +107,17 @@ def test_linear_probe_model_predicts_like_the_probe(tiny_net, tiny_data):
 def test_probe_refit_default_and_refit_false(tiny_net, tiny_data):
     import copy
 
-    on = st.train(copy.deepcopy(tiny_net), tiny_data, strategy="linear-probe", progress=False, seed=0)
-    off = st.train(copy.deepcopy(tiny_net), tiny_data, strategy="linear-probe", refit=False, progress=False, seed=0)
+    on = st.train(
+        copy.deepcopy(tiny_net), tiny_data, strategy="linear-probe", progress=False, seed=0
+    )
+    off = st.train(
+        copy.deepcopy(tiny_net),
+        tiny_data,
+        strategy="linear-probe",
+        refit=False,
+        progress=False,
+        seed=0,
+    )
     assert on.chosen["refit"] is True and off.chosen["refit"] is False
     assert on.chosen["C"] == off.chosen["C"] and on.val_accuracy == off.val_accuracy
     assert not torch.equal(on.model.classifier.weight, off.model.classifier.weight)

@@ -27,8 +27,20 @@ def data():
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("spec") / "run"
-    r = st.train("small_vgg", data, strategy="auto", candidates=["linear-probe"], cv=0, size=16, steps=2,
-                 lr_grid=[0.01, 0.02], warmup=0.2, seed=3, out=out, progress=False)
+    r = st.train(
+        "small_vgg",
+        data,
+        strategy="auto",
+        candidates=["linear-probe"],
+        cv=0,
+        size=16,
+        steps=2,
+        lr_grid=[0.01, 0.02],
+        warmup=0.2,
+        seed=3,
+        out=out,
+        progress=False,
+    )
     return r, out
 
 
@@ -43,35 +55,95 @@ def test_config_json_round_trips_through_the_spec(run):
     assert cfg["schema_version"] == SCHEMA_VERSION
     for key, value in spec.to_dict().items():  # config.json is to_dict() plus facts
         assert cfg[key] == value, key
-    assert cfg["num_classes"] == 3 and cfg["samples"] == 90 and cfg["steps"] == 2  # facts beside the spec
+    assert (
+        cfg["num_classes"] == 3 and cfg["samples"] == 90 and cfg["steps"] == 2
+    )  # facts beside the spec
 
 
 def test_a_spec_with_every_field_changed_round_trips():
-    spec = RunSpec(backbone="resnet18", data=DataSpec(spec="photos", per_class=5, val_fraction=0.3,
-                                                      test_fraction=0.1, test_data="/t", on_error="skip", seed=4),
-                   recipe=Recipe(steps=None, epochs=3, lr=0.1, lr_grid=None, head_lr_mult=2.0, weight_decay=0.0,
-                                 optimizer="sgd", batch_size=8, warmup=0.0, patience=None, eval_every=5,
-                                 amp="bf16", channels_last=False),
-                   strategy="smart-kernel", options={"quantile": 0.3}, head="mlp", size=64, device="cpu", seed=4,
-                   source="pre.pt", transform="custom", sync_bn=True)
+    spec = RunSpec(
+        backbone="resnet18",
+        data=DataSpec(
+            spec="photos",
+            per_class=5,
+            val_fraction=0.3,
+            test_fraction=0.1,
+            test_data="/t",
+            on_error="skip",
+            seed=4,
+        ),
+        recipe=Recipe(
+            steps=None,
+            epochs=3,
+            lr=0.1,
+            lr_grid=None,
+            head_lr_mult=2.0,
+            weight_decay=0.0,
+            optimizer="sgd",
+            batch_size=8,
+            warmup=0.0,
+            patience=None,
+            eval_every=5,
+            amp="bf16",
+            channels_last=False,
+        ),
+        strategy="smart-kernel",
+        options={"quantile": 0.3},
+        head="mlp",
+        size=64,
+        device="cpu",
+        seed=4,
+        source="pre.pt",
+        transform="custom",
+        sync_bn=True,
+    )
     assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    assert all(getattr(spec, f.name) != getattr(RunSpec(), f.name) for f in fields(RunSpec)
-               if f.name != "backbone_is_name")
+    assert all(
+        getattr(spec, f.name) != getattr(RunSpec(), f.name)
+        for f in fields(RunSpec)
+        if f.name != "backbone_is_name"
+    )
 
 
 def test_an_old_schema_1_config_loads():
-    old = {"schema_version": 1, "version": "0.3.0", "strategy": "smart-kernel", "options": {"quantile": 0.3},
-           "head": "linear", "backbone": "small_vgg", "backbone_is_name": True, "num_classes": 3, "size": 16,
-           "seed": 2, "epochs": 3, "recipe": {"epochs": 3, "lr": 0.01, "batch_size": 8, "optimizer": "adamw"},
-           "device": "cpu", "sync_bn": False, "transform": "backbone", "source": "batchnorm",
-           "data": {"spec": "tiny.npz", "per_class": 20, "val_fraction": 0.2, "test_fraction": None, "seed": 2,
-                    "test_data": None, "cli": {"data": "tiny.npz", "on_error": "skip", "lr": 0.01}}}
+    old = {
+        "schema_version": 1,
+        "version": "0.3.0",
+        "strategy": "smart-kernel",
+        "options": {"quantile": 0.3},
+        "head": "linear",
+        "backbone": "small_vgg",
+        "backbone_is_name": True,
+        "num_classes": 3,
+        "size": 16,
+        "seed": 2,
+        "epochs": 3,
+        "recipe": {"epochs": 3, "lr": 0.01, "batch_size": 8, "optimizer": "adamw"},
+        "device": "cpu",
+        "sync_bn": False,
+        "transform": "backbone",
+        "source": "batchnorm",
+        "data": {
+            "spec": "tiny.npz",
+            "per_class": 20,
+            "val_fraction": 0.2,
+            "test_fraction": None,
+            "seed": 2,
+            "test_data": None,
+            "cli": {"data": "tiny.npz", "on_error": "skip", "lr": 0.01},
+        },
+    }
     spec = RunSpec.from_dict(old)
     assert spec.recipe.epochs == 3 and spec.recipe.lr == 0.01 and spec.recipe.batch_size == 8
     assert spec.recipe.lr_grid == LR_GRID  # what schema 1 did not record keeps today's default
     assert spec.data == DataSpec(spec="tiny.npz", per_class=20, on_error="skip", seed=2)
     assert spec.options == {"quantile": 0.3} and spec.seed == 2
-    first = {"schema_version": 1, "strategy": "full-finetune", "epochs": 4, "num_classes": 2}  # no recipe yet
+    first = {
+        "schema_version": 1,
+        "strategy": "full-finetune",
+        "epochs": 4,
+        "num_classes": 2,
+    }  # no recipe yet
     assert RunSpec.from_dict(first).recipe.epochs == 4
 
 
@@ -96,16 +168,21 @@ def test_recipe_defaults_are_written_once():
             assert sig[f.name].default == f.default, f.name
 
 
-@pytest.mark.parametrize("options, named, allowed", [
-    ({"quantile": 2}, "quantile", "[0, 1]"),
-    ({"quantile": "half"}, "quantile", "[0, 1]"),
-    ({"bn_stats": "maybe"}, "bn_stats", "'adapt', 'freeze', 'update'"),
-    ({"init": 3}, "init", "a name"),
-    ({"head": "deep"}, "head", "'linear', 'mlp'"),
-    ({"quantiles": []}, "quantiles", "non-empty list"),
-    ({"invert": "yes"}, "invert", "true or false"),
-])
-def test_option_types_and_ranges_are_refused_before_any_work(data, tmp_path, monkeypatch, options, named, allowed):
+@pytest.mark.parametrize(
+    "options, named, allowed",
+    [
+        ({"quantile": 2}, "quantile", "[0, 1]"),
+        ({"quantile": "half"}, "quantile", "[0, 1]"),
+        ({"bn_stats": "maybe"}, "bn_stats", "'adapt', 'freeze', 'update'"),
+        ({"init": 3}, "init", "a name"),
+        ({"head": "deep"}, "head", "'linear', 'mlp'"),
+        ({"quantiles": []}, "quantiles", "non-empty list"),
+        ({"invert": "yes"}, "invert", "true or false"),
+    ],
+)
+def test_option_types_and_ranges_are_refused_before_any_work(
+    data, tmp_path, monkeypatch, options, named, allowed
+):
     from smart_transfer import api
 
     def no_data(*a, **k):
@@ -129,7 +206,9 @@ def test_each_strategy_declares_its_options_as_a_dataclass():
     assert d["quantiles"] == smart.QUANTILES and d["bn_stats"] == "adapt" and d["head"] == "linear"
     assert all(f.metadata["help"] for f in fields(kernel))
     auto = {f.name: f.default for f in fields(get_strategy("auto").options_type)}
-    assert auto == {k: p.default for k, p in inspect.signature(run_auto).parameters.items() if k != "ctx"}
+    assert auto == {
+        k: p.default for k, p in inspect.signature(run_auto).parameters.items() if k != "ctx"
+    }
     typed = get_strategy("linear-probe").check({"C": 0.5, "refit": False})
     assert (typed.C, typed.refit, typed.classifier) == (0.5, False, "logistic")
     with pytest.raises(FrozenInstanceError):
@@ -160,8 +239,12 @@ def test_the_report_reads_the_typed_spec(tmp_path):
     run = RunData(path=tmp_path, config=cfg)
     assert run.spec == RunSpec.from_dict(cfg) and run.strategy == "lp-ft" and run.source == "pre.pt"
     assert run.setting("size") == 32 and run.setting("options") == {"C": [0.1, 1.0]}
-    assert RunData(path=tmp_path, config={"strategy": "head-only"}).strategy == "head-only"  # no spec: as written
-    assert RunData(path=tmp_path, config={"schema_version": 2}).setting("strategy") is None  # not recorded
+    assert (
+        RunData(path=tmp_path, config={"strategy": "head-only"}).strategy == "head-only"
+    )  # no spec: as written
+    assert (
+        RunData(path=tmp_path, config={"schema_version": 2}).setting("strategy") is None
+    )  # not recorded
 
 
 def test_a_result_carries_its_spec(run):

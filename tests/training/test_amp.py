@@ -1,4 +1,5 @@
-"""bfloat16 autocast on the CPU: detected, not assumed; predictions as fp32's within a stated tolerance."""
+"""bfloat16 autocast on the CPU: detected, not assumed; predictions as fp32's within a stated
+tolerance."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from smart_transfer.training.loop import _autocast
 # network's handful of layers the logits move by at most 2 % of their largest magnitude.
 REL_TOL = 0.02
 
-needs_bf16 = pytest.mark.skipif(not amp.cpu_bf16_supported(), reason="this CPU has no native bfloat16")
+needs_bf16 = pytest.mark.skipif(
+    not amp.cpu_bf16_supported(), reason="this CPU has no native bfloat16"
+)
 
 
 def test_support_follows_the_cpu_flags_and_torch(monkeypatch):
@@ -61,12 +64,14 @@ def test_bf16_predictions_equal_fp32_within_tolerance():
 def test_fit_with_bf16_on_the_cpu_keeps_fp32_weights_and_tracks_the_fp32_losses():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 5, (64,), generator=g)
-    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
     runs = {}
     for mode in (None, "bf16"):
         net = _net()
         opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-        runs[mode] = fit(net, opt, batches, batches[:1], steps=4, eval_every=2, amp=mode, progress=False)
+        runs[mode] = fit(
+            net, opt, batches, batches[:1], steps=4, eval_every=2, amp=mode, progress=False
+        )
         assert all(p.dtype == torch.float32 for p in net.parameters())
     for a, b in zip(runs[None].history, runs["bf16"].history):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=REL_TOL)

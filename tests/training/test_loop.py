@@ -47,9 +47,13 @@ def test_fit_learns_and_keeps_the_best_validation_state():
     y = (x[:, 0] > 0).long()
     model = nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    res = fit(model, opt, _batches(x[:150], y[:150]), _batches(x[150:], y[150:]), epochs=6, progress=False)
+    res = fit(
+        model, opt, _batches(x[:150], y[:150]), _batches(x[150:], y[150:]), epochs=6, progress=False
+    )
     assert len(res.history) == 6
-    assert res.best_val_accuracy == max([h["val_accuracy"] for h in res.history] + [res.best_val_accuracy])
+    assert res.best_val_accuracy == max(
+        [h["val_accuracy"] for h in res.history] + [res.best_val_accuracy]
+    )
     # the restored weights are the ones that scored best on validation
     assert evaluate(model, _batches(x[150:], y[150:])) == pytest.approx(res.best_val_accuracy)
     assert res.best_val_accuracy > 0.9
@@ -82,7 +86,9 @@ class _RecordsLayout(nn.Module):
         self.seen: list[bool] = []
 
     def forward(self, x):
-        self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        self.seen.append(
+            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        )
         return self.head(self.conv(x).mean((2, 3)))
 
 
@@ -94,7 +100,15 @@ def test_fit_and_predict_feed_channels_last_batches_by_default(channels_last):
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,))
     model = _RecordsLayout()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    fit(model, opt, _batches(x, y, 8), _batches(x, y, 8), epochs=1, progress=False, channels_last=channels_last)
+    fit(
+        model,
+        opt,
+        _batches(x, y, 8),
+        _batches(x, y, 8),
+        epochs=1,
+        progress=False,
+        channels_last=channels_last,
+    )
     assert model.seen and all(s == channels_last for s in model.seen)
     assert model.conv.weight.is_contiguous()  # on the CPU only the inputs change layout
     model.seen.clear()

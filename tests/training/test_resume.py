@@ -18,8 +18,12 @@ def _setup(seed=0):
     x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
-    train = st.data.loader(st.data.TensorImageDataset(x.view(64, 1, 1, 6), y, ["a", "b", "c"]),
-                           batch_size=8, shuffle=True, seed=3)
+    train = st.data.loader(
+        st.data.TensorImageDataset(x.view(64, 1, 1, 6), y, ["a", "b", "c"]),
+        batch_size=8,
+        shuffle=True,
+        seed=3,
+    )
     val = [(x[:16].view(16, 1, 1, 6), y[:16])]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
     return model, opt, train, val
@@ -70,23 +74,57 @@ class _InterruptAt(_Wrapped):
 def test_resume_after_ctrl_c_is_bit_identical(tmp_path):
     model, opt, train, val = _setup()
     m = _Flat(model)
-    full = fit(m, opt, train, val, 5, train_transform=_noisy, scheduler="cosine", progress=False,
-               checkpoint_dir=tmp_path / "a", log_path=tmp_path / "a" / "log.jsonl")
+    full = fit(
+        m,
+        opt,
+        train,
+        val,
+        5,
+        train_transform=_noisy,
+        scheduler="cosine",
+        progress=False,
+        checkpoint_dir=tmp_path / "a",
+        log_path=tmp_path / "a" / "log.jsonl",
+    )
     ref = {k: v.clone() for k, v in m.state_dict().items()}
 
     model, opt, train, val = _setup()
     m = _Flat(model)
     with pytest.raises(TrainingInterrupted) as info:
-        fit(m, opt, _InterruptAt(train, 3, 4), val, 5, train_transform=_noisy, scheduler="cosine",
-            progress=False, checkpoint_dir=tmp_path / "b", log_path=tmp_path / "b" / "log.jsonl")
+        fit(
+            m,
+            opt,
+            _InterruptAt(train, 3, 4),
+            val,
+            5,
+            train_transform=_noisy,
+            scheduler="cosine",
+            progress=False,
+            checkpoint_dir=tmp_path / "b",
+            log_path=tmp_path / "b" / "log.jsonl",
+        )
     assert info.value.epoch == 3
     assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
-    model, opt, train, val = _setup(seed=99)  # a different start: everything comes from the checkpoint
+    model, opt, train, val = _setup(
+        seed=99
+    )  # a different start: everything comes from the checkpoint
     m = _Flat(model)
-    resumed = fit(m, opt, train, val, 5, train_transform=_noisy, scheduler="cosine", progress=False,
-                  checkpoint_dir=tmp_path / "b", log_path=tmp_path / "b" / "log.jsonl", resume=True)
+    resumed = fit(
+        m,
+        opt,
+        train,
+        val,
+        5,
+        train_transform=_noisy,
+        scheduler="cosine",
+        progress=False,
+        checkpoint_dir=tmp_path / "b",
+        log_path=tmp_path / "b" / "log.jsonl",
+        resume=True,
+    )
     for k, v in m.state_dict().items():
         assert torch.equal(v, ref[k]), k
+
     def drop_time(h):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in h]
 
@@ -95,7 +133,9 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4, 5]
     from smart_transfer.training.checkpoint import latest
 
-    state = torch.load(latest(tmp_path / "b") / "state.pt", weights_only=True)  # loads without pickle
+    state = torch.load(
+        latest(tmp_path / "b") / "state.pt", weights_only=True
+    )  # loads without pickle
     assert state["epoch"] == 5
 
 

@@ -8,8 +8,7 @@ import torch
 from test_resume import _Flat, _InterruptAt, _noisy, _setup
 
 from smart_transfer.errors import ConfigError
-from smart_transfer.training import TrainingInterrupted, fit
-from smart_transfer.training import checkpoint as ckpt
+from smart_transfer.training import TrainingInterrupted, checkpoint as ckpt, fit
 
 
 def test_steps_cross_passes_and_validate_every_few_steps():
@@ -38,7 +37,9 @@ def test_kept_state_is_the_best_validation_score_and_ties_go_to_the_lower_loss()
     with torch.no_grad():
         x, y = val[0]
         logits = m(x)
-    assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(r.best_val_loss, rel=1e-5)
+    assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(
+        r.best_val_loss, rel=1e-5
+    )
     assert (logits.argmax(1) == y).double().mean().item() == r.best_val_accuracy
 
 
@@ -51,7 +52,13 @@ def test_patience_counts_validations():
 
 
 def test_resume_from_the_middle_of_a_pass_is_bit_identical(tmp_path):
-    kw = {"steps": 21, "eval_every": 5, "train_transform": _noisy, "scheduler": "cosine", "progress": False}
+    kw = {
+        "steps": 21,
+        "eval_every": 5,
+        "train_transform": _noisy,
+        "scheduler": "cosine",
+        "progress": False,
+    }
     model, opt, train, val = _setup()
     m = _Flat(model)
     full = fit(m, opt, train, val, checkpoint_dir=tmp_path / "a", **kw)

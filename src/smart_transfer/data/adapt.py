@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,8 +49,10 @@ class DictDataset(Dataset):
         self.crop_pct: float | None = None
         self.interpolation = "bilinear"
         if len(y) and int(y.max()) >= len(self.classes):
-            raise DataError(f"label {int(y.max())} has no class name: the dataset names "
-                            f"{len(self.classes)} classes; pass labels 0..{len(self.classes) - 1}.")
+            raise DataError(
+                f"label {int(y.max())} has no class name: the dataset names "
+                f"{len(self.classes)} classes; pass labels 0..{len(self.classes) - 1}."
+            )
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -64,7 +66,9 @@ class DictDataset(Dataset):
             image = eval_geometry(image, self.size, self.crop_pct, self.interpolation)
         return image, int(self.targets[index])
 
-    def with_geometry(self, size: Any, crop_pct: float | None = None, interpolation: str = "bilinear") -> DictDataset:
+    def with_geometry(
+        self, size: Any, crop_pct: float | None = None, interpolation: str = "bilinear"
+    ) -> DictDataset:
         import copy
 
         out = copy.copy(self)
@@ -75,7 +79,9 @@ class DictDataset(Dataset):
 class Relabelled(Dataset):
     """``ds`` with its labels mapped to ``0..K-1`` (``mapping``: old label -> new)."""
 
-    def __init__(self, ds: Any, targets: torch.Tensor, classes: Sequence[str], mapping: dict[int, int]) -> None:
+    def __init__(
+        self, ds: Any, targets: torch.Tensor, classes: Sequence[str], mapping: dict[int, int]
+    ) -> None:
         self.ds, self.targets, self.classes, self.mapping = ds, targets, list(classes), mapping
 
     def __len__(self) -> int:
@@ -98,8 +104,11 @@ def as_dataset(data: Any, what: str = "data", classes: Sequence[str] | None = No
     ``classes``: the class names raw ``(x, y)`` batches' labels index (evaluation of a trained
     model); without them the labels are checked and remapped as :func:`arrays` does.
     """
-    if (isinstance(data, Dataset) and isinstance(getattr(data, "targets", None), torch.Tensor)
-            and getattr(data, "classes", None)):
+    if (
+        isinstance(data, Dataset)
+        and isinstance(getattr(data, "targets", None), torch.Tensor)
+        and getattr(data, "classes", None)
+    ):
         return data  # this package's datasets: labels checked, classes named
     if isinstance(data, Dataset) or _is_map_style(data):
         item = _first(data, what)
@@ -107,12 +116,16 @@ def as_dataset(data: Any, what: str = "data", classes: Sequence[str] | None = No
             image_key = next((k for k in IMAGE_KEYS if k in item), None)
             label_key = next((k for k in LABEL_KEYS if k in item), None)
             if image_key is None or label_key is None:
-                raise DataError(f"{what} items are dicts with keys {sorted(item)}; they need an image key "
-                                f"({'/'.join(IMAGE_KEYS)}) and a label key ({'/'.join(LABEL_KEYS)}).")
+                raise DataError(
+                    f"{what} items are dicts with keys {sorted(item)}; they need an image key "
+                    f"({'/'.join(IMAGE_KEYS)}) and a label key ({'/'.join(LABEL_KEYS)})."
+                )
             return DictDataset(data, image_key, label_key)
         if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise DataError(f"{what} items are {type(item).__name__}; each must be an (image, label) pair "
-                            "or a dict with 'image' and 'label' keys.")
+            raise DataError(
+                f"{what} items are {type(item).__name__}; each must be an (image, label) pair "
+                "or a dict with 'image' and 'label' keys."
+            )
         if _is_batch(item):  # a list of (x, y) batches
             return _from_batches(data, what, classes)
         return _with_names(data, what)
@@ -121,8 +134,10 @@ def as_dataset(data: Any, what: str = "data", classes: Sequence[str] | None = No
         if isinstance(first, (tuple, list)) and len(first) >= 2 and not _is_batch(first):
             return _with_names(data, what)  # a list of (image, label) items
     if data is None or isinstance(data, (bytes, torch.Tensor, np.ndarray)):
-        raise DataError(f"{what} must be a dataset, (dataset, indices), a path or an iterable of "
-                        f"(images, labels) batches, got {type(data).__name__}.")
+        raise DataError(
+            f"{what} must be a dataset, (dataset, indices), a path or an iterable of "
+            f"(images, labels) batches, got {type(data).__name__}."
+        )
     return _from_batches(data, what, classes)
 
 
@@ -133,9 +148,20 @@ def _from_batches(data: Any, what: str, classes: Sequence[str] | None) -> Datase
     try:
         for batch in data:
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-                raise DataError(f"{what} yielded a {type(batch).__name__}; batches must be (images, labels) pairs.")
-            xs.append(torch.as_tensor(np.asarray(batch[0]) if not isinstance(batch[0], torch.Tensor) else batch[0]))
-            ys.append(torch.as_tensor(np.asarray(batch[1]) if not isinstance(batch[1], torch.Tensor) else batch[1]).flatten())
+                raise DataError(
+                    f"{what} yielded a {type(batch).__name__}; batches must be (images, labels) "
+                    "pairs."
+                )
+            xs.append(
+                torch.as_tensor(
+                    np.asarray(batch[0]) if not isinstance(batch[0], torch.Tensor) else batch[0]
+                )
+            )
+            ys.append(
+                torch.as_tensor(
+                    np.asarray(batch[1]) if not isinstance(batch[1], torch.Tensor) else batch[1]
+                ).flatten()
+            )
     except TypeError:
         raise DataError(f"{what} is not iterable ({type(data).__name__}).") from None
     if not xs:
@@ -143,23 +169,27 @@ def _from_batches(data: Any, what: str, classes: Sequence[str] | None) -> Datase
     try:
         x, y = torch.cat(xs), torch.cat(ys)
     except RuntimeError as exc:
-        raise DataError(f"{what}'s batches do not fit together ({str(exc).splitlines()[0]}); pass "
-                        "batches of one image size and dtype.") from None
+        raise DataError(
+            f"{what}'s batches do not fit together ({str(exc).splitlines()[0]}); pass "
+            "batches of one image size and dtype."
+        ) from None
     return arrays(x, y, classes=classes)
 
 
-def _with_names(ds: Any, what: str) -> Any:
+def _with_names(ds: Any, what: str) -> Dataset:
     """A dataset of ``(image, label)`` pairs with ``classes``: its own, or from its labels."""
     names = _names_attr(ds)
     t = getattr(ds, "targets", None)
     y = _int_labels(t if t is not None else [ds[i][1] for i in range(len(ds))])
     if names is not None:
         if len(y) and int(y.max()) >= len(names):
-            raise DataError(f"{what} has label {int(y.max())} but names {len(names)} classes; "
-                            "pass one name per class.")
+            raise DataError(
+                f"{what} has label {int(y.max())} but names {len(names)} classes; "
+                "pass one name per class."
+            )
         if t is None or not isinstance(t, torch.Tensor):
             return Relabelled(ds, y, names, {i: i for i in range(len(names))})
-        return ds
+        return cast(Dataset, ds)
     y2, names, mapping = dense(y)
     return Relabelled(ds, y2, names, mapping or {i: i for i in range(len(names))})
 
@@ -174,9 +204,16 @@ def dense(y: torch.Tensor) -> tuple[torch.Tensor, list[str], dict[int, int] | No
     if int(values[-1]) == k - 1:
         return y, [str(i) for i in range(k)], None
     shown = ", ".join(str(int(v)) for v in values[:5]) + (" ..." if k > 5 else "")
-    warnings.warn(f"labels take {k} distinct values ({shown}), not 0..{k - 1}; they are mapped to "
-                  f"0..{k - 1} in sorted order and the class names keep the original values.", stacklevel=3)
-    return inverse.to(torch.int64), [str(int(v)) for v in values], {int(v): i for i, v in enumerate(values)}
+    warnings.warn(
+        f"labels take {k} distinct values ({shown}), not 0..{k - 1}; they are mapped to "
+        f"0..{k - 1} in sorted order and the class names keep the original values.",
+        stacklevel=3,
+    )
+    return (
+        inverse.to(torch.int64),
+        [str(int(v)) for v in values],
+        {int(v): i for i, v in enumerate(values)},
+    )
 
 
 def to_image_tensor(image: Any, mode: str | None = "RGB") -> torch.Tensor:
@@ -192,8 +229,14 @@ def to_image_tensor(image: Any, mode: str | None = "RGB") -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(image)))
         if t.dim() == 2:
             return t.unsqueeze(0)
-        return t.permute(2, 0, 1).contiguous() if t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3) else t
-    raise DataError(f"images must be PIL images, numpy arrays or tensors, got {type(image).__name__}.")
+        return (
+            t.permute(2, 0, 1).contiguous()
+            if t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3)
+            else t
+        )
+    raise DataError(
+        f"images must be PIL images, numpy arrays or tensors, got {type(image).__name__}."
+    )
 
 
 def _int_labels(labels: Any) -> torch.Tensor:
@@ -234,8 +277,11 @@ def _names_attr(ds: Any) -> list[str] | None:
 
 
 def _is_map_style(obj: Any) -> bool:
-    return (hasattr(obj, "__len__") and hasattr(obj, "__getitem__")
-            and not isinstance(obj, (str, bytes, dict, torch.Tensor, np.ndarray, tuple, list)))
+    return (
+        hasattr(obj, "__len__")
+        and hasattr(obj, "__getitem__")
+        and not isinstance(obj, (str, bytes, dict, torch.Tensor, np.ndarray, tuple, list))
+    )
 
 
 def _is_batch(item: Any) -> bool:

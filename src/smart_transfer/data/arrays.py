@@ -39,7 +39,8 @@ _CHANNEL_SIZES = (1, 3, 4)
 
 
 class ArrayDataset(TensorImageDataset):
-    """Images from arrays, stored as ``(N, H, W)`` (gray) or ``(N, C, H, W)``; see :func:`arrays`."""
+    """Images from arrays, stored as ``(N, H, W)`` (gray) or ``(N, C, H, W)``; see
+    :func:`arrays`."""
 
 
 def arrays(
@@ -147,8 +148,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
                 f"{path} is not a readable .npz file ({exc}); save it with np.savez."
             ) from exc
     raise DataError(
-        f"{path} has keys {sorted(npz.files)}, but images and labels must be stored under "
-        "'images' and 'labels' (or 'x' and 'y'); save it with np.savez(path, images=..., labels=...)."
+        f"{path} has keys {sorted(npz.files)}, but images and labels must be stored under 'images' "
+        "and 'labels' (or 'x' and 'y'); save it with np.savez(path, images=..., labels=...)."
     )
 
 
@@ -163,7 +164,8 @@ def _as_tensor(a: Any, what: str) -> torch.Tensor:
         ) from exc
     if arr.dtype.kind not in "biuf":
         raise DataError(
-            f"{what} have dtype {arr.dtype} (ragged, object or text); pass a numeric array of one shape."
+            f"{what} have dtype {arr.dtype} (ragged, object or text); pass a numeric array of one "
+            "shape."
         )
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))

@@ -3,11 +3,13 @@
 Where the files are looked for, in order:
 
 1. ``root``, when given (also its ``fashion-mnist/`` and torchvision's ``FashionMNIST/raw/``);
-2. the user cache, ``cache_dir() / "fashion-mnist"`` (see :func:`~smart_transfer.data.download.cache_dir`);
+2. the user cache, ``cache_dir() / "fashion-mnist"``
+   (see :func:`~smart_transfer.data.download.cache_dir`);
 3. :data:`SYSTEM_DIRS`, by default Debian's ``/usr/share/datasets/fashion-mnist``
    (``sudo apt-get install dataset-fashion-mnist``);
-4. with ``download=True``, the official location (or ``url`` / ``$SMART_TRANSFER_FASHION_MNIST_URL``),
-   downloaded into the user cache with checksums and atomic writes.
+4. with ``download=True``, the official location
+   (or ``url`` / ``$SMART_TRANSFER_FASHION_MNIST_URL``), downloaded into the user cache with
+   checksums and atomic writes.
 
 A folder counts when it holds both files of the split, each either ``.gz`` or uncompressed.
 """
@@ -23,8 +25,7 @@ from typing import Callable, Union
 import torch
 
 from ..errors import ConfigError, DataError
-from .download import cache_dir
-from .download import download as _download
+from .download import cache_dir, download as _download
 from .idx import read_idx
 from .tensor_dataset import TensorImageDataset
 
@@ -55,11 +56,23 @@ FILES = {
 #: is the one the dataset publishes; the second also accepts mirrors that recompressed the
 #: same data (Debian's package did: its .gz bytes differ, their content is identical).
 CHECKSUMS: dict[str, tuple[str, str]] = {
-    "train-images-idx3-ubyte": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-    "train-labels-idx1-ubyte": ("25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
-    "t10k-images-idx3-ubyte": ("bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
-    "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
-}  # fmt: skip
+    "train-images-idx3-ubyte": (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ),
+    "train-labels-idx1-ubyte": (
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "9018921c3c673c538a1fc5bad174d6f9",
+    ),
+    "t10k-images-idx3-ubyte": (
+        "bef4ecab320f06d8554ea6380940ec79",
+        "8181f5470baa50b63fa0f6fddb340f0a",
+    ),
+    "t10k-labels-idx1-ubyte": (
+        "bb300cfdad3c16e7a12a480ee83cd310",
+        "15d484375f8d13e6eb1aabb0c3f46965",
+    ),
+}
 
 SIZES = {"train": 60000, "test": 10000}
 
@@ -172,7 +185,8 @@ def _check_split(
     if tuple(labels.shape) != (n,) or (len(labels) and int(labels.max()) >= len(CLASSES)):
         raise DataError(
             f"{labels_path} holds shape {tuple(labels.shape)} with labels up to "
-            f"{int(labels.max()) if len(labels) else None}, not {n} labels in 0..9; replace the file."
+            f"{int(labels.max()) if len(labels) else None}, not {n} labels in 0..9; replace the "
+            "file."
         )
 
 

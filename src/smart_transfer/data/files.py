@@ -23,7 +23,9 @@ from .image_folder import _NATIVE, _PIL_ERRORS, IMAGE_EXTENSIONS, _pil, _to_8bit
 _GLOB_CHARS = ("*", "?", "[")
 
 
-def is_image_file(path: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+def is_image_file(
+    path: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> bool:
     """Whether ``path`` has one of the image suffixes (case-insensitive) and is not hidden."""
     name = os.path.basename(os.fspath(path))
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
@@ -62,7 +64,8 @@ def read_image(path: str | os.PathLike[str], mode: str | None = "RGB") -> torch.
 
 
 def images_in_folder(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Every image file below ``folder`` (subfolders too), hidden files and folders left out, sorted."""
+    """Every image file below ``folder`` (subfolders too), hidden files and folders left out,
+    sorted."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
@@ -95,7 +98,9 @@ def find_images(
     if any(ch in text for ch in _GLOB_CHARS):
         matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
         if not matches:
-            raise DataError(f"no file matches the pattern {text!r}; check the folder and the suffix.")
+            raise DataError(
+                f"no file matches the pattern {text!r}; check the folder and the suffix."
+            )
         found = []
         for m in map(Path, matches):
             if m.is_dir():

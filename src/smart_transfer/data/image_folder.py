@@ -158,10 +158,16 @@ class ImageFiles(Dataset):
         """The evaluation geometry images are read with (None: their own size)."""
         if self.size is None:
             return None
-        return {"size": list(self.size), "crop_pct": self.crop_pct, "interpolation": self.interpolation}
+        return {
+            "size": list(self.size),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }
 
     def with_geometry(
-        self, size: int | tuple[int, int] | None, crop_pct: float | None = None,
+        self,
+        size: int | tuple[int, int] | None,
+        crop_pct: float | None = None,
         interpolation: str = "bilinear",
     ) -> ImageFiles:
         """A copy that reads images at this evaluation geometry (the files are not read again)."""
@@ -249,8 +255,10 @@ class ImageFiles(Dataset):
             self.skip_reasons.setdefault("unreadable", []).extend(bad)
             shown = ", ".join(str(p) for p in bad[:3])
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            warnings.warn(f"skipped {len(bad)} unreadable image file(s) under {self.root}: {shown}{more}",
-                          stacklevel=3)
+            warnings.warn(
+                f"skipped {len(bad)} unreadable image file(s) under {self.root}: {shown}{more}",
+                stacklevel=3,
+            )
         self.samples = kept
         self._drop_empty_classes()
         return self
@@ -315,12 +323,22 @@ class ImageFolder(ImageFiles):
             raise ConfigError("extensions is empty; pass suffixes such as ('.jpg', '.png').")
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigError(
-                f"root must be the path of a folder (str or os.PathLike), got {type(root).__name__}."
+                "root must be the path of a folder (str or os.PathLike), got "
+                f"{type(root).__name__}."
             )
         root = Path(root).expanduser()
         classes, samples, ignored, empty = _scan(root, exts, skip_empty=on_error == "skip")
-        super().__init__(samples, classes, root, on_error=on_error, mode=mode, size=size,
-                         crop_pct=crop_pct, interpolation=interpolation, transform=transform)
+        super().__init__(
+            samples,
+            classes,
+            root,
+            on_error=on_error,
+            mode=mode,
+            size=size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            transform=transform,
+        )
         self.extensions = exts
         self.ignored_files = ignored
         self.empty_folders = empty
@@ -366,9 +384,8 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return (pair[0], pair[1])
 
 
-def _scan(
-    root: Path, exts: tuple[str, ...], skip_empty: bool = False
-) -> tuple[list[str], list[tuple[Path, int]], list[Path], list[str]]:
+def _check_root(root: Path) -> None:
+    """Refuse a missing root (naming a built-in dataset it resembles) or a file."""
     if not root.exists():
         key = "".join(ch for ch in root.name.lower() if ch.isalnum())
         known = {"".join(ch for ch in n if ch.isalnum()): n for n in DATASET_NAMES}
@@ -379,6 +396,28 @@ def _scan(
         raise DataError(
             f"{root} is a file, not a folder; pass the folder that holds one subfolder per class."
         )
+
+
+def _class_files(folder: str, exts: tuple[str, ...], ignored: list[Path]) -> list[Path]:
+    """The images below one class folder (subfolders too, hidden ones left out, sorted); other
+    files are appended to ``ignored``."""
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for n in sorted(filenames):
+            if n.startswith("."):
+                continue
+            if os.path.splitext(n)[1].lower() in exts:
+                files.append(Path(dirpath) / n)
+            else:
+                ignored.append(Path(dirpath) / n)
+    return files
+
+
+def _scan(
+    root: Path, exts: tuple[str, ...], skip_empty: bool = False
+) -> tuple[list[str], list[tuple[Path, int]], list[Path], list[str]]:
+    _check_root(root)
 
     def visible(entry: os.DirEntry) -> bool:
         return not entry.name.startswith(".")
@@ -403,16 +442,7 @@ def _scan(
     empty: list[str] = []
     names: list[str] = []
     for d in class_dirs:
-        files: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(d.path, followlinks=True):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-            for n in sorted(filenames):
-                if n.startswith("."):
-                    continue
-                if os.path.splitext(n)[1].lower() in exts:
-                    files.append(Path(dirpath) / n)
-                else:
-                    ignored.append(Path(dirpath) / n)
+        files = _class_files(d.path, exts, ignored)
         if not files:
             empty.append(d.name)
             if skip_empty:
@@ -511,12 +541,23 @@ def image_csv(
         p = p if p.is_absolute() else root / p
         if not p.is_file():
             if on_error == "raise":
-                raise DataError(f"{file} line {line} lists {p}, which does not exist; fix the row or {SKIP_HINT}.")
+                raise DataError(
+                    f"{file} line {line} lists {p}, which does not exist; fix the row or "
+                    f"{SKIP_HINT}."
+                )
             missing.append(p)
             continue
         samples.append((p, index[label]))
-    ds = ImageFiles(samples, classes, root, on_error=on_error, mode=mode, size=size,
-                    crop_pct=crop_pct, interpolation=interpolation)
+    ds = ImageFiles(
+        samples,
+        classes,
+        root,
+        on_error=on_error,
+        mode=mode,
+        size=size,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+    )
     ds.source = file.resolve()  # type: ignore[attr-defined]
     if missing:
         ds.skip_reasons["missing"] = missing
@@ -550,6 +591,8 @@ def _csv_rows(file: Path) -> list[tuple[str, str, int]]:
     rows = []
     for line, r in numbered:
         if len(r) <= max(pcol, lcol) or not r[pcol].strip() or not r[lcol].strip():
-            raise DataError(f"{file} line {line} is not a 'path,label' row ({delimiter.join(r)!r}); fix it.")
+            raise DataError(
+                f"{file} line {line} is not a 'path,label' row ({delimiter.join(r)!r}); fix it."
+            )
         rows.append((r[pcol].strip(), r[lcol].strip(), line))
     return rows

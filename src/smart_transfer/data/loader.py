@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ class _BatchView(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, indices: Sequence[int]) -> Batch:
-        return self.dataset.get_batch(indices)
+        return cast(Batch, self.dataset.get_batch(indices))
 
 
 def collate(samples: Sequence[Any]) -> Batch:
@@ -184,7 +184,8 @@ def loader(
     drop_last: bool = False,
     device: str | torch.device | None = None,
 ) -> Loader:
-    """Iterate ``(x, y)`` batches of ``ds``, ``x`` passed through ``transform``; see :class:`Loader`.
+    """Iterate ``(x, y)`` batches of ``ds``, ``x`` passed through ``transform``; see
+    :class:`Loader`.
 
     ``ds`` is any map-style dataset whose items are ``(image, label)``: the datasets of this
     package, or e.g. a torchvision dataset built with ``transform=PILToTensor()``.

@@ -32,15 +32,21 @@ CHANGE_CHECK = "size+mtime"
 
 
 def draw_splits(
-    targets: torch.Tensor, per_class: int | None, val_fraction: float = 0.2,
-    test_fraction: float = 0.0, seed: int = 0, classes: Sequence[str] | None = None,
+    targets: torch.Tensor,
+    per_class: int | None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"train", "val", "test"}`` positions: the test share of every class first, then
     ``per_class`` (None: all) of the remaining images, split into train and validation."""
     from .few_shot import few_shot
 
     if not (isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1):
-        raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction!r} (--test-fraction).")
+        raise ConfigError(
+            f"test_fraction must be in [0, 1), got {test_fraction!r} (--test-fraction)."
+        )
     y = torch.as_tensor(targets, dtype=torch.int64)
     gen = torch.Generator().manual_seed(int(seed) + 7919)  # its own stream: the test draw
     test, rest = [], []
@@ -48,16 +54,28 @@ def draw_splits(
         members = (y == c).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=gen)]
         n = len(members)
-        k = 0 if test_fraction == 0 else min(max(math.floor(n * test_fraction + 0.5), 1), max(n - 2, 0))
+        k = (
+            0
+            if test_fraction == 0
+            else min(max(math.floor(n * test_fraction + 0.5), 1), max(n - 2, 0))
+        )
         test.append(members[:k])
         rest.append(members[k:])
     test_idx = torch.cat(test).sort().values
     rest_idx = torch.cat(rest).sort().values
     try:
-        tr, va = few_shot(y[rest_idx], per_class=per_class, val_fraction=val_fraction, seed=seed, classes=classes)
+        tr, va = few_shot(
+            y[rest_idx], per_class=per_class, val_fraction=val_fraction, seed=seed, classes=classes
+        )
     except DataError as exc:
-        held = (f", counted after holding out {test_fraction:g} of each class for the test split "
-                "(--test-fraction)") if test_fraction else ""
+        held = (
+            (
+                f", counted after holding out {test_fraction:g} of each class for the test split "
+                "(--test-fraction)"
+            )
+            if test_fraction
+            else ""
+        )
         raise DataError(f"{str(exc).rstrip('.')} (--per-class){held}.") from None
     return {"train": rest_idx[tr], "val": rest_idx[va], "test": test_idx}
 
@@ -75,7 +93,9 @@ class Manifest:
     kind: str  # folder | csv | files | npz | fashion-mnist
     classes: list[str]
     on_error: str = "raise"
-    images: list[dict[str, Any]] = field(default_factory=list)  # files: path, label, size, mtime, split
+    images: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # files: path, label, size, mtime, split
     indices: dict[str, list[int]] = field(default_factory=dict)  # arrays: split -> positions
     source: str | None = None  # the CSV file, for kind csv
     fingerprint: dict[str, Any] | None = None  # the .npz file's size and mtime
@@ -84,8 +104,11 @@ class Manifest:
     # ------------------------------------------------------------------ build
 
     @classmethod
-    def record(cls, ds: Any, splits: dict[str, torch.Tensor], spec: Any = None, on_error: str = "raise") -> Manifest | None:
-        """The manifest of ``splits`` of ``ds`` (None for data that has neither files nor a spec)."""
+    def record(
+        cls, ds: Any, splits: dict[str, torch.Tensor], spec: Any = None, on_error: str = "raise"
+    ) -> Manifest | None:
+        """The manifest of ``splits`` of ``ds`` (None for data that has neither files nor a
+        spec)."""
         classes = [str(c) for c in ds.classes]
         samples = getattr(ds, "samples", None)
         if samples is not None and hasattr(ds, "relative"):
@@ -94,34 +117,73 @@ class Manifest:
                 for i in splits.get(split, torch.empty(0, dtype=torch.int64)).tolist():
                     path, label = samples[i]
                     size, mtime = _stat(Path(path))
-                    images.append({"path": ds.relative(path), "label": classes[label], "size": size,
-                                   "mtime": mtime, "split": split})
+                    images.append(
+                        {
+                            "path": ds.relative(path),
+                            "label": classes[label],
+                            "size": size,
+                            "mtime": mtime,
+                            "split": split,
+                        }
+                    )
             source = getattr(ds, "source", None)
-            kind = "csv" if source is not None else ("folder" if hasattr(ds, "extensions") else "files")
-            skipped = {k: [ds.relative(p) for p in v] for k, v in getattr(ds, "skip_reasons", {}).items()}
-            skipped.update({"empty folder": list(getattr(ds, "empty_folders", []))} if getattr(ds, "empty_folders", None) else {})
-            return cls(root=str(Path(ds.root).resolve()), kind=kind, classes=classes, on_error=on_error,
-                       images=images, source=None if source is None else str(source), skipped=skipped)
+            kind = (
+                "csv"
+                if source is not None
+                else ("folder" if hasattr(ds, "extensions") else "files")
+            )
+            skipped = {
+                k: [ds.relative(p) for p in v] for k, v in getattr(ds, "skip_reasons", {}).items()
+            }
+            skipped.update(
+                {"empty folder": list(getattr(ds, "empty_folders", []))}
+                if getattr(ds, "empty_folders", None)
+                else {}
+            )
+            return cls(
+                root=str(Path(ds.root).resolve()),
+                kind=kind,
+                classes=classes,
+                on_error=on_error,
+                images=images,
+                source=None if source is None else str(source),
+                skipped=skipped,
+            )
         if spec is None:
             return None
         from .spec import is_fashion
 
         indices = {s: splits[s].tolist() for s in SPLITS if s in splits}
         if is_fashion(str(spec)):
-            return cls(root="fashion-mnist", kind="fashion-mnist", classes=classes, on_error=on_error, indices=indices)
+            return cls(
+                root="fashion-mnist",
+                kind="fashion-mnist",
+                classes=classes,
+                on_error=on_error,
+                indices=indices,
+            )
         path = Path(spec).expanduser().resolve()
         size, mtime = _stat(path)
-        return cls(root=str(path), kind="npz", classes=classes, on_error=on_error, indices=indices,
-                   fingerprint={"size": size, "mtime": mtime})
+        return cls(
+            root=str(path),
+            kind="npz",
+            classes=classes,
+            on_error=on_error,
+            indices=indices,
+            fingerprint={"size": size, "mtime": mtime},
+        )
 
     # ------------------------------------------------------------------ files
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "schema_version": MANIFEST_VERSION, "root": self.root, "kind": self.kind,
-            "on_error": self.on_error, "classes": self.classes,
-            "change_check": f"{CHANGE_CHECK}: a file whose size in bytes or modification time differs "
-                            "from this record counts as changed",
+            "schema_version": MANIFEST_VERSION,
+            "root": self.root,
+            "kind": self.kind,
+            "on_error": self.on_error,
+            "classes": self.classes,
+            "change_check": f"{CHANGE_CHECK}: a file whose size in bytes or modification time "
+            "differs from this record counts as changed",
             "counts": self.counts(),
         }
         if self.source is not None:
@@ -139,11 +201,21 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         if int(d.get("schema_version", 0)) > MANIFEST_VERSION:
-            raise DataError(f"manifest schema {d.get('schema_version')} is newer than this version "
-                            f"reads ({MANIFEST_VERSION}); upgrade smart-transfer.")
-        return cls(root=d["root"], kind=d["kind"], classes=list(d["classes"]), on_error=d.get("on_error", "raise"),
-                   images=list(d.get("images", [])), indices=dict(d.get("indices", {})),
-                   source=d.get("source"), fingerprint=d.get("fingerprint"), skipped=dict(d.get("skipped", {})))
+            raise DataError(
+                f"manifest schema {d.get('schema_version')} is newer than this version "
+                f"reads ({MANIFEST_VERSION}); upgrade smart-transfer."
+            )
+        return cls(
+            root=d["root"],
+            kind=d["kind"],
+            classes=list(d["classes"]),
+            on_error=d.get("on_error", "raise"),
+            images=list(d.get("images", [])),
+            indices=dict(d.get("indices", {})),
+            source=d.get("source"),
+            fingerprint=d.get("fingerprint"),
+            skipped=dict(d.get("skipped", {})),
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
@@ -155,8 +227,10 @@ class Manifest:
     def load(cls, path: str | os.PathLike[str]) -> Manifest:
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"{path} does not exist; this run recorded no manifest of its data, so pass "
-                            "the test images with --test-data DIR (test_data= from Python).")
+            raise DataError(
+                f"{path} does not exist; this run recorded no manifest of its data, so pass "
+                "the test images with --test-data DIR (test_data= from Python)."
+            )
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     # ------------------------------------------------------------------ use
@@ -200,8 +274,10 @@ class Manifest:
         if bad:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             where = self.root if self.kind == "npz" else str(Path(self.root) / bad[0])
-            raise DataError(f"the data changed since the run started ({where}{more} differs from manifest.json: "
-                            f"missing, or another size or modification time), so {doing}; {fix}.")
+            raise DataError(
+                f"the data changed since the run started ({where}{more} differs from "
+                f"manifest.json: missing, or another size or modification time), so {doing}; {fix}."
+            )
 
     def files(self, split: str) -> list[dict[str, Any]]:
         return [e for e in self.images if e["split"] == split]
@@ -223,7 +299,9 @@ class Manifest:
         from .image_folder import ImageFiles
 
         index = {c: i for i, c in enumerate(self.classes)}
-        samples = [(self.path_of(e), index[e["label"]]) for e in self.images if e["split"] in wanted]
+        samples = [
+            (self.path_of(e), index[e["label"]]) for e in self.images if e["split"] in wanted
+        ]
         ds = ImageFiles(samples, self.classes, self.root, on_error=self.on_error, **image_options)
         ds.checked = True
         return ds, torch.arange(len(samples))
@@ -234,22 +312,34 @@ def summary(ds: Any, what: str, splits: dict[str, Any] | None = None, note: str 
     images left out and why, and the split drawn."""
     classes = [str(c) for c in getattr(ds, "classes", [])]
     t = getattr(ds, "targets", None)
-    counts = torch.bincount(torch.as_tensor(t, dtype=torch.int64), minlength=len(classes)).tolist() if t is not None and len(classes) else []
+    counts = (
+        torch.bincount(torch.as_tensor(t, dtype=torch.int64), minlength=len(classes)).tolist()
+        if t is not None and len(classes)
+        else []
+    )
     shown = ", ".join(f"{c} {n}" for c, n in zip(classes, counts))
     lines = [f"data: {what}: {len(ds)} images, {len(classes)} classes ({shown})"]
     reasons = dict(getattr(ds, "skip_reasons", {}) or {})
     parts = []
     for reason, files in reasons.items():
         if files:
-            names = ", ".join(ds.relative(p) if hasattr(ds, "relative") else str(p) for p in files[:3])
+            names = ", ".join(
+                ds.relative(p) if hasattr(ds, "relative") else str(p) for p in files[:3]
+            )
             parts.append(f"{len(files)} {reason} ({names}{' ...' if len(files) > 3 else ''})")
     empty = list(getattr(ds, "empty_folders", []) or [])
     if empty:
         parts.append(f"{len(empty)} empty class folder(s) ({', '.join(empty)})")
     ignored = list(getattr(ds, "ignored_files", []) or [])
     if ignored:
-        parts.append(f"{len(ignored)} file(s) of other types ({', '.join(p.name for p in ignored[:3])})")
+        parts.append(
+            f"{len(ignored)} file(s) of other types ({', '.join(p.name for p in ignored[:3])})"
+        )
     lines.append("left out: " + ("; ".join(parts) if parts else "nothing"))
     if splits is not None:
-        lines.append("split: " + ", ".join(f"{k} {v}" for k, v in splits.items()) + (f" ({note})" if note else ""))
+        lines.append(
+            "split: "
+            + ", ".join(f"{k} {v}" for k, v in splits.items())
+            + (f" ({note})" if note else "")
+        )
     return "\n".join(lines)

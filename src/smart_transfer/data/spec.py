@@ -25,8 +25,14 @@ def describe(spec: Any) -> str:
 
 
 def open_data(
-    spec: str, split: str = "train", size: Any = None, *, on_error: str = "raise", check: bool = False,
-    crop_pct: float | None = None, interpolation: str = "bilinear",
+    spec: str,
+    split: str = "train",
+    size: Any = None,
+    *,
+    on_error: str = "raise",
+    check: bool = False,
+    crop_pct: float | None = None,
+    interpolation: str = "bilinear",
 ) -> Any:
     """The dataset ``spec`` names. ``split`` matters for Fashion-MNIST only (``train``/``test``);
     ``size`` / ``crop_pct`` / ``interpolation``: the evaluation geometry a folder's or CSV's
@@ -56,9 +62,12 @@ def open_data(
     if difflib.get_close_matches(str(spec).lower(), FASHION, n=1, cutoff=0.6):
         raise DataError(f"unknown data {spec!r}; did you mean the dataset 'fashion-mnist'?")
     if path.exists():
-        raise DataError(f"{spec!r} is neither a folder of class subfolders, a CSV/TSV of path,label "
-                        "nor an .npz file")
+        raise DataError(
+            f"{spec!r} is neither a folder of class subfolders, a CSV/TSV of path,label "
+            "nor an .npz file"
+        )
     raise DataError(
-        f"no data at {spec!r}: it does not exist (check the path); pass 'fashion-mnist', a folder with one subfolder of images per "
-        "class, a CSV of path,label rows, or an .npz file with images and labels"
+        f"no data at {spec!r}: it does not exist (check the path); pass 'fashion-mnist', a folder "
+        "with one subfolder of images per class, a CSV of path,label rows, or an .npz file with "
+        "images and labels"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,8 @@ class BatchTransform(nn.Module):
         super().__init__()
         if interpolation not in _MODES:
             raise ConfigError(
-                f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}."
+                f"interpolation must be one of {', '.join(map(repr, _MODES))}, got "
+                f"{interpolation!r}."
             )
         if crop_pct is not None and not (0 < float(crop_pct) <= 1):
             raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}.")
@@ -206,7 +207,9 @@ def eval_geometry(
     the resized image, pixel for pixel. uint8 stays uint8 (rounded), floats stay floats.
     """
     if interpolation not in _MODES:
-        raise ConfigError(f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}.")
+        raise ConfigError(
+            f"interpolation must be one of {', '.join(map(repr, _MODES))}, got {interpolation!r}."
+        )
     target = _as_size(size)
     if target is None:
         return image
@@ -324,7 +327,7 @@ def _config_of(model_or_cfg: Any) -> Mapping[str, Any]:
         if isinstance(cfg, Mapping):
             return cfg
         if cfg is not None and hasattr(cfg, "to_dict"):  # timm's PretrainedCfg dataclass
-            return cfg.to_dict()
+            return cast(Mapping[str, Any], cfg.to_dict())
     if isinstance(model_or_cfg, nn.Module):
         return {}
     raise ConfigError(

@@ -342,8 +342,9 @@ class FreezePlan:
                 idx = torch.tensor(ints, dtype=torch.long)
                 if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= shapes[n][0]):
                     raise ValueError(
-                        f"frozen channel index {int(idx.max()) if int(idx.min()) >= 0 else int(idx.min())} "
-                        f"of {n} is outside 0..{shapes[n][0] - 1}"
+                        "frozen channel index "
+                        f"{int(idx.max()) if int(idx.min()) >= 0 else int(idx.min())} of {n} is "
+                        f"outside 0..{shapes[n][0] - 1}"
                     )
                 m = torch.zeros(shapes[n][0], dtype=torch.bool)
                 m[idx] = True

@@ -80,7 +80,9 @@ def _select_layers(sim: Similarity, layers: str | Sequence[str] | None) -> list[
             hint = (
                 f"did you mean {', '.join(map(repr, close))}?"
                 if close
-                else "the Similarity has: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+                else "the Similarity has: "
+                + ", ".join(names[:8])
+                + (" ..." if len(names) > 8 else "")
             )
             raise UnknownNameError(f"layers={pat!r} matches no compared layer; {hint}")
     return [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -118,7 +120,7 @@ def _budget_prefix(
     return out, True
 
 
-def plan_freeze(
+def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, each a few lines
     sim: Similarity,
     threshold: float | None = None,
     quantile: float | None = None,

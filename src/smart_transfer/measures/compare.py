@@ -113,10 +113,10 @@ def _check_variance(lp: LayerProfile, label: str) -> None:
     if bad.numel():
         c = int(bad[0])
         raise ProfileError(
-            f"layer {lp.name!r} of the {label} profile has a negative variance "
-            f"({float(var[c]):g} in channel {c}{f' and {bad.numel() - 1} more' if bad.numel() > 1 else ''}); "
-            "a variance cannot be negative, so the profile (or the BatchNorm running_var it "
-            "was read from) is damaged; re-create it."
+            f"layer {lp.name!r} of the {label} profile has a negative variance ({float(var[c]):g} "
+            f"in channel {c}{f' and {bad.numel() - 1} more' if bad.numel() > 1 else ''}); a "
+            "variance cannot be negative, so the profile (or the BatchNorm running_var it was "
+            "read from) is damaged; re-create it."
         )
 
 
@@ -201,7 +201,9 @@ def compare(
             )
     m = get_measure(measure)
     if check_model:
-        check_same_model(getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {})
+        check_same_model(
+            getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {}
+        )
     point_pre = (getattr(prof_pre, "meta", None) or {}).get("point")
     point_new = (getattr(prof_new, "meta", None) or {}).get("point")
     if point_pre is not None and point_new is not None and point_pre != point_new:

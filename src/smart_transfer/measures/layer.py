@@ -8,7 +8,7 @@ per-channel measures miss. Each returns one value for the whole layer (``layer_r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -55,7 +55,7 @@ def sqrtm_psd(s: Tensor) -> Tensor:
     """Square root of a symmetric positive semi-definite matrix by a symmetric
     eigendecomposition (negative rounding-error eigenvalues are clipped to 0)."""
     w, v = torch.linalg.eigh(0.5 * (s + s.T))
-    return (v * w.clamp_min(0.0).sqrt()) @ v.T
+    return cast(Tensor, (v * w.clamp_min(0.0).sqrt()) @ v.T)
 
 
 def trace_sqrt_product(s1: Tensor, s2: Tensor) -> Tensor:
@@ -67,7 +67,7 @@ def trace_sqrt_product(s1: Tensor, s2: Tensor) -> Tensor:
     """
     a = sqrtm_psd(s1)
     m = a @ s2 @ a
-    return torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp_min(0.0).sqrt().sum()
+    return cast(Tensor, torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp_min(0.0).sqrt().sum())
 
 
 def frechet_distance(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> Tensor:

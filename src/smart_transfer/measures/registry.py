@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Literal, Union, overload
 
 import torch
 from torch import Tensor
@@ -215,6 +215,14 @@ def get_measure(name: str | Measure) -> Measure:
             f"unknown measure {name!r}{hint}; choose one of: {', '.join(known)}."
         )
     return _REGISTRY[name]
+
+
+@overload
+def list_measures(details: Literal[False] = False) -> list[str]: ...
+@overload
+def list_measures(details: Literal[True]) -> list[dict[str, Any]]: ...
+@overload
+def list_measures(details: bool) -> list[str] | list[dict[str, Any]]: ...
 
 
 def list_measures(details: bool = False) -> list[str] | list[dict[str, Any]]:

@@ -40,11 +40,7 @@ def _import(package: str) -> Any:
 
 def _unknown(prefix: str, name: str, known: list[str]) -> UnknownNameError:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = (
-        f"did you mean {' or '.join(repr(f'{prefix}:{c}') for c in close)}? "
-        if close
-        else ""
-    )
+    hint = f"did you mean {' or '.join(repr(f'{prefix}:{c}') for c in close)}? " if close else ""
     return UnknownNameError(
         f"{prefix} has no classification model {name!r}; {hint}"
         f"see smart_transfer.list_backbones({prefix!r}) for the names"
@@ -111,7 +107,9 @@ def torchvision_backbone(
             f"or load_backbone(path, arch={arch!r})"
         )
     try:
-        model = tv.models.get_model(name, weights=weights if pretrained else None, **kwargs)
+        model: nn.Module = tv.models.get_model(
+            name, weights=weights if pretrained else None, **kwargs
+        )
     except (OSError, http.client.HTTPException) as exc:
         url = getattr(weights, "url", "the weights file")
         raise _offline_error(
@@ -160,15 +158,23 @@ def timm_backbone(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Modul
     if not timm.is_model(name):
         raise _unknown("timm", name, timm_names())
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        model: nn.Module = timm.create_model(name, pretrained=pretrained, **kwargs)
     except SmartTransferError:
         raise
     except (OSError, http.client.HTTPException) as exc:
         if not pretrained:
             raise
-        cfg = timm.models.get_pretrained_cfg(name) if hasattr(timm.models, "get_pretrained_cfg") else None
+        cfg = (
+            timm.models.get_pretrained_cfg(name)
+            if hasattr(timm.models, "get_pretrained_cfg")
+            else None
+        )
         hub = getattr(cfg, "hf_hub_id", None)
-        where = f"model.safetensors from https://huggingface.co/{hub}" if hub else getattr(cfg, "url", "the weights file")
+        where = (
+            f"model.safetensors from https://huggingface.co/{hub}"
+            if hub
+            else getattr(cfg, "url", "the weights file")
+        )
         raise _offline_error(arch, str(where), exc) from exc
     timm_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     cfg = dict(timm_cfg)
@@ -184,7 +190,9 @@ def timm_backbone(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Modul
     if pretrained:
         where = timm_cfg.get("hf_hub_id") or timm_cfg.get("url") or "timm"
         tag = timm_cfg.get("tag")
-        cfg["source"] = f"timm weights {timm_cfg.get('architecture', name)}{'.' + tag if tag else ''} ({where})"
+        cfg["source"] = (
+            f"timm weights {timm_cfg.get('architecture', name)}{'.' + tag if tag else ''} ({where})"
+        )
     _finish_cfg(model, cfg)
     return model
 

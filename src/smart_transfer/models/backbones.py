@@ -35,10 +35,15 @@ def _build(name: str, pretrained: bool | None, weights_tag: str | None, **kwargs
     source, sep, rest = name.partition(":")
     if sep and source == "torchvision":
         return adapters.torchvision_backbone(
-            rest, pretrained=True if pretrained is None else pretrained, weights_tag=weights_tag, **kwargs
+            rest,
+            pretrained=True if pretrained is None else pretrained,
+            weights_tag=weights_tag,
+            **kwargs,
         )
     if sep and source == "timm":
-        return adapters.timm_backbone(rest, pretrained=True if pretrained is None else pretrained, **kwargs)
+        return adapters.timm_backbone(
+            rest, pretrained=True if pretrained is None else pretrained, **kwargs
+        )
     if sep:
         raise ConfigError(
             f"unknown backbone prefix {source + ':'!r} in {name!r}; use 'torchvision:NAME', "
@@ -80,7 +85,13 @@ def _from_file(path: PathLike, arch: str | None, **kwargs: Any) -> nn.Module:
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     saved = meta.get("pretrained_cfg")
     if isinstance(saved, dict):
-        cfg.update({k: saved[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in saved})
+        cfg.update(
+            {
+                k: saved[k]
+                for k in ("input_size", "mean", "std", "interpolation", "crop_pct")
+                if k in saved
+            }
+        )
     cfg["source"] = f"weights file {Path(path).expanduser()}"
     model.pretrained_cfg = cfg  # type: ignore[assignment]
     return model
@@ -122,12 +133,18 @@ def load_backbone(
         )
     if arch is not None or (weights is None and looks_like_path(name) and not _is_model_name(name)):
         model = _from_file(name, arch, **kwargs)
-    elif weights is not None and (looks_like_path(weights) or not str(name).startswith("torchvision:")):
+    elif weights is not None and (
+        looks_like_path(weights) or not str(name).startswith("torchvision:")
+    ):
         model = _from_file(weights, str(name), **kwargs)
     else:
         tag = None if weights is None else str(weights)
-        model = _build(str(name), pretrained=pretrained if tag is None else True, weights_tag=tag, **kwargs)
-    if num_classes is not None and num_classes != getattr(model, "pretrained_cfg", {}).get("num_classes"):
+        model = _build(
+            str(name), pretrained=pretrained if tag is None else True, weights_tag=tag, **kwargs
+        )
+    if num_classes is not None and num_classes != getattr(model, "pretrained_cfg", {}).get(
+        "num_classes"
+    ):
         replace_head(model, num_classes)
     return model
 

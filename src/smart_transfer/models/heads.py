@@ -17,7 +17,16 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, UnknownNameError
 
-HEAD_CANDIDATES = ("_fc", "fc", "classifier", "head.fc", "head", "heads.head", "heads", "last_linear")
+HEAD_CANDIDATES = (
+    "_fc",
+    "fc",
+    "classifier",
+    "head.fc",
+    "head",
+    "heads.head",
+    "heads",
+    "last_linear",
+)
 PENULTIMATE = "penultimate"
 
 
@@ -100,8 +109,10 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
     name, old = find_head(model, head)
-    if head is None and callable(getattr(model, "reset_classifier", None)) and callable(
-        getattr(model, "get_classifier", None)
+    if (
+        head is None
+        and callable(getattr(model, "reset_classifier", None))
+        and callable(getattr(model, "get_classifier", None))
     ):
         return _reset_timm_classifier(model, num_classes, old)
     weight = old.weight
@@ -111,8 +122,13 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
     else:  # a 1x1 Conv2d classifier (SqueezeNet style)
         new = nn.Conv2d(
-            old.in_channels, num_classes, old.kernel_size, stride=old.stride,  # type: ignore[arg-type]
-            padding=old.padding, bias=old.bias is not None, **factory,  # type: ignore[arg-type]
+            old.in_channels,  # type: ignore[arg-type]
+            num_classes,
+            old.kernel_size,  # type: ignore[arg-type]
+            stride=old.stride,  # type: ignore[arg-type]
+            padding=old.padding,  # type: ignore[arg-type]
+            bias=old.bias is not None,
+            **factory,  # type: ignore[arg-type]
         )
     _set_module(model, name, new)
     cfg = getattr(model, "pretrained_cfg", None)
@@ -163,12 +179,16 @@ def pool_features(out: Tensor, module: nn.Module | None = None) -> Tensor:
     if out.ndim == 2:
         return out
     if out.ndim < 2:
-        raise ConfigError(f"cannot pool a layer output of shape {tuple(out.shape)} into (B, C) features")
+        raise ConfigError(
+            f"cannot pool a layer output of shape {tuple(out.shape)} into (B, C) features"
+        )
     channels_last = False
     if isinstance(module, (nn.Linear, nn.LayerNorm)):
         channels_last = out.shape[-1] == _channels_of(module)
     elif out.ndim == 3:
-        channels_last = not isinstance(module, (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d))
+        channels_last = not isinstance(
+            module, (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d)
+        )
     if channels_last:
         return out.reshape(out.shape[0], -1, out.shape[-1]).mean(1)
     return out.flatten(2).mean(2)
@@ -290,8 +310,13 @@ def mlp_head(model: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(head, MLPHead):
         return model
     if not isinstance(head, nn.Linear):
-        raise ConfigError(f"head='mlp' needs a Linear classifier; {type(model).__name__}'s is a {type(head).__name__}")
-    new = MLPHead(head.in_features, num_classes).to(device=head.weight.device, dtype=head.weight.dtype)
+        raise ConfigError(
+            f"head='mlp' needs a Linear classifier; {type(model).__name__}'s is a "
+            f"{type(head).__name__}"
+        )
+    new = MLPHead(head.in_features, num_classes).to(
+        device=head.weight.device, dtype=head.weight.dtype
+    )
     _set_module(model, name, new)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict):

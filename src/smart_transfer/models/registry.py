@@ -88,7 +88,9 @@ def _libraries_with(name: str) -> list[str]:
     return found
 
 
-def create(name: str, pretrained: bool | None = None, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+def create(
+    name: str, pretrained: bool | None = None, num_classes: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Build the registered backbone ``name``; ``pretrained=None`` means "if weights exist"."""
     entry = get_entry(name)
     if pretrained is None:

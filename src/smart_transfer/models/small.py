@@ -42,7 +42,9 @@ class SmallVGG(nn.Module):
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        # an annotation, not cast(): TorchScript compiles this
+        out: Tensor = self.classifier(self.flatten(self.pool(self.features(x))))
+        return out
 
 
 @register_backbone("small_vgg")

@@ -55,7 +55,11 @@ class Summary:
     source: str = "requires_grad"  # where the frozen counts come from: "plan" or "requires_grad"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows], "total": dict(self.total), "source": self.source}
+        return {
+            "rows": [dict(r) for r in self.rows],
+            "total": dict(self.total),
+            "source": self.source,
+        }
 
     def __str__(self) -> str:
         width = max([len(r["layer"]) for r in self.rows] + [len("total"), 5]) + 2
@@ -85,8 +89,9 @@ class Summary:
         t = self.total
         if t.get("params"):
             lines.append(
-                f"trainable {t['trainable'] / t['params']:.1%}, frozen {t['frozen'] / t['params']:.1%} "
-                f"of {t['params']:,} parameters (frozen counts from {self.source})"
+                f"trainable {t['trainable'] / t['params']:.1%}, frozen "
+                f"{t['frozen'] / t['params']:.1%} of {t['params']:,} parameters (frozen counts "
+                f"from {self.source})"
             )
         return "\n".join(lines)
 
@@ -155,9 +160,72 @@ def _shapes_and_macs(
     return shapes, macs
 
 
-def summary(
-    model: nn.Module, plan: Any | None = None, input_size: Any | None = "auto"
-) -> Summary:
+def _count(
+    names: list[str], params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor] | None
+) -> dict[str, int]:
+    """Parameter counts of ``names``: all, trainable, frozen whole and frozen per channel."""
+    total = trainable = whole = channelwise = 0
+    for pname in names:
+        p = params[pname]
+        n = p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+        if masks is None:
+            whole += 0 if p.requires_grad else n
+        elif pname in masks:
+            k = int(masks[pname].sum())
+            if k == masks[pname].numel():
+                whole += n
+            elif k:
+                channelwise += k * (n // p.shape[0])
+    return {
+        "params": total,
+        "trainable": trainable,
+        "frozen": whole + channelwise,
+        "frozen_whole": whole,
+        "frozen_channelwise": channelwise,
+    }
+
+
+def _frozen_channels(
+    weight: str,
+    params: dict[str, nn.Parameter],
+    masks: dict[str, torch.Tensor] | None,
+    channels: int,
+) -> int:
+    """Output channels of a layer's ``weight`` frozen by the plan (or by requires_grad)."""
+    if weight not in params:
+        return 0
+    if masks is None:
+        return 0 if params[weight].requires_grad else channels
+    return int(masks[weight].sum()) if weight in masks else 0
+
+
+def _maybe_shapes_and_macs(
+    model: nn.Module, layers: list[str], input_size: Any | None
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]] | None:
+    """:func:`_shapes_and_macs` for ``summary``'s ``input_size`` ("auto": the model's own size,
+    and no columns when the model does not take it; None: no forward pass)."""
+    auto = isinstance(input_size, str) and input_size == "auto"
+    if auto:
+        cfg = getattr(model, "pretrained_cfg", None)
+        input_size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+    if input_size is None or not layers:
+        return None
+    try:
+        return _shapes_and_macs(model, layers, input_size)
+    except Exception as e:
+        if not auto:
+            raise ConfigError(
+                f"a forward pass of one {tuple(input_size)} image through "
+                f"{type(model).__name__} failed ({type(e).__name__}: {e}); pass the "
+                "input_size=(C, H, W) the model takes, or input_size=None"
+            ) from e
+        # the configured size does not fit the model as built: no shape / MAC columns
+        return None
+
+
+def summary(model: nn.Module, plan: Any | None = None, input_size: Any | None = "auto") -> Summary:
     """Per layer: parameters, trainable parameters, frozen parameters (whole / per channel).
 
     ``plan``: a ``FreezePlan`` (anything with ``.masks``) or a ``{param: mask}`` dict; the
@@ -179,30 +247,6 @@ def summary(
         layers = []
     claimed: set[str] = set()
     rows: list[dict[str, Any]] = []
-
-    def count(names: list[str], params: dict[str, nn.Parameter]) -> dict[str, int]:
-        total = trainable = whole = channelwise = 0
-        for pname in names:
-            p = params[pname]
-            n = p.numel()
-            total += n
-            trainable += n if p.requires_grad else 0
-            if masks is None:
-                whole += 0 if p.requires_grad else n
-            elif pname in masks:
-                k = int(masks[pname].sum())
-                if k == masks[pname].numel():
-                    whole += n
-                elif k:
-                    channelwise += k * (n // p.shape[0])
-        return {
-            "params": total,
-            "trainable": trainable,
-            "frozen": whole + channelwise,
-            "frozen_whole": whole,
-            "frozen_channelwise": channelwise,
-        }
-
     params = dict(model.named_parameters())
     for layer in layers:
         owners = [layer] + ([norms[layer]] if layer in norms else [])
@@ -213,40 +257,19 @@ def summary(
         ]
         names = [n for n in names if n in params and n not in claimed]
         claimed.update(names)
-        weight = f"{layer}.weight"
         channels = num_out_channels(modules[layer])
-        if weight not in params:
-            frozen_ch = 0
-        elif masks is None:
-            frozen_ch = 0 if params[weight].requires_grad else channels
-        else:
-            frozen_ch = int(masks[weight].sum()) if weight in masks else 0
+        frozen_ch = _frozen_channels(f"{layer}.weight", params, masks, channels)
         rows.append(
             {
                 "layer": layer,
                 "type": type(modules[layer]).__name__,
                 "norm": norms.get(layer),
                 "channels": channels,
-                **count(names, params),
+                **_count(names, params, masks),
                 "frozen_channels": frozen_ch,
             }
         )
-    auto = isinstance(input_size, str) and input_size == "auto"
-    if auto:
-        cfg = getattr(model, "pretrained_cfg", None)
-        input_size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
-    shapes_macs = None
-    if input_size is not None and layers:
-        try:
-            shapes_macs = _shapes_and_macs(model, layers, input_size)
-        except Exception as e:
-            if not auto:
-                raise ConfigError(
-                    f"a forward pass of one {tuple(input_size)} image through "
-                    f"{type(model).__name__} failed ({type(e).__name__}: {e}); pass the "
-                    "input_size=(C, H, W) the model takes, or input_size=None"
-                ) from e
-            # the configured size does not fit the model as built: no shape / MAC columns
+    shapes_macs = _maybe_shapes_and_macs(model, layers, input_size)
     if shapes_macs is not None:
         shapes, macs = shapes_macs
         for row in rows:
@@ -255,10 +278,23 @@ def summary(
     rest = [n for n in params if n not in claimed]
     if rest:
         rows.append(
-            {"layer": OTHER, "type": "", "norm": None, "channels": None, **count(rest, params), "frozen_channels": None}
+            {
+                "layer": OTHER,
+                "type": "",
+                "norm": None,
+                "channels": None,
+                **_count(rest, params, masks),
+                "frozen_channels": None,
+            }
         )
     keys = ("params", "trainable", "frozen", "frozen_whole", "frozen_channelwise")
-    total: dict[str, Any] = {"layer": "total", "type": "", "norm": None, "channels": None, "frozen_channels": None}
+    total: dict[str, Any] = {
+        "layer": "total",
+        "type": "",
+        "norm": None,
+        "channels": None,
+        "frozen_channels": None,
+    }
     total.update({k: sum(r[k] for r in rows) for k in keys})
     if rows and "macs" in rows[0]:
         total["macs"] = sum(r.get("macs") or 0 for r in rows)

@@ -50,7 +50,7 @@ def thumbnails(images: list[Tensor], side: int = THUMBNAIL) -> Tensor:
         nh, nw = max(side, round(h * scale)), max(side, round(w * scale))
         x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         top, left = (nh - side) // 2, (nw - side) // 2
-        out.append(x[:, top:top + side, left:left + side])
+        out.append(x[:, top : top + side, left : left + side])
     return torch.stack(out).clamp(0, 1)
 
 

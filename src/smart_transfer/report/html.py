@@ -38,8 +38,7 @@ from ..errors import (
     SmartTransferError,
     StorageError,
 )
-from . import maps as mapsmod
-from . import plots
+from . import maps as mapsmod, plots
 from .run import RunData, Samples, advice_curve, class_scores, confusion, finite, load_run
 
 if TYPE_CHECKING:
@@ -126,7 +125,8 @@ def _report_inputs(run: RunData) -> dict[str, Any]:
     from .._paths import RUN_FILES as ALL_RUN_FILES
 
     inputs: dict[str, Any] = {
-        f"run ({name})": run.path / name for name in sorted(ALL_RUN_FILES)
+        f"run ({name})": run.path / name
+        for name in sorted(ALL_RUN_FILES)
         if name not in ("report.html", "figures") and (run.path / name).is_file()
     }
     data: dict[str, Any] = run.config["data"] if isinstance(run.config.get("data"), dict) else {}
@@ -237,8 +237,12 @@ class _Figures:
                 f"{option}: the report's figures go to {str(target)!r}, which is not a folder "
                 f"the report wrote; move it away or write the report into another folder"
             )
-        if target.is_dir() and any(target.iterdir()) and not (target / FIGURES_MARKER).is_file() \
-                and not is_run_folder(target.parent):
+        if (
+            target.is_dir()
+            and any(target.iterdir())
+            and not (target / FIGURES_MARKER).is_file()
+            and not is_run_folder(target.parent)
+        ):
             raise ConfigError(
                 f"{option}: the report's figures go to {str(target)!r}, which holds files the "
                 f"report did not write; write the report into another folder, or move that "
@@ -248,7 +252,9 @@ class _Figures:
         created = None if target.parent.exists() else target.parent
         with disk_errors(staging):
             staging.mkdir(parents=True)
-            (staging / FIGURES_MARKER).write_text("written by smart-transfer report\n", encoding="utf-8")
+            (staging / FIGURES_MARKER).write_text(
+                "written by smart-transfer report\n", encoding="utf-8"
+            )
         return cls(folder=staging, target=target, created=created)
 
     def commit(self) -> None:
@@ -355,7 +361,8 @@ def _compare(run: RunData) -> tuple[Similarity | None, str]:
         sim = compare(run.profile_pre, run.profile_new, measure="gaussian_kl")
         return (
             sim,
-            f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with gaussian_kl",
+            f"the run's measure {measure!r} cannot compare these profiles ({e}); shown with "
+            "gaussian_kl",
         )
 
 
@@ -412,8 +419,11 @@ def not_applicable(run: RunData) -> dict[str, str]:
     has_profiles = run.profile_pre is not None or run.profile_new is not None
     control = kept.startswith("random-")  # a control draws channels at random, by others' counts
     if (_compares(kept) is False or control) and not has_profiles:
-        why = (f"{kept} draws its channels at random and compares no distributions itself" if control
-               else f"{kept} compares no activation distributions")
+        why = (
+            f"{kept} draws its channels at random and compares no distributions itself"
+            if control
+            else f"{kept} compares no activation distributions"
+        )
         out["histograms"] = out["activations"] = why
         if not (run.advice or {}).get("curve"):
             out["similarity"] = why
@@ -494,14 +504,28 @@ def _selection_section(ctx: _Context) -> str:
     for t in tried:
         name = str(t.get("strategy", "?"))
         cv = finite(t.get("cv_accuracy"))
-        cv_text = "-" if cv is None else f"{100 * cv:.1f}% ({t.get('cv_folds')} folds, {t.get('cv_images')} images)"
+        cv_text = (
+            "-"
+            if cv is None
+            else f"{100 * cv:.1f}% ({t.get('cv_folds')} folds, {t.get('cv_images')} images)"
+        )
         secs = finite(t.get("seconds"))
         status = "kept" if name == kept else f"skipped: {t['skipped']}" if "skipped" in t else ""
-        rows.append((name, _pct(t.get("val_accuracy")) if "val_accuracy" in t else "-", cv_text,
-                     "-" if secs is None else f"{secs:.1f}", status))
+        rows.append(
+            (
+                name,
+                _pct(t.get("val_accuracy")) if "val_accuracy" in t else "-",
+                cv_text,
+                "-" if secs is None else f"{secs:.1f}",
+                status,
+            )
+        )
     out = f"<p>auto kept <strong>{_e(kept)}</strong>{_e(_rule_text(sel))}</p>"
-    out += _table(["candidate", "val accuracy", "cross-validation accuracy", "seconds", ""], rows) if rows else \
-        _note("result.json lists no candidates")
+    out += (
+        _table(["candidate", "val accuracy", "cross-validation accuracy", "seconds", ""], rows)
+        if rows
+        else _note("result.json lists no candidates")
+    )
     if ctx.run.log:
         out += f"<p>The training curves below are those of {_e(kept)}, the candidate kept.</p>"
     else:
@@ -513,17 +537,21 @@ def _rule_text(sel: dict[str, Any]) -> str:
     n = sel.get("val_images")
     if sel.get("rule") == "one-se":
         se = finite(sel.get("standard_error"))
-        text = (": the simplest candidate within one standard error"
-                + ("" if se is None else f" ({100 * se:.1f} points)")
-                + f" of the best validation accuracy on {n} images")
+        text = (
+            ": the simplest candidate within one standard error"
+            + ("" if se is None else f" ({100 * se:.1f} points)")
+            + f" of the best validation accuracy on {n} images"
+        )
     elif sel.get("rule") == "best":
         text = f": the best validation accuracy on {n} images"
     else:
         text = ""
     cv = sel.get("cv")
     if isinstance(cv, dict):
-        text += (f"; the probes were first compared by {cv.get('folds')}-fold cross-validation on "
-                 f"{cv.get('images')} images, which kept {cv.get('kept')}")
+        text += (
+            f"; the probes were first compared by {cv.get('folds')}-fold cross-validation on "
+            f"{cv.get('images')} images, which kept {cv.get('kept')}"
+        )
     return text + "."
 
 
@@ -692,7 +720,10 @@ def _training_section(ctx: _Context) -> str:
     plots.training_curves(log, "accuracy", ax=axes[0][1])
     secs = [finite(r.get("seconds")) for r in log]
     total = sum(v for v in secs if v is not None)
-    caption = f"Loss and accuracy per epoch on the training and validation splits ({len(log)} epochs, {total:.1f} s)."
+    caption = (
+        "Loss and accuracy per epoch on the training and validation splits "
+        f"({len(log)} epochs, {total:.1f} s)."
+    )
     return ctx.figures.html(fig, "training_curves", caption)
 
 
@@ -709,14 +740,31 @@ def _confusion_section(ctx: _Context) -> str:
         fig, "confusion_matrix", "Rows: true class; columns: predicted class; test split."
     )
     sc = class_scores(cm)
-    rows = [(names[i], f"{sc['precision'][i]:.3f}", f"{sc['recall'][i]:.3f}", f"{sc['f1'][i]:.3f}",
-             int(sc["support"][i])) for i in range(len(cm))]
-    rows.append(("macro average", f"{sc['precision'].mean():.3f}", f"{sc['recall'].mean():.3f}",
-                 f"{sc['f1'].mean():.3f}", int(sc["support"].sum())))
+    rows = [
+        (
+            names[i],
+            f"{sc['precision'][i]:.3f}",
+            f"{sc['recall'][i]:.3f}",
+            f"{sc['f1'][i]:.3f}",
+            int(sc["support"][i]),
+        )
+        for i in range(len(cm))
+    ]
+    rows.append(
+        (
+            "macro average",
+            f"{sc['precision'].mean():.3f}",
+            f"{sc['recall'].mean():.3f}",
+            f"{sc['f1'].mean():.3f}",
+            int(sc["support"].sum()),
+        )
+    )
     table = _table(["class", "precision", "recall", "F1", "test images"], rows)
-    return (f'<div class="side">{figure}<div>{table}<p class="small">Precision: of the images '
-            "predicted as the class, the share that are; recall: of the class's images, the share "
-            "found (its accuracy); F1: their harmonic mean.</p></div></div>")
+    return (
+        f'<div class="side">{figure}<div>{table}<p class="small">Precision: of the images '
+        "predicted as the class, the share that are; recall: of the class's images, the share "
+        "found (its accuracy); F1: their harmonic mean.</p></div></div>"
+    )
 
 
 def _names(run: RunData, k: int) -> list[str]:
@@ -729,17 +777,24 @@ def _misclassified_section(ctx: _Context) -> str:
     if s is None:
         if run.metrics is None:
             return _note("the run was not evaluated: no test predictions")
-        return _note("test_samples.safetensors records no misclassified images (an evaluation by an "
-                     "older version); evaluate again with smart-transfer evaluate RUN --overwrite")
+        return _note(
+            "test_samples.safetensors records no misclassified images (an evaluation by an "
+            "older version); evaluate again with smart-transfer evaluate RUN --overwrite"
+        )
     if len(s.labels) == 0:
         return "<p>Every test image was classified correctly.</p>"
     if s.predictions is None:
-        raise DataError(f"{run.file('test_samples.safetensors')!r} holds misclassified images but no "
-                        "predictions; evaluate the run again (smart-transfer evaluate RUN --overwrite)")
+        raise DataError(
+            f"{run.file('test_samples.safetensors')!r} holds misclassified images but no "
+            "predictions; evaluate the run again (smart-transfer evaluate RUN --overwrite)"
+        )
     n = min(len(s.labels), MAX_MISCLASSIFIED)
     rows = (n + MAX_IMAGES - 1) // MAX_IMAGES
     fig, axes = ctx.figures.new(10, 1.9 * rows + 0.2, rows=rows, cols=MAX_IMAGES)
-    pairs = [(_class_name(run, int(s.labels[i])), _class_name(run, int(s.predictions[i]))) for i in range(n)]
+    pairs = [
+        (_class_name(run, int(s.labels[i])), _class_name(run, int(s.predictions[i])))
+        for i in range(n)
+    ]
     for i in range(rows * MAX_IMAGES):
         ax = axes[i // MAX_IMAGES][i % MAX_IMAGES]
         if i < n:
@@ -748,10 +803,18 @@ def _misclassified_section(ctx: _Context) -> str:
             ax.set_axis_off()
     wrong = _wrong_count(run)
     total = (run.metrics or {}).get("test_images")
-    of = f"{wrong} of {total} test images were misclassified; " if wrong is not None and isinstance(total, int) else ""
-    caption = f"{_e(of)}{n} shown, taken in turn from each true class (title: true and predicted class)."
+    of = (
+        f"{wrong} of {total} test images were misclassified; "
+        if wrong is not None and isinstance(total, int)
+        else ""
+    )
+    caption = (
+        f"{_e(of)}{n} shown, taken in turn from each true class (title: true and predicted class)."
+    )
     items = "".join(f"<li>true {_e(t)}, predicted {_e(p)}</li>" for t, p in pairs)
-    return ctx.figures.html(fig, "misclassified", caption) + f'<ol class="misclassified">{items}</ol>'
+    return (
+        ctx.figures.html(fig, "misclassified", caption) + f'<ol class="misclassified">{items}</ol>'
+    )
 
 
 def _wrong_count(run: RunData) -> int | None:
@@ -764,8 +827,11 @@ def _wrong_count(run: RunData) -> int | None:
 
 def _comparison_section(ctx: _Context) -> str:
     comp, advice = ctx.run.comparison, ctx.run.advice
-    out = _comparison_table(ctx, comp) if comp is not None else _note(
-        "no comparison.json: only this run's strategy was trained")
+    out = (
+        _comparison_table(ctx, comp)
+        if comp is not None
+        else _note("no comparison.json: only this run's strategy was trained")
+    )
     if advice:
         out += "<h3>Advice</h3>" + _advice_table(ctx.run, advice)
     else:
@@ -782,30 +848,59 @@ def _comparison_table(ctx: _Context, comp: dict[str, Any]) -> str:
     out = ""
     seeds = comp.get("seeds")
     if isinstance(seeds, list) and seeds:
-        out += (f"<p>{_e(comp.get('backbone', '?'))} on {_e(comp.get('data', '?'))}: "
-                f"{_e(comp.get('train_images', '?'))} training, {_e(comp.get('val_images', '?'))} validation "
-                f"and {_e(comp.get('test_images', '?'))} test images per seed ({_e(comp.get('test', ''))}); "
-                f"seeds {_e(', '.join(str(x) for x in seeds))}. This page shows the run "
-                f"{_e(comp.get('report_run', ''))}.</p>")
+        out += (
+            f"<p>{_e(comp.get('backbone', '?'))} on {_e(comp.get('data', '?'))}: "
+            f"{_e(comp.get('train_images', '?'))} training, {_e(comp.get('val_images', '?'))} "
+            f"validation and {_e(comp.get('test_images', '?'))} test images per seed "
+            f"({_e(comp.get('test', ''))}); seeds {_e(', '.join(str(x) for x in seeds))}. This "
+            f"page shows the run {_e(comp.get('report_run', ''))}.</p>"
+        )
     out += _table(
         ["strategy", "val accuracy", "test accuracy", "frozen", "seconds", "seeds"],
-        [(r.get("strategy", "?"), _pm(r.get("val_accuracy"), r.get("val_std")),
-          _pm(r.get("test_accuracy"), r.get("test_std")), _pct(r.get("frozen_fraction")),
-          "n/a" if finite(r.get("seconds")) is None else f"{r['seconds']:.1f}",
-          r.get("seeds", 1)) for r in rows],
+        [
+            (
+                r.get("strategy", "?"),
+                _pm(r.get("val_accuracy"), r.get("val_std")),
+                _pm(r.get("test_accuracy"), r.get("test_std")),
+                _pct(r.get("frozen_fraction")),
+                "n/a" if finite(r.get("seconds")) is None else f"{r['seconds']:.1f}",
+                r.get("seeds", 1),
+            )
+            for r in rows
+        ],
     )
     fig, axes = ctx.figures.new(10, 3.8)
     plots.strategy_comparison(rows, ax=axes[0][0])
-    what = "mean over seeds, bars: one standard deviation" if isinstance(seeds, list) and len(seeds) > 1 else "one seed"
-    out += ctx.figures.html(fig, "comparison", f"Validation and test accuracy of each strategy ({what}).")
+    what = (
+        "mean over seeds, bars: one standard deviation"
+        if isinstance(seeds, list) and len(seeds) > 1
+        else "one seed"
+    )
+    out += ctx.figures.html(
+        fig, "comparison", f"Validation and test accuracy of each strategy ({what})."
+    )
     records = comp.get("records")
     records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
     if records:
-        out += "<details><summary>every run</summary>" + _table(
-            ["seed", "strategy", "val accuracy", "test accuracy", "auto chose"],
-            [(r.get("seed", "?"), r.get("strategy", "?"), _pct(r.get("val_accuracy")), _pct(r.get("test_accuracy")),
-              (r.get("chosen") or {}).get("strategy", "") if isinstance(r.get("chosen"), dict) else "")
-             for r in records]) + "</details>"
+        out += (
+            "<details><summary>every run</summary>"
+            + _table(
+                ["seed", "strategy", "val accuracy", "test accuracy", "auto chose"],
+                [
+                    (
+                        r.get("seed", "?"),
+                        r.get("strategy", "?"),
+                        _pct(r.get("val_accuracy")),
+                        _pct(r.get("test_accuracy")),
+                        (r.get("chosen") or {}).get("strategy", "")
+                        if isinstance(r.get("chosen"), dict)
+                        else "",
+                    )
+                    for r in records
+                ],
+            )
+            + "</details>"
+        )
     if comp.get("note"):
         out += f"<p>{_e(comp['note'])}</p>"
     return out
@@ -822,8 +917,10 @@ def _advice_table(run: RunData, advice: dict[str, Any]) -> str:
     """The advisor's verdict; a score that is there but not a number is a damaged file."""
     for key in ("similarity", "samples_per_class"):
         if key in advice and advice[key] is not None and finite(advice[key]) is None:
-            return _note(f"not drawn: {run.file('advice.json')!r} holds {key}={advice[key]!r}, not a number; "
-                         "run the advisor again (smart-transfer advise)")
+            return _note(
+                f"not drawn: {run.file('advice.json')!r} holds {key}={advice[key]!r}, not a "
+                "number; run the advisor again (smart-transfer advise)"
+            )
     out = _table(
         ["", ""],
         [

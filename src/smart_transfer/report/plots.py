@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -282,7 +282,7 @@ def _upsample(t: np.ndarray, h: int, w: int) -> np.ndarray:
         return t
     ys = (np.arange(h) * t.shape[0] // h).clip(0, t.shape[0] - 1)
     xs = (np.arange(w) * t.shape[1] // w).clip(0, t.shape[1] - 1)
-    return t[ys][:, xs]
+    return cast(np.ndarray, t[ys][:, xs])
 
 
 def activation_maps(

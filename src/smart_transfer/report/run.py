@@ -5,9 +5,9 @@ A run directory is what training and evaluation write (``config.json``, ``result
 ``samples.safetensors``, ``test_samples.safetensors``, ``advice.json``,
 ``comparison.json``). The folder of a strategy comparison (``comparison.json`` naming its
 ``report_run``, no ``config.json``) reads as that run with the comparison's own
-``comparison.json`` and ``advice.json``. :func:`load_run` reads what is there into a :class:`RunData`; a
-missing file leaves its field ``None`` and the report says so in the section that needed it.
-A file that is there but unreadable is a mistake worth stopping for: it raises
+``comparison.json`` and ``advice.json``. :func:`load_run` reads what is there into a
+:class:`RunData`; a missing file leaves its field ``None`` and the report says so in the section
+that needed it. A file that is there but unreadable is a mistake worth stopping for: it raises
 :class:`~smart_transfer.errors.DataError` naming the file.
 """
 
@@ -94,7 +94,9 @@ class RunData:
         if name not in self.config:
             return None
         spec = self.spec
-        return getattr(spec, name) if spec is not None and hasattr(spec, name) else self.config[name]
+        return (
+            getattr(spec, name) if spec is not None and hasattr(spec, name) else self.config[name]
+        )
 
     @property
     def strategy(self) -> str:
@@ -106,7 +108,11 @@ class RunData:
     def effective_strategy(self) -> str:
         """For ``auto``, the candidate it kept; else the strategy itself."""
         chosen = (self.result or {}).get("chosen")
-        if self.strategy == "auto" and isinstance(chosen, dict) and isinstance(chosen.get("strategy"), str):
+        if (
+            self.strategy == "auto"
+            and isinstance(chosen, dict)
+            and isinstance(chosen.get("strategy"), str)
+        ):
             return str(chosen["strategy"])
         return self.strategy
 
@@ -277,7 +283,11 @@ def _samples(file: Path, prefix: str = "") -> Samples | None:
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise DataError(f"{str(file)!r} is not a readable safetensors file ({e})") from e
     images, labels = d.get(prefix + "images"), d.get(prefix + "labels")
-    if images is None and labels is None and (prefix or any(k.startswith("misclassified_") for k in d)):
+    if (
+        images is None
+        and labels is None
+        and (prefix or any(k.startswith("misclassified_") for k in d))
+    ):
         return None
     if images is None or labels is None:
         raise DataError(f"{str(file)!r} needs the tensors '{prefix}images' and '{prefix}labels'")
@@ -290,9 +300,14 @@ def _samples(file: Path, prefix: str = "") -> Samples | None:
         )
     pred = d.get(prefix + "predictions")
     if pred is not None and (pred.dim() != 1 or pred.numel() != labels.numel()):
-        raise DataError(f"{str(file)!r} holds {pred.numel()} predictions for {labels.numel()} images")
-    return Samples(images=images.float().clamp(0, 1), labels=labels.long(),
-                   predictions=None if pred is None else pred.long())
+        raise DataError(
+            f"{str(file)!r} holds {pred.numel()} predictions for {labels.numel()} images"
+        )
+    return Samples(
+        images=images.float().clamp(0, 1),
+        labels=labels.long(),
+        predictions=None if pred is None else pred.long(),
+    )
 
 
 def finite(x: Any) -> float | None:
@@ -317,12 +332,21 @@ def confusion(run: RunData) -> np.ndarray:
     k = len(cm)
     for i, row in enumerate(cm):
         if len(row) != k:
-            raise DataError(f"{file!r}: row {i} of the confusion matrix has {len(row)} values, not {k} "
-                            f"(it must be square); {fix}")
+            raise DataError(
+                f"{file!r}: row {i} of the confusion matrix has {len(row)} values, not {k} "
+                f"(it must be square); {fix}"
+            )
         for v in row:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
-                    or v != int(v):
-                raise DataError(f"{file!r}: the confusion matrix holds {v!r} in row {i}, not a count; {fix}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < 0
+                or v != int(v)
+            ):
+                raise DataError(
+                    f"{file!r}: the confusion matrix holds {v!r} in row {i}, not a count; {fix}"
+                )
     return np.asarray(cm, dtype=np.int64)
 
 
@@ -355,7 +379,9 @@ def advice_curve(run: RunData) -> dict[str, float] | None:
     for i, p in enumerate(curve):
         score = finite(p.get("score")) if isinstance(p, dict) else None
         if not isinstance(p, dict) or "layer" not in p or score is None:
-            raise DataError(f"{file!r}: point {i} of the similarity curve is {p!r}, not a layer with a "
-                            "numeric score; run the advisor again (smart-transfer advise)")
+            raise DataError(
+                f"{file!r}: point {i} of the similarity curve is {p!r}, not a layer with a "
+                "numeric score; run the advisor again (smart-transfer advise)"
+            )
         out[str(p["layer"])] = score
     return out

@@ -56,8 +56,9 @@ def profile_from_batchnorm(
             else "layers"
         )
         raise ConfigError(
-            f"no {what} of {type(model).__name__} feed a BatchNorm with running statistics, so there is "
-            "no source profile to read; pass source images to st.profile(model, loader) instead"
+            f"no {what} of {type(model).__name__} feed a BatchNorm with running statistics, so "
+            "there is no source profile to read; pass source images to st.profile(model, loader) "
+            "instead"
         )
     for _, bn_name, bn in chosen:
         for buf in ("running_mean", "running_var"):
@@ -68,14 +69,14 @@ def profile_from_batchnorm(
             if bool(bad.any()):
                 ch = int(bad.nonzero()[0, 0])
                 raise ProfileError(
-                    f"the BatchNorm buffer {bn_name}.{buf} holds {float(value[ch])} at channel {ch} "
-                    f"({int(bad.sum())} bad value(s)); the pretrained statistics are damaged, so "
-                    "reload the weights or profile source images with st.profile(model, loader)"
+                    f"the BatchNorm buffer {bn_name}.{buf} holds {float(value[ch])} at channel "
+                    f"{ch} ({int(bad.sum())} bad value(s)); the pretrained statistics are damaged, "
+                    "so reload the weights or profile source images with st.profile(model, loader)"
                 )
     params = layer_param_map(model, [c[0] for c in chosen])
     out: dict[str, LayerProfile] = {}
     tracked = {}
-    for name, bn_name, bn in chosen:
+    for name, _bn_name, bn in chosen:
         c = num_out_channels(modules[name])
         out[name] = LayerProfile(
             name=name,

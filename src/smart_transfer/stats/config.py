@@ -89,8 +89,10 @@ class StatsConfig:
         """The config of the individual keyword arguments of ``profile`` / ``RunningStats``
         (``hist_bins`` 0 or None: no histogram; ``covariance=False``: no covariance)."""
         stats = tuple(
-            s for s in ALL_STATS
-            if not (s == "histogram" and not hist_bins) and not (s == "covariance" and not covariance)
+            s
+            for s in ALL_STATS
+            if not (s == "histogram" and not hist_bins)
+            and not (s == "covariance" and not covariance)
         )
         return cls(stats=stats, hist_bins=int(hist_bins or DEFAULT_HIST_BINS), **settings)
 
@@ -130,8 +132,9 @@ def profile_hint(missing: Iterable[str], measure: str) -> str:
     if not [g for g in groups_for(missing) if g != "moments"]:
         return ""
     return (
-        f"profile it again with config=smart_transfer.stats.StatsConfig.for_measures([{measure!r}]) "
-        "or the default StatsConfig() (every statistic)"
+        "profile it again with "
+        f"config=smart_transfer.stats.StatsConfig.for_measures([{measure!r}]) or the default "
+        "StatsConfig() (every statistic)"
     )
 
 

@@ -154,7 +154,9 @@ class CoMoment:
         a32, a64 = (self._acc if self._pending else None), self._acc64
         delta = mean - self._ref
         if (
-            a32 is not None and a32.dtype == torch.float32 and a32.device.type == "cpu"
+            a32 is not None
+            and a32.dtype == torch.float32
+            and a32.device.type == "cpu"
             and _native.kernels() is not None
         ):
             acc = _native.cov_finish(a32, a64, delta, count, scale)

@@ -70,7 +70,9 @@ def check_same_model(meta_pre: Mapping[str, Any], meta_new: Mapping[str, Any]) -
     a, b = meta_pre.get("fingerprint"), meta_new.get("fingerprint")
     if not isinstance(a, Mapping) or not isinstance(b, Mapping):
         return
-    fix = "profile D_pre and D_new with the same model (or pass check_model=False to compare anyway)"
+    fix = (
+        "profile D_pre and D_new with the same model (or pass check_model=False to compare anyway)"
+    )
     if a.get("architecture") != b.get("architecture"):
         raise IncompatibleError(
             f"the profiles come from different networks (D_pre: {a.get('class')!r}, D_new: "

@@ -334,9 +334,7 @@ def moments_small_maps(x: Tensor, scratch: Scratch) -> ChannelStats:
         xb = x.index_select(1, bad.to(x.device))
         d = xb - mean[bad].to(x.dtype).view(1, -1, 1)
         m2[bad] = d.mul_(d).sum(0).sum(1, dtype=F64)
-    return ChannelStats(
-        count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero
-    )
+    return ChannelStats(count=float(n), mean=mean, m2=m2, min=mins, max=maxs, zeros=n - nonzero)
 
 
 def m2_from_raw(x: Tensor, sums: Tensor, norms: Tensor, mean: Tensor) -> Tensor:
@@ -360,9 +358,7 @@ def m2_from_raw(x: Tensor, sums: Tensor, norms: Tensor, mean: Tensor) -> Tensor:
     return m2_img.sum(0) + length * (offsets * offsets).sum(0)
 
 
-def log_moments(
-    v: Tensor, m: int, buf: Callable[..., Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
+def log_moments(v: Tensor, m: int, buf: Callable[..., Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Count, mean and sum of squared deviations of log|x| over the non-zero values of ``v``
     ((N, C, L) or (k, C); ``m`` positions per channel). ``buf(name)`` hands out work buffers
     shaped like ``v``.

@@ -101,12 +101,28 @@ class MomentsArgs(ctypes.Structure):
 
     _fields_ = [
         ("x", _PTR),
-        ("n_img", _I64), ("C", _I64), ("L", _I64), ("sn", _I64), ("sc", _I64), ("sl", _I64),
-        ("c0", _I64), ("c1", _I64),
-        ("lrate", _I64), ("lphase", _I64), ("hrate", _I64), ("hphase", _I64),
-        ("kh", _I64), ("kc", _I64), ("bins", _I64),
-        ("out", _PTR), ("hoff", _PTR), ("low", _PTR), ("cut", _PTR), ("hist", _PTR),
-        ("coff", _PTR), ("sub", _PTR),
+        ("n_img", _I64),
+        ("C", _I64),
+        ("L", _I64),
+        ("sn", _I64),
+        ("sc", _I64),
+        ("sl", _I64),
+        ("c0", _I64),
+        ("c1", _I64),
+        ("lrate", _I64),
+        ("lphase", _I64),
+        ("hrate", _I64),
+        ("hphase", _I64),
+        ("kh", _I64),
+        ("kc", _I64),
+        ("bins", _I64),
+        ("out", _PTR),
+        ("hoff", _PTR),
+        ("low", _PTR),
+        ("cut", _PTR),
+        ("hist", _PTR),
+        ("coff", _PTR),
+        ("sub", _PTR),
     ]
 
 
@@ -172,7 +188,9 @@ def _accepts(cc: str, flags: tuple[str, ...]) -> bool:
             try:
                 done = subprocess.run(
                     [cc, *flags, "-fPIC", "-shared", "-o", str(Path(tmp) / "probe.so"), str(src)],
-                    capture_output=True, timeout=60, check=False,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
                 )
                 _probes[key] = done.returncode == 0
             except (OSError, subprocess.SubprocessError):
@@ -186,8 +204,13 @@ def _key(cc: str, openmp: bool) -> str:
     version = subprocess.run(
         [cc, "--version"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
-    parts = [src, " ".join(_flags(cc, openmp)).encode(), version.encode(), _cpu_key().encode(),
-             platform.machine().encode()]
+    parts = [
+        src,
+        " ".join(_flags(cc, openmp)).encode(),
+        version.encode(),
+        _cpu_key().encode(),
+        platform.machine().encode(),
+    ]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
@@ -254,7 +277,9 @@ def _build_lock(folder: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(folder / "build.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    fd = os.open(
+        folder / "build.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -272,7 +297,10 @@ def _compile_into(cc: str, openmp: bool, folder: Path, lib: Path) -> str:
     try:
         done = subprocess.run(
             [cc, *_flags(cc, openmp), "-o", tmp, str(SOURCE), "-lm"],
-            capture_output=True, text=True, timeout=300, check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         if done.returncode != 0:
             raise NativeBuildError(
@@ -363,8 +391,16 @@ def _bind(lib: Any) -> Any:
     lib.st_sample_logs_par.restype = None
     lib.st_merge.argtypes = [_I64, ctypes.c_double, ctypes.c_double, _PTR, _PTR]
     lib.st_merge.restype = ctypes.c_int
-    lib.st_cov_finish.argtypes = [ctypes.c_int, _I64, _PTR, _PTR, _PTR, ctypes.c_double,
-                                  ctypes.c_double, _PTR]
+    lib.st_cov_finish.argtypes = [
+        ctypes.c_int,
+        _I64,
+        _PTR,
+        _PTR,
+        _PTR,
+        ctypes.c_double,
+        ctypes.c_double,
+        _PTR,
+    ]
     lib.st_cov_finish.restype = None
     return lib
 
@@ -480,12 +516,16 @@ def _check_batch(x: Tensor) -> tuple[int, int, int, int, int, int]:
     """The layout of an (N, C, L) float32 CPU batch whose every element the kernels may read
     lies inside its storage; raises ValueError otherwise."""
     _require(isinstance(x, Tensor) and x.ndim == 3, "the batch must be an (N, C, L) tensor")
-    _require(x.dtype == torch.float32 and x.device.type == "cpu", "the batch must be float32 on the CPU")
+    _require(
+        x.dtype == torch.float32 and x.device.type == "cpu", "the batch must be float32 on the CPU"
+    )
     _require(x.numel() > 0, "the batch must not be empty")
     _require(min(x.stride()) >= 0, "the batch's strides must not be negative")
     layout = _layout(x)
     last = x.storage_offset() + sum((d - 1) * st for d, st in zip(x.shape, x.stride()))
-    _require(bool(last < x.untyped_storage().nbytes() // 4), "the batch's view reaches past its storage")
+    _require(
+        bool(last < x.untyped_storage().nbytes() // 4), "the batch's view reaches past its storage"
+    )
     return layout
 
 
@@ -508,8 +548,10 @@ def _check_bins(low: Tensor, bins: int) -> None:
     per table (the tables are cached, read-only, for the life of the process)."""
     key = (low.data_ptr(), low.untyped_storage().data_ptr(), bins)
     if key not in _tables_checked:
-        _require(int(low.min()) >= 0 and int(low.max()) < bins, "hist table low names bins "
-                 "outside the counts")
+        _require(
+            int(low.min()) >= 0 and int(low.max()) < bins,
+            "hist table low names bins outside the counts",
+        )
         _tables_checked.add(key)
 
 
@@ -539,8 +581,20 @@ def moments(
     lib = kernels()
     _require(lib is not None, "the kernels are not loaded")
     out = torch.zeros(9, c, dtype=torch.float64)
-    a = MomentsArgs(x=x.data_ptr(), n_img=n, C=c, L=length, sn=sn, sc=sc, sl=sl, c0=0, c1=c,
-                    lrate=int(logs), lphase=int(log_phase), out=out.data_ptr())
+    a = MomentsArgs(
+        x=x.data_ptr(),
+        n_img=n,
+        C=c,
+        L=length,
+        sn=sn,
+        sc=sc,
+        sl=sl,
+        c0=0,
+        c1=c,
+        lrate=int(logs),
+        lphase=int(log_phase),
+        out=out.data_ptr(),
+    )
     _require(a.lrate >= 0 and 0 <= a.lphase, "logs and log_phase must not be negative")
     if hist is not None:
         rate, phase, h_off, low, cut, counts = hist
@@ -622,7 +676,9 @@ def offsets(x: Tensor, pos: Tensor) -> Tensor:
     length = x.shape[2]
     sn, _sc, sl = x.stride()
     pos = pos.to(torch.int64)
-    return (torch.div(pos, length, rounding_mode="floor") * sn + pos.remainder(length) * sl).contiguous()
+    return (
+        torch.div(pos, length, rounding_mode="floor") * sn + pos.remainder(length) * sl
+    ).contiguous()
 
 
 def sample_logs(x: Tensor, off: Tensor, out: Tensor) -> None:
@@ -637,7 +693,9 @@ def sample_logs(x: Tensor, off: Tensor, out: Tensor) -> None:
     _run(lib.st_sample_logs_par, c, k * c, (ptr, c, sc, optr_, k, 0, c, optr))
 
 
-def cov_finish(a32: Tensor, a64: Tensor | None, delta: Tensor, count: float, scale: float) -> Tensor:
+def cov_finish(
+    a32: Tensor, a64: Tensor | None, delta: Tensor, count: float, scale: float
+) -> Tensor:
     """``(a32 + a64 - count * delta delta^T) * scale`` as a new (C, C) float64 tensor, read
     from the upper triangle and mirrored below it (exactly symmetric); ``a32`` float32, ``a64``
     float64 or None, ``delta`` (C,) float64, all contiguous on the CPU. The diagonal is the
@@ -651,8 +709,14 @@ def cov_finish(a32: Tensor, a64: Tensor | None, delta: Tensor, count: float, sca
     out = torch.empty(c, c, dtype=torch.float64)
     threads = max(1, min(torch.get_num_threads(), c)) if _openmp and c * c >= (1 << 16) else 1
     kernels().st_cov_finish(
-        threads, c, a32.data_ptr(), 0 if a64 is None else a64.data_ptr(), delta.data_ptr(),
-        -float(count) * scale, float(scale), out.data_ptr(),
+        threads,
+        c,
+        a32.data_ptr(),
+        0 if a64 is None else a64.data_ptr(),
+        delta.data_ptr(),
+        -float(count) * scale,
+        float(scale),
+        out.data_ptr(),
     )
     return out
 
@@ -663,7 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     failure is seen at install time; profiling still builds on first use when this was not run."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m smart_transfer.stats.native", description=main.__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m smart_transfer.stats.native", description=main.__doc__
+    )
     ap.add_argument("--build", action="store_true", help="build (or verify) the cached library")
     args = ap.parse_args(argv)
     if not args.build:
@@ -672,8 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, _lib = build()
     except OSError as e:
-        print(f"smart_transfer: the fused statistics could not be built ({e}); profiling on the "
-              "CPU will use the slower eager statistics (same values)", file=sys.stderr)
+        print(
+            f"smart_transfer: the fused statistics could not be built ({e}); profiling on the "
+            "CPU will use the slower eager statistics (same values)",
+            file=sys.stderr,
+        )
         return 1
     arch = " ".join(_arch_flags(_compiler() or "cc")) or "portable (no -march)"
     print(f"built {path} (target: {arch}; OpenMP: {'yes' if _openmp else 'no'})")

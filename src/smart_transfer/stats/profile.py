@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from torch import Tensor
@@ -147,15 +147,15 @@ class ActivationProfile:
         for p in (self, other):
             if p.source != "data":
                 raise IncompatibleError(
-                    f"cannot merge a profile with source={p.source!r}: BatchNorm statistics have no "
-                    "sample count; merge only profiles made by st.profile from data"
+                    f"cannot merge a profile with source={p.source!r}: BatchNorm statistics have "
+                    "no sample count; merge only profiles made by st.profile from data"
                 )
         if list(self.layers) != list(other.layers):
             only_a = sorted(set(self.layers) - set(other.layers))
             only_b = sorted(set(other.layers) - set(self.layers))
             raise IncompatibleError(
-                f"cannot merge profiles of different layers (only in the first: {only_a[:5]}, only in "
-                f"the second: {only_b[:5]}); profile both with the same layers= selection"
+                f"cannot merge profiles of different layers (only in the first: {only_a[:5]}, only "
+                f"in the second: {only_b[:5]}); profile both with the same layers= selection"
             )
         for key in MERGE_SETTINGS:
             if key in self.meta and key in other.meta and self.meta[key] != other.meta[key]:
@@ -168,8 +168,9 @@ class ActivationProfile:
             b = other.layers[name]
             if a.num_channels != b.num_channels or a.kind != b.kind:
                 raise IncompatibleError(
-                    f"layer {name!r} is a {a.kind} with {a.num_channels} channels in one profile and a "
-                    f"{b.kind} with {b.num_channels} in the other; merge profiles of the same model"
+                    f"layer {name!r} is a {a.kind} with {a.num_channels} channels in one profile "
+                    f"and a {b.kind} with {b.num_channels} in the other; merge profiles of the "
+                    "same model"
                 )
             edges = a.hist_edges
             if (a.hist_edges is None) != (b.hist_edges is None) or (
@@ -268,7 +269,8 @@ class ActivationProfile:
         path = _as_path(path, "load")
         if not path.is_file():
             raise DataError(
-                f"no profile file at {str(path)!r}; check the path or create it with prof.save(path)"
+                f"no profile file at {str(path)!r}; check the path or create it with "
+                "prof.save(path)"
             )
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
@@ -282,7 +284,9 @@ class ActivationProfile:
 
 def _as_path(path: Any, verb: str) -> Path:
     if isinstance(path, (str, os.PathLike)) and not str(path):
-        raise ConfigError(f"{verb} needs a file path, got an empty one; e.g. prof.{verb}('profile.pt')")
+        raise ConfigError(
+            f"{verb} needs a file path, got an empty one; e.g. prof.{verb}('profile.pt')"
+        )
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(
             f"{verb} needs a file path (a str or pathlib.Path), got {type(path).__name__}; "
@@ -293,7 +297,7 @@ def _as_path(path: Any, verb: str) -> Path:
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` reduced to JSON types, so that loading never needs to unpickle objects."""
-    return json.loads(json.dumps(meta, default=str))
+    return cast(dict[str, Any], json.loads(json.dumps(meta, default=str)))
 
 
 def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:
@@ -322,7 +326,8 @@ def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:
         if not isinstance(v, Tensor) or tuple(v.shape) != want:
             got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise DataError(
-                f"{where}: layer {lp.name!r} has {key} of shape {got}, expected {want}; re-create the profile"
+                f"{where}: layer {lp.name!r} has {key} of shape {got}, expected {want}; re-create "
+                "the profile"
             )
     if bins is None and lp.hist is not None:
         raise DataError(

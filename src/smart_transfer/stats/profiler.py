@@ -86,7 +86,7 @@ def layer_kind(module: nn.Module) -> str:
 
 def _next_activation(model: nn.Module, after: str) -> str | None:
     """Name of the activation module registered right after ``after`` (skipping no-ops)."""
-    names = [n for n, m in model.named_modules() if n]
+    names: list[str] = [n for n, m in model.named_modules() if n]
     modules = dict(model.named_modules())
     if after not in modules:
         return None
@@ -234,9 +234,15 @@ def profile(
     if hist_bins is not None and hist_bins != 0:
         _check_int(hist_bins, "hist_bins")
     cfg = resolve_config(
-        config, seed=int(seed) if config is None else 0, hist_bins=hist_bins, hist_scale=hist_scale,
-        hist_max=hist_max, covariance=covariance, sample_per_batch=sample_per_batch,
-        cov_sample_per_batch=cov_sample_per_batch, hist_sample_per_batch=hist_sample_per_batch,
+        config,
+        seed=int(seed) if config is None else 0,
+        hist_bins=hist_bins,
+        hist_scale=hist_scale,
+        hist_max=hist_max,
+        covariance=covariance,
+        sample_per_batch=sample_per_batch,
+        cov_sample_per_batch=cov_sample_per_batch,
+        hist_sample_per_batch=hist_sample_per_batch,
     )
     if config is not None and seed != 0:
         raise ConfigError("pass seed either in config=StatsConfig(seed=...) or as seed=, not both")
@@ -261,7 +267,14 @@ def profile(
         "skipped": skipped,
     }
     run = functools.partial(
-        _run, model, loader, points, accs, run_device, model_dtype, max_batches,
+        _run,
+        model,
+        loader,
+        points,
+        accs,
+        run_device,
+        model_dtype,
+        max_batches,
         progress and rank == 0,
     )
     return _profile_ranks(run, model, points, accs, meta, world)
@@ -274,7 +287,11 @@ def _run_device(
     model's floating dtype."""
     model_device, model_dtype = _model_device_dtype(model)
     run_device = model_device if device is None else torch.device(device)
-    if device is not None and model_dtype is not None and not _same_device(run_device, model_device):
+    if (
+        device is not None
+        and model_dtype is not None
+        and not _same_device(run_device, model_device)
+    ):
         raise ConfigError(
             f"the model is on {model_device} but device={str(device)!r}; move the model with "
             f"model.to({str(device)!r}) or leave device=None"
@@ -300,7 +317,8 @@ def _profile_ranks(
             local = _finish(model, points, accs, num_samples, num_batches, meta)
         elif world == 1:
             raise DataError(
-                "the loader yielded no batches (or only empty ones); pass a loader over at least one image"
+                "the loader yielded no batches (or only empty ones); pass a loader over at least "
+                "one image"
             )
     except Exception as e:
         if world == 1:
@@ -311,6 +329,30 @@ def _profile_ranks(
     if local is None:  # unreachable: a single process without batches raised above
         raise DataError("the loader yielded no batches; pass a loader over at least one image")
     return local
+
+
+def _batches(
+    loader: Iterable[Any], max_batches: int | None, progress: bool
+) -> tuple[Iterable[Any], Any]:
+    """The loader's batches (at most ``max_batches``), behind a progress bar when asked;
+    returns (batches, the bar or None) so that the caller can close the bar."""
+    try:
+        total: int | None = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if total is not None and max_batches is not None:
+        total = min(total, max_batches)
+    batches: Iterable[Any] = (
+        loader if max_batches is None else itertools.islice(loader, max_batches)
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        # disable=None: tqdm shows the bar only when writing to a terminal
+        bar = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
+        batches = bar
+    return batches, bar
 
 
 def _run(
@@ -342,22 +384,7 @@ def _run(
 
         return hook
 
-    try:
-        total: int | None = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    if total is not None and max_batches is not None:
-        total = min(total, max_batches)
-    batches: Iterable[Any] = (
-        loader if max_batches is None else itertools.islice(loader, max_batches)
-    )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        # disable=None: tqdm shows the bar only when writing to a terminal
-        bar = tqdm(batches, total=total, desc="profile", unit="batch", disable=None, leave=False)
-        batches = bar
+    batches, bar = _batches(loader, max_batches, progress)
     num_samples = num_batches = 0
     with contextlib.ExitStack() as stack:
         if bar is not None:
@@ -415,8 +442,8 @@ def _check_batch(
                     "clean or drop those images"
                 )
             raise ProfileError(
-                f"layer {name!r} produced NaN or Inf activations on batch {index} (counting from 0); "
-                "check the model's weights and that batch's values"
+                f"layer {name!r} produced NaN or Inf activations on batch {index} (counting from "
+                "0); check the model's weights and that batch's values"
             )
     for p in points:
         if isinstance(p.module, ACT_TYPES) and calls.get(p.name, 0) > 1:

@@ -175,9 +175,14 @@ class RunningStats:
         native: bool = True,
     ) -> None:
         cfg = resolve_config(
-            config, hist_bins=hist_bins, hist_scale=hist_scale, hist_max=hist_max,
-            covariance=covariance, sample_per_batch=sample_per_batch,
-            cov_sample_per_batch=cov_sample_per_batch, hist_sample_per_batch=hist_sample_per_batch,
+            config,
+            hist_bins=hist_bins,
+            hist_scale=hist_scale,
+            hist_max=hist_max,
+            covariance=covariance,
+            sample_per_batch=sample_per_batch,
+            cov_sample_per_batch=cov_sample_per_batch,
+            hist_sample_per_batch=hist_sample_per_batch,
         )
         c = int(num_channels)
         dev = torch.device(device)
@@ -197,7 +202,8 @@ class RunningStats:
         self._inner_edges = None if edges is None else edges[1:-1].to(dev)
         self._hist_settings = (
             (int(cfg.hist_bins), float(cfg.hist_scale), float(cfg.hist_max))
-            if edges is not None else None
+            if edges is not None
+            else None
         )
         self._scratch = scratch if scratch is not None else Scratch()
         self._sampler = Sampler(
@@ -358,7 +364,9 @@ class RunningStats:
             _native.sample_logs(v, off, out)
         t = self._totals
         finite = _native.merge(  # into the totals in one call; out[0]: the batch means
-            out, n, t.count,
+            out,
+            n,
+            t.count,
             (t.mean, t.m2, t.min, t.max, t.zeros, t.log_count, t.log_mean, t.log_m2),
         )
         if cov is not None:
@@ -402,8 +410,11 @@ class RunningStats:
         if draw.log_rate == 1:
             v = x  # (N, C, L) or (M, C): every position
         else:
-            pos = draw.log_pos if draw.log_pos is not None else _native.block_positions(
-                num, length, draw.log_rate, draw.log_phase)
+            pos = (
+                draw.log_pos
+                if draw.log_pos is not None
+                else _native.block_positions(num, length, draw.log_rate, draw.log_phase)
+            )
             v = gather_positions(x, pos.to(x.device))  # (k, C)
         if self.config.logs:
             m = n if v is x else v.shape[0]
@@ -413,9 +424,11 @@ class RunningStats:
             hist, hist_count = self._totals.hist, self._totals.hist_count
             if hist is None or hist_count is None:
                 raise ProfileError("histogram totals missing")  # unreachable: set with edges
-            hist_count.add_(add_counts_(
-                hist, hv, self._inner_edges, self._hist_settings, self._buffers(hv, "hist_")
-            ))
+            hist_count.add_(
+                add_counts_(
+                    hist, hv, self._inner_edges, self._hist_settings, self._buffers(hv, "hist_")
+                )
+            )
 
     def _hist_values(self, x: Tensor, v: Tensor, draw: _Draw, num: int, length: int) -> Tensor:
         """The histogram's positions of the batch ``x`` (``v``: the log moments' sample)."""
@@ -424,8 +437,10 @@ class RunningStats:
         elif draw.hist_pos is not None:
             hv = gather_positions(x, draw.hist_pos.to(x.device))
         elif draw.hist_rate > 1:
-            hv = gather_positions(x, _native.block_positions(
-                num, length, draw.hist_rate, draw.hist_phase).to(x.device))
+            hv = gather_positions(
+                x,
+                _native.block_positions(num, length, draw.hist_rate, draw.hist_phase).to(x.device),
+            )
         else:
             hv = x
         return hv.contiguous()

@@ -50,8 +50,10 @@ def check_sample(what: str, value: object, fraction: bool = True) -> int | None:
         return None
     if fraction and isinstance(value, float) and 0.0 < value <= 1.0:
         return max(1, round(1.0 / value))
-    allowed = "a positive int (positions per batch), a fraction in (0, 1]" if fraction else (
-        "a positive int"
+    allowed = (
+        "a positive int (positions per batch), a fraction in (0, 1]"
+        if fraction
+        else ("a positive int")
     )
     raise ConfigError(f"{what} must be {allowed} or None (all values), got {value!r}")
 

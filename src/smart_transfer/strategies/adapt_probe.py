@@ -31,8 +31,12 @@ from .smart import similarity
 PROBE_QUANTILES = (0.0, 0.5, 1.0)
 
 
-def restore_source_statistics(model: nn.Module, source: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                              plan: FreezePlan, norms: dict[str, str] | None = None) -> int:
+def restore_source_statistics(
+    model: nn.Module,
+    source: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    plan: FreezePlan,
+    norms: dict[str, str] | None = None,
+) -> int:
     """Put back the source running mean/var of the plan's frozen channels; returns how many.
 
     ``norms``: :func:`following_norms` of the model, when the caller has it already."""
@@ -54,15 +58,23 @@ def restore_source_statistics(model: nn.Module, source: dict[str, tuple[torch.Te
 
 
 def _bn_statistics(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {n: (m.running_mean.detach().clone(), m.running_var.detach().clone())  # type: ignore[union-attr]
-            for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+    return {
+        n: (m.running_mean.detach().clone(), m.running_var.detach().clone())  # type: ignore[union-attr]
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    }
 
 
 def run_adapt_probe(
-    ctx: Context, measure: str = "gaussian_kl", quantile: float | None = None,
-    select: str = "val", quantiles: Sequence[float] = PROBE_QUANTILES, layer: str = PENULTIMATE,
-    C: Sequence[float] | float = C_GRID, random: bool = False, mask_seed: int | None = None,
+    ctx: Context,
+    measure: str = "gaussian_kl",
+    quantile: float | None = None,
+    select: str = "val",
+    quantiles: Sequence[float] = PROBE_QUANTILES,
+    layer: str = PENULTIMATE,
+    C: Sequence[float] | float = C_GRID,
+    random: bool = False,
+    mask_seed: int | None = None,
     refit: bool = True,
 ) -> Outcome:
     """Re-estimate the BatchNorm statistics of the channels the plan leaves trainable, probe.
@@ -88,8 +100,10 @@ def run_adapt_probe(
     pretrained = ctx.make_model()
     source = _bn_statistics(pretrained)
     if not source:  # before any profiling
-        raise ConfigError(f"{name} re-estimates BatchNorm statistics, and the model has no BatchNorm layer; "
-                          "use linear-probe")
+        raise ConfigError(
+            f"{name} re-estimates BatchNorm statistics, and the model has no BatchNorm layer; "
+            "use linear-probe"
+        )
     norms = following_norms(pretrained)
     modules = dict(pretrained.named_modules())
     total = sum(int(modules[bn].running_mean.numel()) for bn in set(norms.values()))  # type: ignore[union-attr]
@@ -110,8 +124,15 @@ def run_adapt_probe(
         linear, c, acc, _ = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes)
         counts = {"kept_source_channels": kept, "adapted_channels": total - kept}
         tried.append({"quantile": q, "C": c, "val_accuracy": acc, **counts})
-        chosen = {"measure": measure, "quantile": q, "layer": layer, "C": c, "random": random,
-                  "refit": bool(refit), **counts}
+        chosen = {
+            "measure": measure,
+            "quantile": q,
+            "layer": layer,
+            "C": c,
+            "random": random,
+            "refit": bool(refit),
+            **counts,
+        }
         if keep.offer((model, chosen, linear), acc):
             design = cv_design(ftr[layer], ytr, fva[layer], yva, c)
     (model, chosen, linear), acc = keep.item, keep.accuracy
@@ -120,7 +141,17 @@ def run_adapt_probe(
     out_model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
     pre, new = ctx.cache[("profiles", "output")]
     # no weight is trained: the plan only said whose statistics to keep, so it is not applied
-    return Outcome(model=out_model, val_accuracy=acc, chosen=chosen, tried=tried, model_kind=kind,
-                   extra={"head_only": True, "profile_pre": pre, "profile_new": new, "measure": measure,
-                          "probe_design": design})
-
+    return Outcome(
+        model=out_model,
+        val_accuracy=acc,
+        chosen=chosen,
+        tried=tried,
+        model_kind=kind,
+        extra={
+            "head_only": True,
+            "profile_pre": pre,
+            "profile_new": new,
+            "measure": measure,
+            "probe_design": design,
+        },
+    )

@@ -36,8 +36,10 @@ SIMILAR = 0.9  # network-level similarity at or above which a target counts as "
 
 RULES = {
     "small-similar": ("linear-probe", "a linear classifier on the top (penultimate) features"),
-    "small-different": ("multi-layer-probe", ("a linear classifier on the features of many "
-                                              "layers side by side, early ones included")),
+    "small-different": (
+        "multi-layer-probe",
+        ("a linear classifier on the features of many layers side by side, early ones included"),
+    ),
     "large-similar": ("lp-ft", "fine-tuning, starting from a linear probe's head"),
     "large-different": ("full-finetune", "fine-tuning everything from the pretrained weights"),
 }
@@ -57,7 +59,9 @@ class Advice:
     layer: str  # the layer to cut for a probe
     reasons: list[str]
     samples_per_class: float
-    curve: list[dict[str, Any]] = field(default_factory=list)  # [{"layer", "score"}], input to output
+    curve: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # [{"layer", "score"}], input to output
     candidates: list[str] = field(default_factory=list)  # what `auto` tries, best first
     frozen_fraction: float | None = None  # what a quantile-0.5 smart-kernel plan would freeze
     source: str = "batchnorm"
@@ -75,11 +79,16 @@ class Advice:
         from ..errors import DataError
 
         known = {f.name for f in fields(cls)}
-        missing = [k for k in ("strategy", "quadrant", "similarity", "layer", "reasons", "samples_per_class")
-                   if not isinstance(d, dict) or k not in d]
+        missing = [
+            k
+            for k in ("strategy", "quadrant", "similarity", "layer", "reasons", "samples_per_class")
+            if not isinstance(d, dict) or k not in d
+        ]
         if missing:
-            raise DataError(f"advice.json lacks {missing[0]!r}; the run folder is damaged: restore the file "
-                            "or train the run again")
+            raise DataError(
+                f"advice.json lacks {missing[0]!r}; the run folder is damaged: restore the file "
+                "or train the run again"
+            )
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def __str__(self) -> str:
@@ -88,8 +97,11 @@ class Advice:
 
 
 def decide(
-    samples_per_class: float, layer_scores: dict[str, float], source: str = "batchnorm",
-    frozen_fraction: float | None = None, small_per_class: float = SMALL_PER_CLASS,
+    samples_per_class: float,
+    layer_scores: dict[str, float],
+    source: str = "batchnorm",
+    frozen_fraction: float | None = None,
+    small_per_class: float = SMALL_PER_CLASS,
     similar: float = SIMILAR,
 ) -> Advice:
     """The advice from the evidence: samples per class and the layer-wise similarity curve."""
@@ -104,8 +116,14 @@ def decide(
     # where the curve falls: the deepest layer whose smoothed score (mean over it and its two
     # neighbours) is still similar; when none is, the layer where the smoothed curve peaks
     filled = np.where(finite, values, np.nan)
-    smooth = np.array([np.nanmean(filled[max(i - 1, 0) : i + 2]) if finite[max(i - 1, 0) : i + 2].any()
-                       else -np.inf for i in range(len(names))])
+    smooth = np.array(
+        [
+            np.nanmean(filled[max(i - 1, 0) : i + 2])
+            if finite[max(i - 1, 0) : i + 2].any()
+            else -np.inf
+            for i in range(len(names))
+        ]
+    )
     below = [i for i, v in enumerate(values) if np.isfinite(v) and v < similar]
     if similar_ or not names:
         layer = PENULTIMATE
@@ -113,22 +131,40 @@ def decide(
         keep = np.nonzero(smooth >= similar)[0]
         layer = names[int(keep[-1])] if len(keep) else names[int(np.argmax(smooth))]
     reasons = [
-        (f"{samples_per_class:.0f} labelled images per class: "
-         f"{'small' if small else 'large'} (cut-off {small_per_class:g} per class)"),
-        (f"network-level similarity {sim:.3f} (mean of {int(finite.sum())} layer scores, "
-         f"gaussian_kl against {source} statistics): "
-         f"{'similar' if similar_ else 'different'} (cut-off {similar:g})"),
+        (
+            f"{samples_per_class:.0f} labelled images per class: "
+            f"{'small' if small else 'large'} (cut-off {small_per_class:g} per class)"
+        ),
+        (
+            f"network-level similarity {sim:.3f} (mean of {int(finite.sum())} layer scores, "
+            f"gaussian_kl against {source} statistics): "
+            f"{'similar' if similar_ else 'different'} (cut-off {similar:g})"
+        ),
     ]
     if below and names:
-        reasons.append(f"the similarity curve first falls below {similar:g} at layer {names[below[0]]!r} "
-                       f"(layer {below[0] + 1} of {len(names)})")
-    reasons.append(f"rule for {quadrant}: {what} -> {strategy}" + (f", cut at {layer!r}" if strategy in ("linear-probe", "linear-probe-best-layer") else ""))
+        reasons.append(
+            f"the similarity curve first falls below {similar:g} at layer {names[below[0]]!r} "
+            f"(layer {below[0] + 1} of {len(names)})"
+        )
+    reasons.append(
+        f"rule for {quadrant}: {what} -> {strategy}"
+        + (f", cut at {layer!r}" if strategy in ("linear-probe", "linear-probe-best-layer") else "")
+    )
     if frozen_fraction is not None:
-        reasons.append(f"a smart-kernel plan (quantile 0.5) would freeze {frozen_fraction:.1%} of the planned parameters")
+        reasons.append(
+            f"a smart-kernel plan (quantile 0.5) would freeze {frozen_fraction:.1%} of the planned "
+            "parameters"
+        )
     return Advice(
-        strategy=strategy, quadrant=quadrant, similarity=sim, layer=layer, reasons=reasons,
+        strategy=strategy,
+        quadrant=quadrant,
+        similarity=sim,
+        layer=layer,
+        reasons=reasons,
         samples_per_class=float(samples_per_class),
         curve=[{"layer": n, "score": float(v)} for n, v in zip(names, values)],
-        candidates=list(CANDIDATES[quadrant]), frozen_fraction=frozen_fraction, source=source,
+        candidates=list(CANDIDATES[quadrant]),
+        frozen_fraction=frozen_fraction,
+        source=source,
         cutoffs={"small_per_class": float(small_per_class), "similar": float(similar)},
     )

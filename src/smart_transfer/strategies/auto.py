@@ -30,27 +30,47 @@ from .probe import cv_accuracy
 from .registry import get_strategy
 from .smart import similarity
 
-SIMPLEST_FIRST = ("linear-probe", "multi-layer-probe", "linear-probe-best-layer", "smart-probe", "random-probe", "head-only",
-                  "lp-ft", "first-k-frozen", "smart-layer", "smart-kernel", "random-mask", "full-finetune")
+SIMPLEST_FIRST = (
+    "linear-probe",
+    "multi-layer-probe",
+    "linear-probe-best-layer",
+    "smart-probe",
+    "random-probe",
+    "head-only",
+    "lp-ft",
+    "first-k-frozen",
+    "smart-layer",
+    "smart-kernel",
+    "random-mask",
+    "full-finetune",
+)
 
 
-def advice_for(ctx: Context, small_per_class: float | None = None, similar: float | None = None) -> Any:
+def advice_for(
+    ctx: Context, small_per_class: float | None = None, similar: float | None = None
+) -> Any:
     """The advice for the context's training images (the one implementation: ``auto`` and
     :func:`smart_transfer.advise` both call it): their ``gaussian_kl`` similarity to D_pre, what
     a quantile-0.5 plan would freeze, and the samples per class, read by :func:`decide`."""
     sim = similarity(ctx, "gaussian_kl")
     plan = plan_freeze(sim, quantile=0.5)
-    return decide(ctx.samples_per_class, sim.layer_scores, sim.source, plan.frozen_fraction,
-                  small_per_class=SMALL_PER_CLASS if small_per_class is None else small_per_class,
-                  similar=SIMILAR if similar is None else similar)
+    return decide(
+        ctx.samples_per_class,
+        sim.layer_scores,
+        sim.source,
+        plan.frozen_fraction,
+        small_per_class=SMALL_PER_CLASS if small_per_class is None else small_per_class,
+        similar=SIMILAR if similar is None else similar,
+    )
 
 
 def _simplicity(name: str) -> int:
     return SIMPLEST_FIRST.index(name) if name in SIMPLEST_FIRST else len(SIMPLEST_FIRST)
 
 
-def _keep(results: list[tuple[str, Outcome, float]], n: int, rule: str,
-          rank: Callable[[str], int]) -> tuple[str, Outcome, float, float]:
+def _keep(
+    results: list[tuple[str, Outcome, float]], n: int, rule: str, rank: Callable[[str], int]
+) -> tuple[str, Outcome, float, float]:
     """The candidate ``rule`` keeps among ``(name, outcome, score)`` scored on ``n`` images, and
     the standard error it used."""
     top = max(s for _, _, s in results)
@@ -63,8 +83,14 @@ def _keep(results: list[tuple[str, Outcome, float]], n: int, rule: str,
     return name, out, score, se
 
 
-def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | None = None,
-             rule: str = "one-se", prefer: str = "simplest", cv: int = 5) -> Outcome:
+def run_auto(
+    ctx: Context,
+    budget_s: float = 900.0,
+    candidates: Sequence[str] | None = None,
+    rule: str = "one-se",
+    prefer: str = "simplest",
+    cv: int = 5,
+) -> Outcome:
     if rule not in ("one-se", "best"):
         raise ConfigError(f"rule must be 'one-se' or 'best', got {rule!r}")
     if prefer not in ("simplest", "advice"):
@@ -79,15 +105,24 @@ def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | 
     for i, name in enumerate(names):
         elapsed = time.perf_counter() - start
         if i > 0 and elapsed >= budget_s:
-            tried.append({"strategy": name, "skipped": f"time budget of {budget_s:g} s used ({elapsed:.0f} s)"})
+            tried.append(
+                {
+                    "strategy": name,
+                    "skipped": f"time budget of {budget_s:g} s used ({elapsed:.0f} s)",
+                }
+            )
             continue
         t0 = time.perf_counter()
         options: dict[str, Any] = {}
         if name == "linear-probe" and advice.layer != "penultimate" and advice.strategy == name:
             options["layer"] = advice.layer
         out = get_strategy(name).run(ctx, **options)
-        entry = {"strategy": name, "val_accuracy": out.val_accuracy, "seconds": time.perf_counter() - t0,
-                 "chosen": out.chosen}
+        entry = {
+            "strategy": name,
+            "val_accuracy": out.val_accuracy,
+            "seconds": time.perf_counter() - t0,
+            "chosen": out.chosen,
+        }
         design = out.extra.pop("probe_design", None)
         if cv and design is not None:
             acc, entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
@@ -99,15 +134,26 @@ def run_auto(ctx: Context, budget_s: float = 900.0, candidates: Sequence[str] | 
     rank = _simplicity if prefer == "simplest" else names.index
     n_val = sum(len(y) for _, y in ctx.val)
     scored = {t["strategy"]: t for t in tried if "val_accuracy" in t}
-    probes = [(nm, o, scored[nm]["cv_accuracy"]) for nm, o in results if "cv_accuracy" in scored[nm]]
+    probes = [
+        (nm, o, scored[nm]["cv_accuracy"]) for nm, o in results if "cv_accuracy" in scored[nm]
+    ]
     selection: dict[str, Any] = {"rule": rule, "prefer": prefer, "val_images": n_val}
     pool = [(nm, o, o.val_accuracy) for nm, o in results]
     if probes:
         n_cv = scored[probes[0][0]]["cv_images"]
         pname, _pout, pscore, pse = _keep(probes, n_cv, rule, rank)
-        selection["cv"] = {"folds": scored[pname]["cv_folds"], "images": n_cv, "kept": pname,
-                           "cv_accuracy": pscore, "standard_error": pse}
-        pool = [(nm, o, o.val_accuracy) for nm, o in results if nm == pname or "cv_accuracy" not in scored[nm]]
+        selection["cv"] = {
+            "folds": scored[pname]["cv_folds"],
+            "images": n_cv,
+            "kept": pname,
+            "cv_accuracy": pscore,
+            "standard_error": pse,
+        }
+        pool = [
+            (nm, o, o.val_accuracy)
+            for nm, o in results
+            if nm == pname or "cv_accuracy" not in scored[nm]
+        ]
     _name, best, _score, se = _keep(pool, n_val, rule, rank)
     if rule == "one-se":
         selection["standard_error"] = se

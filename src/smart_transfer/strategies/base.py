@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from ..spec import LR_GRID, PATIENCE, STEPS, Recipe  # noqa: F401  (the recipe is part of the run spec)
-from ..training import FitResult, fit
-from ..training import checkpoint as ckpt
+from ..training import FitResult, checkpoint as ckpt, fit
 from ..training.distributed import world
 
 
@@ -66,8 +65,15 @@ class Context:
     def checkpoint_dir(self, tag: str) -> Path | None:
         return None if self.out is None else self.out / "checkpoints" / tag
 
-    def fit(self, model: nn.Module, optimizer: torch.optim.Optimizer, tag: str, seed_tag: str | None = None,
-            steps: int | None = None, **kw: Any) -> FitResult:
+    def fit(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        tag: str,
+        seed_tag: str | None = None,
+        steps: int | None = None,
+        **kw: Any,
+    ) -> FitResult:
         """Train one candidate; resumable per ``tag`` (a finished one is loaded, not retrained).
 
         ``seed_tag`` (default ``tag``) seeds the batches and augmentations: the candidates of one
@@ -81,20 +87,36 @@ class Context:
         resume = bool(folder is not None and self.resume and ckpt.has_checkpoint(folder))
         self.seed_everything((seed_tag or tag) + "/fit")
         r = self.recipe
-        budget: dict[str, Any] = {"steps": steps} if steps is not None else (
-            {"steps": r.steps} if r.epochs is None else {"epochs": r.epochs})
+        budget: dict[str, Any] = (
+            {"steps": steps}
+            if steps is not None
+            else ({"steps": r.steps} if r.epochs is None else {"epochs": r.epochs})
+        )
         fit_model = model
         if world()[1] > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             fit_model = DistributedDataParallel(model)
         result = fit(
-            fit_model, optimizer, self.train, self.val, **budget,
-            train_transform=self.train_tf, val_transform=self.eval_tf, eval_every=r.eval_every,
-            scheduler="cosine", warmup=r.warmup, patience=self.patience_rounds(**budget),
-            checkpoint_dir=folder, log_path=None if folder is None else folder / "log.jsonl",
-            resume=resume, amp=r.amp, channels_last=r.channels_last,
-            progress=self.progress, desc=tag, **kw,
+            fit_model,
+            optimizer,
+            self.train,
+            self.val,
+            **budget,
+            train_transform=self.train_tf,
+            val_transform=self.eval_tf,
+            eval_every=r.eval_every,
+            scheduler="cosine",
+            warmup=r.warmup,
+            patience=self.patience_rounds(**budget),
+            checkpoint_dir=folder,
+            log_path=None if folder is None else folder / "log.jsonl",
+            resume=resume,
+            amp=r.amp,
+            channels_last=r.channels_last,
+            progress=self.progress,
+            desc=tag,
+            **kw,
         )
         if folder is not None and world()[0] == 0:
             from .._atomic import atomic_open
@@ -102,7 +124,6 @@ class Context:
             with atomic_open(folder / "done.json", "w", encoding="utf-8") as f:
                 json.dump(result.to_dict(), f)
         return result
-
 
     def patience_rounds(self, steps: int | None = None, epochs: int | None = None) -> int | None:
         """The recipe's patience (optimizer steps) as a count of validations, at least 1."""

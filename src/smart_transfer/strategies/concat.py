@@ -13,6 +13,7 @@ ONNX and gives the same logits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,9 @@ from ..models.heads import PENULTIMATE, _channels_of, find_head, pool_features
 class ConcatProbe(nn.Module):
     """Images -> pooled features of ``layers`` side by side -> ``head``."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], linear: nn.Linear, num_classes: int):
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str], linear: nn.Linear, num_classes: int
+    ):
         super().__init__()
         self.model = model
         self.layers = list(layers)
@@ -41,17 +44,26 @@ class ConcatProbe(nn.Module):
         handles = []
         for name in self.layers:
             if name == PENULTIMATE:
-                handles.append(head.register_forward_pre_hook(
-                    lambda _m, a, n=name: got.__setitem__(n, pool_features(a[0]))))
+                handles.append(
+                    head.register_forward_pre_hook(
+                        lambda _m, a, n=name: got.__setitem__(n, pool_features(a[0]))
+                    )
+                )
             else:
-                handles.append(modules[name].register_forward_hook(
-                    lambda m, _a, o, n=name: got.__setitem__(n, pool_features(o, m))))
+                handles.append(
+                    modules[name].register_forward_hook(
+                        lambda m, _a, o, n=name: got.__setitem__(n, pool_features(o, m))
+                    )
+                )
         try:
             self.model(x)
         finally:
             for h in handles:
                 h.remove()
-        return self.head(torch.cat([got[n].to(self.head.weight.dtype) for n in self.layers], 1))
+        return cast(
+            Tensor,
+            self.head(torch.cat([got[n].to(self.head.weight.dtype) for n in self.layers], 1)),
+        )
 
     def scriptable(self) -> GraphProbe:
         """The same function without hooks (see :func:`graph_probe`); parameters are shared."""
@@ -75,7 +87,9 @@ class Pool(nn.Module):
         channels = _channels_of(module) if module is not None and linear_like else None
         self.channels = -1 if channels is None else int(channels)
         self.linear_like = linear_like
-        self.tokens_last = not isinstance(module, (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d))
+        self.tokens_last = not isinstance(
+            module, (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
@@ -105,7 +119,8 @@ class GraphProbe(nn.Module):
         feats: list[Tensor] = []
         for i, pool in enumerate(self.pools):
             feats.append(pool(outs[i]).to(self.head.weight.dtype))
-        return self.head(torch.cat(feats, 1))
+        out: Tensor = self.head(torch.cat(feats, 1))  # TorchScript: no cast()
+        return out
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -138,21 +153,27 @@ def graph_probe(model: nn.Module, layers: Sequence[str], head: nn.Linear) -> Gra
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # noqa: BLE001  (fx raises TraceError, TypeError, RuntimeError...)
-        raise ConfigError(f"{type(model).__name__} cannot be traced with torch.fx ({str(exc).splitlines()[0]}); "
-                          "export it with torch.jit.trace instead") from None
+        raise ConfigError(
+            f"{type(model).__name__} cannot be traced with torch.fx ({str(exc).splitlines()[0]}); "
+            "export it with torch.jit.trace instead"
+        ) from None
     finally:
         model.train(was_training)
     first: dict[str, torch.fx.Node] = {}
     for node in graph.nodes:
-        if isinstance(node.type, str):  # a postponed annotation ("Tensor") that TorchScript cannot resolve
+        if isinstance(
+            node.type, str
+        ):  # a postponed annotation ("Tensor") that TorchScript cannot resolve
             node.type = Tensor if node.type in ("Tensor", "torch.Tensor") else None
         if node.op == "call_module" and node.target in targets:
             first.setdefault(str(node.target), node)
     outs = []
     for name, target in zip(layers, targets):
         if target not in first:
-            raise ConfigError(f"layer {name!r} of {type(model).__name__} is not called in its forward pass; "
-                              "choose one of smart_transfer.list_layers(model)")
+            raise ConfigError(
+                f"layer {name!r} of {type(model).__name__} is not called in its forward pass; "
+                "choose one of smart_transfer.list_layers(model)"
+            )
         node = first[target]
         outs.append(node.args[0] if name == PENULTIMATE else node)
     output = next(n for n in graph.nodes if n.op == "output")

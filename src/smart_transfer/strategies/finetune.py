@@ -21,9 +21,15 @@ from .selection import KeepBest
 
 
 def train_model(
-    ctx: Context, model: nn.Module, tag: str, plan: FreezePlan | None = None,
-    head_lr_mult: float | None = None, layer_decay: float | None = None,
-    bn_stats: str = "freeze", train_mode: Any = None, bn_prior: float = 0.0,
+    ctx: Context,
+    model: nn.Module,
+    tag: str,
+    plan: FreezePlan | None = None,
+    head_lr_mult: float | None = None,
+    layer_decay: float | None = None,
+    bn_stats: str = "freeze",
+    train_mode: Any = None,
+    bn_prior: float = 0.0,
 ) -> Outcome:
     """Fine-tune ``model`` (with ``plan`` applied, if any) with the context's recipe, once per
     learning rate of the recipe's grid; the rate is chosen on validation (:func:`choose_rate`).
@@ -42,7 +48,9 @@ def train_model(
     def run(lr: float) -> Outcome:
         m = model if len(rates) == 1 else copy.deepcopy(model)
         sub = tag if len(rates) == 1 else f"{tag}/lr={lr:g}"
-        return _train_at(ctx, m, sub, lr, tag, plan, head_lr_mult, layer_decay, bn_stats, train_mode)
+        return _train_at(
+            ctx, m, sub, lr, tag, plan, head_lr_mult, layer_decay, bn_stats, train_mode
+        )
 
     out, tried = choose_rate(rates, run)
     if len(rates) > 1:
@@ -50,13 +58,25 @@ def train_model(
     return out
 
 
-def _train_at(ctx: Context, model: nn.Module, tag: str, lr: float, seed_tag: str, plan: FreezePlan | None,
-              head_lr_mult: float | None, layer_decay: float | None, bn_stats: str, train_mode: Any) -> Outcome:
+def _train_at(
+    ctx: Context,
+    model: nn.Module,
+    tag: str,
+    lr: float,
+    seed_tag: str,
+    plan: FreezePlan | None,
+    head_lr_mult: float | None,
+    layer_decay: float | None,
+    bn_stats: str,
+    train_mode: Any,
+) -> Outcome:
     """One candidate of the grid: the plan applied, the optimizer made, the loop run."""
     handle = None
     if plan is not None:
         handle = apply_plan(model, plan, bn_stats="update" if bn_stats == "adapt" else bn_stats)
-    opt = make_optimizer(param_groups(model, ctx.recipe, head_lr_mult, layer_decay, lr=lr), ctx.recipe)
+    opt = make_optimizer(
+        param_groups(model, ctx.recipe, head_lr_mult, layer_decay, lr=lr), ctx.recipe
+    )
     if handle is not None:
         handle.attach(opt)
     try:
@@ -64,11 +84,19 @@ def _train_at(ctx: Context, model: nn.Module, tag: str, lr: float, seed_tag: str
     finally:
         if handle is not None:
             handle.remove()
-    return Outcome(model=model, val_accuracy=result.best_val_accuracy, fit=result, plan=plan, log_tag=tag,
-                   chosen={"lr": lr})
+    return Outcome(
+        model=model,
+        val_accuracy=result.best_val_accuracy,
+        fit=result,
+        plan=plan,
+        log_tag=tag,
+        chosen={"lr": lr},
+    )
 
 
-def choose_rate(rates: Sequence[float], run: Callable[[float], Outcome]) -> tuple[Outcome, list[dict[str, Any]]]:
+def choose_rate(
+    rates: Sequence[float], run: Callable[[float], Outcome]
+) -> tuple[Outcome, list[dict[str, Any]]]:
     """Train one candidate per rate with ``run`` and keep the one with the lowest validation
     loss of its kept weights; equal losses go to the higher validation accuracy, then to the
     earlier rate. Only the candidates' validation scores decide (``run`` sees no test data).
@@ -82,8 +110,14 @@ def choose_rate(rates: Sequence[float], run: Callable[[float], Outcome]) -> tupl
         out = run(float(lr))
         loss = out.fit.best_val_loss if out.fit is not None else float("nan")
         loss = float("inf") if math.isnan(loss) else float(loss)
-        tried.append({"lr": float(lr), "val_loss": loss, "val_accuracy": out.val_accuracy,
-                      "best_step": out.fit.best_step if out.fit is not None else 0})
+        tried.append(
+            {
+                "lr": float(lr),
+                "val_loss": loss,
+                "val_accuracy": out.val_accuracy,
+                "best_step": out.fit.best_step if out.fit is not None else 0,
+            }
+        )
         keep.offer(out, out.val_accuracy, loss)
     kept = keep.item
     kept.chosen = {**kept.chosen, "lr": float(rates[keep.index])}
@@ -114,7 +148,9 @@ def adapt_batchnorm(model: nn.Module, ctx: Context, prior: float = 0.0) -> None:
     multiplies every change of that channel's weights by ``1 / std`` and fine-tuning them
     diverges. The prior keeps every variance at least ``w`` times the source's."""
     if prior < 0:
-        raise ConfigError(f"bn_prior must be >= 0 (the weight of the source statistics in images), got {prior!r}")
+        raise ConfigError(
+            f"bn_prior must be >= 0 (the weight of the source statistics in images), got {prior!r}"
+        )
     bns = [m for m in model.modules() if isinstance(m, _BN)]
     source = [None if b is None else (b[0].clone(), b[1].clone()) for b in map(_buffers, bns)]
     saved = [(m.momentum, m.training) for m in bns]
@@ -188,11 +224,19 @@ def head_train_mode(m: nn.Module) -> None:
 def layer_plan(model: nn.Module, layers: Sequence[str], meta: dict[str, Any]) -> FreezePlan:
     """A plan freezing whole layers (their weights, biases and following BatchNorm)."""
     pmap = layer_param_map(model, layers)
-    masks = {p: torch.ones(shape[0], dtype=torch.bool) for params in pmap.values() for p, shape in params.items()}
-    return FreezePlan.from_masks(model, masks, layers={k: list(v) for k, v in pmap.items()}, meta=meta)
+    masks = {
+        p: torch.ones(shape[0], dtype=torch.bool)
+        for params in pmap.values()
+        for p, shape in params.items()
+    }
+    return FreezePlan.from_masks(
+        model, masks, layers={k: list(v) for k, v in pmap.items()}, meta=meta
+    )
 
 
-def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[float] = (0.25, 0.5, 0.75)) -> Outcome:
+def run_first_k_frozen(
+    ctx: Context, k: int | None = None, fractions: Sequence[float] = (0.25, 0.5, 0.75)
+) -> Outcome:
     """Freeze the first ``k`` conv/linear layers (and their BatchNorm); ``k=None`` picks it on
     validation among ``fractions`` of the layers."""
     probe = ctx.make_model()
@@ -200,7 +244,9 @@ def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[f
     names = [n for n in select_layers(probe) if n != head_name]
     if k is not None:
         if not isinstance(k, int) or not 0 <= k <= len(names):
-            raise ConfigError(f"k must be an integer in [0, {len(names)}] for this backbone, got {k!r}")
+            raise ConfigError(
+                f"k must be an integer in [0, {len(names)}] for this backbone, got {k!r}"
+            )
         ks = [k]
     else:
         ks = sorted({max(1, round(f * len(names))) for f in fractions})
@@ -209,7 +255,11 @@ def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[f
     for kk in ks:
         tag = f"first-k-frozen/k={kk}"
         model = ctx.fresh_model(tag)
-        plan = layer_plan(model, names[:kk], {"selection": {"rule": "first_k", "k": kk}}) if kk else None
+        plan = (
+            layer_plan(model, names[:kk], {"selection": {"rule": "first_k", "k": kk}})
+            if kk
+            else None
+        )
         out = train_model(ctx, model, tag, plan=plan)
         tried.append({"k": kk, "val_accuracy": out.val_accuracy})
         if keep.offer(out, out.val_accuracy):
@@ -219,12 +269,20 @@ def run_first_k_frozen(ctx: Context, k: int | None = None, fractions: Sequence[f
     return best
 
 
-def run_full_finetune(ctx: Context, head_lr_mult: float | None = None, layer_decay: float | None = None) -> Outcome:
+def run_full_finetune(
+    ctx: Context, head_lr_mult: float | None = None, layer_decay: float | None = None
+) -> Outcome:
     """Everything trains: the head at ``lr * head_lr_mult`` (10 by default), optional
     layer-wise learning-rate decay for the rest."""
     model = ctx.fresh_model("full-finetune")
-    out = train_model(ctx, model, "full-finetune", head_lr_mult=head_lr_mult, layer_decay=layer_decay)
-    out.chosen = {**out.chosen, "head_lr_mult": head_lr_mult or ctx.recipe.head_lr_mult, "layer_decay": layer_decay}
+    out = train_model(
+        ctx, model, "full-finetune", head_lr_mult=head_lr_mult, layer_decay=layer_decay
+    )
+    out.chosen = {
+        **out.chosen,
+        "head_lr_mult": head_lr_mult or ctx.recipe.head_lr_mult,
+        "layer_decay": layer_decay,
+    }
     return out
 
 
@@ -233,9 +291,16 @@ def run_lp_ft(ctx: Context, head_lr_mult: float = 1.0, C: Any = None) -> Outcome
     (at the pretrained layers' learning rate by default, so the good head is not disturbed)."""
     from .probe import C_GRID, run_linear_probe
 
-    probe = run_linear_probe(ctx, C=C if C is not None else C_GRID, refit=False)  # validation judges the fine-tuning
+    probe = run_linear_probe(
+        ctx, C=C if C is not None else C_GRID, refit=False
+    )  # validation judges the fine-tuning
     out = train_model(ctx, probe.model, "lp-ft", head_lr_mult=head_lr_mult)
-    out.chosen = {**out.chosen, "probe_C": probe.chosen["C"], "probe_val_accuracy": probe.val_accuracy, "head_lr_mult": head_lr_mult}
+    out.chosen = {
+        **out.chosen,
+        "probe_C": probe.chosen["C"],
+        "probe_val_accuracy": probe.val_accuracy,
+        "head_lr_mult": head_lr_mult,
+    }
     return out
 
 
@@ -246,8 +311,12 @@ def _budget_steps(ctx: Context) -> int:
     return int(r.steps or 0)
 
 
-def run_fine_tune(ctx: Context, head_fraction: float = 0.2, lr_mult: float = 100.0,
-                  head_lr_mult: float | None = None) -> Outcome:
+def run_fine_tune(
+    ctx: Context,
+    head_fraction: float = 0.2,
+    lr_mult: float = 100.0,
+    head_lr_mult: float | None = None,
+) -> Outcome:
     """fastai's ``fine_tune`` (gradual unfreezing), within the recipe's budget of steps:
 
     1. the new head alone, the backbone frozen and its BatchNorm in eval mode, for
@@ -273,17 +342,38 @@ def run_fine_tune(ctx: Context, head_fraction: float = 0.2, lr_mult: float = 100
         tag = "fine-tune" if len(rates) == 1 else f"fine-tune/lr={lr:g}"
         freeze_body(model)
         opt = make_optimizer(param_groups(model, ctx.recipe, mult, lr=lr), ctx.recipe)
-        head = ctx.fit(model, opt, f"{tag}/head", seed_tag="fine-tune/head", steps=first,
-                       train_mode=head_train_mode)
+        head = ctx.fit(
+            model,
+            opt,
+            f"{tag}/head",
+            seed_tag="fine-tune/head",
+            steps=first,
+            train_mode=head_train_mode,
+        )
         freeze_body(model, frozen=False)
         _, n_blocks = block_ids(model)
         decay = float(lr_mult) ** (-1.0 / max(n_blocks, 1))
-        opt = make_optimizer(param_groups(model, ctx.recipe, 1.0, decay, lr=lr * mult / 2), ctx.recipe)
-        result = ctx.fit(model, opt, f"{tag}/all", seed_tag="fine-tune/all", steps=max(total - first, 1))
-        return Outcome(model=model, val_accuracy=result.best_val_accuracy, fit=result, log_tag=f"{tag}/all",
-                       chosen={"lr": lr, "head_steps": first, "head_val_accuracy": head.best_val_accuracy,
-                               "unfrozen_steps": max(total - first, 1), "layer_decay": decay,
-                               "head_lr": lr * mult, "unfrozen_head_lr": lr * mult / 2})
+        opt = make_optimizer(
+            param_groups(model, ctx.recipe, 1.0, decay, lr=lr * mult / 2), ctx.recipe
+        )
+        result = ctx.fit(
+            model, opt, f"{tag}/all", seed_tag="fine-tune/all", steps=max(total - first, 1)
+        )
+        return Outcome(
+            model=model,
+            val_accuracy=result.best_val_accuracy,
+            fit=result,
+            log_tag=f"{tag}/all",
+            chosen={
+                "lr": lr,
+                "head_steps": first,
+                "head_val_accuracy": head.best_val_accuracy,
+                "unfrozen_steps": max(total - first, 1),
+                "layer_decay": decay,
+                "head_lr": lr * mult,
+                "unfrozen_head_lr": lr * mult / 2,
+            },
+        )
 
     out, tried = choose_rate(rates, run)
     if len(rates) > 1:

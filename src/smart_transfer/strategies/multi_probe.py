@@ -46,7 +46,9 @@ DIRECTIONS = ("similar", "shifted")
 SELECTS = ("none", "smart", "random")
 
 
-def stack_features(feats: dict[str, np.ndarray], layers: Sequence[str]) -> tuple[np.ndarray, dict[str, slice]]:
+def stack_features(
+    feats: dict[str, np.ndarray], layers: Sequence[str]
+) -> tuple[np.ndarray, dict[str, slice]]:
     """The pooled features of ``layers`` side by side, and each layer's columns."""
     cols, start = {}, 0
     for name in layers:
@@ -56,10 +58,12 @@ def stack_features(feats: dict[str, np.ndarray], layers: Sequence[str]) -> tuple
     return np.hstack([feats[n] for n in layers]), cols
 
 
-def channel_shift(sim: Similarity, model: nn.Module, layers: Sequence[str],
-                  widths: dict[str, int]) -> dict[str, Tensor | None]:
+def channel_shift(
+    sim: Similarity, model: nn.Module, layers: Sequence[str], widths: dict[str, int]
+) -> dict[str, Tensor | None]:
     """Per candidate layer, how far each channel moved (higher = more shifted), or None when the
     layer has no per-channel statistics (it is then kept whole)."""
+
     def shift(name: str) -> Tensor:
         if sim.direction == "divergence":  # the raw divergence ranks without exp(-KL)'s underflow
             return sim.raw[name].double()
@@ -81,8 +85,9 @@ def keep_count(width: int, fraction: float) -> int:
     return max(1, round(fraction * width))
 
 
-def rank_channels(shift: dict[str, Tensor | None], widths: dict[str, int], fraction: float,
-                  direction: str) -> dict[str, list[int]]:
+def rank_channels(
+    shift: dict[str, Tensor | None], widths: dict[str, int], fraction: float, direction: str
+) -> dict[str, list[int]]:
     """The channels kept in each layer: the ``fraction`` most similar or most shifted ones."""
     keep = {}
     for name, s in shift.items():
@@ -94,11 +99,15 @@ def rank_channels(shift: dict[str, Tensor | None], widths: dict[str, int], fract
     return keep
 
 
-def random_channels(counts: dict[str, int], widths: dict[str, int], seed: int) -> dict[str, list[int]]:
+def random_channels(
+    counts: dict[str, int], widths: dict[str, int], seed: int
+) -> dict[str, list[int]]:
     """``counts[layer]`` channels of each layer, drawn at random (a seeded generator)."""
     rng = np.random.default_rng(int(seed))
-    return {name: sorted(int(i) for i in rng.choice(widths[name], size=counts[name], replace=False))
-            for name in counts}
+    return {
+        name: sorted(int(i) for i in rng.choice(widths[name], size=counts[name], replace=False))
+        for name in counts
+    }
 
 
 def columns(cols: dict[str, slice], keep: dict[str, list[int]]) -> np.ndarray:
@@ -117,31 +126,57 @@ def expand(linear: nn.Linear, cols: np.ndarray, width: int) -> nn.Linear:
     return full
 
 
-def _check(select: str, direction: str, fraction: float | None, fractions: Sequence[float],
-           layers: Sequence[str] | None, mask_seed: int | None) -> list[float]:
+def _check(
+    select: str,
+    direction: str,
+    fraction: float | None,
+    fractions: Sequence[float],
+    layers: Sequence[str] | None,
+    mask_seed: int | None,
+) -> list[float]:
     if select not in SELECTS:
         raise ConfigError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
     if direction not in ("val", *DIRECTIONS):
         raise ConfigError(f"direction must be 'val', 'similar' or 'shifted', got {direction!r}")
-    if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+    if layers is not None and (
+        isinstance(layers, str) or not all(isinstance(n, str) for n in layers)
+    ):
         raise ConfigError(f"layers must be a list of layer names, got {layers!r}")
     if mask_seed is not None and (isinstance(mask_seed, bool) or not isinstance(mask_seed, int)):
         raise ConfigError(f"mask_seed must be an integer, got {mask_seed!r}")
     if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0 < fraction <= 1
+        ):
             raise ConfigError(f"fraction must be a number in (0, 1], got {fraction!r}")
         return [float(fraction)]
-    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or not fractions or any(
-        isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions
+    if (
+        isinstance(fractions, (str, bytes))
+        or not isinstance(fractions, Sequence)
+        or not fractions
+        or any(
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
+            for f in fractions
+        )
     ):
-        raise ConfigError(f"fractions must be a non-empty list of numbers in (0, 1], got {fractions!r}")
+        raise ConfigError(
+            f"fractions must be a non-empty list of numbers in (0, 1], got {fractions!r}"
+        )
     return [float(f) for f in fractions]
 
 
 def run_multi_probe(
-    ctx: Context, select: str = "none", layers: Sequence[str] | None = None,
-    measure: str = "gaussian_kl", fraction: float | None = None, fractions: Sequence[float] = FRACTIONS,
-    direction: str = "val", C: Sequence[float] | float = C_GRID, mask_seed: int | None = None,
+    ctx: Context,
+    select: str = "none",
+    layers: Sequence[str] | None = None,
+    measure: str = "gaussian_kl",
+    fraction: float | None = None,
+    fractions: Sequence[float] = FRACTIONS,
+    direction: str = "val",
+    C: Sequence[float] | float = C_GRID,
+    mask_seed: int | None = None,
     refit: bool = True,
 ) -> Outcome:
     """One logistic regression on the pooled features of many layers side by side.
@@ -154,7 +189,11 @@ def run_multi_probe(
     ``refit``: the chosen probe fitted again on the training and validation samples."""
     fracs = _check(select, direction, fraction, fractions, layers, mask_seed)
     grid = [C] if isinstance(C, (int, float)) else list(C)
-    name = {"none": "multi-layer-probe", "smart": "smart-multi-probe", "random": "random-multi-probe"}[select]
+    name = {
+        "none": "multi-layer-probe",
+        "smart": "smart-multi-probe",
+        "random": "random-multi-probe",
+    }[select]
     model = ctx.fresh_model(name)
     cands = list(layers) if layers else candidate_layers(model)
     ftr, ytr, fva, yva = _features(ctx, model, cands)
@@ -169,26 +208,45 @@ def run_multi_probe(
         linear, c, acc, _ = fit_logistic(xtr[:, use], ytr, xva[:, use], yva, grid, ctx.num_classes)
         return expand(linear, use, width), c, acc, len(use)
 
-    def outcome(linear: nn.Linear, acc: float, chosen: dict[str, Any], tried: list[dict[str, Any]],
-                extra: dict[str, Any], keep: dict[str, list[int]]) -> Outcome:
+    def outcome(
+        linear: nn.Linear,
+        acc: float,
+        chosen: dict[str, Any],
+        tried: list[dict[str, Any]],
+        extra: dict[str, Any],
+        keep: dict[str, list[int]],
+    ) -> Outcome:
         use = columns(cols, keep)
         design = cv_design(xtr[:, use], ytr, xva[:, use], yva, chosen["C"])
         if refit:  # the chosen columns and C, fitted again on every labelled sample
             linear = expand(fit_fixed(design, ctx.num_classes), use, width)
         pm = ConcatProbe(model, cands, linear, ctx.num_classes).to(ctx.device)
-        return Outcome(model=pm, val_accuracy=acc, chosen={**chosen, "refit": bool(refit)}, tried=tried,
-                       model_kind={"kind": "concat", "layers": cands, "in_features": width},
-                       extra={"head_only": True, "probe_design": design, **extra})
+        return Outcome(
+            model=pm,
+            val_accuracy=acc,
+            chosen={**chosen, "refit": bool(refit)},
+            tried=tried,
+            model_kind={"kind": "concat", "layers": cands, "in_features": width},
+            extra={"head_only": True, "probe_design": design, **extra},
+        )
 
     if select == "none":
         every = {n: list(range(widths[n])) for n in cands}
         linear, c, acc, _ = fit(every)
-        return outcome(linear, acc, {**base, "C": c, "kept_features": width},
-                       [{"C": c, "val_accuracy": acc}], {}, every)
+        return outcome(
+            linear,
+            acc,
+            {**base, "C": c, "kept_features": width},
+            [{"C": c, "val_accuracy": acc}],
+            {},
+            every,
+        )
 
     if get_measure(measure).level != "channel":  # before any profiling
-        raise ConfigError(f"measure {measure!r} scores whole layers; selecting channels needs a "
-                          "channel-level measure (e.g. gaussian_kl)")
+        raise ConfigError(
+            f"measure {measure!r} scores whole layers; selecting channels needs a "
+            "channel-level measure (e.g. gaussian_kl)"
+        )
     sim = similarity(ctx, measure)
     shift = channel_shift(sim, model, cands, widths)
     pre, new = ctx.cache[("profiles", "output")]
@@ -201,19 +259,43 @@ def run_multi_probe(
         for f in fracs:
             keep = rank_channels(shift, widths, f, d)
             linear, c, acc, kept = fit(keep)
-            tried.append({"direction": d, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept})
+            tried.append(
+                {"direction": d, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept}
+            )
             best.offer((linear, c, d, f, keep, kept), acc)
     (linear, c, d, f, keep, kept), acc = best.item, best.accuracy
-    chosen = {"measure": measure, "direction": d, "fraction": f, "C": c, "kept_features": kept, **base,
-              "unranked": unranked}
+    chosen = {
+        "measure": measure,
+        "direction": d,
+        "fraction": f,
+        "C": c,
+        "kept_features": kept,
+        **base,
+        "unranked": unranked,
+    }
     if select == "smart":
         return outcome(linear, acc, {**chosen, "kept": keep}, tried, extra, keep)
 
     seed = ctx.seed if mask_seed is None else int(mask_seed)
     rkeep = random_channels({n: len(keep[n]) for n in cands}, widths, seed)
     linear, c, acc, kept = fit(rkeep)
-    chosen = {"measure": measure, "of": {"direction": d, "fraction": f, "val_accuracy": best.accuracy},
-              "mask_seed": seed, "fraction": f, "C": c, "kept_features": kept, **base, "unranked": unranked,
-              "kept": rkeep}
-    return outcome(linear, acc, chosen, tried + [{"random": True, "fraction": f, "C": c, "val_accuracy": acc,
-                                                  "kept_features": kept}], extra, rkeep)
+    chosen = {
+        "measure": measure,
+        "of": {"direction": d, "fraction": f, "val_accuracy": best.accuracy},
+        "mask_seed": seed,
+        "fraction": f,
+        "C": c,
+        "kept_features": kept,
+        **base,
+        "unranked": unranked,
+        "kept": rkeep,
+    }
+    return outcome(
+        linear,
+        acc,
+        chosen,
+        tried
+        + [{"random": True, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept}],
+        extra,
+        rkeep,
+    )

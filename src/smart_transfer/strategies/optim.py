@@ -20,7 +20,9 @@ from ..models.heads import head_root
 from .base import Recipe
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-_INDEX = re.compile(r"^(.*?\.\d+)(\.|$)")  # the name up to its first numeric part: "_blocks.3", "features.4"
+_INDEX = re.compile(
+    r"^(.*?\.\d+)(\.|$)"
+)  # the name up to its first numeric part: "_blocks.3", "features.4"
 
 
 def no_weight_decay(model: nn.Module) -> set[str]:
@@ -28,11 +30,15 @@ def no_weight_decay(model: nn.Module) -> set[str]:
     normalisation layer, every other 1-D (or scalar) parameter."""
     norm_params = {
         f"{mod_name}.{p_name}" if mod_name else p_name
-        for mod_name, mod in model.named_modules() if isinstance(mod, _NORMS)
+        for mod_name, mod in model.named_modules()
+        if isinstance(mod, _NORMS)
         for p_name, _ in mod.named_parameters(recurse=False)
     }
-    return {name for name, p in model.named_parameters()
-            if name in norm_params or p.ndim <= 1 or name.endswith(".bias")}
+    return {
+        name
+        for name, p in model.named_parameters()
+        if name in norm_params or p.ndim <= 1 or name.endswith(".bias")
+    }
 
 
 def block_ids(model: nn.Module) -> tuple[dict[str, int], int]:
@@ -67,7 +73,10 @@ def block_ids(model: nn.Module) -> tuple[dict[str, int], int]:
 
 
 def param_groups(
-    model: nn.Module, recipe: Recipe, head_lr_mult: float | None = None, layer_decay: float | None = None,
+    model: nn.Module,
+    recipe: Recipe,
+    head_lr_mult: float | None = None,
+    layer_decay: float | None = None,
     lr: float | None = None,
 ) -> list[dict]:
     """Trainable parameters in optimizer groups, each with its ``lr`` and ``weight_decay``.
@@ -79,7 +88,9 @@ def param_groups(
     candidate). Every group records its ``block`` and ``lr_scale``."""
     base = recipe.lr if lr is None else lr
     mult = recipe.head_lr_mult if head_lr_mult is None else head_lr_mult
-    if layer_decay is not None and not (isinstance(layer_decay, (int, float)) and 0 < layer_decay <= 1):
+    if layer_decay is not None and not (
+        isinstance(layer_decay, (int, float)) and 0 < layer_decay <= 1
+    ):
         raise ConfigError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
     ids, n_blocks = block_ids(model)
     skip = no_weight_decay(model)
@@ -97,9 +108,14 @@ def param_groups(
         decay = name not in skip
         key = (block, decay)
         if key not in groups:
-            groups[key] = {"params": [], "lr": base * scale * (mult if is_head else 1.0),
-                           "weight_decay": recipe.weight_decay if decay else 0.0,
-                           "block": block, "lr_scale": scale, "names": []}
+            groups[key] = {
+                "params": [],
+                "lr": base * scale * (mult if is_head else 1.0),
+                "weight_decay": recipe.weight_decay if decay else 0.0,
+                "block": block,
+                "lr_scale": scale,
+                "names": [],
+            }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     if not groups:

@@ -50,15 +50,22 @@ def _text(v: Any) -> bool:
 RULES: dict[str, tuple[Rule, str, str]] = {
     "C": (_one_or_list(_positive), "a positive number or a list of them", "C=1.0 or C=[0.1,1,10]"),
     "quantile": (_between(0, 1), "a number in [0, 1]", "quantile=0.5"),
-    "quantiles": (_list_of(_between(0, 1)), "a non-empty list of numbers in [0, 1]", "quantiles=[0.25,0.5]"),
+    "quantiles": (
+        _list_of(_between(0, 1)),
+        "a non-empty list of numbers in [0, 1]",
+        "quantiles=[0.25,0.5]",
+    ),
     "threshold": (_number, "a finite number", "threshold=0.8"),
     "budget": (_between(0, 1), "a number in [0, 1]", "budget=0.3"),
     "bn_prior": (lambda v: _number(v) and v >= 0, "a number >= 0", "bn_prior=16"),
     "head_lr_mult": (_positive, "a positive number", "head_lr_mult=10"),
     "layer_decay": (_between(0, 1, lo_open=True), "a number in (0, 1]", "layer_decay=0.7"),
     "fraction": (_between(0, 1, lo_open=True), "a number in (0, 1]", "fraction=0.25"),
-    "fractions": (_list_of(_between(0, 1, lo_open=True)), "a non-empty list of numbers in (0, 1]",
-                  "fractions=[0.25,0.5]"),
+    "fractions": (
+        _list_of(_between(0, 1, lo_open=True)),
+        "a non-empty list of numbers in (0, 1]",
+        "fractions=[0.25,0.5]",
+    ),
     "k": (lambda v: _integer(v) and v >= 0, "an integer >= 0", "k=3"),
     "concat": (lambda v: _integer(v) and v >= 1, "an integer >= 1", "concat=2"),
     "cv": (lambda v: _integer(v) and (v == 0 or v >= 2), "0 (off) or an integer >= 2", "cv=5"),
@@ -70,10 +77,15 @@ RULES: dict[str, tuple[Rule, str, str]] = {
     "measure": (_text, "a measure name (see list_measures())", "measure=gaussian_kl"),
     "layer": (_text, "a layer name", "layer=features.3"),
     "layers": (_one_or_list(_text), "a layer name or a list of them", 'layers=["features.3"]'),
-    "candidates": (_list_of(_text), "a non-empty list of strategy names",
-                   'candidates=["linear-probe","lp-ft"]'),
-    **{name: (_text, "a name", f"{name}=...") for name in
-       ("select", "bn_stats", "point", "init", "rule", "prefer", "direction")},
+    "candidates": (
+        _list_of(_text),
+        "a non-empty list of strategy names",
+        'candidates=["linear-probe","lp-ft"]',
+    ),
+    **{
+        name: (_text, "a name", f"{name}=...")
+        for name in ("select", "bn_stats", "point", "init", "rule", "prefer", "direction")
+    },
 }
 
 

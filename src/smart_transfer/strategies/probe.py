@@ -10,7 +10,7 @@ layer a :class:`ProbeModel` (feature extractor + linear layer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ class ProbeModel(nn.Module):
             self.pretrained_cfg = {**cfg, "num_classes": num_classes, "classifier": "head"}
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        out: Tensor = self.head(self.features(x))  # TorchScript: no cast()
+        return out
 
     def scriptable(self) -> nn.Module:
         """The same function without the feature extractor's hook and early-exit exception:
@@ -62,15 +63,19 @@ def layer_features(
     handles = []
     for name in layers:
         if name == PENULTIMATE:
-            handles.append(head.register_forward_pre_hook(
-                lambda _m, args, n=name: store[n].append(pool_features(args[0]).double().cpu())
-            ))
+            handles.append(
+                head.register_forward_pre_hook(
+                    lambda _m, args, n=name: store[n].append(pool_features(args[0]).double().cpu())
+                )
+            )
         else:
             if name not in modules:
                 raise ConfigError(f"no layer {name!r}; see smart_transfer.list_layers(model)")
-            handles.append(modules[name].register_forward_hook(
-                lambda m, _a, out, n=name: store[n].append(pool_features(out, m).double().cpu())
-            ))
+            handles.append(
+                modules[name].register_forward_hook(
+                    lambda m, _a, out, n=name: store[n].append(pool_features(out, m).double().cpu())
+                )
+            )
     labels = []
     device = next(model.parameters()).device
     try:
@@ -103,7 +108,9 @@ def _classifier(c: float, kind: str = "logistic") -> Any:
     from .option_values import RULES
 
     if not RULES["C"][0](c) or isinstance(c, (list, tuple)):  # scikit-learn would fail mid-run
-        raise ConfigError(f"option C={c!r} must be a positive number, e.g. --option C=1.0 (Python: C=1.0)")
+        raise ConfigError(
+            f"option C={c!r} must be a positive number, e.g. --option C=1.0 (Python: C=1.0)"
+        )
     if kind == "svm":
         from sklearn.svm import LinearSVC
 
@@ -118,7 +125,15 @@ def _jobs(tasks: int) -> int:
     """Worker processes for independent scikit-learn fits: one per task, at most one per CPU."""
     import os
 
-    return max(1, min(int(tasks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(
+        1,
+        min(
+            int(tasks),
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        ),
+    )
 
 
 def _fit_one(c: float, ztr: np.ndarray, ytr: np.ndarray, kind: str = "logistic") -> Any:
@@ -161,8 +176,13 @@ def fit_fixed(design: dict[str, Any], num_classes: int) -> nn.Linear:
 
 
 def fit_logistic(
-    xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
-    c_grid: Sequence[float] = C_GRID, num_classes: int | None = None, refit: bool = False,
+    xtr: np.ndarray,
+    ytr: np.ndarray,
+    xva: np.ndarray,
+    yva: np.ndarray,
+    c_grid: Sequence[float] = C_GRID,
+    num_classes: int | None = None,
+    refit: bool = False,
     classifier: str = "logistic",
 ) -> tuple[nn.Linear, float, float, list[dict[str, float]]]:
     """Standardise, fit multinomial logistic regression for every C, keep the best on validation.
@@ -180,7 +200,9 @@ def fit_logistic(
 
     grid = [float(c) for c in c_grid]
     # the fits are independent and deterministic: fitted side by side, they are the same fits
-    clfs = Parallel(n_jobs=_jobs(len(grid)))(delayed(_fit_one)(c, ztr, ytr, classifier) for c in grid)
+    clfs = Parallel(n_jobs=_jobs(len(grid)))(
+        delayed(_fit_one)(c, ztr, ytr, classifier) for c in grid
+    )
     keep: KeepBest[tuple[float, Any]] = KeepBest(what="values of C")
     tried = []
     for c, clf in zip(grid, clfs):
@@ -193,11 +215,22 @@ def fit_logistic(
     return _fold(scaler, clf, k, xtr.shape[1]), c, acc, tried
 
 
-def cv_design(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, c: float,
-              classifier: str = "logistic") -> dict[str, Any]:
+def cv_design(
+    xtr: np.ndarray,
+    ytr: np.ndarray,
+    xva: np.ndarray,
+    yva: np.ndarray,
+    c: float,
+    classifier: str = "logistic",
+) -> dict[str, Any]:
     """A chosen probe's features over every labelled sample (training then validation), its
     ``C`` and classifier: what its refit (:func:`fit_fixed`) and ``auto``'s cross-validation fit."""
-    return {"x": np.vstack([xtr, xva]), "y": np.concatenate([ytr, yva]), "C": float(c), "classifier": classifier}
+    return {
+        "x": np.vstack([xtr, xva]),
+        "y": np.concatenate([ytr, yva]),
+        "C": float(c),
+        "classifier": classifier,
+    }
 
 
 def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, int]:
@@ -214,12 +247,23 @@ def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, i
     if k < 2:
         return float("nan"), 0
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % (2**32))
-    pred = cross_val_predict(make_pipeline(StandardScaler(), _classifier(design["C"], design.get("classifier", "logistic"))), x, y, cv=split,
-                             n_jobs=_jobs(k))
+    pred = cross_val_predict(
+        make_pipeline(
+            StandardScaler(), _classifier(design["C"], design.get("classifier", "logistic"))
+        ),
+        x,
+        y,
+        cv=split,
+        n_jobs=_jobs(k),
+    )
     return float((pred == y).mean()), k
 
 
-def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+# (train features per layer, train labels, validation features per layer, validation labels)
+_Features = tuple[dict, np.ndarray, dict, np.ndarray]
+
+
+def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> _Features:
     key = ("features", tuple(layers))
     if key not in ctx.cache:
         # Features of the pretrained network: any cached superset of these layers holds them
@@ -227,15 +271,22 @@ def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> tuple[di
         for k, v in list(ctx.cache.items()):
             if len(k) == 2 and k[0] == "features" and set(layers) <= set(k[1]):
                 ftr, ytr, fva, yva = v
-                ctx.cache[key] = ({n: ftr[n] for n in layers}, ytr, {n: fva[n] for n in layers}, yva)
-                return ctx.cache[key]
+                ctx.cache[key] = (
+                    {n: ftr[n] for n in layers},
+                    ytr,
+                    {n: fva[n] for n in layers},
+                    yva,
+                )
+                return cast(_Features, ctx.cache[key])
         ftr, ytr = layer_features(model, layers, ctx.train_eval, ctx.eval_tf)
         fva, yva = layer_features(model, layers, ctx.val, ctx.eval_tf)
         ctx.cache[key] = (ftr, ytr, fva, yva)
-    return ctx.cache[key]
+    return cast(_Features, ctx.cache[key])
 
 
-def probe_model(model: nn.Module, layer: str, linear: nn.Linear, num_classes: int) -> tuple[nn.Module, dict]:
+def probe_model(
+    model: nn.Module, layer: str, linear: nn.Linear, num_classes: int
+) -> tuple[nn.Module, dict]:
     """The fitted probe as a torch model (and how to rebuild it)."""
     if layer == PENULTIMATE:
         replace_head(model, num_classes)
@@ -249,8 +300,13 @@ def probe_model(model: nn.Module, layer: str, linear: nn.Linear, num_classes: in
     return pm, {"kind": "probe", "layer": layer, "in_features": linear.in_features}
 
 
-def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] | float = C_GRID,
-                     refit: bool = True, classifier: str = "logistic") -> Outcome:
+def run_linear_probe(
+    ctx: Context,
+    layer: str = PENULTIMATE,
+    C: Sequence[float] | float = C_GRID,
+    refit: bool = True,
+    classifier: str = "logistic",
+) -> Outcome:
     """Logistic regression (or, ``classifier="svm"``, a linear SVM) on the pooled features of one
     layer (the head's input by default); ``refit``: once ``C`` is chosen, fitted again on the
     training and validation samples."""
@@ -258,19 +314,26 @@ def run_linear_probe(ctx: Context, layer: str = PENULTIMATE, C: Sequence[float] 
     _classifier(1.0, classifier)  # an unknown classifier is named before any work
     model = ctx.fresh_model("linear-probe")
     ftr, ytr, fva, yva = _features(ctx, model, [layer])
-    linear, c, acc, tried = fit_logistic(ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes,
-                                         classifier=classifier)
+    linear, c, acc, tried = fit_logistic(
+        ftr[layer], ytr, fva[layer], yva, grid, ctx.num_classes, classifier=classifier
+    )
     design = cv_design(ftr[layer], ytr, fva[layer], yva, c, classifier)
     if refit:
         linear = fit_fixed(design, ctx.num_classes)
     model, kind = probe_model(model, layer, linear.to(ctx.device), ctx.num_classes)
-    return Outcome(model=model, val_accuracy=acc, chosen={"layer": layer, "C": c, "refit": bool(refit),
-                                                          "classifier": classifier},
-                   tried=tried, model_kind=kind, extra={"head_only": True, "probe_design": design})
+    return Outcome(
+        model=model,
+        val_accuracy=acc,
+        chosen={"layer": layer, "C": c, "refit": bool(refit), "classifier": classifier},
+        tried=tried,
+        model_kind=kind,
+        extra={"head_only": True, "probe_design": design},
+    )
 
 
 def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
-    """``n`` conv/linear layers evenly spaced from the input to the output, then the head's input."""
+    """``n`` conv/linear layers evenly spaced from the input to the output, then the head's
+    input."""
     from ..layers import select_layers
 
     head_name, _ = find_head(model)
@@ -282,8 +345,12 @@ def candidate_layers(model: nn.Module, n: int = 8) -> list[str]:
 
 
 def run_best_layer(
-    ctx: Context, layers: Sequence[str] | None = None, concat: int = 1,
-    C: Sequence[float] | float = C_GRID, refit: bool = True, classifier: str = "logistic",
+    ctx: Context,
+    layers: Sequence[str] | None = None,
+    concat: int = 1,
+    C: Sequence[float] | float = C_GRID,
+    refit: bool = True,
+    classifier: str = "logistic",
 ) -> Outcome:
     """A probe on every candidate layer; the layer (or the ``concat`` best layers' features
     side by side) chosen on validation; ``refit``: the chosen probe fitted again on the
@@ -297,7 +364,9 @@ def run_best_layer(
     ftr, ytr, fva, yva = _features(ctx, model, cands)
     tried, fits = [], {}
     for name in cands:
-        linear, c, acc, _ = fit_logistic(ftr[name], ytr, fva[name], yva, grid, ctx.num_classes, classifier=classifier)
+        linear, c, acc, _ = fit_logistic(
+            ftr[name], ytr, fva[name], yva, grid, ctx.num_classes, classifier=classifier
+        )
         tried.append({"layer": name, "C": c, "val_accuracy": acc})
         fits[name] = (acc, linear, c)
     order = sorted(cands, key=lambda n: (-fits[n][0], -cands.index(n)))  # ties: the deeper layer
@@ -305,7 +374,9 @@ def run_best_layer(
     if concat > 1 and len(cands) > 1:
         top = order[:concat]
         xtr, xva = np.hstack([ftr[n] for n in top]), np.hstack([fva[n] for n in top])
-        linear, c, acc, _ = fit_logistic(xtr, ytr, xva, yva, grid, ctx.num_classes, classifier=classifier)
+        linear, c, acc, _ = fit_logistic(
+            xtr, ytr, xva, yva, grid, ctx.num_classes, classifier=classifier
+        )
         tried.append({"layer": "+".join(top), "C": c, "val_accuracy": acc})
         if acc > fits[best][0]:
             from .concat import ConcatProbe
@@ -315,7 +386,10 @@ def run_best_layer(
                 linear = fit_fixed(design, ctx.num_classes)
             pm = ConcatProbe(model, top, linear, ctx.num_classes).to(ctx.device)
             return Outcome(
-                model=pm, val_accuracy=acc, chosen={"layer": top, "C": c, "refit": bool(refit)}, tried=tried,
+                model=pm,
+                val_accuracy=acc,
+                chosen={"layer": top, "C": c, "refit": bool(refit)},
+                tried=tried,
                 model_kind={"kind": "concat", "layers": top, "in_features": linear.in_features},
                 extra={"head_only": True, "probe_design": design},
             )
@@ -324,11 +398,19 @@ def run_best_layer(
     if refit:
         linear = fit_fixed(design, ctx.num_classes)
     out_model, kind = probe_model(model, best, linear.to(ctx.device), ctx.num_classes)
-    return Outcome(model=out_model, val_accuracy=acc, chosen={"layer": best, "C": c, "refit": bool(refit)},
-                   tried=tried, model_kind=kind, extra={"head_only": True, "probe_design": design})
+    return Outcome(
+        model=out_model,
+        val_accuracy=acc,
+        chosen={"layer": best, "C": c, "refit": bool(refit)},
+        tried=tried,
+        model_kind=kind,
+        extra={"head_only": True, "probe_design": design},
+    )
 
 
 def check_probe_options(name: str, options: dict[str, Any]) -> None:
-    known = {"linear-probe": {"layer", "C", "refit", "classifier"},
-             "linear-probe-best-layer": {"layers", "concat", "C", "refit", "classifier"}}
+    known = {
+        "linear-probe": {"layer", "C", "refit", "classifier"},
+        "linear-probe-best-layer": {"layers", "concat", "C", "refit", "classifier"},
+    }
     check_options(name, options, known[name])

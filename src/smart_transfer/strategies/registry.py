@@ -21,9 +21,15 @@ from ..errors import ConfigError, UnknownNameError
 
 # option -> the values it may take, wherever it appears (checked with option_values' rules)
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "select": ("fixed", "val"), "bn_stats": ("adapt", "freeze", "update"), "point": ("output", "norm", "act"),
-    "init": ("pretrained", "probe"), "rule": ("one-se", "best"), "prefer": ("simplest", "advice"),
-    "direction": ("similar", "shifted", "val"), "classifier": ("logistic", "svm"), "head": ("linear", "mlp"),
+    "select": ("fixed", "val"),
+    "bn_stats": ("adapt", "freeze", "update"),
+    "point": ("output", "norm", "act"),
+    "init": ("pretrained", "probe"),
+    "rule": ("one-se", "best"),
+    "prefer": ("simplest", "advice"),
+    "direction": ("similar", "shifted", "val"),
+    "classifier": ("logistic", "svm"),
+    "head": ("linear", "mlp"),
 }
 # options every gradient-trained strategy takes from the context rather than its function
 CONTEXT_DEFAULTS: dict[str, Any] = {"head": "linear"}
@@ -40,7 +46,12 @@ class StrategyInfo:
     params: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "trains": self.trains, "needs": self.needs, "options": dict(self.options)}
+        return {
+            "name": self.name,
+            "trains": self.trains,
+            "needs": self.needs,
+            "options": dict(self.options),
+        }
 
     @cached_property
     def options_type(self) -> type:
@@ -61,8 +72,10 @@ class StrategyInfo:
     def defaults(self) -> dict[str, Any]:
         """Every option with its default."""
         typ = self.options_type
-        return {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
-                for f in fields(typ)}
+        return {
+            f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
+            for f in fields(typ)
+        }
 
     def check(self, options: dict[str, Any], known: Iterable[str] | None = None) -> Any:
         """Refuse an option this strategy does not have, or a value of the wrong type or out of
@@ -71,8 +84,9 @@ class StrategyInfo:
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ConfigError(
-                f"strategy {self.name!r} has no option {', '.join(map(repr, unknown))}; its options are "
-                f"{', '.join(sorted(known)) or 'none'} (see smart_transfer.list_strategies(details=True))"
+                f"strategy {self.name!r} has no option {', '.join(map(repr, unknown))}; its "
+                f"options are {', '.join(sorted(known)) or 'none'} (see "
+                "smart_transfer.list_strategies(details=True))"
             )
         from .option_values import check_option_values
 
@@ -82,7 +96,8 @@ class StrategyInfo:
             if allowed is not None and value not in allowed:
                 raise ConfigError(
                     f"option {opt}={value!r} of strategy {self.name!r} must be one of "
-                    f"{', '.join(map(repr, allowed))}; e.g. --option {opt}={allowed[0]} (Python: {opt}=...)"
+                    f"{', '.join(map(repr, allowed))}; e.g. --option {opt}={allowed[0]} (Python: "
+                    f"{opt}=...)"
                 )
         return self.options_type(**{k: v for k, v in options.items() if k in self.options})
 
@@ -112,9 +127,7 @@ def get_strategy(name: str) -> StrategyInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-        raise UnknownNameError(
-            f"unknown strategy {name!r}; {hint}known: {', '.join(_REGISTRY)}"
-        )
+        raise UnknownNameError(f"unknown strategy {name!r}; {hint}known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 

@@ -21,7 +21,9 @@ from .selection import KeepBest
 QUANTILES = (0.25, 0.5, 0.75)
 
 
-def source_profile(ctx: Context, model: nn.Module, exclude: list[str], point: str = "output") -> ActivationProfile:
+def source_profile(
+    ctx: Context, model: nn.Module, exclude: list[str], point: str = "output"
+) -> ActivationProfile:
     """D_pre: the context's ``source`` (a profile, its file, a folder or loader of images) or,
     without one, the network's BatchNorm running statistics."""
     src = ctx.source
@@ -41,8 +43,12 @@ def source_profile(ctx: Context, model: nn.Module, exclude: list[str], point: st
             ds = image_folder(path)
             src = loader(ds, batch_size=ctx.recipe.batch_size)
         else:
-            raise ConfigError(f"source {str(src)!r} is neither a saved profile nor a folder of images")
-    return profile(model, Transformed(src, ctx.eval_tf), exclude=exclude, point=point, progress=False)
+            raise ConfigError(
+                f"source {str(src)!r} is neither a saved profile nor a folder of images"
+            )
+    return profile(
+        model, Transformed(src, ctx.eval_tf), exclude=exclude, point=point, progress=False
+    )
 
 
 def similarity(ctx: Context, measure: str, point: str = "output") -> Any:
@@ -52,33 +58,63 @@ def similarity(ctx: Context, measure: str, point: str = "output") -> Any:
         model = ctx.fresh_model("profile")
         head_name, _ = find_head(model)
         pre = source_profile(ctx, model, [head_name], point)
-        new = profile(model, Transformed(ctx.train_eval, ctx.eval_tf), exclude=[head_name], point=point, progress=False)
+        new = profile(
+            model,
+            Transformed(ctx.train_eval, ctx.eval_tf),
+            exclude=[head_name],
+            point=point,
+            progress=False,
+        )
         ctx.cache[("profiles", point)] = (pre, new)
         ctx.cache[key] = compare(pre, new, measure=measure)
     return ctx.cache[key]
 
 
-def make_plan(ctx: Context, scope: str, measure: str, rule: dict[str, float], invert: bool, point: str) -> FreezePlan:
+def make_plan(
+    ctx: Context, scope: str, measure: str, rule: dict[str, float], invert: bool, point: str
+) -> FreezePlan:
     sim = similarity(ctx, measure, point)
     if invert:  # freeze the most *shifted* channels instead (an ablation)
-        sim = type(sim)(**{**sim.__dict__, "scores": {k: 1 - v for k, v in sim.scores.items()},
-                           "layer_scores": {k: 1 - v for k, v in sim.layer_scores.items()}})
+        sim = type(sim)(
+            **{
+                **sim.__dict__,
+                "scores": {k: 1 - v for k, v in sim.scores.items()},
+                "layer_scores": {k: 1 - v for k, v in sim.layer_scores.items()},
+            }
+        )
     return plan_freeze(sim, scope=scope, **rule)  # type: ignore[arg-type]
 
 
-def _rule(threshold: float | None, quantile: float | None, budget: float | None) -> dict[str, float]:
-    given = {k: v for k, v in {"threshold": threshold, "quantile": quantile, "budget": budget}.items() if v is not None}
+def _rule(
+    threshold: float | None, quantile: float | None, budget: float | None
+) -> dict[str, float]:
+    given = {
+        k: v
+        for k, v in {"threshold": threshold, "quantile": quantile, "budget": budget}.items()
+        if v is not None
+    }
     if len(given) > 1:
-        raise ConfigError(f"give at most one of threshold=, quantile=, budget= (got {', '.join(given)})")
+        raise ConfigError(
+            f"give at most one of threshold=, quantile=, budget= (got {', '.join(given)})"
+        )
     return given or {"quantile": 0.5}
 
 
 def run_smart(
-    ctx: Context, scope: str = "kernel", measure: str = "gaussian_kl",
-    threshold: float | None = None, quantile: float | None = None, budget: float | None = None,
-    select: str = "fixed", quantiles: Sequence[float] = QUANTILES, bn_stats: str = "adapt",
-    point: str = "output", invert: bool = False, head_lr_mult: float | None = None,
-    init: str = "pretrained", bn_prior: float = 0.0,
+    ctx: Context,
+    scope: str = "kernel",
+    measure: str = "gaussian_kl",
+    threshold: float | None = None,
+    quantile: float | None = None,
+    budget: float | None = None,
+    select: str = "fixed",
+    quantiles: Sequence[float] = QUANTILES,
+    bn_stats: str = "adapt",
+    point: str = "output",
+    invert: bool = False,
+    head_lr_mult: float | None = None,
+    init: str = "pretrained",
+    bn_prior: float = 0.0,
 ) -> Outcome:
     """Freeze the channels (``scope="kernel"``) or layers (``"layer"``) that behave alike on
     D_pre and D_new, train the rest. ``select="val"`` trains one model per value of
@@ -91,21 +127,45 @@ def run_smart(
     if init not in ("pretrained", "probe"):
         raise ConfigError(f"init must be 'pretrained' or 'probe', got {init!r}")
     if init == "probe" and ctx.head == "mlp":
-        raise ConfigError("init='probe' starts from a linear probe's head; use it with head='linear'")
+        raise ConfigError(
+            "init='probe' starts from a linear probe's head; use it with head='linear'"
+        )
     name = f"smart-{scope}"
-    rules = [_rule(threshold, quantile, budget)] if select == "fixed" else [{"quantile": float(q)} for q in quantiles]
+    rules = (
+        [_rule(threshold, quantile, budget)]
+        if select == "fixed"
+        else [{"quantile": float(q)} for q in quantiles]
+    )
     keep: KeepBest[Outcome] = KeepBest(what="quantiles")
     tried = []
     for rule in rules:
         tag = f"{name}/" + ",".join(f"{k}={v}" for k, v in rule.items())
         plan = make_plan(ctx, scope, measure, rule, invert, point)
         model = _start(ctx, tag, init)
-        out = train_model(ctx, model, tag, plan=plan, bn_stats=bn_stats, head_lr_mult=head_lr_mult,
-                          bn_prior=bn_prior)
-        tried.append({**rule, "val_accuracy": out.val_accuracy, "frozen_fraction": plan.frozen_fraction})
+        out = train_model(
+            ctx,
+            model,
+            tag,
+            plan=plan,
+            bn_stats=bn_stats,
+            head_lr_mult=head_lr_mult,
+            bn_prior=bn_prior,
+        )
+        tried.append(
+            {**rule, "val_accuracy": out.val_accuracy, "frozen_fraction": plan.frozen_fraction}
+        )
         if keep.offer(out, out.val_accuracy):
-            out.chosen = {**out.chosen, "measure": measure, "scope": scope, "point": point, "bn_stats": bn_stats,
-                          "bn_prior": bn_prior, "invert": invert, "init": init, **rule}
+            out.chosen = {
+                **out.chosen,
+                "measure": measure,
+                "scope": scope,
+                "point": point,
+                "bn_stats": bn_stats,
+                "bn_prior": bn_prior,
+                "invert": invert,
+                "init": init,
+                **rule,
+            }
     best = keep.item
     best.tried = tried
     pre, new = ctx.cache[("profiles", point)]
@@ -122,8 +182,13 @@ def _start(ctx: Context, tag: str, init: str) -> nn.Module:
 
 
 def run_random_mask(
-    ctx: Context, plan: FreezePlan | str | Path | None = None, mask_seed: int | None = None,
-    bn_stats: str = "adapt", head_lr_mult: float | None = None, bn_prior: float = 0.0, **smart_options: Any,
+    ctx: Context,
+    plan: FreezePlan | str | Path | None = None,
+    mask_seed: int | None = None,
+    bn_stats: str = "adapt",
+    head_lr_mult: float | None = None,
+    bn_prior: float = 0.0,
+    **smart_options: Any,
 ) -> Outcome:
     """The control: ``plan`` (default: the plan ``smart-kernel`` makes with ``smart_options``)
     with the same frozen count in every layer, channels drawn at random."""
@@ -131,8 +196,11 @@ def run_random_mask(
         scope = smart_options.pop("scope", "kernel")
         measure = smart_options.pop("measure", "gaussian_kl")
         point = smart_options.pop("point", "output")
-        rule = _rule(smart_options.pop("threshold", None), smart_options.pop("quantile", None),
-                     smart_options.pop("budget", None))
+        rule = _rule(
+            smart_options.pop("threshold", None),
+            smart_options.pop("quantile", None),
+            smart_options.pop("budget", None),
+        )
         if smart_options:
             raise ConfigError(f"random-mask has no option {', '.join(map(repr, smart_options))}")
         plan = make_plan(ctx, scope, measure, rule, False, point)
@@ -141,7 +209,20 @@ def run_random_mask(
     seed = ctx.seed if mask_seed is None else int(mask_seed)
     rplan = plan.random_like(seed)
     model = ctx.fresh_model("random-mask")
-    out = train_model(ctx, model, "random-mask", plan=rplan, bn_stats=bn_stats, head_lr_mult=head_lr_mult,
-                      bn_prior=bn_prior)
-    out.chosen = {**out.chosen, "mask_seed": seed, "of": plan.meta.get("selection"), "bn_stats": bn_stats, "bn_prior": bn_prior}
+    out = train_model(
+        ctx,
+        model,
+        "random-mask",
+        plan=rplan,
+        bn_stats=bn_stats,
+        head_lr_mult=head_lr_mult,
+        bn_prior=bn_prior,
+    )
+    out.chosen = {
+        **out.chosen,
+        "mask_seed": seed,
+        "of": plan.meta.get("selection"),
+        "bn_stats": bn_stats,
+        "bn_prior": bn_prior,
+    }
     return out

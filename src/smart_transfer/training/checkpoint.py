@@ -48,7 +48,9 @@ def _contiguous(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_weights(path: PathLike, state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
+def save_weights(
+    path: PathLike, state: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> Path:
     """Write a state dict as safetensors, atomically."""
     from safetensors.torch import save
 
@@ -127,9 +129,13 @@ def load_state(path: PathLike) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is damaged: it lacks {', '.join(map(repr, missing))}; {fix}"
         )
     if not isinstance(state["rng"], dict) or not isinstance(state["rng"].get("torch"), Tensor):
-        raise DataError(f"checkpoint {str(path)!r} is damaged: 'rng' holds no generator state; {fix}")
+        raise DataError(
+            f"checkpoint {str(path)!r} is damaged: 'rng' holds no generator state; {fix}"
+        )
     if not isinstance(state["optimizer"], dict) or "param_groups" not in state["optimizer"]:
-        raise DataError(f"checkpoint {str(path)!r} is damaged: 'optimizer' is not an optimizer state; {fix}")
+        raise DataError(
+            f"checkpoint {str(path)!r} is damaged: 'optimizer' is not an optimizer state; {fix}"
+        )
     return state
 
 
@@ -220,13 +226,17 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(folder: PathLike) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
+def load_checkpoint(
+    folder: PathLike,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
     """``(weights, best, state)`` of the newest checkpoint in ``folder``, checked to belong
     together (the epoch in every file)."""
     folder = Path(folder)
     unit = latest(folder)
     if unit is None:
-        raise DataError(f"nothing to resume in {str(folder)!r}: no checkpoint there; start a new run")
+        raise DataError(
+            f"nothing to resume in {str(folder)!r}: no checkpoint there; start a new run"
+        )
     state = load_state(unit / STATE)
     epoch = int(state["epoch"])
     for name in (WEIGHTS, BEST):

@@ -53,7 +53,9 @@ def validate_batch(x: Any, y: Any, num_classes: int | None = None, where: str = 
             "(e.g. y.long(); for one-hot labels y.argmax(1))."
         )
     if y.dtype in _WIDE_UINTS:
-        raise DataError(f"{where}: labels have dtype {y.dtype}; pass int64 class indices (y.long()).")
+        raise DataError(
+            f"{where}: labels have dtype {y.dtype}; pass int64 class indices (y.long())."
+        )
     if y.dim() != 1 or len(y) != len(x):
         raise DataError(
             f"{where}: {len(x)} images but labels of shape {tuple(y.shape)}; pass one class "
@@ -71,7 +73,9 @@ def validate_batch(x: Any, y: Any, num_classes: int | None = None, where: str = 
             )
 
 
-def checked_batches(batches: Iterable[Any], what: str = "batches") -> Iterator[tuple[Tensor, Tensor]]:
+def checked_batches(
+    batches: Iterable[Any], what: str = "batches"
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Iterate ``(x, y)`` pairs of ``batches``, each checked with :func:`validate_batch`."""
     if isinstance(batches, Tensor):
         raise DataError(
@@ -102,7 +106,9 @@ def checked_batches(batches: Iterable[Any], what: str = "batches") -> Iterator[t
         yield x, y
 
 
-def forward(model: nn.Module, x: Tensor, y: Tensor, where: str = "batch", labels_checked: bool = False) -> Tensor:
+def forward(
+    model: nn.Module, x: Tensor, y: Tensor, where: str = "batch", labels_checked: bool = False
+) -> Tensor:
     """``model(x)``, with shape mistakes and labels out of range as one :class:`DataError`.
 
     Whenever this raises, the model's buffers (BatchNorm running statistics and counts) are
@@ -117,7 +123,9 @@ def forward(model: nn.Module, x: Tensor, y: Tensor, where: str = "batch", labels
         try:
             out = model(x)
         except FORWARD_ERRORS as exc:
-            explained = None if isinstance(exc, SmartTransferError) else forward_error(exc, x, where)
+            explained = (
+                None if isinstance(exc, SmartTransferError) else forward_error(exc, x, where)
+            )
             if explained is None:
                 raise
             raise explained from exc

@@ -58,7 +58,13 @@ class ShardedBatches:
     weights as one process (up to floating-point summation order).
     """
 
-    def __init__(self, loader: Iterable[Any], rank: int, world: int, transform: Callable[[Tensor], Tensor] | None):
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        rank: int,
+        world: int,
+        transform: Callable[[Tensor], Tensor] | None,
+    ):
         self.loader, self.rank, self.world, self.transform = loader, rank, world, transform
 
     @property

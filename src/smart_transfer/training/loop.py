@@ -56,8 +56,14 @@ from .callbacks import (
 from .checks import forward, validate_batch
 from .distributed import world as _world
 from .schedule import cosine_with_warmup
-from .state import BatchStream, BatchTransform, FitState, better_on_validation, raw_model
-from .state import budget as _budget  # strategies.base reads the budget through it
+from .state import (
+    BatchStream,
+    BatchTransform,
+    FitState,
+    better_on_validation,
+    budget as _budget,  # strategies.base reads the budget through it
+    raw_model,
+)
 
 __all__ = [
     "FitResult",
