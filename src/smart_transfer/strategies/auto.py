@@ -30,6 +30,9 @@ from .probe import cv_accuracy
 from .registry import get_strategy
 from .smart import similarity
 
+CLOSED_FORM = frozenset(
+    {"linear-probe", "multi-layer-probe", "linear-probe-best-layer", "smart-probe", "random-probe"}
+)
 SIMPLEST_FIRST = (
     "linear-probe",
     "multi-layer-probe",
@@ -83,56 +86,16 @@ def _keep(
     return name, out, score, se
 
 
-def run_auto(
-    ctx: Context,
-    budget_s: float = 900.0,
-    candidates: Sequence[str] | None = None,
-    rule: str = "one-se",
-    prefer: str = "simplest",
-    cv: int = 5,
-) -> Outcome:
-    if rule not in ("one-se", "best"):
-        raise ConfigError(f"rule must be 'one-se' or 'best', got {rule!r}")
-    if prefer not in ("simplest", "advice"):
-        raise ConfigError(f"prefer must be 'simplest' or 'advice', got {prefer!r}")
-    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 0 or cv == 1:
-        raise ConfigError(f"cv must be 0 (off) or a number of folds >= 2, got {cv!r}")
-    advice = advice_for(ctx)
-    names = list(candidates) if candidates else list(advice.candidates)
-    start = time.perf_counter()
-    results: list[tuple[str, Outcome]] = []
-    tried: list[dict[str, Any]] = []
-    for i, name in enumerate(names):
-        elapsed = time.perf_counter() - start
-        if i > 0 and elapsed >= budget_s:
-            tried.append(
-                {
-                    "strategy": name,
-                    "skipped": f"time budget of {budget_s:g} s used ({elapsed:.0f} s)",
-                }
-            )
-            continue
-        t0 = time.perf_counter()
-        options: dict[str, Any] = {}
-        if name == "linear-probe" and advice.layer != "penultimate" and advice.strategy == name:
-            options["layer"] = advice.layer
-        out = get_strategy(name).run(ctx, **options)
-        entry = {
-            "strategy": name,
-            "val_accuracy": out.val_accuracy,
-            "seconds": time.perf_counter() - t0,
-            "chosen": out.chosen,
-        }
-        design = out.extra.pop("probe_design", None)
-        if cv and design is not None:
-            acc, entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
-            if entry["cv_folds"]:
-                entry.update(cv_accuracy=acc, cv_images=len(design["y"]))
-        tried.append(entry)
-        out.chosen = {"strategy": name, **out.chosen}
-        results.append((name, out))
-    rank = _simplicity if prefer == "simplest" else names.index
-    n_val = sum(len(y) for _, y in ctx.val)
+def _select(
+    results: list[tuple[str, Outcome]],
+    tried: list[dict[str, Any]],
+    rule: str,
+    prefer: str,
+    rank: Callable[[str], int],
+    n_val: int,
+) -> tuple[Outcome, dict[str, Any]]:
+    """The candidate ``rule`` keeps: the probes ranked among themselves by cross-validation
+    (when they have it), their representative against the trained candidates on validation."""
     scored = {t["strategy"]: t for t in tried if "val_accuracy" in t}
     probes = [
         (nm, o, scored[nm]["cv_accuracy"]) for nm, o in results if "cv_accuracy" in scored[nm]
@@ -157,6 +120,84 @@ def run_auto(
     _name, best, _score, se = _keep(pool, n_val, rule, rank)
     if rule == "one-se":
         selection["standard_error"] = se
+    return best, selection
+
+
+def _unbeatable(
+    name: str,
+    results: list[tuple[str, Outcome]],
+    tried: list[dict[str, Any]],
+    rule: str,
+    rank: Callable[[str], int],
+    n_val: int,
+) -> str | None:
+    """Why ``name`` need not be trained, or None: the candidate kept so far scores 1.0 on
+    validation, and ``rule`` keeps it over any later candidate that only equals it (one-SE:
+    the simpler; best: the earlier). Skipping then changes nothing but the time spent."""
+    if not results or name in CLOSED_FORM:
+        return None
+    best, _ = _select(results, tried, rule, "simplest", rank, n_val)
+    kept = next(nm for nm, o in results if o is best)
+    if best.val_accuracy < 1.0 or (rule == "one-se" and rank(name) < rank(kept)):
+        return None
+    return f"cannot be kept: {kept} already scores 1.000 on validation"
+
+
+def run_auto(
+    ctx: Context,
+    budget_s: float = 900.0,
+    candidates: Sequence[str] | None = None,
+    rule: str = "one-se",
+    prefer: str = "simplest",
+    cv: int = 5,
+) -> Outcome:
+    if rule not in ("one-se", "best"):
+        raise ConfigError(f"rule must be 'one-se' or 'best', got {rule!r}")
+    if prefer not in ("simplest", "advice"):
+        raise ConfigError(f"prefer must be 'simplest' or 'advice', got {prefer!r}")
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 0 or cv == 1:
+        raise ConfigError(f"cv must be 0 (off) or a number of folds >= 2, got {cv!r}")
+    advice = advice_for(ctx)
+    names = list(candidates) if candidates else list(advice.candidates)
+    start = time.perf_counter()
+    results: list[tuple[str, Outcome]] = []
+    tried: list[dict[str, Any]] = []
+    rank = _simplicity if prefer == "simplest" else names.index
+    n_val = sum(len(y) for _, y in ctx.val)
+    for i, name in enumerate(names):
+        elapsed = time.perf_counter() - start
+        if i > 0 and elapsed >= budget_s:
+            tried.append(
+                {
+                    "strategy": name,
+                    "skipped": f"time budget of {budget_s:g} s used ({elapsed:.0f} s)",
+                }
+            )
+            continue
+        unbeatable = _unbeatable(name, results, tried, rule, rank, n_val)
+        if unbeatable is not None:
+            tried.append({"strategy": name, "skipped": unbeatable})
+            continue
+        t0 = time.perf_counter()
+        options: dict[str, Any] = {}
+        if name == "linear-probe" and advice.layer != "penultimate" and advice.strategy == name:
+            options["layer"] = advice.layer
+        out = get_strategy(name).run(ctx, **options)
+        entry = {
+            "strategy": name,
+            "val_accuracy": out.val_accuracy,
+            "seconds": time.perf_counter() - t0,
+            "chosen": out.chosen,
+        }
+        design = out.extra.pop("probe_design", None)
+        if cv and design is not None:
+            acc, entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
+            if entry["cv_folds"]:
+                entry.update(cv_accuracy=acc, cv_images=len(design["y"]))
+        tried.append(entry)
+        out.chosen = {"strategy": name, **out.chosen}
+        results.append((name, out))
+    best, selection = _select(results, tried, rule, prefer, rank, n_val)
     best.chosen["selection"] = selection
     best.tried = tried
     best.extra["advice"] = advice
