@@ -478,12 +478,19 @@ def _run_section(ctx: _Context) -> str:
         val = [finite(r.get("val_accuracy")) for r in run.log]
         best = max((v for v in val if v is not None), default=None)
         if best is not None:
-            rows.append(("best validation accuracy", f"{100 * best:.2f}% in {len(run.log)} epochs"))
+            rows.append(
+                ("best validation accuracy", f"{100 * best:.2f}% in {len(run.log)} validations")
+            )
     if run.plan is not None:
         rows.append(("frozen parameters", _pct(run.plan.frozen_fraction)))
-    for key in ("epochs", "seed"):
-        if key in cfg:
-            rows.append((key, cfg[key]))
+    given = cfg.get("recipe")
+    recipe: dict[str, Any] = given if isinstance(given, dict) else {}
+    for key in ("steps", "epochs", "lr"):  # the budget and rate asked for (None: not given)
+        value = recipe.get(key, cfg.get(key))
+        if value is not None:
+            rows.append((key, value))
+    if "seed" in cfg:
+        rows.append(("seed", cfg["seed"]))
     options = run.setting("options")
     out = _table(["", ""], rows)
     if isinstance(options, dict) and options:
