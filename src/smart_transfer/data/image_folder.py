@@ -400,10 +400,15 @@ def _check_root(root: Path) -> None:
 
 def _class_files(folder: str, exts: tuple[str, ...], ignored: list[Path]) -> list[Path]:
     """The images below one class folder (subfolders too, hidden ones left out, sorted); other
-    files are appended to ``ignored``."""
+    files are appended to ``ignored``. Directory links are followed once each, except a link
+    back into this class folder or its data folder (a loop such as ``a/loop -> ..``, or a
+    link that would give this class another class's images): those are left out, appended
+    to ``ignored`` and named in a warning."""
     files: list[Path] = []
+    data_root = os.path.realpath(os.path.dirname(os.path.abspath(folder)))
+    seen = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        dirnames[:] = _followed(dirpath, dirnames, seen, data_root, ignored)
         for n in sorted(filenames):
             if n.startswith("."):
                 continue
@@ -412,6 +417,31 @@ def _class_files(folder: str, exts: tuple[str, ...], ignored: list[Path]) -> lis
             else:
                 ignored.append(Path(dirpath) / n)
     return files
+
+
+def _followed(
+    dirpath: str, dirnames: list[str], seen: set[str], data_root: str, ignored: list[Path]
+) -> list[str]:
+    """The subfolders of ``dirpath`` to walk into: visible, each real folder once, and no
+    directory link that leads back into the data folder."""
+    keep = []
+    for n in sorted(dirnames):
+        if n.startswith("."):
+            continue
+        full = os.path.join(dirpath, n)
+        real = os.path.realpath(full)
+        inside = real == data_root or real.startswith(data_root + os.sep)
+        if real in seen or (os.path.islink(full) and inside):
+            ignored.append(Path(full))
+            warnings.warn(
+                f"left out the directory link {full} -> {real}: it leads back into the data "
+                "folder (a loop, or another class's images)",
+                stacklevel=2,
+            )
+            continue
+        seen.add(real)
+        keep.append(n)
+    return keep
 
 
 def _scan(
