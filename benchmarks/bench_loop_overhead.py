@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cputime import WALL, clock as _clock, since as _since
 from _machine import cpu
 
 import smart_transfer as st
@@ -45,20 +45,6 @@ from smart_transfer.training import channels_last_batch, cosine_with_warmup, fit
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def _since(t0: tuple[float, float], n: int) -> float:
-    """CPU seconds per item since ``t0`` (this process's, all threads). On a shared machine the
-    wall time mostly measures the other processes; with one torch thread the CPU time is the
-    work done (the wall time is recorded beside it)."""
-    wall, cpu_s = time.perf_counter() - t0[0], time.process_time() - t0[1]
-    WALL.append(wall / n)
-    return cpu_s / n
-
-
-WALL: list[float] = []  # wall seconds per item of every timing, in order
 TARGET = 1.05
 SETTINGS = {  # name: (backbone, input size, batch)
     "efficientnet_lite0_96px": ("efficientnet_lite0", 96, 32),
