@@ -122,23 +122,43 @@ def _open_path(
     seed: int,
     on_error: str,
     progress: bool,
+    test_data: str | None = None,
+    say_split: bool = False,
 ) -> tuple[Any, dict[str, Tensor], Any]:
-    """A path given as ``train_data``: opened, its test split held out first, then ``per_class``
-    of the rest drawn for train/val; the manifest that records it."""
+    """A path given as ``train_data``: opened, its test split held out first (none when
+    ``test_data`` names a separate test set), then ``per_class`` of the rest drawn for
+    train/val; the manifest that records it. ``say_split``: the summary also says where the
+    test images come from."""
     from .data.manifest import Manifest, draw_splits, summary
     from .data.spec import describe, is_fashion, open_data
 
     spec = str(data)
     ds = open_data(spec, "train", on_error=on_error, check=True)
     if test_fraction is None:
-        test_fraction = 0.0 if is_fashion(spec) else 0.2
+        test_fraction = 0.0 if (test_data or is_fashion(spec)) else 0.2
     splits = draw_splits(
         ds.targets, per_class, val_fraction, test_fraction, seed, classes=ds.classes
     )
     manifest = Manifest.record(ds, splits, spec, on_error)
     if progress:
-        print(summary(ds, describe(spec), {k: len(v) for k, v in splits.items()}))
+        counts = {k: len(v) for k, v in splits.items()}
+        if say_split:
+            note = _split_note(spec, test_fraction, test_data, seed)
+            print(summary(ds, describe(spec), counts, note))
+        else:
+            print(summary(ds, describe(spec), counts))
     return ds, splits, manifest
+
+
+def _split_note(spec: str, fraction: float, test_data: str | None, seed: int) -> str:
+    """Where the test images come from, in the data summary's words."""
+    from .data.spec import describe, is_fashion
+
+    if test_data:
+        return f"test images: {describe(test_data)}"
+    if is_fashion(spec) and fraction == 0:
+        return "test images: Fashion-MNIST's test split"
+    return f"test: {fraction:.0%} of every class held out first, seed {seed}"
 
 
 def _train_data(

@@ -303,8 +303,8 @@ def _draw(data: DataSpec, resume: str | None = None) -> tuple[Any, Any, Any, Any
     first (--test-fraction; none with --test-data; Fashion-MNIST's own), then --per-class of the
     rest drawn for train/val; the summary printed. ``resume``: the run folder, whose manifest
     gives the same files (refused when they changed)."""
-    from .data.manifest import Manifest, draw_splits, summary
-    from .data.spec import describe, is_fashion, open_data
+    from .data.manifest import Manifest
+    from .data.spec import open_data
 
     quiet = _rank() != 0
     manifest: Manifest | None
@@ -326,12 +326,12 @@ def _draw(data: DataSpec, resume: str | None = None) -> tuple[Any, Any, Any, Any
         raise ConfigError(
             f"{resume!r} was not made by 'smart-transfer train'; resume it from Python"
         )
-    ds = open_data(data.spec, "train", on_error=data.on_error, check=True)
     if resume is not None:  # a run from before manifests: its recorded positions
         import torch
 
         old = json.loads((Path(resume) / "config.json").read_text(encoding="utf-8")).get("data", {})
         if "train_indices" in old:
+            ds = open_data(data.spec, "train", on_error=data.on_error, check=True)
             return (
                 ds,
                 torch.tensor(old["train_indices"]),
@@ -339,21 +339,19 @@ def _draw(data: DataSpec, resume: str | None = None) -> tuple[Any, Any, Any, Any
                 torch.tensor(old["val_indices"]),
                 None,
             )
-    fraction = data.test_fraction
-    if fraction is None:
-        fraction = 0.0 if (data.test_data or is_fashion(data.spec)) else 0.2
-    splits = draw_splits(
-        ds.targets, data.per_class, data.val_fraction, fraction, data.seed, classes=ds.classes
+    from .api import _open_path
+
+    ds, splits, manifest = _open_path(
+        data.spec,
+        per_class=data.per_class,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=data.seed,
+        on_error=data.on_error,
+        progress=not quiet,
+        test_data=data.test_data,
+        say_split=True,
     )
-    manifest = Manifest.record(ds, splits, data.spec, data.on_error)
-    if data.test_data:
-        note = f"test images: {describe(data.test_data)}"
-    elif is_fashion(data.spec) and fraction == 0:
-        note = "test images: Fashion-MNIST's test split"
-    else:
-        note = f"test: {fraction:.0%} of every class held out first, seed {data.seed}"
-    if not quiet:
-        print(summary(ds, describe(data.spec), {k: len(v) for k, v in splits.items()}, note))
     return ds, splits["train"], ds, splits["val"], manifest
 
 
