@@ -1101,8 +1101,8 @@ def evaluate(
     }
     if out is not None:
         _write_json(out / "metrics.json", metrics)
-        t = _targets(ds, idx)
-        _save_samples(out / "test_samples.safetensors", ds, idx, t, k, per_class=1)
+        # the labels the test pass read, in idx's order: no second pass over the dataset
+        _save_samples(out / "test_samples.safetensors", ds, idx, labels, k, per_class=1)
         from .report.gallery import save_misclassified
 
         save_misclassified(out / "test_samples.safetensors", ds, idx, labels, pred)
