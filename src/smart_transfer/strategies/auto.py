@@ -26,13 +26,16 @@ from ..errors import ConfigError
 from ..freeze import plan_freeze
 from .advice import SIMILAR, SMALL_PER_CLASS, decide
 from .base import Context, Outcome
-from .probe import cv_accuracy
+from .probe import SHARE_FEATURES, cv_accuracy
 from .registry import get_strategy
 from .smart import similarity
 
 CLOSED_FORM = frozenset(
     {"linear-probe", "multi-layer-probe", "linear-probe-best-layer", "smart-probe", "random-probe"}
 )
+# the probes that read the pretrained network's features (the BatchNorm-adapting probes read
+# their own, adapted network's)
+SHARED_FEATURES = frozenset({"linear-probe", "multi-layer-probe", "linear-probe-best-layer"})
 SIMPLEST_FIRST = (
     "linear-probe",
     "multi-layer-probe",
@@ -162,6 +165,8 @@ def run_auto(
     start = time.perf_counter()
     results: list[tuple[str, Outcome]] = []
     tried: list[dict[str, Any]] = []
+    if len(SHARED_FEATURES.intersection(names)) > 1:
+        ctx.cache[SHARE_FEATURES] = True
     rank = _simplicity if prefer == "simplest" else names.index
     n_val = sum(len(y) for _, y in ctx.val)
     for i, name in enumerate(names):

@@ -260,6 +260,10 @@ def cv_accuracy(design: dict[str, Any], folds: int, seed: int) -> tuple[float, i
 
 
 # (train features per layer, train labels, validation features per layer, validation labels)
+# A context whose cache holds SHARE_FEATURES (set by ``auto`` when it will fit several probes)
+# computes the features of every candidate layer on the first request, so that the probes
+# share one pass over the training and validation images.
+SHARE_FEATURES = "share-probe-features"
 _Features = tuple[dict, np.ndarray, dict, np.ndarray]
 
 
@@ -278,9 +282,13 @@ def _features(ctx: Context, model: nn.Module, layers: Sequence[str]) -> _Feature
                     yva,
                 )
                 return cast(_Features, ctx.cache[key])
-        ftr, ytr = layer_features(model, layers, ctx.train_eval, ctx.eval_tf)
-        fva, yva = layer_features(model, layers, ctx.val, ctx.eval_tf)
-        ctx.cache[key] = (ftr, ytr, fva, yva)
+        wanted = list(layers)
+        if ctx.cache.get(SHARE_FEATURES):  # auto: one pass serves every probe candidate
+            wanted += [n for n in candidate_layers(model) if n not in wanted]
+        ftr, ytr = layer_features(model, wanted, ctx.train_eval, ctx.eval_tf)
+        fva, yva = layer_features(model, wanted, ctx.val, ctx.eval_tf)
+        ctx.cache[("features", tuple(wanted))] = (ftr, ytr, fva, yva)
+        ctx.cache[key] = ({n: ftr[n] for n in layers}, ytr, {n: fva[n] for n in layers}, yva)
     return cast(_Features, ctx.cache[key])
 
 
