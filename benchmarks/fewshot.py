@@ -302,10 +302,15 @@ def run_cell(
     }
 
 
+GRID_TEST_IMAGES = 2000
+
+
 def grid_on_test(result: Any, out: Path, test: Any) -> dict[str, Any] | None:
     """After the run (analysis only, nothing is chosen with it): the test accuracy of every
     learning rate of the grid, from each candidate's kept weights in the run's checkpoints, and
-    whether validation picked the rate the test split would have picked."""
+    whether validation picked the rate the test split would have picked. At most the fixed
+    2,000-image subset of ``--quick`` is scored (the count needs no more, and a full P1 run would
+    otherwise read the 10,000 test images three more times per grid)."""
     from smart_transfer.data import loader
     from smart_transfer.training import predict
     from smart_transfer.training.checkpoint import load_weights
@@ -325,6 +330,9 @@ def grid_on_test(result: Any, out: Path, test: Any) -> dict[str, Any] | None:
 
     model = copy.deepcopy(result.model)
     ds, idx = test
+    if len(idx) > GRID_TEST_IMAGES:  # the count needs no more: the quick subset's images
+        g = torch.Generator().manual_seed(12345)
+        idx = torch.randperm(len(ds), generator=g)[:GRID_TEST_IMAGES]
     test_acc = {}
     for lr, path in groups[group].items():
         model.load_state_dict(load_weights(path))

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import smart_transfer as st
 from smart_transfer.errors import ConfigError
 from smart_transfer.strategies.selection import KeepBest
 
@@ -59,3 +60,46 @@ def test_an_empty_grid_and_an_unknown_rule_are_config_errors():
         _ = KeepBest(what="quantiles").item
     with pytest.raises(ConfigError, match="rule must be one of accuracy, loss"):
         KeepBest("median")
+
+
+def _scored(monkeypatch, module, scores):
+    """Make ``module.train_model`` return candidates with preset validation scores, in order."""
+    from smart_transfer.strategies.base import Outcome
+    from smart_transfer.training.loop import FitResult
+
+    it = iter(scores)
+
+    def fake(ctx, model, tag, **kw):
+        acc, loss = next(it)
+        fit = FitResult(best_epoch=1, best_val_accuracy=acc, best_val_loss=loss)
+        return Outcome(model=model, val_accuracy=acc, fit=fit, plan=kw.get("plan"))
+
+    monkeypatch.setattr(module, "train_model", fake)
+
+
+# accuracy would keep the second candidate, the loss keeps the third
+_DISAGREE = [(0.80, 0.70), (0.90, 0.65), (0.85, 0.40)]
+
+
+def test_first_k_frozen_keeps_the_lowest_validation_loss(monkeypatch, tiny_net, tiny_data):
+    from smart_transfer.strategies import finetune
+
+    _scored(monkeypatch, finetune, _DISAGREE)
+    r = st.train(tiny_net, tiny_data, strategy="first-k-frozen", progress=False)
+    assert [t["val_loss"] for t in r.tried] == [0.70, 0.65, 0.40]
+    assert r.chosen["k"] == r.tried[2]["k"] and r.val_accuracy == 0.85
+
+
+def test_smart_select_val_keeps_the_lowest_validation_loss(monkeypatch, tiny_net, tiny_data):
+    from smart_transfer.strategies import smart
+
+    _scored(monkeypatch, smart, _DISAGREE)
+    r = st.train(
+        tiny_net,
+        tiny_data,
+        strategy="smart-kernel",
+        select="val",
+        quantiles=[0.25, 0.5, 0.75],
+        progress=False,
+    )
+    assert r.chosen["quantile"] == 0.75 and r.val_accuracy == 0.85

@@ -64,8 +64,9 @@ def test_first_k_frozen_chooses_k_on_validation_and_freezes_those_layers(tiny_ne
     r = st.train(tiny_net, tiny_data, strategy="first-k-frozen", epochs=3, lr=0.01, progress=False)
     ks = [t["k"] for t in r.tried]
     assert ks == sorted(set(ks)) and r.chosen["k"] in ks
-    best = max(r.tried, key=lambda t: t["val_accuracy"])["val_accuracy"]
-    assert r.val_accuracy == best
+    # the lowest validation loss is kept (equal losses: the higher accuracy, then the earlier k)
+    kept = min(r.tried, key=lambda t: (t["val_loss"], -t["val_accuracy"]))
+    assert r.chosen["k"] == kept["k"] and r.val_accuracy == kept["val_accuracy"]
     layers = st.list_layers(tiny_net)[: r.chosen["k"]]
     for layer in layers:
         w = dict(r.model.named_parameters())[f"{layer}.weight"]
@@ -132,7 +133,8 @@ def test_smart_select_val_tries_each_quantile(tiny_net, tiny_data):
         progress=False,
     )
     assert [t["quantile"] for t in r.tried] == [0.25, 0.75]
-    assert r.chosen["quantile"] == max(r.tried, key=lambda t: t["val_accuracy"])["quantile"]
+    kept = min(r.tried, key=lambda t: (t["val_loss"], -t["val_accuracy"]))
+    assert r.chosen["quantile"] == kept["quantile"]
     fr = {t["quantile"]: t["frozen_fraction"] for t in r.tried}
     assert fr[0.25] < fr[0.75]
 

@@ -94,6 +94,12 @@ def _train_at(
     )
 
 
+def val_loss(out: Outcome) -> float:
+    """The validation loss of a trained candidate's kept weights (+inf when unknown or NaN)."""
+    loss = out.fit.best_val_loss if out.fit is not None else float("nan")
+    return float("inf") if math.isnan(loss) else float(loss)
+
+
 def choose_rate(
     rates: Sequence[float], run: Callable[[float], Outcome]
 ) -> tuple[Outcome, list[dict[str, Any]]]:
@@ -108,8 +114,7 @@ def choose_rate(
     tried: list[dict[str, Any]] = []
     for lr in rates:
         out = run(float(lr))
-        loss = out.fit.best_val_loss if out.fit is not None else float("nan")
-        loss = float("inf") if math.isnan(loss) else float(loss)
+        loss = val_loss(out)
         tried.append(
             {
                 "lr": float(lr),
@@ -238,7 +243,8 @@ def run_first_k_frozen(
     ctx: Context, k: int | None = None, fractions: Sequence[float] = (0.25, 0.5, 0.75)
 ) -> Outcome:
     """Freeze the first ``k`` conv/linear layers (and their BatchNorm); ``k=None`` picks it on
-    validation among ``fractions`` of the layers."""
+    validation among ``fractions`` of the layers (lowest validation loss, as for the learning
+    rate)."""
     probe = ctx.make_model()
     head_name, _ = find_head(probe)
     names = [n for n in select_layers(probe) if n != head_name]
@@ -250,7 +256,7 @@ def run_first_k_frozen(
         ks = [k]
     else:
         ks = sorted({max(1, round(f * len(names))) for f in fractions})
-    keep: KeepBest[Outcome] = KeepBest(what="values of k")
+    keep: KeepBest[Outcome] = KeepBest("loss", what="values of k")
     tried = []
     for kk in ks:
         tag = f"first-k-frozen/k={kk}"
@@ -261,8 +267,9 @@ def run_first_k_frozen(
             else None
         )
         out = train_model(ctx, model, tag, plan=plan)
-        tried.append({"k": kk, "val_accuracy": out.val_accuracy})
-        if keep.offer(out, out.val_accuracy):
+        loss = val_loss(out)
+        tried.append({"k": kk, "val_accuracy": out.val_accuracy, "val_loss": loss})
+        if keep.offer(out, out.val_accuracy, loss):
             out.chosen = {**out.chosen, "k": kk, "layers": len(names)}
     best = keep.item
     best.tried = tried

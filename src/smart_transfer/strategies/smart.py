@@ -15,7 +15,7 @@ from ..measures import compare
 from ..models.heads import find_head
 from ..stats import ActivationProfile, profile, profile_from_batchnorm
 from .base import Context, Outcome, Transformed
-from .finetune import train_model
+from .finetune import train_model, val_loss
 from .selection import KeepBest
 
 QUANTILES = (0.25, 0.5, 0.75)
@@ -118,10 +118,10 @@ def run_smart(
 ) -> Outcome:
     """Freeze the channels (``scope="kernel"``) or layers (``"layer"``) that behave alike on
     D_pre and D_new, train the rest. ``select="val"`` trains one model per value of
-    ``quantiles`` and keeps the best on validation. ``init="probe"`` starts from a linear
-    probe's head (as LP-FT does). ``bn_stats="adapt"`` is the default because it measured best
-    (``benchmarks/NOTES.md``): frozen weights stay bit-identical, their BatchNorm statistics are
-    re-estimated on the new data."""
+    ``quantiles`` and keeps the one with the lowest validation loss (as for the learning rate).
+    ``init="probe"`` starts from a linear probe's head (as LP-FT does). ``bn_stats="adapt"`` is
+    the default because it measured best (``benchmarks/NOTES.md``): frozen weights stay
+    bit-identical, their BatchNorm statistics are re-estimated on the new data."""
     if select not in ("fixed", "val"):
         raise ConfigError(f"select must be 'fixed' or 'val', got {select!r}")
     if init not in ("pretrained", "probe"):
@@ -136,7 +136,7 @@ def run_smart(
         if select == "fixed"
         else [{"quantile": float(q)} for q in quantiles]
     )
-    keep: KeepBest[Outcome] = KeepBest(what="quantiles")
+    keep: KeepBest[Outcome] = KeepBest("loss", what="quantiles")
     tried = []
     for rule in rules:
         tag = f"{name}/" + ",".join(f"{k}={v}" for k, v in rule.items())
@@ -151,10 +151,16 @@ def run_smart(
             head_lr_mult=head_lr_mult,
             bn_prior=bn_prior,
         )
+        loss = val_loss(out)
         tried.append(
-            {**rule, "val_accuracy": out.val_accuracy, "frozen_fraction": plan.frozen_fraction}
+            {
+                **rule,
+                "val_accuracy": out.val_accuracy,
+                "val_loss": loss,
+                "frozen_fraction": plan.frozen_fraction,
+            }
         )
-        if keep.offer(out, out.val_accuracy):
+        if keep.offer(out, out.val_accuracy, loss):
             out.chosen = {
                 **out.chosen,
                 "measure": measure,
