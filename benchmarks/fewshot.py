@@ -138,7 +138,7 @@ def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -
         hits = sum(bool(g["picked_test_best"]) for g in grids)
         lines += [(f"The learning rate chosen on validation (lowest validation loss) was also the test split's best "
                   f"in {hits} of {len(grids)} grid searches (each rate's kept weights scored on the test split "
-                  "after the run, for this count only)."), ""]
+                  f"after the run, for this count only, at most {GRID_TEST_IMAGES:,} of them)."), ""]
     for net in sorted({g[0] for g in groups}):
         if net:
             lines += [f"## source network: {net}", ""]
