@@ -120,7 +120,7 @@ def _budget_prefix(
     return out, True
 
 
-def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, each a few lines
+def plan_freeze(
     sim: Similarity,
     threshold: float | None = None,
     quantile: float | None = None,
@@ -146,6 +146,31 @@ def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, e
     Exactly one of ``threshold``, ``quantile`` and ``budget`` must be given, in [0, 1].
     See the module docstring for ties and NaN scores.
     """
+    _check_similarity(sim)
+    rule, value = _check_rule(threshold, quantile, budget)
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown scope {scope!r}; use scope='kernel' or scope='layer'")
+    chan_scores, params = _planned_layers(sim, _select_layers(sim, layers), scope)
+    if scope == "kernel":
+        frozen, met = _kernel_masks(rule, value, chan_scores, params)
+    else:
+        frozen, met = _layer_masks(rule, value, sim, chan_scores, params)
+    plan = _make_plan(sim, frozen, params, scope, rule, value, layers)
+    if rule == "budget":
+        trainable = 1.0 - plan.frozen_fraction
+        plan.meta["selection"]["trainable_fraction"] = trainable
+        if not met:
+            warnings.warn(
+                f"budget={value} cannot be met: only channels with a score can be frozen and "
+                f"{trainable:.3f} of the planned parameters stay trainable; NaN scores are never "
+                "frozen",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return plan
+
+
+def _check_similarity(sim: Any) -> None:
     if not all(hasattr(sim, a) for a in ("scores", "layer_scores", "params", "measure")):
         what = type(sim).__name__
         hint = (
@@ -154,15 +179,18 @@ def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, e
             else "pass the result of smart_transfer.compare(prof_pre, prof_new)"
         )
         raise ConfigError(f"plan_freeze needs a Similarity, got {what}; {hint}")
-    rule, value = _check_rule(threshold, quantile, budget)
-    if scope not in SCOPES:
-        raise ConfigError(f"unknown scope {scope!r}; use scope='kernel' or scope='layer'")
-    names = _select_layers(sim, layers)
 
-    # Gather scores and parameters of every planned layer; layers owning no parameter are
-    # skipped (nothing of theirs could be frozen).
+
+_Params = dict[str, dict[str, tuple[int, ...]]]  # layer -> parameter name -> shape
+
+
+def _planned_layers(
+    sim: Similarity, names: Sequence[str], scope: str
+) -> tuple[dict[str, np.ndarray], _Params]:
+    """Channel scores and parameter shapes of every planned layer (in order); layers owning no
+    parameter are skipped (nothing of theirs could be frozen)."""
     chan_scores: dict[str, np.ndarray] = {}
-    params: dict[str, dict[str, tuple[int, ...]]] = {}
+    params: _Params = {}
     owner: dict[str, str] = {}
     for layer in names:
         if layer not in sim.params:
@@ -174,18 +202,7 @@ def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, e
         if not lp:
             continue
         s = torch.as_tensor(sim.scores[layer]).detach().to("cpu", torch.float64).flatten().numpy()
-        for p, shape in lp.items():
-            if not shape or shape[0] != s.size:
-                raise IncompatibleError(
-                    f"layer {layer!r} has {s.size} channel scores but its parameter {p!r} has "
-                    f"shape {shape}; scores and parameters must come from the same model"
-                )
-            if p in owner:
-                raise IncompatibleError(
-                    f"parameter {p!r} belongs to both layer {owner[p]!r} and layer {layer!r}; "
-                    "restrict layers= so that each parameter is planned once"
-                )
-            owner[p] = layer
+        _check_owned(layer, s.size, lp, owner)
         if scope == "layer" and layer not in sim.layer_scores:
             raise IncompatibleError(
                 f"the Similarity has no layer score for {layer!r}; scope='layer' needs "
@@ -193,75 +210,114 @@ def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, e
             )
         chan_scores[layer] = s
         params[layer] = lp
-    planned = list(chan_scores)
-    if not planned:
+    if not chan_scores:
         raise ConfigError(
             "none of the selected layers owns a parameter, so there is nothing to plan; "
             "compare layers with weights (conv / linear)"
         )
+    return chan_scores, params
 
-    # Per-layer channel masks.
-    frozen: dict[str, np.ndarray] = {}
-    met = True
-    if scope == "kernel":
-        if rule == "threshold":
-            for layer, s in chan_scores.items():
-                with np.errstate(invalid="ignore"):
-                    frozen[layer] = s >= value  # NaN >= t is False
-        elif rule == "quantile":
-            for layer, s in chan_scores.items():
-                k = math.floor(value * s.size + _EPS)
-                frozen[layer] = _ordered_prefix(s, [np.arange(s.size)], k)
-        else:
-            scores = np.concatenate([chan_scores[layer] for layer in planned])
-            costs = np.concatenate(
-                [
-                    np.full(
-                        chan_scores[layer].size,
-                        sum(_row_size(sh) for sh in params[layer].values()),
-                        dtype=np.int64,
-                    )
-                    for layer in planned
-                ]
+
+def _check_owned(
+    layer: str, channels: int, lp: dict[str, tuple[int, ...]], owner: dict[str, str]
+) -> None:
+    """Each parameter has one row per channel score and belongs to one planned layer."""
+    for p, shape in lp.items():
+        if not shape or shape[0] != channels:
+            raise IncompatibleError(
+                f"layer {layer!r} has {channels} channel scores but its parameter {p!r} has "
+                f"shape {shape}; scores and parameters must come from the same model"
             )
-            layer_idx = np.concatenate(
-                [np.full(chan_scores[layer].size, i) for i, layer in enumerate(planned)]
+        if p in owner:
+            raise IncompatibleError(
+                f"parameter {p!r} belongs to both layer {owner[p]!r} and layer {layer!r}; "
+                "restrict layers= so that each parameter is planned once"
             )
-            chan_idx = np.concatenate([np.arange(chan_scores[layer].size) for layer in planned])
-            flat, met = _budget_prefix(scores, costs, [layer_idx, chan_idx], value)
-            start = 0
-            for layer in planned:
-                n = chan_scores[layer].size
-                frozen[layer] = flat[start : start + n]
-                start += n
-    else:
-        lscores = np.array([float(sim.layer_scores[layer]) for layer in planned], dtype=np.float64)
-        pos = np.arange(len(planned))
-        if rule == "threshold":
-            with np.errstate(invalid="ignore"):
-                chosen = lscores >= value
-        elif rule == "quantile":
-            chosen = _ordered_prefix(lscores, [pos], math.floor(value * len(planned) + _EPS))
-        else:
-            costs = np.array(
-                [sum(math.prod(sh) for sh in params[layer].values()) for layer in planned],
+        owner[p] = layer
+
+
+def _kernel_masks(
+    rule: str, value: float, chan_scores: dict[str, np.ndarray], params: _Params
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Per-channel frozen masks (kernel scope) and whether a budget was met."""
+    if rule == "threshold":
+        with np.errstate(invalid="ignore"):
+            return {layer: s >= value for layer, s in chan_scores.items()}, True  # NaN: False
+    if rule == "quantile":
+        return {
+            layer: _ordered_prefix(s, [np.arange(s.size)], math.floor(value * s.size + _EPS))
+            for layer, s in chan_scores.items()
+        }, True
+    planned = list(chan_scores)
+    scores = np.concatenate([chan_scores[layer] for layer in planned])
+    costs = np.concatenate(
+        [
+            np.full(
+                chan_scores[layer].size,
+                sum(_row_size(sh) for sh in params[layer].values()),
                 dtype=np.int64,
             )
-            chosen, met = _budget_prefix(lscores, costs, [pos], value)
-        for layer, c in zip(planned, chosen):
-            frozen[layer] = np.full(chan_scores[layer].size, bool(c))
+            for layer in planned
+        ]
+    )
+    layer_idx = np.concatenate(
+        [np.full(chan_scores[layer].size, i) for i, layer in enumerate(planned)]
+    )
+    chan_idx = np.concatenate([np.arange(chan_scores[layer].size) for layer in planned])
+    flat, met = _budget_prefix(scores, costs, [layer_idx, chan_idx], value)
+    bounds = np.cumsum([0] + [chan_scores[layer].size for layer in planned])
+    return {layer: flat[bounds[i] : bounds[i + 1]] for i, layer in enumerate(planned)}, met
 
+
+def _layer_masks(
+    rule: str,
+    value: float,
+    sim: Similarity,
+    chan_scores: dict[str, np.ndarray],
+    params: _Params,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Whole-layer frozen masks (layer scope) and whether a budget was met."""
+    planned = list(chan_scores)
+    lscores = np.array([float(sim.layer_scores[layer]) for layer in planned], dtype=np.float64)
+    pos = np.arange(len(planned))
+    met = True
+    if rule == "threshold":
+        with np.errstate(invalid="ignore"):
+            chosen = lscores >= value
+    elif rule == "quantile":
+        chosen = _ordered_prefix(lscores, [pos], math.floor(value * len(planned) + _EPS))
+    else:
+        costs = np.array(
+            [sum(math.prod(sh) for sh in params[layer].values()) for layer in planned],
+            dtype=np.int64,
+        )
+        chosen, met = _budget_prefix(lscores, costs, [pos], value)
+    return {
+        layer: np.full(chan_scores[layer].size, bool(c)) for layer, c in zip(planned, chosen)
+    }, met
+
+
+def _json_float(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _make_plan(
+    sim: Similarity,
+    frozen: dict[str, np.ndarray],
+    params: _Params,
+    scope: str,
+    rule: str,
+    value: float,
+    layers: str | Sequence[str] | None,
+) -> FreezePlan:
+    """The plan: one mask per parameter (its layer's channel mask) and how it was chosen."""
     masks = {}
     shapes = {}
-    for layer in planned:
+    for layer, lp in params.items():
         m = torch.from_numpy(np.ascontiguousarray(frozen[layer], dtype=bool))
-        for p, shape in params[layer].items():
+        for p, shape in lp.items():
             masks[p] = m.clone()
             shapes[p] = shape
-
-    def _json_float(x: float) -> float | None:
-        return None if math.isnan(x) else float(x)
-
     meta: dict[str, Any] = {
         "measure": sim.measure,
         "direction": sim.direction,
@@ -276,25 +332,13 @@ def plan_freeze(  # noqa: C901 - four rules x two scopes checked in one place, e
         },
         "layer_scores": {
             layer: _json_float(float(sim.layer_scores[layer]))
-            for layer in planned
+            for layer in params
             if layer in sim.layer_scores
         },
     }
-    plan = FreezePlan(
+    return FreezePlan(
         masks=masks,
         shapes=shapes,
-        layers={layer: list(params[layer]) for layer in planned},
+        layers={layer: list(lp) for layer, lp in params.items()},
         meta=meta,
     )
-    if rule == "budget":
-        trainable = 1.0 - plan.frozen_fraction
-        plan.meta["selection"]["trainable_fraction"] = trainable
-        if not met:
-            warnings.warn(
-                f"budget={value} cannot be met: only channels with a score can be frozen and "
-                f"{trainable:.3f} of the planned parameters stay trainable; NaN scores are never "
-                "frozen",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return plan
