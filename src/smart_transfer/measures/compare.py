@@ -193,25 +193,54 @@ def compare(
         ConfigError: a statistic the measure needs is missing (the message lists the measures
             that can run), or an unknown option.
     """
+    _check_profiles(prof_pre, prof_new)
+    m = get_measure(measure)
+    _check_same_point(prof_pre, prof_new, check_model)
+    names = _select_layers(prof_pre, prof_new, layers)
+    _check_channels(prof_pre, prof_new, names)
+    _check_requirements(m, prof_pre, prof_new, names)
+    _check_options(m, options)
+    _check_order(prof_pre, prof_new)
+    sim = _LayerScores()
+    for n in names:
+        sim.add(n, m, prof_pre.layers[n], prof_new.layers[n], options)
+    return Similarity(
+        measure=m.name,
+        direction=m.direction,
+        scores=sim.scores,
+        raw=sim.raw,
+        layer_scores=sim.layer_scores,
+        layer_raw=sim.layer_raw,
+        params=sim.params,
+        source=str(getattr(prof_pre, "source", "data")),
+        meta=sim.meta(m, options, prof_pre, prof_new),
+    )
+
+
+def _check_profiles(prof_pre: Any, prof_new: Any) -> None:
     for label, prof in (("prof_pre", prof_pre), ("prof_new", prof_new)):
         if not isinstance(getattr(prof, "layers", None), dict):
             raise ConfigError(
                 f"{label} must be an ActivationProfile (from smart_transfer.profile or "
                 f"profile_from_batchnorm), got {type(prof).__name__}."
             )
-    m = get_measure(measure)
+
+
+def _check_same_point(prof_pre: Any, prof_new: Any, check_model: bool) -> None:
+    """Both profiles are of one model (unless ``check_model`` is False), taken at one point."""
+    meta_pre = getattr(prof_pre, "meta", None) or {}
+    meta_new = getattr(prof_new, "meta", None) or {}
     if check_model:
-        check_same_model(
-            getattr(prof_pre, "meta", None) or {}, getattr(prof_new, "meta", None) or {}
-        )
-    point_pre = (getattr(prof_pre, "meta", None) or {}).get("point")
-    point_new = (getattr(prof_new, "meta", None) or {}).get("point")
+        check_same_model(meta_pre, meta_new)
+    point_pre, point_new = meta_pre.get("point"), meta_new.get("point")
     if point_pre is not None and point_new is not None and point_pre != point_new:
         raise IncompatibleError(
             f"D_pre was profiled at point {point_pre!r} and D_new at {point_new!r}; profile both "
             f"at the same point (BatchNorm-derived profiles describe the layer output, 'output')."
         )
-    names = _select_layers(prof_pre, prof_new, layers)
+
+
+def _check_channels(prof_pre: Any, prof_new: Any, names: Iterable[str]) -> None:
     for n in names:
         cp, cn = prof_pre.layers[n].num_channels, prof_new.layers[n].num_channels
         if cp != cn:
@@ -219,15 +248,21 @@ def compare(
                 f"layer {n!r} has {cp} channels in the D_pre profile but {cn} in the D_new "
                 f"profile; profile both with the same model."
             )
-    _check_requirements(m, prof_pre, prof_new, names)
-    _check_options(m, options)
-    _check_order(prof_pre, prof_new)
 
-    scores, raw, layer_scores, layer_raw, params = {}, {}, {}, {}, {}
-    layer_meta: dict[str, dict[str, Any]] = {}
-    notes: dict[str, list[str]] = {}
-    for n in names:
-        lp_pre, lp_new = prof_pre.layers[n], prof_new.layers[n]
+
+class _LayerScores:
+    """The per-layer results of one measure, gathered layer by layer."""
+
+    def __init__(self) -> None:
+        self.scores: dict[str, torch.Tensor] = {}
+        self.raw: dict[str, torch.Tensor] = {}
+        self.layer_scores: dict[str, float] = {}
+        self.layer_raw: dict[str, float] = {}
+        self.params: dict[str, dict[str, Any]] = {}
+        self.layer_meta: dict[str, dict[str, Any]] = {}
+        self.notes: dict[str, list[str]] = {}
+
+    def add(self, n: str, m: Measure, lp_pre: Any, lp_new: Any, options: dict[str, Any]) -> None:
         _check_variance(lp_pre, "D_pre")
         _check_variance(lp_new, "D_new")
         _check_finite(m, lp_pre)
@@ -239,42 +274,35 @@ def compare(
                 f"measure {m.name!r} gave non-finite scores for layer {n!r}; check that both "
                 f"profiles of this layer hold finite statistics."
             )
-        scores[n] = s.clamp(0.0, 1.0)
-        raw[n] = out.raw.to(torch.float64)
+        self.scores[n] = s.clamp(0.0, 1.0)
+        self.raw[n] = out.raw.to(torch.float64)
         if out.layer_score is None:
-            layer_scores[n] = float(scores[n].mean()) if scores[n].numel() else 1.0
-            layer_raw[n] = float(raw[n].mean()) if raw[n].numel() else 0.0
+            self.layer_scores[n] = float(self.scores[n].mean()) if s.numel() else 1.0
+            self.layer_raw[n] = float(self.raw[n].mean()) if self.raw[n].numel() else 0.0
         else:
-            layer_scores[n] = min(max(float(out.layer_score), 0.0), 1.0)
-            layer_raw[n] = float(out.layer_raw)  # type: ignore[arg-type]
-        params[n] = dict(lp_new.params)
+            self.layer_scores[n] = min(max(float(out.layer_score), 0.0), 1.0)
+            self.layer_raw[n] = float(out.layer_raw)  # type: ignore[arg-type]
+        self.params[n] = dict(lp_new.params)
         if out.meta:
-            layer_meta[n] = dict(out.meta)
+            self.layer_meta[n] = dict(out.meta)
             if "note" in out.meta:
-                notes.setdefault(str(out.meta["note"]), []).append(n)
+                self.notes.setdefault(str(out.meta["note"]), []).append(n)
 
-    meta: dict[str, Any] = {
-        "level": m.level,
-        "assumption": m.assumption,
-        "score": m.score_rule,
-        "options": {k: plain(v) for k, v in options.items()},
-        "num_samples": {
-            "pre": int(getattr(prof_pre, "num_samples", 0)),
-            "new": int(getattr(prof_new, "num_samples", 0)),
-        },
-    }
-    if layer_meta:
-        meta["layers"] = layer_meta
-    if notes:
-        meta["notes"] = [f"{text} (layers: {', '.join(ls)})" for text, ls in notes.items()]
-    return Similarity(
-        measure=m.name,
-        direction=m.direction,
-        scores=scores,
-        raw=raw,
-        layer_scores=layer_scores,
-        layer_raw=layer_raw,
-        params=params,
-        source=str(getattr(prof_pre, "source", "data")),
-        meta=meta,
-    )
+    def meta(
+        self, m: Measure, options: dict[str, Any], prof_pre: Any, prof_new: Any
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "level": m.level,
+            "assumption": m.assumption,
+            "score": m.score_rule,
+            "options": {k: plain(v) for k, v in options.items()},
+            "num_samples": {
+                "pre": int(getattr(prof_pre, "num_samples", 0)),
+                "new": int(getattr(prof_new, "num_samples", 0)),
+            },
+        }
+        if self.layer_meta:
+            meta["layers"] = self.layer_meta
+        if self.notes:
+            meta["notes"] = [f"{text} (layers: {', '.join(ls)})" for text, ls in self.notes.items()]
+        return meta
