@@ -406,61 +406,26 @@ def compare_strategies(
         s: split_for_seed(d, s, per_class, val_fraction, test_fraction, test_size) for s in seeds
     }
     first = splits[seeds[0]]
-    from .data.manifest import summary
-
-    for line in summary(
-        d.train,
-        d.spec,
-        {k: len(first[k]) for k in ("train", "val", "test")},
-        f"seed {seeds[0]}; each seed draws its own split",
-    ).splitlines():
-        say("      " + line)
-    advice = None
-    if advise:
-        from .api import advise as _advise
-
-        say("[2/4] advice: D_pre from BatchNorm running statistics, D_new from the training images")
-        advice = _advise(backbone, (d.train, torch.cat([first["train"], first["val"]])), size=size)
-        for line in str(advice).splitlines():
-            say("      " + line)
-    else:
+    _say_data(say, d, first, seeds[0])
+    advice = _advice_phase(say, backbone, d, first, size) if advise else None
+    if not advise:
         say("[2/4] advice: skipped")
     say(
         f"[3/4] {len(first['train'])} training, {len(first['val'])} validation and "
         f"{len(first['test'])} test images per seed ({_recipe_text(steps, epochs, lr, lr_grid)}, "
         f"{size or 'native'} px)"
     )
-    order = sorted(names, key=lambda n: n == "random-mask" and "smart-kernel" in names)
-    records: list[dict[str, Any]] = []
-    results: dict[tuple[int, str], Any] = {}
-    for seed in seeds:
-        for name in order:
-            rec, res = _one_run(
-                backbone,
-                d,
-                splits[seed],
-                name,
-                seed,
-                out,
-                dict((options or {}).get(name, {})),
-                names,
-                steps=steps,
-                epochs=epochs,
-                lr=lr,
-                lr_grid=lr_grid,
-                batch_size=batch_size,
-                size=size,
-                device=dev,
-                progress=progress,
-            )
-            records.append(rec)
-            results[(seed, name)] = res
-            say(
-                f"      seed {seed}  {name:<16} val {rec['val_accuracy']:.3f}  test "
-                f"{rec['test_accuracy']:.3f}  frozen {rec['frozen_fraction']:5.1%}  "
-                f"{rec['seconds']:4.0f} s"
-            )
-    records.sort(key=lambda r: (seeds.index(r["seed"]), names.index(r["strategy"])))
+    train_kw = dict(
+        steps=steps,
+        epochs=epochs,
+        lr=lr,
+        lr_grid=lr_grid,
+        batch_size=batch_size,
+        size=size,
+        device=dev,
+        progress=progress,
+    )
+    records, results = _run_all(say, backbone, d, splits, names, out, options, train_kw)
     meta = _meta(bname, d, seeds, names, first, per_class, size, epochs, test_size, advice)
     meta["recipe"] = {
         "steps": steps,
@@ -469,9 +434,88 @@ def compare_strategies(
         "lr_grid": None if lr_grid is None else list(lr_grid),
     }
     table = StrategyTable.from_records(records, names, meta)
+    _say_results(say, table, records, advice, len(seeds))
+    _write(out, table, advice, report, results, seeds)
+    if report:
+        say(
+            f"      report: {out / 'report.html'} (the run {table.meta['report_run']}, with the "
+            "comparison)"
+        )
+    say(
+        f"      wrote {out / 'comparison.json'} and comparison.md "
+        f"({time.perf_counter() - started:.0f} s in all)"
+    )
+    return table
+
+
+def _say_data(say: Callable[[str], None], d: _Data, first: dict[str, Any], seed: int) -> None:
+    """The data summary of the first seed's split."""
+    from .data.manifest import summary
+
+    for line in summary(
+        d.train,
+        d.spec,
+        {k: len(first[k]) for k in ("train", "val", "test")},
+        f"seed {seed}; each seed draws its own split",
+    ).splitlines():
+        say("      " + line)
+
+
+def _advice_phase(
+    say: Callable[[str], None], backbone: Any, d: _Data, first: dict[str, Any], size: int | None
+) -> Any:
+    """The advisor on the first seed's training and validation images."""
+    from .api import advise as _advise
+
+    say("[2/4] advice: D_pre from BatchNorm running statistics, D_new from the training images")
+    advice = _advise(backbone, (d.train, torch.cat([first["train"], first["val"]])), size=size)
+    for line in str(advice).splitlines():
+        say("      " + line)
+    return advice
+
+
+def _run_all(
+    say: Callable[[str], None],
+    backbone: Any,
+    d: _Data,
+    splits: dict[int, dict[str, Any]],
+    names: Sequence[str],
+    out: Path,
+    options: Mapping[str, Mapping[str, Any]] | None,
+    train_kw: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[tuple[int, str], Any]]:
+    """Every strategy for every seed (smart-kernel before random-mask, which reads its plan);
+    the records in the order of seeds and names, and the results by (seed, name)."""
+    seeds = list(splits)
+    order = sorted(names, key=lambda n: n == "random-mask" and "smart-kernel" in names)
+    records: list[dict[str, Any]] = []
+    results: dict[tuple[int, str], Any] = {}
+    for seed in seeds:
+        for name in order:
+            opts = dict((options or {}).get(name, {}))
+            rec, res = _one_run(backbone, d, splits[seed], name, seed, out, opts, names, **train_kw)
+            records.append(rec)
+            results[(seed, name)] = res
+            say(
+                f"      seed {seed}  {name:<16} val {rec['val_accuracy']:.3f}  test "
+                f"{rec['test_accuracy']:.3f}  frozen {rec['frozen_fraction']:5.1%}  "
+                f"{rec['seconds']:4.0f} s"
+            )
+    records.sort(key=lambda r: (seeds.index(r["seed"]), list(names).index(r["strategy"])))
+    return records, results
+
+
+def _say_results(
+    say: Callable[[str], None],
+    table: StrategyTable,
+    records: list[dict[str, Any]],
+    advice: Any,
+    n_seeds: int,
+) -> None:
+    meta = table.meta
     say(
         f"[4/4] test accuracy on {meta['test_images']} test images ({meta['test']}); mean "
-        f"{'± std ' if len(seeds) > 1 else ''}over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+        f"{'± std ' if n_seeds > 1 else ''}over {n_seeds} seed{'s' if n_seeds > 1 else ''}"
     )
     for line in table.lines():
         say("      " + line)
@@ -484,17 +528,6 @@ def compare_strategies(
         )
         say(f"      {chose}advice: {advice.strategy} ({advice.quadrant})")
     say(f"      {meta['note']}")
-    _write(out, table, advice, report, results, seeds)
-    if report:
-        say(
-            f"      report: {out / 'report.html'} (the run {table.meta['report_run']}, with the "
-            "comparison)"
-        )
-    say(
-        f"      wrote {out / 'comparison.json'} and comparison.md "
-        f"({time.perf_counter() - started:.0f} s in all)"
-    )
-    return table
 
 
 def _recipe_text(
