@@ -25,6 +25,7 @@ any concatenated probe.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -188,59 +189,17 @@ def run_multi_probe(
     choice's count per layer, channels drawn with ``mask_seed`` (default the run's seed).
     ``refit``: the chosen probe fitted again on the training and validation samples."""
     fracs = _check(select, direction, fraction, fractions, layers, mask_seed)
-    grid = [C] if isinstance(C, (int, float)) else list(C)
     name = {
         "none": "multi-layer-probe",
         "smart": "smart-multi-probe",
         "random": "random-multi-probe",
     }[select]
-    model = ctx.fresh_model(name)
-    cands = list(layers) if layers else candidate_layers(model)
-    ftr, ytr, fva, yva = _features(ctx, model, cands)
-    xtr, cols = stack_features(ftr, cands)
-    xva, _ = stack_features(fva, cands)
-    width = xtr.shape[1]
-    widths = {n: cols[n].stop - cols[n].start for n in cands}
-    base = {"layers": cands, "total_features": width}
-
-    def fit(keep: dict[str, list[int]]) -> tuple[nn.Linear, float, float, int]:
-        use = columns(cols, keep)
-        linear, c, acc, _ = fit_logistic(xtr[:, use], ytr, xva[:, use], yva, grid, ctx.num_classes)
-        return expand(linear, use, width), c, acc, len(use)
-
-    def outcome(
-        linear: nn.Linear,
-        acc: float,
-        chosen: dict[str, Any],
-        tried: list[dict[str, Any]],
-        extra: dict[str, Any],
-        keep: dict[str, list[int]],
-    ) -> Outcome:
-        use = columns(cols, keep)
-        design = cv_design(xtr[:, use], ytr, xva[:, use], yva, chosen["C"])
-        if refit:  # the chosen columns and C, fitted again on every labelled sample
-            linear = expand(fit_fixed(design, ctx.num_classes), use, width)
-        pm = ConcatProbe(model, cands, linear, ctx.num_classes).to(ctx.device)
-        return Outcome(
-            model=pm,
-            val_accuracy=acc,
-            chosen={**chosen, "refit": bool(refit)},
-            tried=tried,
-            model_kind={"kind": "concat", "layers": cands, "in_features": width},
-            extra={"head_only": True, "probe_design": design, **extra},
-        )
-
+    sp = _Stacked.build(ctx, name, layers, C, refit)
     if select == "none":
-        every = {n: list(range(widths[n])) for n in cands}
-        linear, c, acc, _ = fit(every)
-        return outcome(
-            linear,
-            acc,
-            {**base, "C": c, "kept_features": width},
-            [{"C": c, "val_accuracy": acc}],
-            {},
-            every,
-        )
+        every = {n: list(range(sp.widths[n])) for n in sp.cands}
+        linear, c, acc, _ = sp.fit(every)
+        chosen = {**sp.base, "C": c, "kept_features": sp.width}
+        return sp.outcome(linear, acc, chosen, [{"C": c, "val_accuracy": acc}], {}, every)
 
     if get_measure(measure).level != "channel":  # before any profiling
         raise ConfigError(
@@ -248,54 +207,115 @@ def run_multi_probe(
             "channel-level measure (e.g. gaussian_kl)"
         )
     sim = similarity(ctx, measure)
-    shift = channel_shift(sim, model, cands, widths)
+    shift = channel_shift(sim, sp.model, sp.cands, sp.widths)
     pre, new = ctx.cache[("profiles", "output")]
     extra = {"profile_pre": pre, "profile_new": new, "measure": measure}
-    unranked = [n for n in cands if shift[n] is None]
+    unranked = [n for n in sp.cands if shift[n] is None]
     dirs = list(DIRECTIONS) if direction == "val" else [direction]
     best: KeepBest[tuple[Any, ...]] = KeepBest(what="fractions")
     tried = []
     for d in dirs:
         for f in fracs:
-            keep = rank_channels(shift, widths, f, d)
-            linear, c, acc, kept = fit(keep)
+            keep = rank_channels(shift, sp.widths, f, d)
+            linear, c, acc, kept = sp.fit(keep)
             tried.append(
                 {"direction": d, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept}
             )
             best.offer((linear, c, d, f, keep, kept), acc)
     (linear, c, d, f, keep, kept), acc = best.item, best.accuracy
-    chosen = {
-        "measure": measure,
-        "direction": d,
-        "fraction": f,
-        "C": c,
-        "kept_features": kept,
-        **base,
-        "unranked": unranked,
-    }
+    common = {**sp.base, "measure": measure, "fraction": f, "unranked": unranked}
     if select == "smart":
-        return outcome(linear, acc, {**chosen, "kept": keep}, tried, extra, keep)
+        chosen = {**common, "direction": d, "C": c, "kept_features": kept, "kept": keep}
+        return sp.outcome(linear, acc, chosen, tried, extra, keep)
 
     seed = ctx.seed if mask_seed is None else int(mask_seed)
-    rkeep = random_channels({n: len(keep[n]) for n in cands}, widths, seed)
-    linear, c, acc, kept = fit(rkeep)
+    rkeep = random_channels({n: len(keep[n]) for n in sp.cands}, sp.widths, seed)
+    linear, c, acc, kept = sp.fit(rkeep)
     chosen = {
-        "measure": measure,
+        **common,
         "of": {"direction": d, "fraction": f, "val_accuracy": best.accuracy},
         "mask_seed": seed,
-        "fraction": f,
         "C": c,
         "kept_features": kept,
-        **base,
-        "unranked": unranked,
         "kept": rkeep,
     }
-    return outcome(
-        linear,
-        acc,
-        chosen,
-        tried
-        + [{"random": True, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept}],
-        extra,
-        rkeep,
-    )
+    row = {"random": True, "fraction": f, "C": c, "val_accuracy": acc, "kept_features": kept}
+    tried.append(row)
+    return sp.outcome(linear, acc, chosen, tried, extra, rkeep)
+
+
+@dataclass
+class _Stacked:
+    """The pooled features of the candidate layers side by side, and how to fit a probe on a
+    choice of their columns."""
+
+    ctx: Context
+    model: nn.Module
+    cands: list[str]
+    xtr: np.ndarray
+    ytr: np.ndarray
+    xva: np.ndarray
+    yva: np.ndarray
+    cols: dict[str, slice]
+    grid: list[float]
+    refit: bool
+
+    @classmethod
+    def build(
+        cls,
+        ctx: Context,
+        name: str,
+        layers: Sequence[str] | None,
+        C: Sequence[float] | float,
+        refit: bool,
+    ) -> _Stacked:
+        model = ctx.fresh_model(name)
+        cands = list(layers) if layers else candidate_layers(model)
+        ftr, ytr, fva, yva = _features(ctx, model, cands)
+        xtr, cols = stack_features(ftr, cands)
+        xva, _ = stack_features(fva, cands)
+        grid = [C] if isinstance(C, (int, float)) else list(C)
+        return cls(ctx, model, cands, xtr, ytr, xva, yva, cols, grid, refit)
+
+    @property
+    def width(self) -> int:
+        return int(self.xtr.shape[1])
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {n: self.cols[n].stop - self.cols[n].start for n in self.cands}
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return {"layers": self.cands, "total_features": self.width}
+
+    def fit(self, keep: dict[str, list[int]]) -> tuple[nn.Linear, float, float, int]:
+        """A probe on the ``keep`` columns (C on validation), as a linear layer over all."""
+        use = columns(self.cols, keep)
+        linear, c, acc, _ = fit_logistic(
+            self.xtr[:, use], self.ytr, self.xva[:, use], self.yva, self.grid, self.ctx.num_classes
+        )
+        return expand(linear, use, self.width), c, acc, len(use)
+
+    def outcome(
+        self,
+        linear: nn.Linear,
+        acc: float,
+        chosen: dict[str, Any],
+        tried: list[dict[str, Any]],
+        extra: dict[str, Any],
+        keep: dict[str, list[int]],
+    ) -> Outcome:
+        use = columns(self.cols, keep)
+        design = cv_design(self.xtr[:, use], self.ytr, self.xva[:, use], self.yva, chosen["C"])
+        if self.refit:  # the chosen columns and C, fitted again on every labelled sample
+            linear = expand(fit_fixed(design, self.ctx.num_classes), use, self.width)
+        pm = ConcatProbe(self.model, self.cands, linear, self.ctx.num_classes).to(self.ctx.device)
+        return Outcome(
+            model=pm,
+            val_accuracy=acc,
+            chosen={**chosen, "refit": bool(self.refit)},
+            tried=tried,
+            model_kind={"kind": "concat", "layers": self.cands, "in_features": self.width},
+            extra={"head_only": True, "probe_design": design, **extra},
+        )
