@@ -1231,6 +1231,7 @@ def advise(
     ``device``: where the network runs (``'auto'`` / None: CUDA, MPS, CPU)."""
     from ._device import resolve_device
     from .data import loader, transforms_for
+    from .stats.config import StatsConfig
     from .strategies.auto import advice_for
 
     dev = resolve_device(device, "device")
@@ -1256,6 +1257,7 @@ def advise(
         source=source,
         device=dev,
         samples_per_class=len(idx) / max(len(classes), 1),
+        profile_stats=StatsConfig.for_measures(["gaussian_kl"]),  # the advice's one measure
     )
     return advice_for(ctx, small_per_class, similar)  # type: ignore[no-any-return]
 

@@ -128,3 +128,30 @@ def test_advise_end_to_end_gives_a_curve_for_every_batchnorm_layer(net, data):
     assert 0 <= adv.similarity <= 1 and adv.strategy in st.list_strategies()
     assert adv.samples_per_class == pytest.approx(30)
     assert any("per class" in r for r in adv.reasons)
+
+
+def test_advise_profiles_only_the_moments_its_measure_reads_and_advises_alike(
+    net, data, monkeypatch
+):
+    from smart_transfer.stats.config import StatsConfig
+    from smart_transfer.strategies import smart
+
+    seen = []
+    real = smart.profile
+
+    def spy(*args, **kw):
+        seen.append(real(*args, **kw))
+        return seen[-1]
+
+    monkeypatch.setattr(smart, "profile", spy)
+    light = st.advise(net, data)
+    lp = next(iter(seen[-1].layers.values()))
+    assert lp.hist is None and lp.mean is not None  # gaussian_kl reads mean and variance only
+    # the full default set of statistics gives the same advice, to rounding
+    monkeypatch.setattr(StatsConfig, "for_measures", classmethod(lambda cls, m: None))
+    full = st.advise(net, data)
+    assert next(iter(seen[-1].layers.values())).hist is not None
+    assert (full.strategy, full.layer) == (light.strategy, light.layer)
+    assert full.similarity == pytest.approx(light.similarity, rel=1e-9)
+    for a, b in zip(full.curve, light.curve, strict=True):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-9)

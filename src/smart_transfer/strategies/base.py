@@ -49,6 +49,9 @@ class Context:
     samples_per_class: float = 0.0
     cache: dict[Any, Any] = field(default_factory=dict)  # e.g. probe features, profiles
     head: str = "linear"  # the new head of gradient-trained models: "linear" or "mlp" (seed 001's)
+    # which statistics the D_pre / D_new profiles compute (a StatsConfig); None: every default
+    # statistic, which the run's report draws; advise, which only compares, asks for less
+    profile_stats: Any = None
 
     def seed_everything(self, tag: str) -> None:
         """Seed the global generator and the loader's shuffling from ``(seed, tag)``."""

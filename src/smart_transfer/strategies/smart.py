@@ -47,7 +47,12 @@ def source_profile(
                 f"source {str(src)!r} is neither a saved profile nor a folder of images"
             )
     return profile(
-        model, Transformed(src, ctx.eval_tf), exclude=exclude, point=point, progress=False
+        model,
+        Transformed(src, ctx.eval_tf),
+        exclude=exclude,
+        point=point,
+        progress=False,
+        config=ctx.profile_stats,
     )
 
 
@@ -64,6 +69,7 @@ def similarity(ctx: Context, measure: str, point: str = "output") -> Any:
             exclude=[head_name],
             point=point,
             progress=False,
+            config=ctx.profile_stats,
         )
         ctx.cache[("profiles", point)] = (pre, new)
         ctx.cache[key] = compare(pre, new, measure=measure)
