@@ -1380,7 +1380,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - one except per exit status
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; map every outcome to one line on stderr and an exit status.
 
     0: done. 2: a mistake of the user (a bad argument, path, file or data: a
@@ -1400,58 +1400,53 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - one except p
             installed = previous is not None  # None: a handler not set from Python, keep it
         except ValueError:  # not the main thread: leave SIGTERM alone
             pass
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as e:  # --help (0) or a usage error (2), already printed
-            if isinstance(e, Terminated):
-                raise
-            return e.code if isinstance(e.code, int) else 2
-        args._given = _given_flags(argv)
-        _deprecated_image_size(args)
-        return int(args.func(args))
-    except KeyboardInterrupt as e:  # also TrainingInterrupted, which says what was saved
+        return _run(argv)
+    except (Exception, KeyboardInterrupt, Terminated) as e:  # noqa: BLE001 - reported here
         if debug:
             traceback.print_exc()
-        said = f": {_one_line(e)}" if str(e) else ""
-        print(f"interrupted (Ctrl-C){said}; files written before are intact", file=sys.stderr)
-        return 130
-    except SmartTransferError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except Terminated:
-        if debug:
-            traceback.print_exc()
-        print("terminated (SIGTERM); files written before are intact", file=sys.stderr)
-        return 143
-    except OSError as e:  # a write that no writer translated: disk full, ulimit -f, read-only
-        from ._atomic import storage_error
-
-        if debug:
-            traceback.print_exc()
-        full = storage_error(e, e.filename or "a file") if e.errno in _FULL_ERRNOS else None
-        if full is not None:
-            print(f"error: {_one_line(full)}", file=sys.stderr)
-            return 2
-        print(
-            f"internal error: {type(e).__name__}: {_one_line(e)} (run again with --debug for "
-            "the traceback)",
-            file=sys.stderr,
-        )
-        return 1
-    except Exception as e:  # noqa: BLE001 - the one place every other failure is reported
-        if debug:
-            traceback.print_exc()
-        print(
-            f"internal error: {type(e).__name__}: {_one_line(e)} (run again with --debug for "
-            "the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _exit_status(e)
     finally:
         if installed:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        if isinstance(e, Terminated):
+            raise
+        return e.code if isinstance(e.code, int) else 2
+    args._given = _given_flags(argv)
+    _deprecated_image_size(args)
+    return int(args.func(args))
+
+
+def _exit_status(e: BaseException) -> int:
+    """Say what ended the command in one line on stderr; its exit status."""
+    if isinstance(e, KeyboardInterrupt):  # also TrainingInterrupted, which says what was saved
+        said = f": {_one_line(e)}" if str(e) else ""
+        print(f"interrupted (Ctrl-C){said}; files written before are intact", file=sys.stderr)
+        return 130
+    if isinstance(e, SmartTransferError):
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    if isinstance(e, Terminated):
+        print("terminated (SIGTERM); files written before are intact", file=sys.stderr)
+        return 143
+    if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:  # disk full, ulimit -f
+        from ._atomic import storage_error
+
+        full = storage_error(e, e.filename or "a file")
+        if full is not None:
+            print(f"error: {_one_line(full)}", file=sys.stderr)
+            return 2
+    print(
+        f"internal error: {type(e).__name__}: {_one_line(e)} (run again with --debug for "
+        "the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
