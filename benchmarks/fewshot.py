@@ -139,6 +139,7 @@ def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -
         lines += [(f"The learning rate chosen on validation (lowest validation loss) was also the test split's best "
                   f"in {hits} of {len(grids)} grid searches (each rate's kept weights scored on the test split "
                   f"after the run, for this count only, at most {GRID_TEST_IMAGES:,} of them)."), ""]
+    lines += wall_times(records)
     for net in sorted({g[0] for g in groups}):
         if net:
             lines += [f"## source network: {net}", ""]
@@ -169,6 +170,34 @@ def table(records: list[dict[str, Any]], title: str, setup: str, command: str) -
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def wall_times(records: list[dict[str, Any]]) -> list[str]:
+    """Wall time per strategy (training + test pass, every cell) and of the whole run."""
+    per: dict[str, float] = {}
+    for r in records:
+        per[r["strategy"]] = per.get(r["strategy"], 0.0) + r["train_seconds"] + r.get("test_seconds", 0.0)
+    if not per:
+        return []
+    order = sorted(per, key=lambda n: ORDER.index(n) if n in ORDER else 99)
+    cells = ", ".join(f"{n} {per[n] / 60:.1f}" for n in order)
+    return [(f"Wall time on this machine ({platform_cpu()}; training and test pass of every cell, "
+             f"minutes): {cells}; the whole run {sum(per.values()) / 60:.0f} min."), ""]
+
+
+def platform_cpu() -> str:
+    """The CPU's model name (from /proc/cpuinfo where it exists)."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import platform
+
+    return name or platform.processor() or platform.machine()
 
 
 def plot_p2(records: list[dict[str, Any]], path: Path) -> None:
