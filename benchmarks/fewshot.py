@@ -626,7 +626,7 @@ def _run(
     done = {key(r) for r in records}
     strategies = parse_strategies(args.strategies or RUN_ORDER)
     run_root = Path(args.runs) / (args.name or f"{protocol}{suffix}")
-    command = "python benchmarks/fewshot.py " + " ".join(a for a in sys.argv[1:] if a != "--tables-only")
+    command = "python benchmarks/fewshot.py " + " ".join(a for a in sys.argv[1:] if a not in ("--tables-only", "--regrid"))
     if args.tables_only:  # rewrite the table (and plot) from the records, run nothing
         atomic_write_text(path.with_suffix(".md"), table(records, title, setup, command))
         if protocol == "p2" and records:
