@@ -1,0 +1,129 @@
+"""The step recipe's tables beside the previous recipe's, from the records of fewshot.py.
+
+    python benchmarks/recipe_tables.py            # writes benchmarks/results/recipe-comparison.md
+
+Each cell: test accuracy %, mean ± std over the seeds both records hold for it ("new" under the
+step recipe, "old" under the previous one: at most 15 epochs = 75 optimizer steps on P1, lr 1e-3);
+a cell whose new rows have fewer seeds than three says how many. Probes train nothing by gradient,
+so their rows do not depend on the recipe: "(same)" where the old rows equal the new ones.
+The best new mean of each column is bold; "auto - best" is auto's distance to it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBES = {
+    "linear-probe",
+    "linear-probe-best-layer",
+    "multi-layer-probe",
+    "smart-probe",
+    "random-probe",
+    "smart-multi-probe",
+    "random-multi-probe",
+}
+ORDER = [
+    "linear-probe",
+    "multi-layer-probe",
+    "linear-probe-best-layer",
+    "head-only",
+    "full-finetune",
+    "fine-tune",
+    "lp-ft",
+    "first-k-frozen",
+    "smart-kernel",
+    "smart-layer",
+    "random-mask",
+    "smart-probe",
+    "random-probe",
+    "smart-multi-probe",
+    "random-multi-probe",
+    "auto",
+]
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def cells(records: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[int, float]]:
+    """(source network, samples, strategy) -> {seed: test accuracy %} (variants left out)."""
+    out: dict[tuple[str, int, str], dict[int, float]] = {}
+    for r in records:
+        if r.get("variant"):
+            continue
+        key = (r.get("source_net", ""), r["samples"], r["strategy"])
+        out.setdefault(key, {})[r["seed"]] = 100 * r["test_accuracy"]
+    return out
+
+
+def fmt(values: list[float], n_expected: int = 3) -> str:
+    if not values:
+        return ""
+    m = statistics.fmean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    note = "" if len(values) >= n_expected else f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+    return f"{m:.1f} ± {s:.1f}{note}"
+
+
+def section(title: str, new: list[dict], old: list[dict], columns: list[tuple[str, int, str]]) -> list[str]:
+    """One table: a row per strategy, per column "new" and (for trained rows) "old"."""
+    cn, co = cells(new), cells(old)
+    names = [n for n in ORDER if any((net, s, n) in cn for net, s, _ in columns)]
+    best = {}
+    for net, s, _ in columns:
+        means = [statistics.fmean(cn[(net, s, n)].values()) for n in names if (net, s, n) in cn]
+        best[(net, s)] = max(means, default=float("nan"))
+    head = "| strategy | " + " | ".join(f"{label}: new | old" for _, _, label in columns) + " |"
+    lines = [f"### {title}", "", head, "|---|" + "---|---|" * len(columns)]
+    for n in names:
+        row = [n]
+        for net, s, _ in columns:
+            v = list(cn.get((net, s, n), {}).values())
+            text = fmt(v)
+            if v and statistics.fmean(v) == best[(net, s)]:
+                text = f"**{text}**"
+            seeds = set(cn.get((net, s, n), {}))
+            before = [a for seed, a in co.get((net, s, n), {}).items() if seed in seeds]
+            same = n in PROBES and before and fmt(before) == fmt(v)
+            row += [text, "(same)" if same else fmt(before, len(seeds) or 3)]
+        lines.append("| " + " | ".join(row) + " |")
+    gap = ["auto - best"]
+    for net, s, _ in columns:
+        v = list(cn.get((net, s, "auto"), {}).values())
+        gap += [f"{statistics.fmean(v) - best[(net, s)]:+.1f}" if v else "", ""]
+    lines += ["| " + " | ".join(gap) + " |", ""]
+    return lines
+
+
+def main() -> int:
+    lines = [__doc__.split("\n\n", 2)[2].strip() if __doc__ else "", ""]
+    lines[0] = "# The step recipe beside the previous one\n\n" + lines[0]
+    p1_new, p1_old = load("p1-recipe"), load("p1")
+    lines += section("P1: EfficientNet-Lite0 -> Fashion-MNIST, 20 per class, 96 px, 10,000 test images",
+                     p1_new, p1_old, [("", 200, "200 samples")])
+    for b in (1, 2):
+        recs = load(f"p1-lite{b}-quick-recipe")
+        if recs:
+            lines += section(f"P1 with EfficientNet-Lite{b} (96 px, the 2,000-image quick test subset, lr 3e-4 fixed; no old rows)",
+                             recs, [], [("", 200, "200 samples")])
+    p2_new, p2_old = load("p2-recipe"), load("p2")
+    for net in ("small_vgg_bn", "small_vgg_nobn"):
+        sizes = sorted({r["samples"] for r in p2_new if r.get("source_net") == net})
+        if sizes:
+            lines += section(f"P2: {net} (5,000 test images)", p2_new, p2_old,
+                             [(net, s, f"{s}") for s in sizes])
+    out = RESULTS / "recipe-comparison.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
