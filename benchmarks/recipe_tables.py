@@ -68,11 +68,17 @@ def fmt(values: list[float], n_expected: int = 3) -> str:
         return ""
     m = statistics.fmean(values)
     s = statistics.stdev(values) if len(values) > 1 else 0.0
-    note = "" if len(values) >= n_expected else f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+    note = (
+        ""
+        if len(values) >= n_expected
+        else f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+    )
     return f"{m:.1f} ± {s:.1f}{note}"
 
 
-def section(title: str, new: list[dict], old: list[dict], columns: list[tuple[str, int, str]]) -> list[str]:
+def section(
+    title: str, new: list[dict], old: list[dict], columns: list[tuple[str, int, str]]
+) -> list[str]:
     """One table: a row per strategy, per column "new" and (for trained rows) "old"."""
     cn, co = cells(new), cells(old)
     names = [n for n in ORDER if any((net, s, n) in cn for net, s, _ in columns)]
@@ -106,19 +112,29 @@ def main() -> int:
     lines = [__doc__.split("\n\n", 2)[2].strip() if __doc__ else "", ""]
     lines[0] = "# The step recipe beside the previous one\n\n" + lines[0]
     p1_new, p1_old = load("p1-recipe"), load("p1")
-    lines += section("P1: EfficientNet-Lite0 -> Fashion-MNIST, 20 per class, 96 px, 10,000 test images",
-                     p1_new, p1_old, [("", 200, "200 samples")])
+    lines += section(
+        "P1: EfficientNet-Lite0 -> Fashion-MNIST, 20 per class, 96 px, 10,000 test images",
+        p1_new,
+        p1_old,
+        [("", 200, "200 samples")],
+    )
     for b in (1, 2):
         recs = load(f"p1-lite{b}-quick-recipe")
         if recs:
-            lines += section(f"P1 with EfficientNet-Lite{b} (96 px, the 2,000-image quick test subset, lr 3e-4 fixed; no old rows)",
-                             recs, [], [("", 200, "200 samples")])
+            lines += section(
+                f"P1 with EfficientNet-Lite{b} (96 px, the 2,000-image quick test subset, "
+                "lr 3e-4 fixed; no old rows)",
+                recs,
+                [],
+                [("", 200, "200 samples")],
+            )
     p2_new, p2_old = load("p2-recipe"), load("p2")
     for net in ("small_vgg_bn", "small_vgg_nobn"):
         sizes = sorted({r["samples"] for r in p2_new if r.get("source_net") == net})
         if sizes:
-            lines += section(f"P2: {net} (5,000 test images)", p2_new, p2_old,
-                             [(net, s, f"{s}") for s in sizes])
+            lines += section(
+                f"P2: {net} (5,000 test images)", p2_new, p2_old, [(net, s, f"{s}") for s in sizes]
+            )
     out = RESULTS / "recipe-comparison.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
