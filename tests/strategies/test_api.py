@@ -115,7 +115,11 @@ def test_advise_quadrants_follow_the_stated_cutoffs():
     assert adv.quadrant == "small-different" and adv.strategy == "multi-layer-probe"
     assert adv.candidates[:2] == ["multi-layer-probe", "linear-probe-best-layer"]
     assert adv.similarity == pytest.approx(0.5) and adv.layer == "b"  # the curve falls at c
-    assert decide(20, curve, similar=0.4).quadrant == "small-similar"
+    small_similar = decide(20, curve, similar=0.4)
+    assert small_similar.quadrant == "small-similar"
+    # under the step recipe fine-tuning led the probes on P2 (small and similar)
+    assert small_similar.strategy == "full-finetune"
+    assert small_similar.candidates == ["full-finetune", "lp-ft", "fine-tune", "linear-probe"]
     assert decide(500, curve, similar=0.4).strategy == "lp-ft"
     assert decide(500, curve, similar=0.6).strategy == "full-finetune"
     assert decide(99, curve, small_per_class=100).quadrant.startswith("small")

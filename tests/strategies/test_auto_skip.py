@@ -13,7 +13,7 @@ from smart_transfer.strategies import auto
 from smart_transfer.strategies.base import Outcome
 
 
-def _run(monkeypatch, scores, rule="one-se"):
+def _run(monkeypatch, scores, rule="one-se", prefer="advice"):
     ran = []
 
     def strategy(name):
@@ -32,7 +32,7 @@ def _run(monkeypatch, scores, rule="one-se"):
         ),
     )
     ctx = SimpleNamespace(val=[(None, torch.zeros(40))], seed=0)
-    out = auto.run_auto(ctx, candidates=list(scores), rule=rule, cv=0)
+    out = auto.run_auto(ctx, candidates=list(scores), rule=rule, prefer=prefer, cv=0)
     return ran, out
 
 
@@ -53,6 +53,12 @@ def test_an_imperfect_probe_leaves_the_trained_candidates_their_chance(monkeypat
 
 
 def test_a_simpler_later_candidate_is_still_trained(monkeypatch):
-    ran, out = _run(monkeypatch, {"lp-ft": 1.0, "linear-probe": 1.0})
+    ran, out = _run(monkeypatch, {"lp-ft": 1.0, "linear-probe": 1.0}, prefer="simplest")
     assert ran == ["lp-ft", "linear-probe"]  # linear-probe is simpler: it would be kept on a tie
     assert out.chosen["strategy"] == "linear-probe"
+
+
+def test_by_default_a_later_candidate_in_the_advice_order_is_skipped(monkeypatch):
+    ran, out = _run(monkeypatch, {"full-finetune": 1.0, "lp-ft": 1.0, "fine-tune": 1.0})
+    assert ran == ["full-finetune"]  # the advisor's first is kept on a tie: the rest cannot win
+    assert out.chosen["strategy"] == "full-finetune"

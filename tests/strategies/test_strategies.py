@@ -183,6 +183,7 @@ def test_auto_one_se_rule_keeps_the_simplest_candidate_within_one_standard_error
         epochs=2,
         progress=False,
         candidates=["full-finetune", "lp-ft", "linear-probe"],
+        prefer="simplest",
     )
     vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
     n = r.chosen["selection"]["val_images"]
@@ -213,8 +214,7 @@ def test_auto_prefer_advice_keeps_the_earliest_candidate_within_one_standard_err
         strategy="auto",
         epochs=2,
         progress=False,
-        candidates=order,
-        prefer="advice",
+        candidates=order,  # prefer="advice" is the default
     )
     vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
     best = max(vals.values())
@@ -242,6 +242,7 @@ def test_auto_ranks_the_probes_by_cross_validation_then_against_trained_candidat
         epochs=1,
         progress=False,
         candidates=order[::-1],
+        prefer="simplest",
     )
     tried = {t["strategy"]: t for t in r.tried}
     probes = order[:3]

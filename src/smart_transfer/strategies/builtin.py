@@ -300,10 +300,10 @@ register(
         {
             "budget_s": "time budget in seconds for the candidates (default 900)",
             "candidates": "strategies to try (default: the advisor's)",
-            "rule": "'one-se' (default): the simplest candidate within one standard error of "
+            "rule": "'one-se' (default): the preferred candidate within one standard error of "
             "the best validation accuracy; 'best': the highest validation accuracy",
-            "prefer": "for 'one-se': 'simplest' (default) or 'advice' (the earliest of the "
-            "advisor's candidates)",
+            "prefer": "for 'one-se': 'advice' (default: the earliest of the advisor's "
+            "candidates, in the order the benchmarks ranked them) or 'simplest' (probes first)",
             "cv": "folds of the stratified cross-validation over every labelled sample that ranks "
             "the closed-form candidates (probes) among themselves (default 5; 0: the "
             "validation split only)",
