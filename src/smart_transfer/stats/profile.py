@@ -140,67 +140,18 @@ class ActivationProfile:
         """
         from .running import from_layer_profile, merge_stats, to_layer_profile
 
-        if not isinstance(other, ActivationProfile):
-            raise IncompatibleError(
-                f"can only merge an ActivationProfile with another one, got {type(other).__name__}"
-            )
-        for p in (self, other):
-            if p.source != "data":
-                raise IncompatibleError(
-                    f"cannot merge a profile with source={p.source!r}: BatchNorm statistics have "
-                    "no sample count; merge only profiles made by st.profile from data"
-                )
-        if list(self.layers) != list(other.layers):
-            only_a = sorted(set(self.layers) - set(other.layers))
-            only_b = sorted(set(other.layers) - set(self.layers))
-            raise IncompatibleError(
-                f"cannot merge profiles of different layers (only in the first: {only_a[:5]}, only "
-                f"in the second: {only_b[:5]}); profile both with the same layers= selection"
-            )
-        for key in MERGE_SETTINGS:
-            if key in self.meta and key in other.meta and self.meta[key] != other.meta[key]:
-                raise IncompatibleError(
-                    f"cannot merge profiles made with {key}={self.meta[key]!r} and "
-                    f"{key}={other.meta[key]!r}; profile both with the same settings"
-                )
+        _check_mergeable(self, other)
         layers: dict[str, LayerProfile] = {}
         for name, a in self.layers.items():
             b = other.layers[name]
-            if a.num_channels != b.num_channels or a.kind != b.kind:
-                raise IncompatibleError(
-                    f"layer {name!r} is a {a.kind} with {a.num_channels} channels in one profile "
-                    f"and a {b.kind} with {b.num_channels} in the other; merge profiles of the "
-                    "same model"
-                )
-            edges = a.hist_edges
-            if (a.hist_edges is None) != (b.hist_edges is None) or (
-                a.hist_edges is not None
-                and b.hist_edges is not None
-                and (
-                    a.hist_edges.shape != b.hist_edges.shape
-                    or not torch.equal(a.hist_edges, b.hist_edges)
-                )
-            ):
-                raise IncompatibleError(
-                    f"layer {name!r} has different histogram bins in the two profiles; "
-                    "profile both with the same hist_bins / hist_scale / hist_max"
-                )
+            _check_layer_pair(name, a, b)
             merged = merge_stats(from_layer_profile(a), from_layer_profile(b))
-            layers[name] = to_layer_profile(merged, name, a.kind, a.params, edges)
-        meta = dict(self.meta)
-        meta["num_batches"] = int(self.meta.get("num_batches", 0)) + int(
-            other.meta.get("num_batches", 0)
-        )
-        for key in ("subsampled", "cov_subsampled"):
-            if key in self.meta or key in other.meta:
-                meta[key] = bool(self.meta.get(key)) or bool(other.meta.get(key))
-        if self.meta.get("engine") != other.meta.get("engine"):
-            meta["engine"] = "mixed"  # the halves came from the native and the eager statistics
+            layers[name] = to_layer_profile(merged, name, a.kind, a.params, a.hist_edges)
         return ActivationProfile(
             layers=layers,
             source="data",
             num_samples=self.num_samples + other.num_samples,
-            meta=meta,
+            meta=_merged_meta(self.meta, other.meta),
         )
 
     # -- plain data ------------------------------------------------------------------------
@@ -333,3 +284,59 @@ def _check_shapes(lp: LayerProfile, shape: Any, where: str) -> None:
         raise DataError(
             f"{where}: layer {lp.name!r} has a histogram the shapes do not record; re-create it"
         )
+
+
+def _check_mergeable(first: ActivationProfile, other: Any) -> None:
+    """Both are data profiles of the same layers, made with the same settings."""
+    if not isinstance(other, ActivationProfile):
+        raise IncompatibleError(
+            f"can only merge an ActivationProfile with another one, got {type(other).__name__}"
+        )
+    for p in (first, other):
+        if p.source != "data":
+            raise IncompatibleError(
+                f"cannot merge a profile with source={p.source!r}: BatchNorm statistics have "
+                "no sample count; merge only profiles made by st.profile from data"
+            )
+    if list(first.layers) != list(other.layers):
+        only_a = sorted(set(first.layers) - set(other.layers))
+        only_b = sorted(set(other.layers) - set(first.layers))
+        raise IncompatibleError(
+            f"cannot merge profiles of different layers (only in the first: {only_a[:5]}, only "
+            f"in the second: {only_b[:5]}); profile both with the same layers= selection"
+        )
+    for key in MERGE_SETTINGS:
+        if key in first.meta and key in other.meta and first.meta[key] != other.meta[key]:
+            raise IncompatibleError(
+                f"cannot merge profiles made with {key}={first.meta[key]!r} and "
+                f"{key}={other.meta[key]!r}; profile both with the same settings"
+            )
+
+
+def _check_layer_pair(name: str, a: LayerProfile, b: LayerProfile) -> None:
+    """One layer of both profiles: the same kind, channels and histogram bins."""
+    if a.num_channels != b.num_channels or a.kind != b.kind:
+        raise IncompatibleError(
+            f"layer {name!r} is a {a.kind} with {a.num_channels} channels in one profile "
+            f"and a {b.kind} with {b.num_channels} in the other; merge profiles of the "
+            "same model"
+        )
+    ea, eb = a.hist_edges, b.hist_edges
+    if (ea is None) != (eb is None) or (
+        ea is not None and eb is not None and (ea.shape != eb.shape or not torch.equal(ea, eb))
+    ):
+        raise IncompatibleError(
+            f"layer {name!r} has different histogram bins in the two profiles; "
+            "profile both with the same hist_bins / hist_scale / hist_max"
+        )
+
+
+def _merged_meta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(a)
+    meta["num_batches"] = int(a.get("num_batches", 0)) + int(b.get("num_batches", 0))
+    for key in ("subsampled", "cov_subsampled"):
+        if key in a or key in b:
+            meta[key] = bool(a.get(key)) or bool(b.get(key))
+    if a.get("engine") != b.get("engine"):
+        meta["engine"] = "mixed"  # the halves came from the native and the eager statistics
+    return meta
