@@ -70,7 +70,7 @@ def fmt(values: list[float], n_expected: int = 3) -> str:
     s = statistics.stdev(values) if len(values) > 1 else 0.0
     note = (
         ""
-        if len(values) >= n_expected
+        if len(values) == n_expected
         else f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
     )
     return f"{m:.1f} ± {s:.1f}{note}"
