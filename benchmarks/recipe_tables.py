@@ -4,8 +4,8 @@
 
 Each cell: test accuracy %, mean ± std over the seeds both records hold for it ("new" under the
 step recipe, "old" under the previous one: at most 15 epochs = 75 optimizer steps on P1, lr 1e-3);
-a cell whose new rows have fewer seeds than three says how many. Probes train nothing by gradient,
-so their rows do not depend on the recipe: "(same)" where the old rows equal the new ones.
+a cell whose new rows have other than three seeds says how many. "(same)": the old rows equal the
+new ones (the probes, which train nothing by gradient and so do not depend on the recipe).
 The best new mean of each column is bold; "auto - best" is auto's distance to it.
 """
 
@@ -18,33 +18,13 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROBES = {
-    "linear-probe",
-    "linear-probe-best-layer",
-    "multi-layer-probe",
-    "smart-probe",
-    "random-probe",
-    "smart-multi-probe",
-    "random-multi-probe",
-}
-ORDER = [
-    "linear-probe",
-    "multi-layer-probe",
-    "linear-probe-best-layer",
-    "head-only",
-    "full-finetune",
-    "fine-tune",
-    "lp-ft",
-    "first-k-frozen",
-    "smart-kernel",
-    "smart-layer",
-    "random-mask",
-    "smart-probe",
-    "random-probe",
-    "smart-multi-probe",
-    "random-multi-probe",
-    "auto",
-]
+
+
+def order() -> list[str]:
+    """The library's table order of the strategies (``smart_transfer.list_strategies()``)."""
+    import smart_transfer as st
+
+    return list(st.list_strategies())
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -81,7 +61,7 @@ def section(
 ) -> list[str]:
     """One table: a row per strategy, per column "new" and (for trained rows) "old"."""
     cn, co = cells(new), cells(old)
-    names = [n for n in ORDER if any((net, s, n) in cn for net, s, _ in columns)]
+    names = [n for n in order() if any((net, s, n) in cn for net, s, _ in columns)]
     best = {}
     for net, s, _ in columns:
         means = [statistics.fmean(cn[(net, s, n)].values()) for n in names if (net, s, n) in cn]
@@ -97,7 +77,7 @@ def section(
                 text = f"**{text}**"
             seeds = set(cn.get((net, s, n), {}))
             before = [a for seed, a in co.get((net, s, n), {}).items() if seed in seeds]
-            same = n in PROBES and before and fmt(before) == fmt(v)
+            same = before and fmt(before) == fmt(v)
             row += [text, "(same)" if same else fmt(before, len(seeds) or 3)]
         lines.append("| " + " | ".join(row) + " |")
     gap = ["auto - best"]
