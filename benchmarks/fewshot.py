@@ -37,6 +37,9 @@ import smart_transfer as st
 from smart_transfer._atomic import atomic_open, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _machine  # noqa: E402  (beside this script)
+
 ORDER = [
     "linear-probe",
     "linear-probe-best-layer",
@@ -181,23 +184,8 @@ def wall_times(records: list[dict[str, Any]]) -> list[str]:
         return []
     order = sorted(per, key=lambda n: ORDER.index(n) if n in ORDER else 99)
     cells = ", ".join(f"{n} {per[n] / 60:.1f}" for n in order)
-    return [(f"Wall time on this machine ({platform_cpu()}; training and test pass of every cell, "
+    return [(f"Wall time on this machine ({_machine.describe()}; training and test pass of every cell, "
              f"minutes): {cells}; the whole run {sum(per.values()) / 60:.0f} min."), ""]
-
-
-def platform_cpu() -> str:
-    """The CPU's model name (from /proc/cpuinfo where it exists)."""
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import platform
-
-    return name or platform.processor() or platform.machine()
 
 
 def plot_p2(records: list[dict[str, Any]], path: Path) -> None:
