@@ -217,10 +217,17 @@ def test_auto_prefer_advice_keeps_the_earliest_candidate_within_one_standard_err
         candidates=order,  # prefer="advice" is the default
     )
     vals = {t["strategy"]: t["val_accuracy"] for t in r.tried}
+    losses = {t["strategy"]: t["val_loss"] for t in r.tried if "val_loss" in t}
+    assert set(losses) == {"full-finetune", "lp-ft"}  # the trained ones; the probe has none
     best = max(vals.values())
     se = math.sqrt(best * (1 - best) / r.chosen["selection"]["val_images"])
-    expected = next(name for name in order if vals[name] >= best - se - 1e-12)
+    within = [name for name in order if vals[name] >= best - se - 1e-12]
+    expected = within[0]
+    if expected in losses:  # tie="loss" (default): the lowest loss among the trained within
+        expected = min((n for n in within if n in losses), key=lambda n: losses[n])
     assert r.chosen["strategy"] == expected and r.chosen["selection"]["prefer"] == "advice"
+    assert r.chosen["selection"]["tie"] == "loss"
+    assert r.val_accuracy == vals[expected]
 
 
 def test_auto_ranks_the_probes_by_cross_validation_then_against_trained_candidates(

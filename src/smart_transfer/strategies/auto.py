@@ -9,6 +9,13 @@ of ``SIMPLEST_FIRST``: probes first); under the step recipe it kept probes 5-8 p
 fine-tuned rows on P2, so it is no longer the default. ``rule="best"`` keeps the highest
 validation accuracy (ties: the advisor's order).
 
+Among the candidates the rule lets through, validation accuracy on a few dozen images often
+ties (on P2's 10 validation images the three fine-tuning candidates all scored 0.7 on seed 0),
+so by default (``tie="loss"``) when the candidate the order keeps is a trained one, the trained
+candidate with the lowest validation loss among those let through is kept instead: the rule the
+learning-rate grid already uses. Probes keep their place in the order (their scores are not
+losses of the same kind); ``tie="order"`` is the rule before this one.
+
 Closed-form candidates (the probes) cost seconds to fit, so with ``cv=5`` (default) they are
 first compared among themselves by stratified 5-fold cross-validation over every labelled
 sample, training and validation together (their configuration, layer(s) and ``C``, as chosen
@@ -76,18 +83,37 @@ def _simplicity(name: str) -> int:
     return SIMPLEST_FIRST.index(name) if name in SIMPLEST_FIRST else len(SIMPLEST_FIRST)
 
 
+def trained_loss(out: Outcome) -> float | None:
+    """A trained candidate's validation loss of its kept weights; None for a closed-form one
+    (or a loss that is not finite)."""
+    if out.fit is None:
+        return None
+    loss = float(out.fit.best_val_loss)
+    return loss if math.isfinite(loss) else None
+
+
 def _keep(
-    results: list[tuple[str, Outcome, float]], n: int, rule: str, rank: Callable[[str], int]
+    results: list[tuple[str, Outcome, float]],
+    n: int,
+    rule: str,
+    rank: Callable[[str], int],
+    tie: str = "order",
 ) -> tuple[str, Outcome, float, float]:
     """The candidate ``rule`` keeps among ``(name, outcome, score)`` scored on ``n`` images, and
-    the standard error it used."""
+    the standard error it used: of those within one standard error of the best score, the
+    earliest by ``rank`` (``best``: of those equal to it, the earliest tried); with
+    ``tie="loss"``, when that one is trained, the trained one with the lowest validation loss
+    (equal losses: the earlier)."""
     top = max(s for _, _, s in results)
-    if rule == "best":
-        name, out, score = next(r for r in results if r[2] == top)  # ties: the earliest
-        return name, out, score, 0.0
-    se = math.sqrt(top * (1 - top) / max(n, 1))
+    se = math.sqrt(top * (1 - top) / max(n, 1)) if rule == "one-se" else 0.0
+    if rule != "one-se":  # best: ties go to the earliest tried
+        order = [r[0] for r in results]
+        rank = order.index
     within = [r for r in results if r[2] >= top - se - 1e-12]
     name, out, score = min(within, key=lambda r: rank(r[0]))
+    if tie == "loss" and trained_loss(out) is not None:
+        losses = [(trained_loss(r[1]), rank(r[0]), r) for r in within]
+        name, out, score = min((x for x in losses if x[0] is not None), key=lambda x: x[:2])[2]
     return name, out, score, se
 
 
@@ -98,6 +124,7 @@ def _select(
     prefer: str,
     rank: Callable[[str], int],
     n_val: int,
+    tie: str = "order",
 ) -> tuple[Outcome, dict[str, Any]]:
     """The candidate ``rule`` keeps: the probes ranked among themselves by cross-validation
     (when they have it), their representative against the trained candidates on validation."""
@@ -105,7 +132,7 @@ def _select(
     probes = [
         (nm, o, scored[nm]["cv_accuracy"]) for nm, o in results if "cv_accuracy" in scored[nm]
     ]
-    selection: dict[str, Any] = {"rule": rule, "prefer": prefer, "val_images": n_val}
+    selection: dict[str, Any] = {"rule": rule, "prefer": prefer, "tie": tie, "val_images": n_val}
     pool = [(nm, o, o.val_accuracy) for nm, o in results]
     if probes:
         n_cv = scored[probes[0][0]]["cv_images"]
@@ -122,7 +149,7 @@ def _select(
             for nm, o in results
             if nm == pname or "cv_accuracy" not in scored[nm]
         ]
-    _name, best, _score, se = _keep(pool, n_val, rule, rank)
+    _name, best, _score, se = _keep(pool, n_val, rule, rank, tie)
     if rule == "one-se":
         selection["standard_error"] = se
     return best, selection
@@ -135,15 +162,19 @@ def _unbeatable(
     rule: str,
     rank: Callable[[str], int],
     n_val: int,
+    tie: str,
 ) -> str | None:
     """Why ``name`` need not be trained, or None: the candidate kept so far scores 1.0 on
     validation, and ``rule`` keeps it over any later candidate that only equals it (one-SE:
-    the simpler; best: the earlier). Skipping then changes nothing but the time spent."""
+    the simpler; best: the earlier; ``tie="loss"``: only when the kept one is a probe, since a
+    trained one could lose the tie on loss). Skipping then changes nothing but the time spent."""
     if not results or name in CLOSED_FORM:
         return None
-    best, _ = _select(results, tried, rule, "simplest", rank, n_val)
+    best, _ = _select(results, tried, rule, "simplest", rank, n_val, tie)
     kept = next(nm for nm, o in results if o is best)
     if best.val_accuracy < 1.0 or (rule == "one-se" and rank(name) < rank(kept)):
+        return None
+    if tie == "loss" and trained_loss(best) is not None:
         return None
     return f"cannot be kept: {kept} already scores 1.000 on validation"
 
@@ -155,11 +186,14 @@ def run_auto(
     rule: str = "one-se",
     prefer: str = "advice",
     cv: int = 5,
+    tie: str = "loss",
 ) -> Outcome:
     if rule not in ("one-se", "best"):
         raise ConfigError(f"rule must be 'one-se' or 'best', got {rule!r}")
     if prefer not in ("simplest", "advice"):
         raise ConfigError(f"prefer must be 'simplest' or 'advice', got {prefer!r}")
+    if tie not in ("loss", "order"):
+        raise ConfigError(f"tie must be 'loss' or 'order', got {tie!r}")
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 0 or cv == 1:
         raise ConfigError(f"cv must be 0 (off) or a number of folds >= 2, got {cv!r}")
     advice = advice_for(ctx)
@@ -181,7 +215,7 @@ def run_auto(
                 }
             )
             continue
-        unbeatable = _unbeatable(name, results, tried, rule, rank, n_val)
+        unbeatable = _unbeatable(name, results, tried, rule, rank, n_val, tie)
         if unbeatable is not None:
             tried.append({"strategy": name, "skipped": unbeatable})
             continue
@@ -196,6 +230,8 @@ def run_auto(
             "seconds": time.perf_counter() - t0,
             "chosen": out.chosen,
         }
+        if trained_loss(out) is not None:
+            entry["val_loss"] = trained_loss(out)
         design = out.extra.pop("probe_design", None)
         if cv and design is not None:
             acc, entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
@@ -204,7 +240,7 @@ def run_auto(
         tried.append(entry)
         out.chosen = {"strategy": name, **out.chosen}
         results.append((name, out))
-    best, selection = _select(results, tried, rule, prefer, rank, n_val)
+    best, selection = _select(results, tried, rule, prefer, rank, n_val, tie)
     best.chosen["selection"] = selection
     best.tried = tried
     best.extra["advice"] = advice

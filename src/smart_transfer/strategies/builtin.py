@@ -307,6 +307,9 @@ register(
             "cv": "folds of the stratified cross-validation over every labelled sample that ranks "
             "the closed-form candidates (probes) among themselves (default 5; 0: the "
             "validation split only)",
+            "tie": "'loss' (default): when the rule keeps a trained candidate, the trained one "
+            "with the lowest validation loss among those it lets through; 'order': the rule's "
+            "own order",
         },
         _auto,
     )

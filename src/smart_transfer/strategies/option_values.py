@@ -84,7 +84,7 @@ RULES: dict[str, tuple[Rule, str, str]] = {
     ),
     **{
         name: (_text, "a name", f"{name}=...")
-        for name in ("select", "bn_stats", "point", "init", "rule", "prefer", "direction")
+        for name in ("select", "bn_stats", "point", "init", "rule", "prefer", "tie", "direction")
     },
 }
 

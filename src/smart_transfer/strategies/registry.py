@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "init": ("pretrained", "probe"),
     "rule": ("one-se", "best"),
     "prefer": ("simplest", "advice"),
+    "tie": ("loss", "order"),
     "direction": ("similar", "shifted", "val"),
     "classifier": ("logistic", "svm"),
     "head": ("linear", "mlp"),
