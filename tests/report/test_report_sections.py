@@ -88,13 +88,15 @@ def _auto_run(path: Path, kept: str, log: bool) -> None:
             "cv_folds": 5,
             "cv_images": 48,
         },
-        {"strategy": "lp-ft", "val_accuracy": 0.8, "seconds": 12.0},
+        {"strategy": "lp-ft", "val_accuracy": 0.8, "val_loss": 0.61234, "seconds": 12.0},
         {"strategy": "smart-kernel", "skipped": "time budget of 10 s used (12 s)"},
     ]
     chosen = {
         "strategy": kept,
         "selection": {
             "rule": "one-se",
+            "prefer": "advice",
+            "tie": "loss",
             "val_images": 20,
             "standard_error": 0.089,
             "cv": {"folds": 5, "images": 48, "kept": "linear-probe"},
@@ -116,10 +118,11 @@ def test_auto_names_its_choice_every_candidate_and_the_kept_curves(tmp_path: Pat
     text = make_report(tmp_path / "ft").read_text(encoding="utf-8")
     sec = _section(text, "selection")
     assert "auto kept <strong>lp-ft</strong>" in sec and "8.9 points" in sec and "5-fold" in sec
+    assert "advisor&#x27;s earliest candidate" in sec and "lowest validation loss" in sec
     assert _cells(sec) == [
-        ["linear-probe", "75.0%", "81.2% (5 folds, 48 images)", "0.4", ""],
-        ["lp-ft", "80.0%", "-", "12.0", "kept"],
-        ["smart-kernel", "-", "-", "-", "skipped: time budget of 10 s used (12 s)"],
+        ["linear-probe", "75.0%", "-", "81.2% (5 folds, 48 images)", "0.4", ""],
+        ["lp-ft", "80.0%", "0.612", "-", "12.0", "kept"],
+        ["smart-kernel", "-", "-", "-", "-", "skipped: time budget of 10 s used (12 s)"],
     ]
     assert "training curves below are those of lp-ft" in sec
     assert 'alt="training_curves"' in _section(text, "training")

@@ -517,11 +517,13 @@ def _selection_section(ctx: _Context) -> str:
             else f"{100 * cv:.1f}% ({t.get('cv_folds')} folds, {t.get('cv_images')} images)"
         )
         secs = finite(t.get("seconds"))
+        loss = finite(t.get("val_loss"))
         status = "kept" if name == kept else f"skipped: {t['skipped']}" if "skipped" in t else ""
         rows.append(
             (
                 name,
                 _pct(t.get("val_accuracy")) if "val_accuracy" in t else "-",
+                "-" if loss is None else f"{loss:.3f}",
                 cv_text,
                 "-" if secs is None else f"{secs:.1f}",
                 status,
@@ -529,7 +531,10 @@ def _selection_section(ctx: _Context) -> str:
         )
     out = f"<p>auto kept <strong>{_e(kept)}</strong>{_e(_rule_text(sel))}</p>"
     out += (
-        _table(["candidate", "val accuracy", "cross-validation accuracy", "seconds", ""], rows)
+        _table(
+            ["candidate", "val accuracy", "val loss", "cross-validation accuracy", "seconds", ""],
+            rows,
+        )
         if rows
         else _note("result.json lists no candidates")
     )
@@ -544,8 +549,9 @@ def _rule_text(sel: dict[str, Any]) -> str:
     n = sel.get("val_images")
     if sel.get("rule") == "one-se":
         se = finite(sel.get("standard_error"))
+        which = "simplest" if sel.get("prefer") == "simplest" else "advisor's earliest"
         text = (
-            ": the simplest candidate within one standard error"
+            f": the {which} candidate within one standard error"
             + ("" if se is None else f" ({100 * se:.1f} points)")
             + f" of the best validation accuracy on {n} images"
         )
@@ -553,6 +559,11 @@ def _rule_text(sel: dict[str, Any]) -> str:
         text = f": the best validation accuracy on {n} images"
     else:
         text = ""
+    if text and sel.get("tie") == "loss":
+        text += (
+            " (when that one is trained, the trained one among them with the lowest "
+            "validation loss)"
+        )
     cv = sel.get("cv")
     if isinstance(cv, dict):
         text += (
