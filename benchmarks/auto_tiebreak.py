@@ -117,6 +117,7 @@ def section(name: str, rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     columns = sorted({r["column"] for r in rows})
+    totals = []
     for held_out in (False, True):
         for col in columns:
             rs = [
@@ -131,6 +132,7 @@ def section(name: str, rows: list[dict[str, Any]]) -> list[str]:
                 continue
             seeds = ",".join(str(r["seed"]) for r in rs)
             diffs = [r["loss_test"] - r["order_test"] for r in rs]
+            totals += [(held_out, d) for d in diffs]
             checks = [
                 r["auto_test"] == r[f"{r['auto_tie']}_test"] for r in rs if r["auto_tie"] in r
             ]
@@ -140,6 +142,16 @@ def section(name: str, rows: list[dict[str, Any]]) -> list[str]:
                 f"{', '.join(r['order'] for r in rs)} | {fmt([r['order_test'] for r in rs])} | "
                 f"{', '.join(r['loss'] for r in rs)} | {fmt([r['loss_test'] for r in rs])} | "
                 f"{100 * statistics.fmean(diffs):+.1f} | {sum(checks)} of {len(checks)} |"
+            )
+    lines.append("")
+    for held_out, label in ((False, "seeds 0-2"), (True, "held-out seeds 3-4")):
+        ds = [d for h, d in totals if h == held_out]
+        if ds:
+            lines.append(
+                f"- {label}: tie=loss minus tie=order over {len(ds)} paired runs "
+                f"{100 * statistics.fmean(ds):+.2f} points on average; higher in "
+                f"{sum(d > 0 for d in ds)}, equal in {sum(d == 0 for d in ds)}, lower in "
+                f"{sum(d < 0 for d in ds)}"
             )
     return lines + [""]
 

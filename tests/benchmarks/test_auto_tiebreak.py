@@ -68,6 +68,7 @@ def test_the_replay_keeps_what_each_rule_keeps_and_reports_the_kept_rows(tmp_pat
     line = next(x for x in text.splitlines() if x.startswith("| 40 samples"))
     assert "| 61.0 ± 0.0 |" in line and "| 66.0 ± 0.0 |" in line and "+5.0" in line
     assert line.endswith("| 1 of 1 |")  # auto's own 0.61 is the row its rule (order) kept
+    assert "over 1 paired runs +5.00 points on average; higher in 1, equal in 0, lower in 0" in text
 
 
 def test_a_missing_trained_loss_is_not_guessed():
