@@ -111,7 +111,7 @@ def summary(groups: dict[tuple, list[dict]]) -> list[str]:
     best = {c: max(statistics.fmean(r["test_accuracy"] for r in groups[g]) for g in groups if (g[0], g[1]) == c)
             for c in cols}
     head = [f"{net + ', ' if net else ''}{samples} samples" for net, samples in cols]
-    lines = [("Test accuracy %, mean ± std over the seeds of each cell (the tables below give seeds, "
+    lines = [("Test accuracy %, mean ± std over the seeds of each cell (three unless the cell says; the tables below give seeds, "
               "validation accuracy, frozen fraction and time)."), "",
              "| strategy | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
     for strategy, variant in names:
@@ -121,7 +121,7 @@ def summary(groups: dict[tuple, list[dict]]) -> list[str]:
             if not rs:
                 cells.append("")
                 continue
-            text = mean_std([r["test_accuracy"] for r in rs]) + ("" if len(rs) >= 3 else f" ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+            text = mean_std([r["test_accuracy"] for r in rs]) + ("" if len(rs) == 3 else f" ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
             cells.append(f"**{text}**" if statistics.fmean(r["test_accuracy"] for r in rs) == best[c] else text)
         label = strategy + (f" ({variant})" if variant else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
