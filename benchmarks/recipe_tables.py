@@ -4,8 +4,9 @@
 
 Each cell: test accuracy %, mean ± std over seeds 0 1 2 ("new" under the step recipe, "old"
 under the previous one: at most 15 epochs = 75 optimizer steps on P1, lr 1e-3); a cell with fewer
-of them says how many (the records hold seeds 3 4 for some rows; their own tables give those). "(same)": the old rows equal the
-new ones (the probes, which train nothing by gradient and so do not depend on the recipe).
+of them says how many (the records hold seeds 3 4 for some rows; their own tables give those).
+"(same)": the old rows equal the new ones (the probes, which train nothing by gradient and so do
+not depend on the recipe).
 The best new mean of each column is bold; "auto - best" is auto's distance to it.
 """
 
