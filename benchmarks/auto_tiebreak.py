@@ -20,7 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from fewshot import mean_std as fmt  # noqa: E402  (beside this script: the tables' own format)
+
 FILES = ("p2-recipe", "p1-recipe", "p1-lite1-quick-recipe", "p1-lite2-quick-recipe")
 
 
@@ -99,14 +103,6 @@ def analyse(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{tie}_test"] = None if name is None else own.get((name, *where))
         rows.append(row)
     return rows
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return ""
-    m = 100 * statistics.fmean(values)
-    s = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
 
 
 def section(name: str, rows: list[dict[str, Any]]) -> list[str]:
