@@ -248,3 +248,14 @@ def test_a_comparison_folder_cannot_point_outside_itself(
         "rows": [{"strategy": "x"}],
         "report_run": "seed-0/x",
     }
+
+
+def test_auto_rule_in_words_follows_what_the_run_recorded() -> None:
+    from smart_transfer.report.html import _rule_text
+
+    old = _rule_text({"rule": "one-se", "val_images": 20})  # before prefer / tie were recorded
+    assert "the simplest candidate within one standard error" in old and "loss" not in old
+    new = _rule_text({"rule": "one-se", "prefer": "advice", "tie": "order", "val_images": 20})
+    assert "advisor's earliest candidate" in new and "loss" not in new
+    best = _rule_text({"rule": "best", "tie": "loss", "val_images": 20})
+    assert best.startswith(": the best validation accuracy on 20 images (when that one is trained")

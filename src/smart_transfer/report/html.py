@@ -549,7 +549,8 @@ def _rule_text(sel: dict[str, Any]) -> str:
     n = sel.get("val_images")
     if sel.get("rule") == "one-se":
         se = finite(sel.get("standard_error"))
-        which = "simplest" if sel.get("prefer") == "simplest" else "advisor's earliest"
+        # runs from before "prefer" was recorded kept the simplest (the default then)
+        which = "advisor's earliest" if sel.get("prefer") == "advice" else "simplest"
         text = (
             f": the {which} candidate within one standard error"
             + ("" if se is None else f" ({100 * se:.1f} points)")
