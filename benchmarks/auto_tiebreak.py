@@ -65,8 +65,7 @@ def replay(auto_record: dict[str, Any], tie: str) -> str | None:
                 best_val_loss=float("nan") if loss is None else loss,
             )
         results.append((t["strategy"], Outcome(nn.Identity(), t["val_accuracy"], fit=fit)))
-    names = [t["strategy"] for t in auto_record["tried"]]
-    rank = auto._simplicity if selection["prefer"] == "simplest" else names.index
+    rank = auto.ranking(selection["prefer"], [t["strategy"] for t in auto_record["tried"]])
     kept, _ = auto._select(
         results, tried, selection["rule"], selection["prefer"], rank, selection["val_images"], tie
     )

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..freeze import plan_freeze
 from .advice import SIMILAR, SMALL_PER_CLASS, decide
 from .base import Context, Outcome
+from .finetune import val_loss
 from .probe import SHARE_FEATURES, cv_accuracy
 from .registry import get_strategy
 from .smart import similarity
@@ -84,12 +85,16 @@ def _simplicity(name: str) -> int:
 
 
 def trained_loss(out: Outcome) -> float | None:
-    """A trained candidate's validation loss of its kept weights; None for a closed-form one
-    (or a loss that is not finite)."""
-    if out.fit is None:
-        return None
-    loss = float(out.fit.best_val_loss)
-    return loss if math.isfinite(loss) else None
+    """A trained candidate's validation loss of its kept weights (:func:`val_loss`); None for
+    a closed-form one or a loss that is not finite."""
+    loss = val_loss(out)
+    return loss if out.fit is not None and math.isfinite(loss) else None
+
+
+def ranking(prefer: str, names: Sequence[str]) -> Callable[[str], int]:
+    """The order ``prefer`` ranks candidates in: simplest first, or the order of ``names`` (the
+    advisor's)."""
+    return _simplicity if prefer == "simplest" else list(names).index
 
 
 def _keep(
@@ -203,7 +208,7 @@ def run_auto(
     tried: list[dict[str, Any]] = []
     if len(SHARED_FEATURES.intersection(names)) > 1:
         ctx.cache[SHARE_FEATURES] = True
-    rank = _simplicity if prefer == "simplest" else names.index
+    rank = ranking(prefer, names)
     n_val = sum(len(y) for _, y in ctx.val)
     for i, name in enumerate(names):
         elapsed = time.perf_counter() - start
@@ -230,8 +235,8 @@ def run_auto(
             "seconds": time.perf_counter() - t0,
             "chosen": out.chosen,
         }
-        if trained_loss(out) is not None:
-            entry["val_loss"] = trained_loss(out)
+        if (loss := trained_loss(out)) is not None:
+            entry["val_loss"] = loss
         design = out.extra.pop("probe_design", None)
         if cv and design is not None:
             acc, entry["cv_folds"] = cv_accuracy(design, cv, ctx.seed)
